@@ -1,0 +1,4 @@
+//! ktstr: the harness users run. CLI, kernel acquisition, backends, reports.
+#![warn(missing_docs)]
+
+pub mod cache;

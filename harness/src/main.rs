@@ -1,0 +1,6 @@
+//! The `ktstr` command line.
+
+fn main() {
+    eprintln!("ktstr: no commands yet");
+    std::process::exit(2);
+}

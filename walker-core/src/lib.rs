@@ -1,0 +1,34 @@
+//! ktstr-walker: reads sched_ext scheduler state out of a guest kernel's memory.
+//!
+//! The default build is `#![no_std]` with no allocator: everything on the
+//! freeze path ([`GuestMem`], [`Translator`], [`Layout`], [`Symbols`], the
+//! bounded traversals in [`walk`]) works on caller-provided buffers and
+//! returns errors as values. Guest memory is hostile input: nothing here
+//! panics on what it reads, and every loop is bounded.
+//!
+//! Feature `std` adds the knowledge that needs files: kernel images
+//! ([`kernel::image`]), BTF -> [`Layout`] ([`kernel::btf`]), symbol tables
+//! ([`kernel::ksyms`]) and ELF core files as [`GuestMem`]
+//! ([`kernel::elfcore`]).
+#![no_std]
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod layout;
+pub mod mem;
+pub mod symbols;
+pub mod translate;
+pub mod walk;
+
+#[cfg(feature = "std")]
+pub mod kernel;
+
+pub use layout::Layout;
+pub use mem::{GuestMem, MemError};
+pub use symbols::Symbols;
+pub use translate::Translator;

@@ -1,0 +1,108 @@
+//! Kernel symbol addresses the walkers use, as plain data.
+//!
+//! Addresses are kernel virtual addresses as the running guest sees them
+//! (after any KASLR slide). Sources: an ELF `.symtab`, a System.map or
+//! `/proc/kallsyms` text (feature `std`, [`crate::kernel::ksyms`]), or the
+//! guest agent. Each is optional; a pass names what it needed and lacked.
+
+macro_rules! symbols {
+    ($( $(#[$doc:meta])* $field:ident = $sym:literal ),* $(,)?) => {
+        /// Addresses of the kernel symbols the walkers know about.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
+        pub struct Symbols {
+            $( $(#[$doc])* pub $field: Option<u64>, )*
+        }
+
+        impl Symbols {
+            /// Kernel names of every symbol this struct holds.
+            pub const NAMES: &'static [&'static str] = &[$( $sym ),*];
+
+            /// Record `addr` for the kernel symbol `name`; false if `name` is
+            /// not one this struct holds.
+            pub fn set(&mut self, name: &str, addr: u64) -> bool {
+                match name {
+                    $( $sym => { self.$field = Some(addr); true } )*
+                    _ => false,
+                }
+            }
+
+            /// The address recorded for kernel symbol `name`.
+            pub fn get(&self, name: &str) -> Option<u64> {
+                match name {
+                    $( $sym => self.$field, )*
+                    _ => None,
+                }
+            }
+
+            /// Add `slide` (wrapping) to every address: link-time addresses
+            /// from a vmlinux become runtime addresses under KASLR.
+            pub fn slide(&mut self, slide: u64) {
+                $( if let Some(a) = self.$field.as_mut() { *a = a.wrapping_add(slide); } )*
+            }
+        }
+    };
+}
+
+symbols! {
+    /// Per-CPU `struct rq runqueues`.
+    runqueues = "runqueues",
+    /// `unsigned long __per_cpu_offset[NR_CPUS]`.
+    per_cpu_offset = "__per_cpu_offset",
+    /// Start of the per-CPU section (0 on <= 6.14 kernels).
+    per_cpu_start = "__per_cpu_start",
+    /// `unsigned long page_offset_base`: start of the direct map.
+    page_offset_base = "page_offset_base",
+    /// `unsigned long phys_base`: physical offset of the kernel image.
+    phys_base = "phys_base",
+    /// Start of kernel text; its runtime/link-time difference is the KASLR slide.
+    text = "_text",
+    /// `struct scx_sched *scx_root` (6.16+).
+    scx_root = "scx_root",
+    /// `struct sched_ext_ops scx_ops` (before `scx_root` existed).
+    scx_ops = "scx_ops",
+    /// `struct list_head scx_tasks`: every task sched_ext knows.
+    scx_tasks = "scx_tasks",
+    /// `u64 jiffies_64`.
+    jiffies_64 = "jiffies_64",
+    /// `unsigned int nr_cpu_ids`.
+    nr_cpu_ids = "nr_cpu_ids",
+    /// `const char linux_banner[]`.
+    linux_banner = "linux_banner",
+    /// `struct task_struct init_task`.
+    init_task = "init_task",
+    /// The kernel's top-level page table (physical via the image mapping).
+    init_top_pgt = "init_top_pgt",
+    /// `ext_sched_class`.
+    ext_sched_class = "ext_sched_class",
+    /// `fair_sched_class`.
+    fair_sched_class = "fair_sched_class",
+    /// `rt_sched_class`.
+    rt_sched_class = "rt_sched_class",
+    /// `dl_sched_class`.
+    dl_sched_class = "dl_sched_class",
+    /// `idle_sched_class`.
+    idle_sched_class = "idle_sched_class",
+    /// `stop_sched_class`.
+    stop_sched_class = "stop_sched_class",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_get_slide() {
+        let mut s = Symbols::default();
+        assert!(s.set("scx_tasks", 0xffff_ffff_8100_0000));
+        assert!(!s.set("not_a_symbol", 1));
+        s.slide(0x20_0000);
+        assert_eq!(s.get("scx_tasks"), Some(0xffff_ffff_8120_0000));
+        assert_eq!(s.scx_root, None);
+        assert_eq!(Symbols::NAMES.len(), 20);
+        for n in Symbols::NAMES {
+            assert!(s.set(n, 7), "{n}");
+            assert_eq!(s.get(n), Some(7));
+        }
+    }
+}

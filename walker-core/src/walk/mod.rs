@@ -1,0 +1,1 @@
+//! Bounded, cycle-safe traversals of kernel linked structures (being written).
