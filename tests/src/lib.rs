@@ -33,14 +33,20 @@ impl Need {
 /// Whether `KTSTR_REQUIRE` makes `need` mandatory.
 pub fn required(need: Need) -> bool {
     std::env::var("KTSTR_REQUIRE")
-        .map(|v| v.split(',').any(|c| c.trim() == need.name() || c.trim() == "all"))
+        .map(|v| {
+            v.split(',')
+                .any(|c| c.trim() == need.name() || c.trim() == "all")
+        })
         .unwrap_or(false)
 }
 
 /// Report `test` as skipped because `reason`; panics when `need` is required.
 pub fn skip(test: &str, need: Need, reason: &str) {
     if required(need) {
-        panic!("{test}: cannot run and KTSTR_REQUIRE includes {}: {reason}", need.name());
+        panic!(
+            "{test}: cannot run and KTSTR_REQUIRE includes {}: {reason}",
+            need.name()
+        );
     }
     eprintln!("SKIPPED {test}: {reason}");
 }
@@ -53,13 +59,22 @@ pub fn cached_kernel_dir() -> Result<PathBuf, String> {
     }
     let root = ktstr::cache::kernels_dir().map_err(|e| e.to_string())?;
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| format!("no kernel cache at {}: {e}; run `ktstr kernel fetch`", root.display()))?
+        .map_err(|e| {
+            format!(
+                "no kernel cache at {}: {e}; run `ktstr kernel fetch`",
+                root.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("vmlinux").is_file())
         .collect();
     dirs.sort();
-    dirs.pop()
-        .ok_or_else(|| format!("no fetched kernel under {}; run `ktstr kernel fetch`", root.display()))
+    dirs.pop().ok_or_else(|| {
+        format!(
+            "no fetched kernel under {}; run `ktstr kernel fetch`",
+            root.display()
+        )
+    })
 }
 
 /// Whether `tool` is on PATH.

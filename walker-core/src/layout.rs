@@ -361,7 +361,10 @@ mod tests {
     fn every_group_fits_the_offset_buffer() {
         for (name, _, members) in Layout::GROUPS {
             assert!(members.len() <= MAX_MEMBERS, "{name} has too many members");
-            assert!(members.iter().any(|m| m.required), "{name} has no required member");
+            assert!(
+                members.iter().any(|m| m.required),
+                "{name} has no required member"
+            );
         }
     }
 
@@ -383,8 +386,14 @@ mod tests {
         let missing: heapless::Vec<&str, 16> = layout.missing_groups().collect();
         assert_eq!(missing.as_slice(), &["rq", "scx_rq"]);
         let task = layout.task.unwrap();
-        assert_eq!((task.struct_size, task.pid, task.tgid, task.prio), (4096, 0, 8, None));
+        assert_eq!(
+            (task.struct_size, task.pid, task.tgid, task.prio),
+            (4096, 0, 8, None)
+        );
         assert_eq!(task.cpu, Some(8 * 8));
-        assert_eq!(Layout::default().missing_groups().count(), Layout::GROUPS.len());
+        assert_eq!(
+            Layout::default().missing_groups().count(),
+            Layout::GROUPS.len()
+        );
     }
 }

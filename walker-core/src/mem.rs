@@ -117,9 +117,9 @@ impl<'r, 'a> RegionMem<'r, 'a> {
     }
 
     fn region_at(&self, gpa: u64) -> Option<&Region<'a>> {
-        self.regions.iter().find(|r| {
-            gpa >= r.gpa && (gpa - r.gpa) < r.bytes.len() as u64
-        })
+        self.regions
+            .iter()
+            .find(|r| gpa >= r.gpa && (gpa - r.gpa) < r.bytes.len() as u64)
     }
 }
 
@@ -145,7 +145,11 @@ impl GuestMem for RegionMem<'_, '_> {
             copy_from(r.bytes, off as u64, at, dst)?;
             done += n;
         }
-        if done == buf.len() { Ok(()) } else { Err(unmapped) }
+        if done == buf.len() {
+            Ok(())
+        } else {
+            Err(unmapped)
+        }
     }
 }
 
@@ -212,7 +216,10 @@ mod tests {
         assert_eq!(b, [3, 4, 5, 6]);
         assert!(m.read(0x1006, &mut b).is_err());
         assert!(m.read(0xfff, &mut b).is_err());
-        assert!(matches!(m.read(u64::MAX - 1, &mut b), Err(MemError::Overflow { .. })));
+        assert!(matches!(
+            m.read(u64::MAX - 1, &mut b),
+            Err(MemError::Overflow { .. })
+        ));
         let v: u32 = m.read_pod(0x1000).unwrap();
         assert_eq!(v, 0x0403_0201);
     }
@@ -223,9 +230,18 @@ mod tests {
         let b = [0xbbu8; 16];
         let c = [0xccu8; 16];
         let regions = [
-            Region { gpa: 0x10, bytes: &b },
-            Region { gpa: 0x0, bytes: &a },
-            Region { gpa: 0x100, bytes: &c },
+            Region {
+                gpa: 0x10,
+                bytes: &b,
+            },
+            Region {
+                gpa: 0x0,
+                bytes: &a,
+            },
+            Region {
+                gpa: 0x100,
+                bytes: &c,
+            },
         ];
         let m = RegionMem::new(&regions);
         let mut buf = [0u8; 4];
