@@ -1,0 +1,56 @@
+//! The `ktstr` binary as users run it.
+
+use std::process::Command;
+
+use ktstr_tests::{Need, skip};
+
+fn ktstr(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ktstr"))
+        .args(args)
+        .output()
+        .expect("run ktstr")
+}
+
+#[test]
+fn unknown_kernel_is_an_infrastructure_error_that_says_what_to_do() {
+    let out = ktstr(&["kernel", "info", "/no/such/kernel"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/no/such/kernel") && err.contains("ktstr kernel fetch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fetch_prints_the_release_dir_last_and_info_reads_it() {
+    let Ok(_) = ktstr_tests::cached_kernel_dir() else {
+        return skip(
+            "fetch_prints_the_release_dir_last",
+            Need::Kernel,
+            "no fetched kernel: run ./setup.sh",
+        );
+    };
+    // --offline: the cache already holds a kernel; this checks the CLI
+    // contract (last stdout line = release dir), not the network.
+    let out = ktstr(&["kernel", "fetch", "--offline"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = stdout.lines().last().expect("a line");
+    assert!(std::path::Path::new(dir).join("vmlinux").is_file(), "{dir}");
+
+    let info = ktstr(&["kernel", "info", dir, "--json"]);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    let release = v["release"].as_str().expect("release");
+    assert!(dir.ends_with(release), "{dir} vs banner release {release}");
+    assert!(v["pvh_entry"].as_u64().is_some());
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Set up ktstr on a fresh Debian/Ubuntu machine and run its main job on a
+# default: install what it needs, build it, fetch the default sched_ext
+# kernel into ~/.cache/ktstr and show what ktstr reads from it.
+# Idempotent: a second run installs and downloads nothing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SUDO=
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "system packages"
+# qemu: the VM backend; busybox-static: the guest userland; dwarves
+# (pahole) and bpftool: independent BTF readers the tests compare against;
+# zstd/xz/lz4/gzip: real compressors for the kernel-image tests;
+# debian-archive-keyring: verifies the kernel packages.
+# --no-install-recommends: qemu's recommends pull hundreds of packages.
+pkgs=(qemu-system-x86 busybox-static dwarves bpftool zstd xz-utils lz4 gzip
+      ca-certificates debian-archive-keyring)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    $SUDO apt-get update -q
+    # bpftool is not packaged everywhere (Ubuntu ships it in linux-tools).
+    if ! apt-cache show bpftool >/dev/null 2>&1; then
+        missing=("${missing[@]/bpftool}")
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends ${missing[@]}
+fi
+
+step "rust toolchain pieces"
+# The no_std proof builds the walker for a bare-metal target.
+rustup target list --installed | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# Fuzzing needs nightly and cargo-fuzz; the rest of ktstr does not.
+if rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal; then
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+else
+    echo "warning: no nightly toolchain: fuzzing (fuzz/) is unavailable" >&2
+fi
+
+step "build"
+cargo build --workspace --all-targets
+
+step "fetch the default sched_ext kernel"
+kernel_dir=$(./target/debug/ktstr kernel fetch | tail -n 1)
+
+step "what ktstr reads from it"
+./target/debug/ktstr kernel info "$kernel_dir"
