@@ -27,6 +27,8 @@ pub mod walk;
 
 #[cfg(feature = "std")]
 pub mod kernel;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use layout::Layout;
 pub use mem::{GuestMem, MemError};

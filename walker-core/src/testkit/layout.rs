@@ -1,0 +1,62 @@
+//! A synthetic [`Layout`] for tests that do not have a real kernel at hand.
+//!
+//! Members are laid out in declaration order, 8-byte aligned, after an
+//! 8-byte pad: deliberately unlike any real kernel, so a walker that
+//! hard-codes an offset instead of reading the layout fails against it.
+
+use std::vec::Vec;
+
+use crate::layout::{Layout, Member};
+
+/// Bytes an embedded member occupies; pointers and scalars take 8.
+fn width(strukt: &str, member: &Member, sizes: &dyn Fn(&str) -> u32) -> u32 {
+    match (strukt, member.name) {
+        ("rq", "scx") => sizes("scx_rq"),
+        ("scx_rq", "local_dsq" | "bypass_dsq") => sizes("scx_dispatch_q"),
+        ("scx_sched_pcpu", "bypass_dsq") | ("scx_sched_pnode", "global_dsq") => {
+            sizes("scx_dispatch_q")
+        }
+        ("task_struct", "scx") => sizes("sched_ext_entity"),
+        ("sched_ext_entity", "dsq_list") => sizes("scx_dsq_list_node"),
+        ("scx_sched", "dsq_hash") => sizes("rhashtable"),
+        ("scx_sched", "ops_name") | ("sched_ext_ops", "name") => 128,
+        // bucket_table.buckets is a flexible array at the end.
+        ("bucket_table", "buckets") => 0,
+        (_, "runnable_list" | "runnable_node" | "tasks_node" | "node" | "list" | "comm") => 16,
+        _ => 8,
+    }
+}
+
+fn offsets(strukt: &str, members: &[Member], sizes: &dyn Fn(&str) -> u32) -> (u32, Vec<u32>) {
+    let pad = if strukt == "list_head" { 0 } else { 8 };
+    let mut at = pad;
+    let offs = members
+        .iter()
+        .map(|m| {
+            let o = at;
+            at += width(strukt, m, sizes).next_multiple_of(8);
+            o
+        })
+        .collect();
+    (at.max(8), offs)
+}
+
+fn struct_size(strukt: &str) -> u32 {
+    let (_, _, members) = Layout::GROUPS
+        .iter()
+        .find(|(_, s, _)| *s == strukt)
+        .copied()
+        .unwrap_or(("", "", &[]));
+    offsets(strukt, members, &struct_size).0
+}
+
+/// The synthetic layout: every group present, every optional member too.
+pub fn compact_layout() -> Layout {
+    Layout::build(|strukt, members, out| {
+        let (size, offs) = offsets(strukt, members, &struct_size);
+        for (slot, o) in out.iter_mut().zip(offs) {
+            *slot = Some(o);
+        }
+        Some(size)
+    })
+}

@@ -1,0 +1,109 @@
+//! The scheduler side of the synthetic kernel: `scx_sched` behind
+//! `scx_root`, its DSQ hash table, per-node global and per-CPU bypass DSQs,
+//! and its exit info.
+
+use super::{MissingGroup, SCX_DSQ_BYPASS, SCX_DSQ_GLOBAL, SyntheticKernel};
+
+impl SyntheticKernel {
+    /// Attach a scheduler named `name` (`scx_root` = the new `scx_sched`)
+    /// whose user-DSQ hash table has `buckets` buckets (a power of two), one
+    /// NUMA node, and a bypass DSQ per CPU.
+    pub fn attach_scheduler(&mut self, name: &str, buckets: u32) -> Result<u64, MissingGroup> {
+        let s = self.layout.sched.ok_or(MissingGroup("sched"))?;
+        let ht = self.layout.rhashtable.ok_or(MissingGroup("rhashtable"))?;
+        let bt = self
+            .layout
+            .bucket_table
+            .ok_or(MissingGroup("bucket_table"))?;
+        let sched = self.alloc(s.struct_size as u64);
+        let mut n = [0u8; 128];
+        for (d, c) in n.iter_mut().zip(name.bytes().take(127)) {
+            *d = c;
+        }
+        self.write(sched + s.ops_name as u64, &n);
+        if let Some(o) = s.dsq_hash {
+            let tbl = self.alloc(bt.struct_size as u64 + 8 * buckets as u64);
+            self.write_u32(tbl + bt.size as u64, buckets);
+            self.write_u64(sched + o as u64 + ht.tbl as u64, tbl);
+        }
+        if let (Some(o), Some(pn)) = (s.pnode, self.layout.sched_pnode) {
+            let array = self.alloc(8);
+            let node = self.alloc(pn.struct_size as u64);
+            self.dsq_init(node + pn.global_dsq as u64, SCX_DSQ_GLOBAL);
+            self.write_u64(array, node);
+            self.write_u64(sched + o as u64, array);
+        }
+        if let (Some(o), Some(pc)) = (s.pcpu, self.layout.sched_pcpu) {
+            let pcpu = self.percpu_alloc(pc.struct_size as u64);
+            self.write_u64(sched + o as u64, pcpu);
+            for cpu in 0..self.nr_cpus() {
+                let at = pcpu.wrapping_add(self.per_cpu_offset(cpu));
+                self.dsq_init(at + pc.bypass_dsq as u64, SCX_DSQ_BYPASS);
+            }
+        }
+        if let Some(ei) = self.layout.exit_info {
+            let info = self.alloc(ei.struct_size as u64);
+            self.write_u64(sched + s.exit_info as u64, info);
+        }
+        if let Some(o) = s.watchdog_timeout {
+            self.write_u64(sched + o as u64, 30 * 250);
+        }
+        let root = self.sym("scx_root");
+        self.write_u64(root, sched);
+        Ok(sched)
+    }
+
+    /// A user DSQ with `id` in `sched`'s hash table, at the head of the
+    /// chain of bucket `id % buckets` (as rhashtable inserts).
+    pub fn add_user_dsq(&mut self, sched: u64, id: u64) -> u64 {
+        let s = self.layout.sched.unwrap_or_default();
+        let ht = self.layout.rhashtable.unwrap_or_default();
+        let bt = self.layout.bucket_table.unwrap_or_default();
+        let d = self.layout.dsq.unwrap_or_default();
+        let dsq = self.new_dsq(id);
+        let tbl = self.read_u64(sched + s.dsq_hash.unwrap_or(0) as u64 + ht.tbl as u64);
+        let size = self.read_u32(tbl + bt.size as u64).max(1) as u64;
+        let bucket = tbl + bt.buckets as u64 + 8 * (id % size);
+        let head = self.read_u64(bucket);
+        // An empty bucket is NULL; a chain ends in the bucket's nulls marker.
+        let next = if head == 0 { bucket | 1 } else { head };
+        let node = dsq + d.hash_node.unwrap_or(0) as u64;
+        self.write_u64(node, next);
+        self.write_u64(bucket, node);
+        dsq
+    }
+
+    /// Node `node`'s global DSQ.
+    pub fn global_dsq(&self, sched: u64, node: usize) -> u64 {
+        let s = self.layout.sched.unwrap_or_default();
+        let pn = self.layout.sched_pnode.unwrap_or_default();
+        let array = self.read_u64(sched + s.pnode.unwrap_or(0) as u64);
+        self.read_u64(array + 8 * node as u64) + pn.global_dsq as u64
+    }
+
+    /// `cpu`'s bypass DSQ.
+    pub fn bypass_dsq(&self, sched: u64, cpu: usize) -> u64 {
+        let s = self.layout.sched.unwrap_or_default();
+        let pc = self.layout.sched_pcpu.unwrap_or_default();
+        let pcpu = self.read_u64(sched + s.pcpu.unwrap_or(0) as u64);
+        pcpu.wrapping_add(self.per_cpu_offset(cpu)) + pc.bypass_dsq as u64
+    }
+
+    /// Record an exit: `exit_kind` in the scheduler and its exit info, with
+    /// `reason` and `msg` strings.
+    pub fn set_exit(&mut self, sched: u64, kind: u32, reason: &str, msg: &str) {
+        let s = self.layout.sched.unwrap_or_default();
+        let ei = self.layout.exit_info.unwrap_or_default();
+        self.write_u32(sched + s.exit_kind as u64, kind);
+        let info = self.read_u64(sched + s.exit_info as u64);
+        if info == 0 {
+            return;
+        }
+        self.write_u32(info + ei.kind as u64, kind);
+        for (off, text) in [(ei.reason, reason), (ei.msg, msg)] {
+            let buf = self.alloc(text.len() as u64 + 1);
+            self.write(buf, text.as_bytes());
+            self.write_u64(info + off as u64, buf);
+        }
+    }
+}
