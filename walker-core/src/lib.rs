@@ -19,6 +19,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod capture;
 pub mod layout;
 pub mod mem;
 pub mod symbols;

@@ -1,0 +1,6 @@
+//! Capturing sched_ext state while the guest is paused: raw values into
+//! caller-provided fixed-capacity storage, no allocation, no formatting.
+
+pub mod buf;
+
+pub use buf::Slots;
