@@ -4,3 +4,6 @@
 pub mod buf;
 
 pub use buf::Slots;
+pub mod records;
+
+pub use records::{CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span, TaskRecord};
