@@ -6,4 +6,6 @@ pub mod buf;
 pub use buf::Slots;
 pub mod records;
 
-pub use records::{CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span, TaskRecord};
+pub use records::{
+    CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span, TaskRecord,
+};
