@@ -339,7 +339,7 @@ fn walk<M: GuestMem + ?Sized>(
                 if entry & PHYS_MASK & size_mask & !(1 << 12) != 0 {
                     return Err(TranslateError::BadEntry { va, level, entry });
                 }
-                return Ok((entry & PHYS_MASK & !size_mask, shift as u8));
+                return Ok((entry & PHYS_MASK & !size_mask, shift));
             }
             (4 | 5, true) => return Err(TranslateError::BadEntry { va, level, entry }),
             _ => table = entry & PHYS_MASK,

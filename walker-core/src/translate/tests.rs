@@ -289,7 +289,7 @@ fn reference(mem: &[u8], cr3: u64, va: u64) -> Option<u64> {
     }
     if pdpt & 0x80 != 0 {
         return (pdpt & PHYS_MASK & 0x3fff_e000 == 0)
-            .then(|| (pdpt & 0x000f_ffff_c000_0000) | (va & 0x3fff_ffff));
+            .then_some((pdpt & 0x000f_ffff_c000_0000) | (va & 0x3fff_ffff));
     }
     let pd = rd((pdpt & PHYS_MASK) + ((va >> 21) & 511) * 8)?;
     if pd & 1 == 0 {
@@ -297,10 +297,10 @@ fn reference(mem: &[u8], cr3: u64, va: u64) -> Option<u64> {
     }
     if pd & 0x80 != 0 {
         return (pd & PHYS_MASK & 0x1f_e000 == 0)
-            .then(|| (pd & 0x000f_ffff_ffe0_0000) | (va & 0x1f_ffff));
+            .then_some((pd & 0x000f_ffff_ffe0_0000) | (va & 0x1f_ffff));
     }
     let pte = rd((pd & PHYS_MASK) + ((va >> 12) & 511) * 8)?;
-    (pte & 1 != 0).then(|| (pte & PHYS_MASK) | (va & 0xfff))
+    (pte & 1 != 0).then_some((pte & PHYS_MASK) | (va & 0xfff))
 }
 
 proptest! {
