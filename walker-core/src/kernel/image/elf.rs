@@ -17,7 +17,7 @@ const CTX: Ctx = Ctx {
 };
 
 /// Why `bytes` is not an x86-64 ELF, or `None` if it is one.
-pub(super) fn not_x86_64_elf(bytes: &[u8]) -> Option<String> {
+pub(crate) fn not_x86_64_elf(bytes: &[u8]) -> Option<String> {
     if !bytes.starts_with(b"\x7fELF") {
         return Some(std::format!(
             "no ELF magic (first bytes {:02x?})",
@@ -62,7 +62,7 @@ pub(super) fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
 }
 
 /// File bytes of the section called `name`, if there is one.
-pub(super) fn section<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn section<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let h = goblin::elf::Elf::parse_header(bytes).ok()?;
     let shoff = usize::try_from(h.e_shoff).ok()?;
     let shdrs = SectionHeader::parse(bytes, shoff, usize::from(h.e_shnum), CTX).ok()?;

@@ -8,7 +8,7 @@
 
 mod bzimage;
 mod decompress;
-mod elf;
+pub(crate) mod elf;
 
 use std::path::{Path, PathBuf};
 use std::string::{String, ToString};
