@@ -53,4 +53,11 @@ fn fetch_prints_the_release_dir_last_and_info_reads_it() {
     let release = v["release"].as_str().expect("release");
     assert!(dir.ends_with(release), "{dir} vs banner release {release}");
     assert!(v["pvh_entry"].as_u64().is_some());
+    assert!(v["btf_error"].is_null(), "{}", v["btf_error"]);
+    let groups = v["layout"].as_array().expect("layout groups");
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["group"] == "scx_sched" && g["struct_found"] == true)
+    );
 }
