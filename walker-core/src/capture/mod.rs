@@ -1,11 +1,213 @@
 //! Capturing sched_ext state while the guest is paused: raw values into
-//! caller-provided fixed-capacity storage, no allocation, no formatting.
+//! caller-provided fixed-capacity storage ([`CaptureBuf`]), no allocation,
+//! no formatting, only the reads that are needed. Each pass (scheduler,
+//! CPUs, DSQs, tasks) runs whatever the others' failures; what a pass could
+//! not do is recorded as a [`Fault`] in [`Health`].
 
 pub mod buf;
+mod cpus;
+mod dsq;
+pub mod fields;
+pub mod records;
+mod sched;
+mod tasks;
 
 pub use buf::Slots;
-pub mod records;
-
 pub use records::{
     CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span, TaskRecord,
 };
+
+use crate::layout::Layout;
+use crate::mem::{CountingMem, GuestMem};
+use crate::symbols::Symbols;
+use crate::translate::Translator;
+use crate::walk::{Broken, HashLimits, WalkSummary};
+
+/// Kernel constants the passes need that are not offsets. The defaults
+/// are the values of 6.12 through 7.x; [`crate::kernel::btf`] can read
+/// them from a kernel's enums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consts {
+    /// `SCX_DSQ_LNODE_ITER_CURSOR`: a DSQ list node that is a cursor.
+    pub dsq_iter_cursor: u32,
+    /// `SCX_TASK_CURSOR`: an `scx_tasks` entry that is an iterator cursor.
+    pub task_cursor: u32,
+}
+
+impl Default for Consts {
+    fn default() -> Self {
+        Self {
+            dsq_iter_cursor: 1,
+            task_cursor: 1 << 31,
+        }
+    }
+}
+
+/// The guest kernel a capture reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'k> {
+    /// Struct offsets.
+    pub layout: &'k Layout,
+    /// Symbol addresses (runtime, after any KASLR slide).
+    pub symbols: &'k Symbols,
+    /// CPUs to read (`nr_cpu_ids`).
+    pub nr_cpus: u32,
+    /// NUMA nodes (`nr_node_ids`).
+    pub nr_nodes: u32,
+    /// Non-offset constants.
+    pub consts: Consts,
+}
+
+/// Bounds on the work of one capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries followed in one DSQ or runnable list.
+    pub max_list: u32,
+    /// Entries followed on `scx_tasks`.
+    pub max_tasks: u32,
+    /// Bounds of the user-DSQ hash-table walk.
+    pub hash: HashLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_list: 1 << 14,
+            max_tasks: 1 << 17,
+            hash: HashLimits::default(),
+        }
+    }
+}
+
+/// The capture's own cost and health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Health {
+    /// Guest reads done.
+    pub reads: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Why the scheduler pass could not run, if it could not.
+    pub sched: Fault,
+    /// Why the per-CPU pass could not run, if it could not.
+    pub cpus: Fault,
+    /// Why the global/user DSQ pass could not run (fully), if it could not.
+    pub dsqs: Fault,
+    /// Why the task pass could not run, if it could not.
+    pub tasks: Fault,
+    /// How the `scx_tasks` walk ended.
+    pub tasks_walk: ListHealth,
+    /// How the user-DSQ hash-table walk ended.
+    pub dsq_hash_walk: ListHealth,
+}
+
+/// Caller-provided storage for one capture.
+#[derive(Debug)]
+pub struct CaptureBuf<'a> {
+    /// One record per CPU.
+    pub cpus: Slots<'a, CpuRecord>,
+    /// Every DSQ found.
+    pub dsqs: Slots<'a, DsqRecord>,
+    /// Task addresses queued on DSQs ([`DsqRecord::tasks`] indexes here).
+    pub queued: Slots<'a, u64>,
+    /// Task addresses on runnable lists ([`CpuRecord::runnable`]).
+    pub runnable: Slots<'a, u64>,
+    /// Every task on `scx_tasks`.
+    pub tasks: Slots<'a, TaskRecord>,
+    /// The scheduler.
+    pub sched: SchedRecord,
+    /// Cost and health.
+    pub health: Health,
+}
+
+impl<'a> CaptureBuf<'a> {
+    /// Storage over the given slices; their capacities bound the capture.
+    pub fn new(
+        cpus: &'a mut [CpuRecord],
+        dsqs: &'a mut [DsqRecord],
+        queued: &'a mut [u64],
+        runnable: &'a mut [u64],
+        tasks: &'a mut [TaskRecord],
+    ) -> Self {
+        Self {
+            cpus: Slots::new(cpus),
+            dsqs: Slots::new(dsqs),
+            queued: Slots::new(queued),
+            runnable: Slots::new(runnable),
+            tasks: Slots::new(tasks),
+            sched: SchedRecord::default(),
+            health: Health::default(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.cpus.clear();
+        self.dsqs.clear();
+        self.queued.clear();
+        self.runnable.clear();
+        self.tasks.clear();
+        self.sched = SchedRecord::default();
+        self.health = Health::default();
+    }
+}
+
+/// Capture the sched_ext state of the (paused) guest into `buf`.
+pub fn capture<M: GuestMem + ?Sized>(
+    mem: &M,
+    tr: &mut Translator,
+    target: &Target<'_>,
+    limits: &Limits,
+    buf: &mut CaptureBuf<'_>,
+) {
+    buf.reset();
+    let counted = CountingMem::new(mem, u64::MAX);
+    let cx = Cx {
+        mem: &counted,
+        target,
+        limits,
+    };
+    if let Err(f) = sched::capture(&cx, tr, &mut buf.sched) {
+        buf.health.sched = f;
+    }
+    if let Err(f) = cpus::capture(&cx, tr, buf) {
+        buf.health.cpus = f;
+    }
+    if let Err(f) = dsq::capture_shared(&cx, tr, buf) {
+        buf.health.dsqs = f;
+    }
+    if let Err(f) = tasks::capture(&cx, tr, buf) {
+        buf.health.tasks = f;
+    }
+    buf.health.reads = counted.reads();
+    buf.health.bytes = counted.bytes();
+}
+
+/// What every pass reads with.
+struct Cx<'c, 'k, M: GuestMem + ?Sized> {
+    mem: &'c CountingMem<&'c M>,
+    target: &'c Target<'k>,
+    limits: &'c Limits,
+}
+
+/// A walk's summary as the capture reports it.
+fn list_health(s: &WalkSummary) -> ListHealth {
+    ListHealth {
+        entries: s.visited,
+        cursors: s.skipped,
+        truncated: s.truncated || s.stopped,
+        cycle: s.cycle,
+        fault: match s.corrupt {
+            None => Fault::None,
+            Some(c) => match c.why {
+                Broken::Unreadable(_) => Fault::Unreadable(c.at),
+                _ => Fault::Corrupt(c.at),
+            },
+        },
+    }
+}
+
+/// `ptr - a - b`, for containing objects of embedded members.
+fn container_of(ptr: u64, members: &[u32]) -> u64 {
+    members
+        .iter()
+        .fold(ptr, |p, &m| p.wrapping_sub(u64::from(m)))
+}

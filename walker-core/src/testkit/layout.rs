@@ -30,7 +30,8 @@ fn width(strukt: &str, member: &Member, sizes: &dyn Fn(&str) -> u32) -> u32 {
 fn offsets(strukt: &str, members: &[Member], sizes: &dyn Fn(&str) -> u32) -> (u32, Vec<u32>) {
     let pad = if strukt == "list_head" { 0 } else { 8 };
     let mut at = pad;
-    let offs = members
+    // A flexible array member (width 0) goes after everything else.
+    let mut offs: Vec<u32> = members
         .iter()
         .map(|m| {
             let o = at;
@@ -38,6 +39,11 @@ fn offsets(strukt: &str, members: &[Member], sizes: &dyn Fn(&str) -> u32) -> (u3
             o
         })
         .collect();
+    for (o, m) in offs.iter_mut().zip(members) {
+        if width(strukt, m, sizes) == 0 {
+            *o = at;
+        }
+    }
     (at.max(8), offs)
 }
 

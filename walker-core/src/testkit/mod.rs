@@ -133,6 +133,9 @@ impl SyntheticKernel {
             let scx = rq_va + rq.scx as u64;
             k.dsq_init(scx + scx_rq.local_dsq as u64, SCX_DSQ_LOCAL);
             k.list_init(scx + scx_rq.runnable_list as u64);
+            if let Some(b) = scx_rq.bypass_dsq {
+                k.dsq_init(scx + b as u64, SCX_DSQ_BYPASS);
+            }
             if let Some(o) = rq.cpu {
                 k.write_u32(rq_va + o as u64, cpu as u32);
             }

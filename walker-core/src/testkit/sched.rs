@@ -68,7 +68,8 @@ impl SyntheticKernel {
         // An empty bucket is NULL; a chain ends in the bucket's nulls marker.
         let next = if head == 0 { bucket | 1 } else { head };
         let node = dsq + d.hash_node.unwrap_or(0) as u64;
-        self.write_u64(node, next);
+        let rh = self.layout.rhash_head.unwrap_or_default();
+        self.write_u64(node + rh.next as u64, next);
         self.write_u64(bucket, node);
         dsq
     }

@@ -61,8 +61,9 @@ fn user_dsqs_chain_in_buckets_and_end_in_nulls_markers() {
     let b = k.add_user_dsq(sched, 5);
     let l = k.layout;
     let hn = l.dsq.unwrap().hash_node.unwrap() as u64;
+    let next = l.rhash_head.unwrap().next as u64;
     // Bucket 1 holds b then a (head insertion), then the odd nulls marker.
-    assert_eq!(k.read_u64(b + hn), a + hn);
-    assert_eq!(k.read_u64(a + hn) & 1, 1);
+    assert_eq!(k.read_u64(b + hn + next), a + hn);
+    assert_eq!(k.read_u64(a + hn + next) & 1, 1);
     assert_ne!(k.global_dsq(sched, 0), k.bypass_dsq(sched, 0));
 }

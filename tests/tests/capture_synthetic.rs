@@ -1,0 +1,280 @@
+//! Capture over a synthetic kernel (walker-core's testkit): the fixture lays
+//! out rqs, DSQs, tasks, the DSQ hash table and scx_sched in memory with a
+//! `Layout`, and the capture must find exactly what the fixture put there.
+//! Each scenario runs with the synthetic compact layout and, when the
+//! fetched kernel is here, with the layout resolved from its real BTF.
+
+use ktstr_tests::{Need, skip};
+use ktstr_walker::Layout;
+use ktstr_walker::capture::{
+    CaptureBuf, Consts, CpuRecord, DsqOrigin, DsqRecord, Fault, Limits, Target, TaskRecord, capture,
+};
+use ktstr_walker::kernel::btf::KernelBtf;
+use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
+use ktstr_walker::translate::Translator;
+
+/// Owned storage for a capture, with the given task capacity.
+struct Store {
+    cpus: Vec<CpuRecord>,
+    dsqs: Vec<DsqRecord>,
+    queued: Vec<u64>,
+    runnable: Vec<u64>,
+    tasks: Vec<TaskRecord>,
+}
+
+impl Store {
+    fn new(tasks: usize) -> Self {
+        Self {
+            cpus: vec![CpuRecord::default(); 64],
+            dsqs: vec![DsqRecord::default(); 256],
+            queued: vec![0; 4096],
+            runnable: vec![0; 4096],
+            tasks: vec![TaskRecord::default(); tasks],
+        }
+    }
+    fn buf(&mut self) -> CaptureBuf<'_> {
+        CaptureBuf::new(
+            &mut self.cpus,
+            &mut self.dsqs,
+            &mut self.queued,
+            &mut self.runnable,
+            &mut self.tasks,
+        )
+    }
+}
+
+fn run<'s>(k: &SyntheticKernel, store: &'s mut Store) -> CaptureBuf<'s> {
+    let target = Target {
+        layout: &k.layout,
+        symbols: &k.symbols,
+        nr_cpus: k.nr_cpus() as u32,
+        nr_nodes: 1,
+        consts: Consts::default(),
+    };
+    let mut buf = store.buf();
+    let mut tr = Translator::default();
+    capture(&k.mem(), &mut tr, &target, &Limits::default(), &mut buf);
+    buf
+}
+
+fn layouts() -> Vec<(&'static str, Layout)> {
+    let mut out = vec![("compact", compact_layout())];
+    match ktstr_tests::cached_kernel_dir() {
+        Ok(dir) => {
+            let btf = KernelBtf::open(dir.join("vmlinux")).expect("BTF of the fetched kernel");
+            out.push(("real 7.x BTF", btf.layout()));
+        }
+        Err(e) => skip("capture_synthetic (real layout part)", Need::Kernel, &e),
+    }
+    out
+}
+
+fn comm(t: &TaskRecord) -> &str {
+    let end = t.comm.iter().position(|&b| b == 0).unwrap_or(16);
+    std::str::from_utf8(&t.comm[..end]).unwrap()
+}
+
+fn dsq_tasks<'a>(buf: &'a CaptureBuf<'_>, d: &DsqRecord) -> &'a [u64] {
+    &buf.queued.as_slice()[d.tasks.start as usize..(d.tasks.start + d.tasks.len) as usize]
+}
+
+#[test]
+fn a_busy_scheduler_is_captured_as_laid_out() {
+    for (name, layout) in layouts() {
+        for style in [PerCpuStyle::Absolute, PerCpuStyle::ZeroBased] {
+            let mut k = SyntheticKernel::new(layout, 2, style).unwrap();
+            let sched = k.attach_scheduler("fixture_sched", 4).unwrap();
+            let t: Vec<u64> = (0..6)
+                .map(|i| k.add_task(1000 + i, &format!("worker-{i}")))
+                .collect();
+            k.make_runnable(t[0], 0, 900);
+            k.run_on(t[0], 0);
+            k.make_runnable(t[1], 1, 901);
+            let local1 = k.local_dsq(1);
+            k.enqueue(local1, t[1]);
+            let user = k.add_user_dsq(sched, 0x10);
+            let other = k.add_user_dsq(sched, 0x14); // same bucket as 0x10
+            let third = k.add_user_dsq(sched, 0x3);
+            k.enqueue(user, t[2]);
+            k.insert_cursor(user);
+            k.enqueue(user, t[3]);
+            let global = k.global_dsq(sched, 0);
+            k.enqueue(global, t[4]);
+
+            let mut store = Store::new(64);
+            let buf = run(&k, &mut store);
+            let ctx = format!("{name} {style:?}");
+            let h = buf.health;
+            assert_eq!(
+                (h.sched, h.cpus, h.dsqs, h.tasks),
+                (Fault::None, Fault::None, Fault::None, Fault::None),
+                "{ctx}"
+            );
+            assert!(h.reads > 0 && h.bytes > 0);
+
+            assert_eq!(buf.sched.root, sched, "{ctx}");
+            assert!(buf.sched.ops_name.starts_with(b"fixture_sched\0"), "{ctx}");
+            assert_eq!(buf.sched.exit_kind, 0);
+
+            let cpus = buf.cpus.as_slice();
+            assert_eq!(cpus.len(), 2, "{ctx}");
+            assert_eq!((cpus[0].rq, cpus[1].rq), (k.rq(0), k.rq(1)), "{ctx}");
+            assert_eq!(cpus[0].curr, t[0], "{ctx}");
+            assert_eq!(cpus[1].curr, k.idle_task(1), "{ctx}");
+            assert_eq!(
+                (cpus[0].scx_nr_running, cpus[1].scx_nr_running),
+                (1, 1),
+                "{ctx}"
+            );
+            let run0 = &buf.runnable.as_slice()[cpus[0].runnable.start as usize..]
+                [..cpus[0].runnable.len as usize];
+            assert_eq!(run0, [t[0]], "{ctx}");
+
+            let dsqs = buf.dsqs.as_slice();
+            let by_origin = |o: DsqOrigin| {
+                dsqs.iter()
+                    .find(|d| d.origin == o)
+                    .unwrap_or_else(|| panic!("{ctx}: no {o:?}"))
+            };
+            let l1 = by_origin(DsqOrigin::Local(1));
+            assert_eq!(
+                (l1.addr, l1.nr, dsq_tasks(&buf, l1)),
+                (local1, 1, &[t[1]][..]),
+                "{ctx}"
+            );
+            assert!(dsq_tasks(&buf, by_origin(DsqOrigin::Local(0))).is_empty());
+            assert_eq!(
+                dsq_tasks(&buf, by_origin(DsqOrigin::Global(0))),
+                [t[4]],
+                "{ctx}"
+            );
+            assert_eq!(
+                by_origin(DsqOrigin::Bypass(1)).addr,
+                k.bypass_dsq(sched, 1),
+                "{ctx}"
+            );
+            let users: Vec<&DsqRecord> = dsqs
+                .iter()
+                .filter(|d| d.origin == DsqOrigin::User)
+                .collect();
+            let mut ids: Vec<u64> = users.iter().map(|d| d.id).collect();
+            ids.sort();
+            assert_eq!(
+                ids,
+                [0x3, 0x10, 0x14],
+                "{ctx} {:?}",
+                buf.health.dsq_hash_walk
+            );
+            let u = users.iter().find(|d| d.id == 0x10).unwrap();
+            assert_eq!((u.addr, u.nr, u.walk.cursors), (user, 2, 1), "{ctx}");
+            assert_eq!(dsq_tasks(&buf, u), [t[2], t[3]], "{ctx}");
+            assert!(users.iter().any(|d| d.addr == other) && users.iter().any(|d| d.addr == third));
+            assert_eq!(buf.health.dsq_hash_walk.entries, 3);
+
+            let tasks = buf.tasks.as_slice();
+            assert_eq!(tasks.len(), 6, "{ctx}");
+            for (i, rec) in tasks.iter().enumerate() {
+                assert_eq!(
+                    (rec.addr, rec.pid, rec.tgid),
+                    (t[i], 1000 + i as i32, 1000 + i as i32),
+                    "{ctx}"
+                );
+                assert_eq!(comm(rec), format!("worker-{i}"), "{ctx}");
+                assert_eq!(rec.sched_class, k.sym("ext_sched_class"));
+            }
+            assert_eq!(
+                (tasks[1].dsq, tasks[1].on_rq, tasks[1].runnable_at),
+                (local1, 1, 901),
+                "{ctx}"
+            );
+            assert_eq!(
+                (tasks[5].dsq, tasks[5].on_rq, tasks[5].state),
+                (0, 0, 1),
+                "{ctx}"
+            );
+            assert!(buf.health.tasks_walk.fault == Fault::None && !buf.health.tasks_walk.truncated);
+        }
+    }
+}
+
+#[test]
+fn no_scheduler_attached_is_a_state_not_an_error() {
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 3, PerCpuStyle::Absolute).unwrap();
+        k.add_task(7, "lonely");
+        let mut store = Store::new(8);
+        let buf = run(&k, &mut store);
+        assert_eq!(buf.sched.root, 0, "{name}");
+        assert_eq!(buf.health.sched, Fault::None, "{name}");
+        assert_eq!(buf.cpus.len(), 3);
+        // No global or user DSQs without a scheduler (per-rq bypass DSQs
+        // exist where the layout has `scx_rq.bypass_dsq`).
+        let dsqs = buf.dsqs.as_slice();
+        assert!(
+            dsqs.iter()
+                .all(|d| matches!(d.origin, DsqOrigin::Local(_) | DsqOrigin::Bypass(_))),
+            "{name}"
+        );
+        assert_eq!(
+            dsqs.iter()
+                .filter(|d| matches!(d.origin, DsqOrigin::Local(_)))
+                .count(),
+            3
+        );
+        assert!(dsqs.iter().all(|d| d.walk.fault == Fault::None), "{name}");
+        assert_eq!(buf.tasks.len(), 1);
+    }
+}
+
+#[test]
+fn capacity_truncation_cycles_and_missing_groups_are_reported() {
+    let mut k = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    let sched = k.attach_scheduler("s", 2).unwrap();
+    let t: Vec<u64> = (0..5).map(|i| k.add_task(i + 1, "w")).collect();
+    let user = k.add_user_dsq(sched, 1);
+    for &x in &t {
+        k.enqueue(user, x);
+    }
+    // Too few task slots: 3 recorded, the walk reports truncation, no panic.
+    let mut store = Store::new(3);
+    let buf = run(&k, &mut store);
+    assert_eq!(buf.tasks.len(), 3);
+    assert!(buf.health.tasks_walk.truncated);
+
+    // A cycle inside the user DSQ's list (node 3 -> node 1).
+    let l = k.layout;
+    let node_of = |task: u64| {
+        k.entity(task) + (l.entity.unwrap().dsq_list + l.dsq_list_node.unwrap().node) as u64
+    };
+    let (n1, n3) = (node_of(t[1]), node_of(t[3]));
+    k.write_u64(n3 + l.list_head.unwrap().next as u64, n1);
+    let mut store = Store::new(16);
+    let buf = run(&k, &mut store);
+    let u = buf
+        .dsqs
+        .as_slice()
+        .iter()
+        .find(|d| d.origin == DsqOrigin::User)
+        .unwrap();
+    assert!(u.walk.cycle, "{:?}", u.walk);
+    assert_eq!(buf.tasks.len(), 5, "other passes are unaffected");
+
+    // No scx_sched group: the scheduler pass names it, the rest still runs.
+    let mut layout = compact_layout();
+    layout.sched = None;
+    let mut k2 = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    k2.attach_scheduler("s", 2).unwrap();
+    k2.layout = layout;
+    let mut store = Store::new(16);
+    let buf = run(&k2, &mut store);
+    assert_eq!(buf.health.sched, Fault::MissingGroup("scx_sched"));
+    assert_eq!(buf.cpus.len(), 1);
+
+    // No scx_tasks symbol.
+    let mut k3 = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    k3.symbols.scx_tasks = None;
+    let mut store = Store::new(16);
+    let buf = run(&k3, &mut store);
+    assert_eq!(buf.health.tasks, Fault::MissingSymbol("scx_tasks"));
+    assert_eq!(buf.cpus.len(), 1);
+}

@@ -1,0 +1,132 @@
+//! The per-CPU pass: each CPU's rq and rq->scx scalars, its local and
+//! bypass DSQs and its runnable list.
+
+use super::fields::{Field, gather};
+use super::records::{CpuRecord, DsqOrigin, Fault, Span};
+use super::{CaptureBuf, Cx, container_of, dsq, list_health};
+use crate::mem::GuestMem;
+use crate::translate::{Translator, per_cpu_addr};
+use crate::walk::{Step, walk_list};
+
+pub(super) fn capture<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    buf: &mut CaptureBuf<'_>,
+) -> Result<(), Fault> {
+    let (l, syms) = (cx.target.layout, cx.target.symbols);
+    let runqueues = syms.runqueues.ok_or(Fault::MissingSymbol("runqueues"))?;
+    let offsets = syms
+        .per_cpu_offset
+        .ok_or(Fault::MissingSymbol("__per_cpu_offset"))?;
+    let rq_l = l.rq.ok_or(Fault::MissingGroup("rq"))?;
+    let scx_l = l.scx_rq.ok_or(Fault::MissingGroup("scx_rq"))?;
+    let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
+    let task = l.task.ok_or(Fault::MissingGroup("task_struct"))?;
+    let entity = l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?;
+    // The scheduler's per-CPU part (bypass DSQs), when there is one.
+    let sched_pcpu = match (l.sched.and_then(|s| s.pcpu), l.sched_pcpu, buf.sched.root) {
+        (Some(off), Some(pc), root) if root != 0 && syms.scx_root.is_some() => tr
+            .read_virt_pod::<u64, _>(cx.mem, root.wrapping_add(u64::from(off)))
+            .ok()
+            .filter(|p| *p != 0)
+            .map(|p| (p, pc.bypass_dsq)),
+        _ => None,
+    };
+    for cpu in 0..cx.target.nr_cpus {
+        let mut rec = CpuRecord {
+            cpu,
+            ..CpuRecord::default()
+        };
+        let off = match tr.read_per_cpu_offset(cx.mem, offsets, cpu) {
+            Ok(o) => o,
+            Err(_) => {
+                rec.fault = Fault::Unreadable(offsets.wrapping_add(u64::from(cpu) * 8));
+                buf.cpus.push(rec);
+                continue;
+            }
+        };
+        let rq = per_cpu_addr(runqueues, off);
+        rec.rq = rq;
+        let f = |o: u32, w: u8| Some(Field::new(o, w));
+        let opt = |o: Option<u32>, w: u8| o.map(|o| Field::new(o, w));
+        match gather(
+            cx.mem,
+            tr,
+            rq,
+            [
+                f(rq_l.nr_running, 4),
+                f(rq_l.curr, 8),
+                f(rq_l.clock, 8),
+                opt(rq_l.idle, 8),
+            ],
+        ) {
+            Ok([nr, curr, clock, idle]) => {
+                rec.nr_running = nr.unwrap_or(0) as u32;
+                rec.curr = curr.unwrap_or(0);
+                rec.clock = clock.unwrap_or(0);
+                rec.idle = idle;
+            }
+            Err(_) => rec.fault = Fault::Unreadable(rq),
+        }
+        let scx = rq.wrapping_add(u64::from(rq_l.scx));
+        match gather(
+            cx.mem,
+            tr,
+            scx,
+            [
+                f(scx_l.nr_running, 4),
+                f(scx_l.flags, 4),
+                opt(scx_l.cpu_released, 1),
+                opt(scx_l.ops_qseq, 8),
+                opt(scx_l.clock, 8),
+            ],
+        ) {
+            Ok([nr, flags, released, qseq, clock]) => {
+                rec.scx_nr_running = nr.unwrap_or(0) as u32;
+                rec.scx_flags = flags.unwrap_or(0) as u32;
+                rec.cpu_released = released.map(|v| v != 0);
+                rec.ops_qseq = qseq;
+                rec.scx_clock = clock;
+            }
+            Err(_) => rec.fault = Fault::Unreadable(scx),
+        }
+        match dsq::capture_one(
+            cx,
+            tr,
+            buf,
+            scx.wrapping_add(u64::from(scx_l.local_dsq)),
+            DsqOrigin::Local(cpu),
+        ) {
+            Ok(i) => rec.local_dsq = i,
+            Err(f) => rec.fault = f,
+        }
+        let bypass = sched_pcpu
+            .map(|(pcpu, inner)| per_cpu_addr(pcpu, off).wrapping_add(u64::from(inner)))
+            .or(scx_l.bypass_dsq.map(|b| scx.wrapping_add(u64::from(b))));
+        if let Some(b) = bypass {
+            if let Err(f) = dsq::capture_one(cx, tr, buf, b, DsqOrigin::Bypass(cpu)) {
+                rec.fault = f;
+            }
+        }
+        let start = buf.runnable.len() as u32;
+        let runnable = &mut buf.runnable;
+        let walk = walk_list(
+            cx.mem,
+            tr,
+            &lh,
+            scx.wrapping_add(u64::from(scx_l.runnable_list)),
+            cx.limits.max_list,
+            |_, node| match runnable.push(container_of(node, &[entity.runnable_node, task.scx])) {
+                Some(_) => Step::Continue,
+                None => Step::Stop,
+            },
+        );
+        rec.runnable = Span {
+            start,
+            len: buf.runnable.len() as u32 - start,
+        };
+        rec.runnable_walk = list_health(&walk);
+        buf.cpus.push(rec);
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The scheduler pass: `*scx_root` (or, before 6.16, the static `scx_ops`).
+
+use super::fields::{Field, gather};
+use super::{Cx, Fault, SchedRecord};
+use crate::mem::GuestMem;
+use crate::translate::Translator;
+
+pub(super) fn capture<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    rec: &mut SchedRecord,
+) -> Result<(), Fault> {
+    let (layout, syms) = (cx.target.layout, cx.target.symbols);
+    let Some(root_sym) = syms.scx_root else {
+        // Before scx_root existed the ops table was a static variable.
+        let ops = syms.scx_ops.ok_or(Fault::MissingSymbol("scx_root"))?;
+        let o = layout.ops.ok_or(Fault::MissingGroup("sched_ext_ops"))?;
+        rec.root = ops;
+        read_str(
+            cx,
+            tr,
+            ops.wrapping_add(u64::from(o.name)),
+            &mut rec.ops_name,
+        );
+        return Ok(());
+    };
+    let root: u64 = tr
+        .read_virt_pod(cx.mem, root_sym)
+        .map_err(|_| Fault::Unreadable(root_sym))?;
+    rec.root = root;
+    if root == 0 {
+        return Ok(()); // no scheduler attached: a state, not an error
+    }
+    let s = layout.sched.ok_or(Fault::MissingGroup("scx_sched"))?;
+    let f = |o: u32, w: u8| Some(Field::new(o, w));
+    let opt = |o: Option<u32>, w: u8| o.map(|o| Field::new(o, w));
+    let [exit_kind, exit_info, bypass_depth, aborting, watchdog] = gather(
+        cx.mem,
+        tr,
+        root,
+        [
+            f(s.exit_kind, 4),
+            f(s.exit_info, 8),
+            opt(s.bypass_depth, 4),
+            opt(s.aborting, 1),
+            opt(s.watchdog_timeout, 8),
+        ],
+    )
+    .map_err(|_| Fault::Unreadable(root))?;
+    rec.exit_kind = exit_kind.unwrap_or(0) as u32;
+    rec.bypass_depth = bypass_depth.map(|v| v as u32 as i32);
+    rec.aborting = aborting.map(|v| v != 0);
+    rec.watchdog_timeout = watchdog;
+    read_str(
+        cx,
+        tr,
+        root.wrapping_add(u64::from(s.ops_name)),
+        &mut rec.ops_name,
+    );
+    let info = exit_info.unwrap_or(0);
+    if let (Some(ei), true) = (layout.exit_info, info != 0) {
+        let [code, reason, msg] = gather(
+            cx.mem,
+            tr,
+            info,
+            [opt(ei.exit_code, 8), f(ei.reason, 8), f(ei.msg, 8)],
+        )
+        .map_err(|_| Fault::Unreadable(info))?;
+        rec.exit_code = code.map(|c| c as i64);
+        for (ptr, out) in [
+            (reason, &mut rec.exit_reason[..]),
+            (msg, &mut rec.exit_msg[..]),
+        ] {
+            if let Some(p) = ptr.filter(|p| *p != 0) {
+                read_str(cx, tr, p, out);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copy a C string at `va` into `out` (NUL-padded), reading no further
+/// than the end of `va`'s page when the whole buffer is not readable.
+pub(super) fn read_str<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    va: u64,
+    out: &mut [u8],
+) {
+    if tr.read_virt(cx.mem, va, out).is_ok() {
+        return;
+    }
+    let to_page_end = (4096 - (va & 0xfff)) as usize;
+    let n = to_page_end.min(out.len());
+    out.fill(0);
+    if let Some(part) = out.get_mut(..n) {
+        if tr.read_virt(cx.mem, va, part).is_err() {
+            part.fill(0);
+        }
+    }
+}
