@@ -278,3 +278,148 @@ fn capacity_truncation_cycles_and_missing_groups_are_reported() {
     assert_eq!(buf.health.tasks, Fault::MissingSymbol("scx_tasks"));
     assert_eq!(buf.cpus.len(), 1);
 }
+
+#[test]
+fn render_places_every_task_decodes_exit_and_round_trips_through_json() {
+    use ktstr_walker::render::{Names, Placement, RenderContext, Report};
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 2, PerCpuStyle::Absolute).unwrap();
+        let sched = k.attach_scheduler("fixture_sched", 4).unwrap();
+        let t: Vec<u64> = (0..7)
+            .map(|i| k.add_task(2000 + i, &format!("w{i}")))
+            .collect();
+        let jiffies = k.read_u64(k.sym("jiffies_64"));
+        k.make_runnable(t[0], 0, jiffies);
+        k.run_on(t[0], 0);
+        k.make_runnable(t[1], 1, jiffies - 250 * 3); // runnable for 3 s at HZ=250
+        let local1 = k.local_dsq(1);
+        k.enqueue(local1, t[1]);
+        let user = k.add_user_dsq(sched, 0x42);
+        k.make_runnable(t[2], 1, jiffies - 25);
+        k.enqueue(user, t[2]);
+        // Held by the BPF scheduler: runnable, ops_state QUEUED, on no DSQ.
+        k.make_runnable(t[3], 0, jiffies - 50);
+        let e = k.layout.entity.unwrap();
+        k.write_u64(k.entity(t[3]) + e.ops_state as u64, 2 | (7 << 2));
+        // Caught mid-migration: on_rq == TASK_ON_RQ_MIGRATING.
+        let on_rq = k.layout.task.unwrap().on_rq as u64;
+        k.write_u8(t[4] + on_rq, 2);
+        k.set_exit(sched, 1024, "runtime error", "fixture says boom");
+
+        let mut store = Store::new(64);
+        let buf = run(&k, &mut store);
+        let names = Names::default();
+        let ctx = RenderContext {
+            layout: &k.layout,
+            symbols: &k.symbols,
+            names: &names,
+            pause_ns: Some(123_000),
+        };
+        let report = Report::from_capture(&buf, &ctx);
+
+        let place = |i: usize| {
+            report
+                .tasks
+                .iter()
+                .find(|r| r.addr == t[i])
+                .unwrap()
+                .placement
+                .clone()
+        };
+        assert_eq!(place(0), Placement::Running { cpu: 0 }, "{name}");
+        assert_eq!(
+            place(1),
+            Placement::Queued {
+                dsq: "local[cpu 1]".into()
+            },
+            "{name}"
+        );
+        assert_eq!(
+            place(2),
+            Placement::Queued {
+                dsq: "user 0x42".into()
+            },
+            "{name}"
+        );
+        assert_eq!(place(3), Placement::HeldByBpf, "{name}");
+        assert_eq!(place(4), Placement::Migrating, "{name}");
+        assert_eq!(place(5), Placement::NotRunnable, "{name}");
+        let t1 = report.tasks.iter().find(|r| r.addr == t[1]).unwrap();
+        assert_eq!(t1.runnable_for_ms, Some(3000), "{name}");
+        assert_eq!(t1.dsq.as_deref(), Some("local[cpu 1]"));
+        assert_eq!(t1.class, "ext");
+        let t3 = report.tasks.iter().find(|r| r.addr == t[3]).unwrap();
+        assert_eq!(t3.ops_state, "SCX_OPSS_QUEUED qseq=7");
+
+        let s = &report.scheduler;
+        assert!(s.attached && s.ops_name == "fixture_sched", "{name}");
+        assert_eq!(
+            (
+                s.exit_kind_name.as_str(),
+                s.exit_reason.as_str(),
+                s.exit_msg.as_str()
+            ),
+            ("SCX_EXIT_ERROR", "runtime error", "fixture says boom")
+        );
+        assert_eq!(report.cpus[0].curr.comm.as_deref(), Some("w0"));
+        assert!(report.cpus[1].curr_is_idle);
+        // cpu 0's runnable list has t0 and t3, cpu 1's t1 and t2: consistent.
+        assert!(
+            report.health.inconsistencies.is_empty(),
+            "{:?}",
+            report.health.inconsistencies
+        );
+        assert_eq!(report.health.pause_ns, Some(123_000));
+
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report, "{name}: JSON round trip");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["tasks"][3]["placement"]["kind"], "held_by_bpf");
+
+        let text = report.to_text();
+        assert!(
+            text.starts_with("scheduler: fixture_sched (SCX_EXIT_ERROR)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("exit: runtime error") && text.contains("user 0x42"),
+            "{text}"
+        );
+        // Longest waiting first: w1 (3 s) before w3 and w2.
+        let order: Vec<usize> = ["w1[", "w3[", "w2["]
+            .iter()
+            .map(|w| text.rfind(w).unwrap())
+            .collect();
+        assert!(order[0] < order[1] && order[1] < order[2], "{text}");
+    }
+}
+
+#[test]
+fn counters_that_disagree_with_queues_are_reported_not_asserted() {
+    let mut k = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    let t = k.add_task(1, "w");
+    k.make_runnable(t, 0, 0);
+    // As if frozen mid-enqueue: the counter is bumped, the list not yet.
+    let (rq, scx_rq) = (k.layout.rq.unwrap(), k.layout.scx_rq.unwrap());
+    let nr = k.rq(0) + (rq.scx + scx_rq.nr_running) as u64;
+    k.write_u32(nr, 2);
+    let mut store = Store::new(8);
+    let buf = run(&k, &mut store);
+    let names = ktstr_walker::render::Names::default();
+    let ctx = ktstr_walker::render::RenderContext {
+        layout: &k.layout,
+        symbols: &k.symbols,
+        names: &names,
+        pause_ns: None,
+    };
+    let report = ktstr_walker::render::Report::from_capture(&buf, &ctx);
+    assert_eq!(
+        report.health.inconsistencies.len(),
+        1,
+        "{:?}",
+        report.health
+    );
+    assert!(report.health.inconsistencies[0].contains("nr_running=2 but 1"));
+}

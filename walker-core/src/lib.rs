@@ -28,6 +28,8 @@ pub mod walk;
 
 #[cfg(feature = "std")]
 pub mod kernel;
+#[cfg(feature = "std")]
+pub mod render;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

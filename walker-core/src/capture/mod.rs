@@ -115,6 +115,8 @@ pub struct CaptureBuf<'a> {
     pub tasks: Slots<'a, TaskRecord>,
     /// The scheduler.
     pub sched: SchedRecord,
+    /// `jiffies_64` at the capture, when known (runnable ages count from it).
+    pub jiffies: Option<u64>,
     /// Cost and health.
     pub health: Health,
 }
@@ -135,6 +137,7 @@ impl<'a> CaptureBuf<'a> {
             runnable: Slots::new(runnable),
             tasks: Slots::new(tasks),
             sched: SchedRecord::default(),
+            jiffies: None,
             health: Health::default(),
         }
     }
@@ -146,6 +149,7 @@ impl<'a> CaptureBuf<'a> {
         self.runnable.clear();
         self.tasks.clear();
         self.sched = SchedRecord::default();
+        self.jiffies = None;
         self.health = Health::default();
     }
 }
@@ -165,6 +169,10 @@ pub fn capture<M: GuestMem + ?Sized>(
         target,
         limits,
     };
+    buf.jiffies = target
+        .symbols
+        .jiffies_64
+        .and_then(|j| tr.read_virt_pod(&counted, j).ok());
     if let Err(f) = sched::capture(&cx, tr, &mut buf.sched) {
         buf.health.sched = f;
     }

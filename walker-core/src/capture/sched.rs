@@ -79,8 +79,9 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     Ok(())
 }
 
-/// Copy a C string at `va` into `out` (NUL-padded), reading no further
-/// than the end of `va`'s page when the whole buffer is not readable.
+/// Copy a C string at `va` into `out` (NUL-padded). When the whole buffer
+/// is not readable (the string ends near unmapped memory), read it in small
+/// pieces up to the first NUL or unreadable piece.
 pub(super) fn read_str<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
@@ -90,12 +91,22 @@ pub(super) fn read_str<M: GuestMem + ?Sized>(
     if tr.read_virt(cx.mem, va, out).is_ok() {
         return;
     }
-    let to_page_end = (4096 - (va & 0xfff)) as usize;
-    let n = to_page_end.min(out.len());
     out.fill(0);
-    if let Some(part) = out.get_mut(..n) {
-        if tr.read_virt(cx.mem, va, part).is_err() {
-            part.fill(0);
+    for (i, piece) in out.chunks_mut(16).enumerate() {
+        let at = va.wrapping_add(i as u64 * 16);
+        if tr.read_virt(cx.mem, at, piece).is_err() {
+            piece.fill(0);
+            // The tail of the string may sit in a shorter readable run.
+            for (j, b) in piece.iter_mut().enumerate() {
+                match tr.read_virt_pod::<u8, _>(cx.mem, at.wrapping_add(j as u64)) {
+                    Ok(v) => *b = v,
+                    Err(_) => break,
+                }
+            }
+            break;
+        }
+        if piece.contains(&0) {
+            break;
         }
     }
 }

@@ -252,6 +252,51 @@ impl KernelBtf {
         }
     }
 
+    /// Every constant of `enum enum_name` with its value, in order.
+    pub fn enum_members(&self, enum_name: &str) -> Vec<(String, i64)> {
+        let types = self
+            .btf
+            .resolve_types_by_name(enum_name)
+            .unwrap_or_default();
+        let Some(t) = types
+            .iter()
+            .find(|t| matches!(t, Type::Enum(_) | Type::Enum64(_)))
+        else {
+            return Vec::new();
+        };
+        match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let v = if e.is_signed() {
+                        m.val() as i32 as i64
+                    } else {
+                        m.val() as i64
+                    };
+                    Some((self.name(m)?, v))
+                })
+                .collect(),
+            Type::Enum64(e) => e
+                .members
+                .iter()
+                .filter_map(|m| Some((self.name(m)?, m.val() as i64)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The capture's non-offset constants, from this kernel's enums where
+    /// it has them (defaults otherwise).
+    pub fn consts(&self) -> crate::capture::Consts {
+        let d = crate::capture::Consts::default();
+        let get = |name: &str, dflt: u32| self.enum_value(None, name).map_or(dflt, |v| v as u32);
+        crate::capture::Consts {
+            dsq_iter_cursor: get("SCX_DSQ_LNODE_ITER_CURSOR", d.dsq_iter_cursor),
+            task_cursor: get("SCX_TASK_CURSOR", d.task_cursor),
+        }
+    }
+
     fn name(&self, t: &dyn BtfType) -> Option<String> {
         self.btf.resolve_name(t).ok()
     }
