@@ -2,4 +2,5 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod dump;
 pub mod kernel;

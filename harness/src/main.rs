@@ -27,6 +27,34 @@ enum Command {
         #[command(subcommand)]
         command: KernelCommand,
     },
+    /// Show the sched_ext state captured in an ELF core file (QEMU's
+    /// dump-guest-memory, or a kdump vmcore).
+    Dump {
+        /// The core file.
+        #[arg(long)]
+        core: std::path::PathBuf,
+        /// The kernel that wrote it: vmlinux, bzImage, build or cache
+        /// directory, or cached release (its BTF gives the layout).
+        #[arg(long)]
+        vmlinux: String,
+        /// /proc/kallsyms of the same boot (needed for stripped kernels).
+        #[arg(long, conflicts_with = "system_map")]
+        kallsyms: Option<std::path::PathBuf>,
+        /// System.map of the same build.
+        #[arg(long)]
+        system_map: Option<std::path::PathBuf>,
+        /// Page-table root (hex), when the core's notes lack it.
+        #[arg(long, value_parser = parse_hex)]
+        cr3: Option<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_hex(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("{s}: not a hex number: {e}"))
 }
 
 #[derive(Subcommand)]
@@ -75,6 +103,28 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Dump {
+            core,
+            vmlinux,
+            kallsyms,
+            system_map,
+            cr3,
+            json,
+        } => {
+            let report = ktstr::dump::dump(&ktstr::dump::DumpOptions {
+                core,
+                vmlinux,
+                kallsyms,
+                system_map,
+                cr3,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Kernel { command } => match command {
             KernelCommand::Fetch { release, offline } => {
                 let dir = fetch(&FetchOptions { release, offline })?;

@@ -6,40 +6,26 @@
 
 use ktstr_tests::{Need, skip};
 use ktstr_walker::Layout;
+use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use ktstr_walker::capture::{
-    CaptureBuf, Consts, CpuRecord, DsqOrigin, DsqRecord, Fault, Limits, Target, TaskRecord, capture,
+    CaptureBuf, Consts, DsqOrigin, DsqRecord, Fault, Limits, Target, TaskRecord, capture,
 };
 use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
 
-/// Owned storage for a capture, with the given task capacity.
-struct Store {
-    cpus: Vec<CpuRecord>,
-    dsqs: Vec<DsqRecord>,
-    queued: Vec<u64>,
-    runnable: Vec<u64>,
-    tasks: Vec<TaskRecord>,
-}
+/// Storage with room for `tasks` tasks.
+struct Store(CaptureStorage);
 
 impl Store {
     fn new(tasks: usize) -> Self {
-        Self {
-            cpus: vec![CpuRecord::default(); 64],
-            dsqs: vec![DsqRecord::default(); 256],
-            queued: vec![0; 4096],
-            runnable: vec![0; 4096],
-            tasks: vec![TaskRecord::default(); tasks],
-        }
+        Self(CaptureStorage::new(Capacity {
+            tasks,
+            ..Capacity::for_guest(64, 4096)
+        }))
     }
     fn buf(&mut self) -> CaptureBuf<'_> {
-        CaptureBuf::new(
-            &mut self.cpus,
-            &mut self.dsqs,
-            &mut self.queued,
-            &mut self.runnable,
-            &mut self.tasks,
-        )
+        self.0.buf()
     }
 }
 

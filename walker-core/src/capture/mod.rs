@@ -10,6 +10,8 @@ mod dsq;
 pub mod fields;
 pub mod records;
 mod sched;
+#[cfg(feature = "alloc")]
+pub mod storage;
 mod tasks;
 
 pub use buf::Slots;

@@ -156,6 +156,19 @@ impl SyntheticKernel {
         SliceMem::new(0, &self.mem)
     }
 
+    /// The guest-physical bytes, from address 0.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mem
+    }
+
+    /// The symbols as `/proc/kallsyms` text.
+    pub fn kallsyms(&self) -> std::string::String {
+        Symbols::NAMES
+            .iter()
+            .filter_map(|n| self.symbols.get(n).map(|a| format!("{a:016x} D {n}\n")))
+            .collect()
+    }
+
     /// Number of CPUs.
     pub fn nr_cpus(&self) -> usize {
         self.nr_cpus

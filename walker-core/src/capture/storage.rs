@@ -1,0 +1,70 @@
+//! Heap-backed storage for a [`CaptureBuf`] (feature `alloc`): allocate it
+//! before pausing the guest, capture into it while paused.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::{CaptureBuf, CpuRecord, DsqRecord, TaskRecord};
+
+/// Capacities of a capture's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// CPU records.
+    pub cpus: usize,
+    /// DSQ records.
+    pub dsqs: usize,
+    /// Task addresses queued on DSQs, over all DSQs.
+    pub queued: usize,
+    /// Task addresses on runnable lists, over all CPUs.
+    pub runnable: usize,
+    /// Task records.
+    pub tasks: usize,
+}
+
+impl Capacity {
+    /// Room for `nr_cpus` CPUs (local and bypass DSQs each), 1024 more
+    /// DSQs, and `tasks` tasks everywhere.
+    pub fn for_guest(nr_cpus: usize, tasks: usize) -> Self {
+        Self {
+            cpus: nr_cpus,
+            dsqs: nr_cpus.saturating_mul(2).saturating_add(1024),
+            queued: tasks,
+            runnable: tasks,
+            tasks,
+        }
+    }
+}
+
+/// Owned buffers for one capture at a time.
+#[derive(Debug, Clone)]
+pub struct CaptureStorage {
+    cpus: Vec<CpuRecord>,
+    dsqs: Vec<DsqRecord>,
+    queued: Vec<u64>,
+    runnable: Vec<u64>,
+    tasks: Vec<TaskRecord>,
+}
+
+impl CaptureStorage {
+    /// Buffers of the given capacities.
+    pub fn new(c: Capacity) -> Self {
+        Self {
+            cpus: vec![CpuRecord::default(); c.cpus],
+            dsqs: vec![DsqRecord::default(); c.dsqs],
+            queued: vec![0; c.queued],
+            runnable: vec![0; c.runnable],
+            tasks: vec![TaskRecord::default(); c.tasks],
+        }
+    }
+
+    /// A capture buffer over this storage.
+    pub fn buf(&mut self) -> CaptureBuf<'_> {
+        CaptureBuf::new(
+            &mut self.cpus,
+            &mut self.dsqs,
+            &mut self.queued,
+            &mut self.runnable,
+            &mut self.tasks,
+        )
+    }
+}
