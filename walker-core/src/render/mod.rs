@@ -183,6 +183,19 @@ pub enum Placement {
     NotRunnable,
 }
 
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Running { cpu } => write!(f, "running on cpu {cpu}"),
+            Placement::Queued { dsq } => write!(f, "queued on {dsq}"),
+            Placement::HeldByBpf => f.write_str("held by the BPF scheduler"),
+            Placement::Migrating => f.write_str("migrating"),
+            Placement::Runnable => f.write_str("runnable, on no DSQ"),
+            Placement::NotRunnable => f.write_str("not runnable"),
+        }
+    }
+}
+
 /// One task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskReport {

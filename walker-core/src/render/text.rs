@@ -113,13 +113,12 @@ impl Report {
         for t in waiting.iter().take(INTERESTING) {
             writeln!(
                 s,
-                "  {}[{}] {:?} waiting={} dsq={} flags=[{}] {} weight={} slice={}ns",
+                "  {}[{}] {}, waiting {}; flags=[{}] {} weight={} slice={}ns",
                 t.comm,
                 t.pid,
                 t.placement,
                 t.runnable_for_ms
                     .map_or("?".into(), |m| std::format!("{m}ms")),
-                t.dsq.as_deref().unwrap_or("-"),
                 t.scx_flags.join(","),
                 t.ops_state,
                 t.weight,

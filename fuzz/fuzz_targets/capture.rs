@@ -1,0 +1,90 @@
+//! The whole capture over arbitrary guest memory, an arbitrary layout and
+//! arbitrary symbol addresses: never a panic, and never more guest reads
+//! than the bound stated below, derived from the capture's limits.
+#![no_main]
+
+use arbitrary::{Arbitrary, Unstructured};
+use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
+use ktstr_walker::capture::{Consts, Limits, Target, capture};
+use ktstr_walker::layout::Layout;
+use ktstr_walker::mem::SliceMem;
+use ktstr_walker::symbols::Symbols;
+use ktstr_walker::translate::{DEFAULT_PAGE_OFFSET_BASE, Levels, PageTableRoot, Translator, TranslatorConfig};
+use ktstr_walker::walk::HashLimits;
+use libfuzzer_sys::fuzz_target;
+
+const LIMITS: Limits = Limits {
+    max_list: 16,
+    max_tasks: 32,
+    hash: HashLimits { max_buckets: 64, max_entries: 8, max_chain: 8 },
+};
+const MAX_CPUS: u32 = 4;
+const MAX_NODES: u32 = 2;
+
+/// Reads one virtual read may cost: a 5-level walk plus the read itself;
+/// every structure read below is at most 512 bytes (one chunk), so it
+/// crosses at most one page boundary: twice that.
+const PER_READ: u64 = 2 * 6;
+
+/// Read bound, counted in virtual reads, then multiplied by [`PER_READ`].
+fn read_bound() -> u64 {
+    let list = |n: u32| 2 * (u64::from(n) + 1);
+    // A string: one try, then up to 16 pieces of 16 and 16 single bytes.
+    let string = 1 + 16 + 16;
+    // A DSQ: id/nr/seq (up to 3 chunks), its list, each node's flags.
+    let dsq = 3 + list(LIMITS.max_list) + u64::from(LIMITS.max_list);
+    let sched = 1 + 5 + string + 3 + 2 * string + 1; // + jiffies
+    let per_cpu = 1 + 4 + 5 + 2 * dsq + list(LIMITS.max_list);
+    let cpus = 1 + u64::from(MAX_CPUS) * per_cpu;
+    let shared = 1 + u64::from(MAX_NODES) * (1 + dsq)
+        + 4 + u64::from(LIMITS.hash.max_buckets) / 64 + 1
+        + u64::from(LIMITS.hash.max_entries) * (1 + dsq);
+    let tasks = list(LIMITS.max_tasks) + u64::from(LIMITS.max_tasks) * 19;
+    (sched + cpus + shared + tasks) * PER_READ
+}
+
+#[derive(Arbitrary, Debug)]
+struct Setup {
+    nr_cpus: u8,
+    nr_nodes: u8,
+    root: Option<(u16, bool)>,
+    symbols: [u32; 8],
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let Ok(setup) = Setup::arbitrary(&mut u) else { return };
+    // Offsets inside 4 KiB structs, drawn from the input.
+    let layout = Layout::build(|_, _, out| {
+        for o in out.iter_mut() {
+            *o = u.arbitrary::<Option<u16>>().ok().flatten().map(|v| u32::from(v % 4096));
+        }
+        Some(4096)
+    });
+    let Ok(mem) = u.arbitrary::<&[u8]>() else { return };
+    // Symbols point into the direct map over the fuzzed memory.
+    let mut symbols = Symbols::default();
+    for (name, off) in Symbols::NAMES.iter().zip(setup.symbols) {
+        symbols.set(name, DEFAULT_PAGE_OFFSET_BASE + u64::from(off) % (mem.len() as u64 + 1));
+    }
+    let target = Target {
+        layout: &layout,
+        symbols: &symbols,
+        nr_cpus: u32::from(setup.nr_cpus) % (MAX_CPUS + 1),
+        nr_nodes: u32::from(setup.nr_nodes) % (MAX_NODES + 1),
+        consts: Consts::default(),
+    };
+    let mut tr = Translator::new(TranslatorConfig {
+        root: setup.root.map(|(cr3, five)| PageTableRoot {
+            cr3: u64::from(cr3) << 12,
+            levels: if five { Levels::Five } else { Levels::Four },
+            pti: false,
+        }),
+        ..TranslatorConfig::default()
+    });
+    let mut storage = CaptureStorage::new(Capacity { cpus: 4, dsqs: 16, queued: 32, runnable: 32, tasks: 16 });
+    let mut buf = storage.buf();
+    capture(&SliceMem::new(0, mem), &mut tr, &target, &LIMITS, &mut buf);
+    let bound = read_bound();
+    assert!(buf.health.reads <= bound, "{} reads > bound {bound}", buf.health.reads);
+});
