@@ -114,6 +114,62 @@ mod tests {
     }
 }
 
+/// A set of fields sorted once by offset, for reading many objects of one
+/// type (every task) without re-planning each time.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldPlan<const N: usize> {
+    sorted: [Field; N],
+    /// `order[k]`: index in the caller's array of the k-th sorted field.
+    order: [usize; N],
+    n: usize,
+}
+
+impl<const N: usize> FieldPlan<N> {
+    /// Plan the present fields among `fields` (any order).
+    pub fn new(fields: [Option<Field>; N]) -> Self {
+        let mut order = [0usize; N];
+        let mut n = 0usize;
+        for (i, f) in fields.iter().enumerate() {
+            if f.is_some() {
+                if let Some(slot) = order.get_mut(n) {
+                    *slot = i;
+                }
+                n += 1;
+            }
+        }
+        let key = |i: &usize| fields.get(*i).copied().flatten().map_or(u32::MAX, |f| f.offset);
+        if let Some(present) = order.get_mut(..n) {
+            present.sort_unstable_by_key(key);
+        }
+        let mut sorted = [Field::new(0, 1); N];
+        for (dst, i) in sorted.iter_mut().zip(order.iter().take(n)) {
+            if let Some(Some(f)) = fields.get(*i) {
+                *dst = *f;
+            }
+        }
+        Self { sorted, order, n }
+    }
+
+    /// Read the planned fields of the object at `base`; absent fields give
+    /// `None`.
+    pub fn read<M: GuestMem + ?Sized>(
+        &self,
+        mem: &M,
+        tr: &mut Translator,
+        base: u64,
+    ) -> Result<[Option<u64>; N], TranslateError> {
+        let mut values = [0u64; N];
+        read_fields(mem, tr, base, self.sorted.get(..self.n).unwrap_or_default(), &mut values)?;
+        let mut out = [None; N];
+        for (&i, &v) in self.order.iter().take(self.n).zip(values.iter()) {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Read the present fields among `fields` (any order) of the object at
 /// `base`, chunked as [`read_fields`] does; absent fields give `None`.
 pub fn gather<M: GuestMem + ?Sized, const N: usize>(
@@ -122,49 +178,7 @@ pub fn gather<M: GuestMem + ?Sized, const N: usize>(
     base: u64,
     fields: [Option<Field>; N],
 ) -> Result<[Option<u64>; N], TranslateError> {
-    // Indices of present fields sorted by offset (insertion sort: N is tiny).
-    let mut order = [0usize; N];
-    let mut n = 0usize;
-    for (i, f) in fields.iter().enumerate() {
-        let Some(f) = f else { continue };
-        let mut at = n;
-        while at > 0 {
-            let prev = order
-                .get(at - 1)
-                .and_then(|&p| fields.get(p).copied().flatten());
-            if prev.is_some_and(|p| p.offset > f.offset) {
-                order.swap(at - 1, at);
-                at -= 1;
-            } else {
-                break;
-            }
-        }
-        if let Some(slot) = order.get_mut(at) {
-            *slot = i;
-        }
-        n += 1;
-    }
-    let mut sorted = [Field::new(0, 1); N];
-    for (dst, &i) in sorted.iter_mut().zip(order.iter().take(n)) {
-        if let Some(Some(f)) = fields.get(i) {
-            *dst = *f;
-        }
-    }
-    let mut values = [0u64; N];
-    read_fields(
-        mem,
-        tr,
-        base,
-        sorted.get(..n).unwrap_or_default(),
-        &mut values,
-    )?;
-    let mut out = [None; N];
-    for (k, &i) in order.iter().take(n).enumerate() {
-        if let (Some(slot), Some(&v)) = (out.get_mut(i), values.get(k)) {
-            *slot = Some(v);
-        }
-    }
-    Ok(out)
+    FieldPlan::new(fields).read(mem, tr, base)
 }
 
 #[cfg(test)]

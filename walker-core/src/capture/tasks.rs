@@ -1,6 +1,6 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{Field, gather};
+use super::fields::{Field, FieldPlan};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::mem::GuestMem;
@@ -26,7 +26,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let se = |o: u32| t.scx.saturating_add(o);
     let f = |o: u32, w: u8| Some(Field::new(o, w));
     let opt = |o: Option<u32>, w: u8| o.map(|o| Field::new(o, w));
-    let fields = [
+    let plan = FieldPlan::new([
         f(t.pid, 4),
         f(t.tgid, 4),
         f(t.comm, 8),
@@ -48,11 +48,11 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         opt(e.sticky_cpu.map(se), 4),
         opt(e.holding_cpu.map(se), 4),
         f(se(e.runnable_at), 8),
-    ];
+    ]);
     let tasks = &mut buf.tasks;
     let walk = walk_list(cx.mem, tr, &lh, head, cx.limits.max_tasks, |tr, node| {
         let task = container_of(node, &[e.tasks_node, t.scx]);
-        let Ok(v) = gather(cx.mem, tr, task, fields) else {
+        let Ok(v) = plan.read(cx.mem, tr, task) else {
             return Step::Skip;
         };
         let [

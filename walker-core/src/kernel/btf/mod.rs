@@ -10,6 +10,8 @@ use btf_rs::{Btf, BtfType, Type};
 
 use crate::layout::{Layout, Member};
 
+mod header;
+
 /// Deepest nesting of anonymous members / type modifiers followed.
 const MAX_DEPTH: usize = 16;
 /// Raw BTF magic (`BTF_MAGIC`), little-endian.
@@ -101,9 +103,10 @@ impl KernelBtf {
         if bytes.get(..2) != Some(&BTF_MAGIC[..]) {
             return Err(BtfError::UnknownFormat(source.to_string()));
         }
-        // btf-rs validates offsets with checked arithmetic, but it is not
-        // written for hostile input; a panic inside it must not take the
-        // caller down, so it becomes a parse error.
+        header::check(bytes).map_err(|why| BtfError::Parse(source.to_string(), why))?;
+        // btf-rs checks its arithmetic but is not written for hostile
+        // input (no panic was found reading it or fuzzing it); a panic
+        // inside it must still not take the caller down.
         let parsed = std::panic::catch_unwind(|| Btf::from_bytes(bytes));
         let btf = match parsed {
             Ok(Ok(btf)) => btf,
