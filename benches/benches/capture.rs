@@ -58,7 +58,9 @@ fn bench(c: &mut Criterion) {
                 let bytes = run(&k, &mut storage) as usize;
                 let id = format!("{cpus}cpus_{tasks}tasks");
                 g.throughput(Throughput::Elements(if per { tasks } else { cpus } as u64));
-                g.bench_with_input(BenchmarkId::new("capture", &id), &id, |b, _| b.iter(|| run(black_box(&k), &mut storage)));
+                g.bench_with_input(BenchmarkId::new("capture", &id), &id, |b, _| {
+                    b.iter(|| run(black_box(&k), &mut storage))
+                });
                 // Baseline: copying as many bytes as the capture read.
                 let src = &k.bytes()[..bytes.min(k.bytes().len())];
                 let mut dst = vec![0u8; src.len()];

@@ -24,104 +24,25 @@ impl Field {
     }
 }
 
-/// Read `fields` of the object at kernel virtual `base` into `out` (one
-/// value per field, zero-extended little-endian). `fields` must be sorted
-/// by offset; each run of fields spanning at most [`CHUNK`] bytes costs one
-/// read. Returns the number of reads done.
-pub fn read_fields<M: GuestMem + ?Sized>(
-    mem: &M,
-    tr: &mut Translator,
-    base: u64,
-    fields: &[Field],
-    out: &mut [u64],
-) -> Result<u32, TranslateError> {
-    let mut chunk = [0u8; CHUNK];
-    let mut reads = 0u32;
-    let mut i = 0usize;
-    // Each round consumes at least one field.
-    while i < fields.len() {
-        let Some(first) = fields.get(i) else { break };
-        let start = first.offset;
-        let mut end = i;
-        let mut span_end = start;
-        for (j, f) in fields.iter().enumerate().skip(i) {
-            let f_end = f.offset.saturating_add(u32::from(f.width.clamp(1, 8)));
-            if f.offset < start || f_end - start > CHUNK as u32 {
-                break;
-            }
-            end = j + 1;
-            span_end = span_end.max(f_end);
-        }
-        if end == i {
-            // Unsorted or oversized input: read this field alone.
-            end = i + 1;
-            span_end = start.saturating_add(u32::from(first.width.clamp(1, 8)));
-        }
-        let len = (span_end - start) as usize;
-        let buf = chunk.get_mut(..len).unwrap_or_default();
-        tr.read_virt(mem, base.wrapping_add(u64::from(start)), buf)?;
-        reads += 1;
-        for (f, slot) in fields
-            .get(i..end)
-            .unwrap_or_default()
-            .iter()
-            .zip(out.iter_mut().skip(i))
-        {
-            let at = (f.offset - start) as usize;
-            let w = usize::from(f.width.clamp(1, 8));
-            let mut v = [0u8; 8];
-            if let (Some(dst), Some(src)) = (v.get_mut(..w), buf.get(at..at + w)) {
-                dst.copy_from_slice(src);
-            }
-            *slot = u64::from_le_bytes(v);
-        }
-        i = end;
-    }
-    Ok(reads)
+/// One guest read of a plan: fields `first..end` (in sorted order) within
+/// `offset..offset + len` of the object.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    first: usize,
+    end: usize,
+    offset: u32,
+    len: u32,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mem::{CountingMem, SliceMem};
-    use crate::translate::DEFAULT_PAGE_OFFSET_BASE;
-
-    #[test]
-    fn close_fields_share_a_read_and_far_ones_do_not() {
-        let mut bytes = [0u8; 4096];
-        bytes[8..16].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
-        bytes[20] = 0xab;
-        bytes[2000..2004].copy_from_slice(&7u32.to_le_bytes());
-        let mem = CountingMem::new(SliceMem::new(0, &bytes), u64::MAX);
-        let mut tr = Translator::default();
-        let fields = [Field::new(8, 8), Field::new(20, 1), Field::new(2000, 4)];
-        let mut out = [0u64; 3];
-        let reads =
-            read_fields(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE, &fields, &mut out).unwrap();
-        assert_eq!(out, [0x1122_3344_5566_7788, 0xab, 7]);
-        assert_eq!((reads, mem.reads()), (2, 2));
-        let mut out = [0u64; 1];
-        assert!(
-            read_fields(
-                &mem,
-                &mut tr,
-                DEFAULT_PAGE_OFFSET_BASE + 4095,
-                &[Field::new(0, 8)],
-                &mut out
-            )
-            .is_err()
-        );
-    }
-}
-
-/// A set of fields sorted once by offset, for reading many objects of one
-/// type (every task) without re-planning each time.
+/// A set of fields sorted and grouped into reads once, for reading many
+/// objects of one type (every task) without re-planning each time.
 #[derive(Debug, Clone, Copy)]
 pub struct FieldPlan<const N: usize> {
     sorted: [Field; N],
     /// `order[k]`: index in the caller's array of the k-th sorted field.
     order: [usize; N],
-    n: usize,
+    runs: [Run; N],
+    nruns: usize,
 }
 
 impl<const N: usize> FieldPlan<N> {
@@ -137,17 +58,55 @@ impl<const N: usize> FieldPlan<N> {
                 n += 1;
             }
         }
-        let key = |i: &usize| fields.get(*i).copied().flatten().map_or(u32::MAX, |f| f.offset);
+        let key = |i: &usize| {
+            fields
+                .get(*i)
+                .copied()
+                .flatten()
+                .map_or(u32::MAX, |f| f.offset)
+        };
         if let Some(present) = order.get_mut(..n) {
             present.sort_unstable_by_key(key);
         }
         let mut sorted = [Field::new(0, 1); N];
         for (dst, i) in sorted.iter_mut().zip(order.iter().take(n)) {
             if let Some(Some(f)) = fields.get(*i) {
-                *dst = *f;
+                *dst = Field::new(f.offset, f.width.clamp(1, 8));
             }
         }
-        Self { sorted, order, n }
+        // Greedy grouping: a run grows while it stays within one chunk.
+        let mut runs = [Run::default(); N];
+        let mut nruns = 0usize;
+        for (k, f) in sorted.iter().take(n).enumerate() {
+            let f_end = f.offset.saturating_add(u32::from(f.width));
+            let extend = nruns
+                .checked_sub(1)
+                .and_then(|r| runs.get_mut(r))
+                .filter(|r| f_end.saturating_sub(r.offset) <= CHUNK as u32);
+            match extend {
+                Some(r) => {
+                    r.end = k + 1;
+                    r.len = r.len.max(f_end - r.offset);
+                }
+                None => {
+                    if let Some(r) = runs.get_mut(nruns) {
+                        *r = Run {
+                            first: k,
+                            end: k + 1,
+                            offset: f.offset,
+                            len: f_end - f.offset,
+                        };
+                        nruns += 1;
+                    }
+                }
+            }
+        }
+        Self {
+            sorted,
+            order,
+            runs,
+            nruns,
+        }
     }
 
     /// Read the planned fields of the object at `base`; absent fields give
@@ -158,12 +117,33 @@ impl<const N: usize> FieldPlan<N> {
         tr: &mut Translator,
         base: u64,
     ) -> Result<[Option<u64>; N], TranslateError> {
-        let mut values = [0u64; N];
-        read_fields(mem, tr, base, self.sorted.get(..self.n).unwrap_or_default(), &mut values)?;
+        self.read_into(mem, tr, base, &mut [0u8; CHUNK])
+    }
+
+    /// [`FieldPlan::read`] with a caller-provided chunk buffer.
+    pub fn read_into<M: GuestMem + ?Sized>(
+        &self,
+        mem: &M,
+        tr: &mut Translator,
+        base: u64,
+        chunk: &mut [u8; CHUNK],
+    ) -> Result<[Option<u64>; N], TranslateError> {
         let mut out = [None; N];
-        for (&i, &v) in self.order.iter().take(self.n).zip(values.iter()) {
-            if let Some(slot) = out.get_mut(i) {
-                *slot = Some(v);
+        for run in self.runs.iter().take(self.nruns) {
+            let buf = chunk.get_mut(..run.len as usize).unwrap_or_default();
+            tr.read_virt(mem, base.wrapping_add(u64::from(run.offset)), buf)?;
+            let fields = self.sorted.get(run.first..run.end).unwrap_or_default();
+            let slots = self.order.get(run.first..run.end).unwrap_or_default();
+            for (f, &i) in fields.iter().zip(slots) {
+                let at = (f.offset - run.offset) as usize;
+                let mut v = [0u8; 8];
+                let w = usize::from(f.width);
+                if let (Some(dst), Some(src)) = (v.get_mut(..w), buf.get(at..at + w)) {
+                    dst.copy_from_slice(src);
+                }
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(u64::from_le_bytes(v));
+                }
             }
         }
         Ok(out)
@@ -182,7 +162,7 @@ pub fn gather<M: GuestMem + ?Sized, const N: usize>(
 }
 
 #[cfg(test)]
-mod gather_tests {
+mod tests {
     use super::*;
     use crate::mem::SliceMem;
     use crate::translate::DEFAULT_PAGE_OFFSET_BASE;
@@ -208,5 +188,29 @@ mod gather_tests {
         )
         .unwrap();
         assert_eq!(got, [Some(40), None, Some(0x0302), Some(0x1312_1110)]);
+    }
+
+    #[test]
+    fn close_fields_share_a_read_and_far_ones_do_not() {
+        use crate::mem::CountingMem;
+        let mut bytes = [0u8; 4096];
+        bytes[8..16].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        bytes[20] = 0xab;
+        bytes[2000..2004].copy_from_slice(&7u32.to_le_bytes());
+        let mem = CountingMem::new(SliceMem::new(0, &bytes), u64::MAX);
+        let mut tr = Translator::default();
+        let plan = FieldPlan::new([
+            Some(Field::new(2000, 4)),
+            Some(Field::new(8, 8)),
+            Some(Field::new(20, 1)),
+        ]);
+        let got = plan.read(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE).unwrap();
+        assert_eq!(got, [Some(7), Some(0x1122_3344_5566_7788), Some(0xab)]);
+        assert_eq!(mem.reads(), 2);
+        let one = FieldPlan::new([Some(Field::new(0, 8))]);
+        assert!(
+            one.read(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE + 4095)
+                .is_err()
+        );
     }
 }

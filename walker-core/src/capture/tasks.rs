@@ -1,6 +1,6 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{Field, FieldPlan};
+use super::fields::{CHUNK, Field, FieldPlan};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::mem::GuestMem;
@@ -50,9 +50,10 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         f(se(e.runnable_at), 8),
     ]);
     let tasks = &mut buf.tasks;
+    let mut chunk = [0u8; CHUNK];
     let walk = walk_list(cx.mem, tr, &lh, head, cx.limits.max_tasks, |tr, node| {
         let task = container_of(node, &[e.tasks_node, t.scx]);
-        let Ok(v) = plan.read(cx.mem, tr, task) else {
+        let Ok(v) = plan.read_into(cx.mem, tr, task, &mut chunk) else {
             return Step::Skip;
         };
         let [
