@@ -409,3 +409,30 @@ fn counters_that_disagree_with_queues_are_reported_not_asserted() {
     );
     assert!(report.health.inconsistencies[0].contains("nr_running=2 but 1"));
 }
+
+#[test]
+fn a_vtime_dsq_is_captured_in_vtime_order_with_its_vtimes() {
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 1, PerCpuStyle::Absolute).unwrap();
+        let sched = k.attach_scheduler("vtime", 4).unwrap();
+        let dsq = k.add_user_dsq(sched, 9);
+        let t: Vec<u64> = (0..4).map(|i| k.add_task(i + 1, "v")).collect();
+        for (task, vtime) in t.iter().zip([300u64, 100, 400, 200]) {
+            k.enqueue_vtime(dsq, *task, vtime);
+        }
+        let mut store = Store::new(16);
+        let buf = run(&k, &mut store);
+        let d = buf.dsqs.as_slice().iter().find(|d| d.id == 9).unwrap();
+        assert_eq!(dsq_tasks(&buf, d), [t[1], t[3], t[0], t[2]], "{name}");
+        let vt = |a: u64| {
+            buf.tasks
+                .as_slice()
+                .iter()
+                .find(|r| r.addr == a)
+                .unwrap()
+                .dsq_vtime
+        };
+        let order: Vec<u64> = dsq_tasks(&buf, d).iter().map(|&a| vt(a)).collect();
+        assert_eq!(order, [100, 200, 300, 400], "{name}");
+    }
+}

@@ -411,6 +411,33 @@ impl SyntheticKernel {
         self.write_u32(nr, self.read_u32(nr) + 1);
     }
 
+    /// Queue the task on a vtime-ordered DSQ: the kernel keeps such a DSQ's
+    /// list in `dsq_vtime` order (next to its rb-tree), so insert before the
+    /// first task with a larger vtime.
+    pub fn enqueue_vtime(&mut self, dsq: u64, task: u64, vtime: u64) {
+        let d = self.layout.dsq.unwrap_or_default();
+        let e = self.layout.entity.unwrap_or_default();
+        let lh = self.layout.list_head.unwrap_or_default();
+        let to_node = e.dsq_list as u64 + self.dsq_node_offset();
+        self.write_u64(self.entity(task) + e.dsq_vtime as u64, vtime);
+        let head = dsq + d.list as u64;
+        let mut at = self.read_u64(head + lh.next as u64);
+        let mut steps = 0;
+        while at != head && steps < 1 << 20 {
+            let other = at - to_node;
+            if self.read_u64(other + e.dsq_vtime as u64) > vtime {
+                break;
+            }
+            at = self.read_u64(at + lh.next as u64);
+            steps += 1;
+        }
+        // list_add_tail(node, at): insert before `at`.
+        self.list_add_tail(at, self.entity(task) + to_node);
+        self.write_u64(self.entity(task) + e.dsq as u64, dsq);
+        let nr = dsq + d.nr as u64;
+        self.write_u32(nr, self.read_u32(nr) + 1);
+    }
+
     /// Put an iterator cursor (`bpf_iter_scx_dsq`'s node) at the tail of `dsq`.
     pub fn insert_cursor(&mut self, dsq: u64) -> u64 {
         let n = self.layout.dsq_list_node.unwrap_or_default();
