@@ -13,7 +13,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use std::cell::RefCell;
 
-use ktstr_walker::capture::{Consts, Limits, Target, capture};
+use ktstr_walker::capture::{Limits, capture};
 use ktstr_walker::mem::{GuestMem, MemError};
 use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
@@ -65,13 +65,7 @@ fn run(k: &SyntheticKernel, storage: &mut CaptureStorage) -> u64 {
 }
 
 fn run_on(k: &SyntheticKernel, mem: &impl GuestMem, storage: &mut CaptureStorage) -> u64 {
-    let target = Target {
-        layout: &k.layout,
-        symbols: &k.symbols,
-        nr_cpus: k.nr_cpus() as u32,
-        nr_nodes: 1,
-        consts: Consts::default(),
-    };
+    let target = k.target();
     let mut tr = Translator::default();
     let mut buf = storage.buf();
     capture(mem, &mut tr, &target, &Limits::default(), &mut buf);

@@ -7,9 +7,7 @@
 use ktstr_tests::{Need, skip};
 use ktstr_walker::Layout;
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
-use ktstr_walker::capture::{
-    CaptureBuf, Consts, DsqOrigin, DsqRecord, Fault, Limits, Target, TaskRecord, capture,
-};
+use ktstr_walker::capture::{CaptureBuf, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture};
 use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
@@ -30,13 +28,7 @@ impl Store {
 }
 
 fn run<'s>(k: &SyntheticKernel, store: &'s mut Store) -> CaptureBuf<'s> {
-    let target = Target {
-        layout: &k.layout,
-        symbols: &k.symbols,
-        nr_cpus: k.nr_cpus() as u32,
-        nr_nodes: 1,
-        consts: Consts::default(),
-    };
+    let target = k.target();
     let mut buf = store.buf();
     let mut tr = Translator::default();
     capture(&k.mem(), &mut tr, &target, &Limits::default(), &mut buf);

@@ -1,7 +1,7 @@
 //! The per-CPU pass: each CPU's rq and rq->scx scalars, its local and
 //! bypass DSQs and its runnable list.
 
-use super::fields::{Field, gather};
+use super::fields::{gather, opt, req};
 use super::records::{CpuRecord, DsqOrigin, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, dsq, list_health};
 use crate::mem::GuestMem;
@@ -47,16 +47,14 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         };
         let rq = per_cpu_addr(runqueues, off);
         rec.rq = rq;
-        let f = |o: u32, w: u8| Some(Field::new(o, w));
-        let opt = |o: Option<u32>, w: u8| o.map(|o| Field::new(o, w));
         match gather(
             cx.mem,
             tr,
             rq,
             [
-                f(rq_l.nr_running, 4),
-                f(rq_l.curr, 8),
-                f(rq_l.clock, 8),
+                req(rq_l.nr_running, 4),
+                req(rq_l.curr, 8),
+                req(rq_l.clock, 8),
                 opt(rq_l.idle, 8),
             ],
         ) {
@@ -74,8 +72,8 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             tr,
             scx,
             [
-                f(scx_l.nr_running, 4),
-                f(scx_l.flags, 4),
+                req(scx_l.nr_running, 4),
+                req(scx_l.flags, 4),
                 opt(scx_l.cpu_released, 1),
                 opt(scx_l.ops_qseq, 8),
                 opt(scx_l.clock, 8),

@@ -1,7 +1,7 @@
 //! Dispatch queues: one DSQ with its tasks in order, and the pass over the
 //! shared ones (per-node global DSQs, user DSQs in the scheduler's hash).
 
-use super::fields::{Field, gather};
+use super::fields::{gather, req};
 use super::records::{DsqOrigin, DsqRecord, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::mem::GuestMem;
@@ -30,11 +30,7 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
         cx.mem,
         tr,
         addr,
-        [
-            Some(Field::new(d.id, 8)),
-            Some(Field::new(d.nr, 4)),
-            Some(Field::new(d.seq, 4)),
-        ],
+        [req(d.id, 8), req(d.nr, 4), req(d.seq, 4)],
     )
     .map_err(|_| Fault::Unreadable(addr))?;
     let start = buf.queued.len() as u32;

@@ -24,6 +24,16 @@ impl Field {
     }
 }
 
+/// A member every kernel has: `Some(Field)`, for plan arrays.
+pub const fn req(offset: u32, width: u8) -> Option<Field> {
+    Some(Field::new(offset, width))
+}
+
+/// A version-gated member: present only when the layout has it.
+pub fn opt(offset: Option<u32>, width: u8) -> Option<Field> {
+    offset.map(|o| Field::new(o, width))
+}
+
 /// One guest read of a plan: fields `first..end` (in sorted order) within
 /// `offset..offset + len` of the object.
 #[derive(Debug, Clone, Copy, Default)]

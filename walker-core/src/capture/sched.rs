@@ -1,6 +1,6 @@
 //! The scheduler pass: `*scx_root` (or, before 6.16, the static `scx_ops`).
 
-use super::fields::{Field, gather};
+use super::fields::{gather, opt, req};
 use super::{Cx, Fault, SchedRecord};
 use crate::mem::GuestMem;
 use crate::translate::Translator;
@@ -32,15 +32,13 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         return Ok(()); // no scheduler attached: a state, not an error
     }
     let s = layout.sched.ok_or(Fault::MissingGroup("scx_sched"))?;
-    let f = |o: u32, w: u8| Some(Field::new(o, w));
-    let opt = |o: Option<u32>, w: u8| o.map(|o| Field::new(o, w));
     let [exit_kind, exit_info, bypass_depth, aborting, watchdog] = gather(
         cx.mem,
         tr,
         root,
         [
-            f(s.exit_kind, 4),
-            f(s.exit_info, 8),
+            req(s.exit_kind, 4),
+            req(s.exit_info, 8),
             opt(s.bypass_depth, 4),
             opt(s.aborting, 1),
             opt(s.watchdog_timeout, 8),
@@ -63,7 +61,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             cx.mem,
             tr,
             info,
-            [opt(ei.exit_code, 8), f(ei.reason, 8), f(ei.msg, 8)],
+            [opt(ei.exit_code, 8), req(ei.reason, 8), req(ei.msg, 8)],
         )
         .map_err(|_| Fault::Unreadable(info))?;
         rec.exit_code = code.map(|c| c as i64);

@@ -1,6 +1,6 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{CHUNK, Field, FieldPlan};
+use super::fields::{CHUNK, FieldPlan, opt, req};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::mem::GuestMem;
@@ -24,30 +24,28 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let cursor = cx.target.consts.task_cursor;
     // Entity members as offsets from the task.
     let se = |o: u32| t.scx.saturating_add(o);
-    let f = |o: u32, w: u8| Some(Field::new(o, w));
-    let opt = |o: Option<u32>, w: u8| o.map(|o| Field::new(o, w));
     let plan = FieldPlan::new([
-        f(t.pid, 4),
-        f(t.tgid, 4),
-        f(t.comm, 8),
-        f(t.comm.saturating_add(8), 8),
-        f(t.state, 4),
+        req(t.pid, 4),
+        req(t.tgid, 4),
+        req(t.comm, 8),
+        req(t.comm.saturating_add(8), 8),
+        req(t.state, 4),
         // on_rq/on_cpu are int in older kernels and u8 in newer ones; their
         // values fit the low byte either way (little-endian).
-        f(t.on_rq, 1),
+        req(t.on_rq, 1),
         opt(t.on_cpu, 1),
         opt(t.cpu, 4),
-        f(t.sched_class, 8),
+        req(t.sched_class, 8),
         opt(t.prio, 4),
-        f(se(e.flags), 4),
-        f(se(e.ops_state), 8),
-        f(se(e.dsq), 8),
-        f(se(e.weight), 4),
-        f(se(e.slice), 8),
-        f(se(e.dsq_vtime), 8),
+        req(se(e.flags), 4),
+        req(se(e.ops_state), 8),
+        req(se(e.dsq), 8),
+        req(se(e.weight), 4),
+        req(se(e.slice), 8),
+        req(se(e.dsq_vtime), 8),
         opt(e.sticky_cpu.map(se), 4),
         opt(e.holding_cpu.map(se), 4),
-        f(se(e.runnable_at), 8),
+        req(se(e.runnable_at), 8),
     ]);
     let tasks = &mut buf.tasks;
     let mut chunk = [0u8; CHUNK];

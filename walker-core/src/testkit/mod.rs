@@ -156,6 +156,17 @@ impl SyntheticKernel {
         SliceMem::new(0, &self.mem)
     }
 
+    /// What a capture of this kernel reads with (one NUMA node).
+    pub fn target(&self) -> crate::capture::Target<'_> {
+        crate::capture::Target {
+            layout: &self.layout,
+            symbols: &self.symbols,
+            nr_cpus: self.nr_cpus as u32,
+            nr_nodes: 1,
+            consts: crate::capture::Consts::default(),
+        }
+    }
+
     /// The guest-physical bytes, from address 0.
     pub fn bytes(&self) -> &[u8] {
         &self.mem
