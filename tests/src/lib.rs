@@ -52,29 +52,14 @@ pub fn skip(test: &str, need: Need, reason: &str) {
 }
 
 /// The kernel the real-kernel tests use: `KTSTR_KERNEL` (a release directory
-/// or vmlinux path), else the newest release under the kernel cache.
+/// or vmlinux path), else the newest complete release in the kernel cache.
 pub fn cached_kernel_dir() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("KTSTR_KERNEL") {
         return Ok(PathBuf::from(p));
     }
     let root = ktstr::cache::kernels_dir().map_err(|e| e.to_string())?;
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| {
-            format!(
-                "no kernel cache at {}: {e}; run `ktstr kernel fetch`",
-                root.display()
-            )
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("vmlinux").is_file())
-        .collect();
-    dirs.sort();
-    dirs.pop().ok_or_else(|| {
-        format!(
-            "no fetched kernel under {}; run `ktstr kernel fetch`",
-            root.display()
-        )
-    })
+    ktstr::kernel::store::newest_complete(&root)
+        .ok_or_else(|| format!("no fetched kernel under {}; run `ktstr kernel fetch`", root.display()))
 }
 
 /// Whether `tool` is on PATH.
