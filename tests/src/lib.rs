@@ -9,6 +9,8 @@
 
 use std::path::PathBuf;
 
+pub mod qemu;
+
 /// Why a test could not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -58,8 +60,12 @@ pub fn cached_kernel_dir() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(p));
     }
     let root = ktstr::cache::kernels_dir().map_err(|e| e.to_string())?;
-    ktstr::kernel::store::newest_complete(&root)
-        .ok_or_else(|| format!("no fetched kernel under {}; run `ktstr kernel fetch`", root.display()))
+    ktstr::kernel::store::newest_complete(&root).ok_or_else(|| {
+        format!(
+            "no fetched kernel under {}; run `ktstr kernel fetch`",
+            root.display()
+        )
+    })
 }
 
 /// Whether `tool` is on PATH.

@@ -1,13 +1,13 @@
 //! kernel::image, kernel::ksyms and kernel::elfcore against the real fetched
 //! kernel, the real compression tools, and a real QEMU guest-memory dump.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use goblin::elf::Elf;
+use ktstr_tests::qemu::{Qemu, Qmp};
 use ktstr_tests::{Need, cached_kernel_dir, have_tool, skip};
 use ktstr_walker::GuestMem;
 use ktstr_walker::kernel::elfcore::ElfCore;
@@ -206,71 +206,6 @@ fn host_kallsyms() {
         }
         Err(KsymsError::AddressesHidden { count, .. }) => assert!(count > 10_000),
         Err(e) => panic!("{e}"),
-    }
-}
-
-/// Kills QEMU however the test ends.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A line-oriented QMP client over the monitor's Unix socket.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    fn connect(path: &Path, deadline: Instant) -> Qmp {
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("QMP socket {}: {e}", path.display()),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let mut qmp = Qmp {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
-        let greeting = qmp.read();
-        assert!(
-            greeting.get("QMP").is_some(),
-            "not a QMP greeting: {greeting}"
-        );
-        qmp.execute("qmp_capabilities", serde_json::json!({}));
-        qmp
-    }
-
-    fn read(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("QMP read");
-        assert!(!line.is_empty(), "QMP connection closed");
-        serde_json::from_str(&line).expect("QMP JSON")
-    }
-
-    /// Run `cmd` and return its `return` value; events are skipped.
-    fn execute(&mut self, cmd: &str, args: serde_json::Value) -> serde_json::Value {
-        let req = serde_json::json!({ "execute": cmd, "arguments": args });
-        writeln!(self.writer, "{req}").unwrap();
-        loop {
-            let v = self.read();
-            if let Some(r) = v.get("return") {
-                return r.clone();
-            }
-            assert!(v.get("error").is_none(), "{cmd} failed: {v}");
-        }
     }
 }
 

@@ -97,6 +97,8 @@ impl Report {
         let mut waiting: Vec<_> = self
             .tasks
             .iter()
+            // Idle tasks are always "runnable"; they are not waiting.
+            .filter(|t| t.class != "idle")
             .filter(|t| {
                 !matches!(
                     t.placement,
@@ -113,9 +115,10 @@ impl Report {
         for t in waiting.iter().take(INTERESTING) {
             writeln!(
                 s,
-                "  {}[{}] {}, waiting {}; flags=[{}] {} weight={} slice={}ns",
+                "  {}[{}] {} {}, waiting {}; flags=[{}] {} weight={} slice={}ns",
                 t.comm,
                 t.pid,
+                t.class,
                 t.placement,
                 t.runnable_for_ms
                     .map_or("?".into(), |m| std::format!("{m}ms")),
