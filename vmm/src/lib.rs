@@ -1,7 +1,11 @@
 //! ktstr-vmm: a small KVM VMM built from rust-vmm parts.
 //!
-//! Not written yet: the VMM arrives with its own issue. The crate exists so
-//! the workspace shows the architecture (walker-core <- vmm <- harness).
+//! Today it holds the topology model the backends share; the VMM itself
+//! (PVH boot, serial, vCPU freeze/thaw) arrives with its own issue.
 #![warn(missing_docs)]
 
 pub use ktstr_walker as walker;
+
+pub mod topology;
+
+pub use topology::{Topology, TopologyError};
