@@ -1,6 +1,13 @@
 //! ktstr: the harness users run. CLI, kernel acquisition, backends, reports.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod cache;
+pub mod channel;
 pub mod dump;
+pub mod guest;
+pub mod initramfs;
 pub mod kernel;
+pub mod qemu;
+pub mod scheduler;
+pub mod session;

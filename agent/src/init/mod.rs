@@ -1,0 +1,142 @@
+//! PID 1: mount, report, start the scheduler and the workers, report the
+//! results, power off. Every failure is reported over the channel before
+//! the machine powers off, so the host never waits for a message that
+//! will not come.
+
+mod channel;
+mod mounts;
+mod scheduler;
+pub mod worker;
+
+use std::time::Duration;
+
+use ktstr_agent::proto::{self, Job, Msg, SchedExtState};
+
+use channel::Channel;
+
+/// The agent's own flow; any error ends the run.
+fn run(ch: &Channel) -> Result<(), String> {
+    let job: Job = std::fs::read(proto::JOB_PATH)
+        .map_err(|e| format!("reading {}: {e}", proto::JOB_PATH))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| format!("parsing {}: {e}", proto::JOB_PATH))
+        })?;
+    if job.version != proto::VERSION {
+        return Err(format!(
+            "job version {} but this agent speaks {}",
+            job.version,
+            proto::VERSION
+        ));
+    }
+    ch.send(&Msg::Hello {
+        agent: env!("CARGO_PKG_VERSION").into(),
+        release: read_trimmed("/proc/sys/kernel/osrelease"),
+        nr_cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+        cmdline: read_trimmed("/proc/cmdline"),
+    });
+    ch.send(&Msg::Kallsyms {
+        text: kallsyms(&job.kallsyms)?,
+    });
+
+    let mut sched = match &job.scheduler {
+        Some(s) => match scheduler::Scheduler::start(s) {
+            Ok((sched, msg)) => {
+                ch.send(&msg);
+                Some(sched)
+            }
+            Err(msg) => {
+                ch.send(&msg);
+                return Ok(());
+            }
+        },
+        None => None,
+    };
+
+    let workers = worker::start(&job.workers, Duration::from_millis(job.duration_ms))?;
+    ch.send(&Msg::Running {
+        workers: workers.iter().map(|w| w.info.clone()).collect(),
+        sched_ext: sched_ext_state(),
+    });
+    let results = worker::finish(workers);
+    let sched_ext = sched_ext_state();
+    let (scheduler_exit, scheduler_output) = match sched.as_mut() {
+        Some(s) => (s.exited(), s.output_tail()),
+        None => (None, String::new()),
+    };
+    ch.send(&Msg::Finished {
+        workers: results,
+        sched_ext,
+        scheduler_exit,
+        scheduler_output,
+    });
+    if let Some(s) = sched {
+        s.stop();
+    }
+    Ok(())
+}
+
+/// PID 1's entry point.
+pub fn main() {
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        mounts::mount_all();
+    }
+    let ch = Channel::open();
+    let panic_ch = ch.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        panic_ch.send(&Msg::Error {
+            message: format!("agent panicked: {info}"),
+        });
+        power_off();
+    }));
+    if let Err(message) = run(&ch) {
+        ch.send(&Msg::Error { message });
+    }
+    if pid1 {
+        power_off();
+    }
+}
+
+/// `/sys/kernel/sched_ext` now.
+pub fn sched_ext_state() -> SchedExtState {
+    SchedExtState {
+        state: std::fs::read_to_string("/sys/kernel/sched_ext/state")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("unreadable: {e}")),
+        ops: std::fs::read_to_string("/sys/kernel/sched_ext/root/ops")
+            .ok()
+            .map(|s| s.trim().to_string()),
+    }
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The `/proc/kallsyms` lines naming `wanted` symbols.
+fn kallsyms(wanted: &[String]) -> Result<String, String> {
+    let all = std::fs::read_to_string("/proc/kallsyms")
+        .map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
+    Ok(all
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|name| wanted.iter().any(|w| w == name))
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect())
+}
+
+fn power_off() {
+    // SAFETY: plain syscalls; as PID 1 reboot() does not return on success.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // Not PID 1, or reboot failed: PID 1 exiting makes the kernel panic,
+    // and ktstr boots with panic=-1 and -no-reboot, so QEMU exits either way.
+    std::process::exit(1);
+}

@@ -1,0 +1,294 @@
+//! Host <-> guest messages: the job the host hands the agent, and the
+//! framed messages the agent sends back over its serial port.
+//!
+//! A frame is one line: `KTSTR <version> <length> <json>`, where `length`
+//! is the byte length of the JSON text. The version lets a host refuse an
+//! agent it does not understand instead of misreading it; the length
+//! catches a line that lost or gained bytes on the way.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the frame format and of [`Job`]/[`Msg`].
+pub const VERSION: u32 = 1;
+
+/// Where the agent finds its job in the guest.
+pub const JOB_PATH: &str = "/ktstr/job.json";
+
+/// Argument that turns the agent binary into a worker process.
+pub const WORKER_ARG: &str = "--ktstr-worker";
+
+const MAGIC: &str = "KTSTR";
+
+/// What the host asks the guest to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// [`VERSION`] of the host that wrote it.
+    pub version: u32,
+    /// Kernel symbols to report from `/proc/kallsyms`.
+    pub kallsyms: Vec<String>,
+    /// The scheduler to start, or `None` for the kernel's default.
+    pub scheduler: Option<SchedulerJob>,
+    /// Workers to start once the scheduler is attached.
+    pub workers: Vec<WorkerSpec>,
+    /// How long the workers run.
+    pub duration_ms: u64,
+}
+
+/// A scheduler binary inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerJob {
+    /// Path in the guest.
+    pub path: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Extra environment (e.g. `LD_LIBRARY_PATH`).
+    pub env: Vec<(String, String)>,
+    /// How long to wait for `/sys/kernel/sched_ext/state` to read `enabled`.
+    pub attach_timeout_ms: u64,
+}
+
+/// A group of identical workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Name, also the workers' comm (truncated to 15 bytes by the kernel).
+    pub name: String,
+    /// How many.
+    pub count: u32,
+    /// What each does.
+    pub work: Work,
+}
+
+/// What a worker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    /// Burn CPU without sleeping.
+    Spin,
+}
+
+/// `/sys/kernel/sched_ext` as the guest read it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SchedExtState {
+    /// `/sys/kernel/sched_ext/state` (`enabled`, `disabled`, ...), or what
+    /// went wrong reading it.
+    pub state: String,
+    /// `/sys/kernel/sched_ext/root/ops`: the attached scheduler's name.
+    pub ops: Option<String>,
+}
+
+/// A worker the agent started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Its group's name.
+    pub name: String,
+    /// Its pid in the guest.
+    pub pid: i32,
+    /// Its comm, as the guest's `/proc/<pid>/comm` reads.
+    pub comm: String,
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerResult {
+    /// Its group's name.
+    pub name: String,
+    /// Its pid in the guest.
+    pub pid: i32,
+    /// Units of work done.
+    pub iterations: u64,
+    /// CPU time used (user + system).
+    pub cpu_ms: u64,
+    /// Why it ended badly, if it did.
+    pub error: Option<String>,
+}
+
+/// A message from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Msg {
+    /// First message: who is talking.
+    Hello {
+        /// Agent version (the crate's).
+        agent: String,
+        /// `uname -r`.
+        release: String,
+        /// Online CPUs.
+        nr_cpus: u32,
+        /// `/proc/cmdline`.
+        cmdline: String,
+    },
+    /// The `/proc/kallsyms` lines of the symbols the job asked for.
+    Kallsyms {
+        /// Lines in kallsyms format.
+        text: String,
+    },
+    /// The scheduler attached.
+    SchedulerAttached {
+        /// Its pid.
+        pid: i32,
+        /// `/sys/kernel/sched_ext/root/ops`.
+        ops: String,
+        /// Time from start to attach.
+        after_ms: u64,
+    },
+    /// The scheduler did not attach.
+    SchedulerFailed {
+        /// What happened.
+        reason: String,
+        /// The tail of its output.
+        output: String,
+    },
+    /// Workers are running: a good moment to freeze.
+    Running {
+        /// Every worker started.
+        workers: Vec<WorkerInfo>,
+        /// sched_ext as of now.
+        sched_ext: SchedExtState,
+    },
+    /// The workload ended.
+    Finished {
+        /// Per worker.
+        workers: Vec<WorkerResult>,
+        /// sched_ext after the workers ended, before the scheduler stopped.
+        sched_ext: SchedExtState,
+        /// How the scheduler ended, if it ended before it was stopped.
+        scheduler_exit: Option<String>,
+        /// The tail of the scheduler's output.
+        scheduler_output: String,
+    },
+    /// The agent could not go on.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Why a line is not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// It does not start with the frame magic.
+    #[error("not a ktstr frame")]
+    NotAFrame,
+    /// The header is malformed.
+    #[error("malformed frame header")]
+    Header,
+    /// The agent speaks another version.
+    #[error("agent speaks protocol version {0}, this host speaks {VERSION}: rebuild ktstr")]
+    Version(u32),
+    /// The JSON is not as long as the header says.
+    #[error("frame says {declared} bytes of JSON, line has {actual}")]
+    Length {
+        /// From the header.
+        declared: usize,
+        /// Found.
+        actual: usize,
+    },
+    /// The JSON is not a message.
+    #[error("frame JSON: {0}")]
+    Json(String),
+}
+
+/// `msg` as one framed line, newline included.
+pub fn encode(msg: &Msg) -> String {
+    let json = serde_json::to_string(msg).unwrap_or_else(|e| {
+        // Unreachable for these types; still a frame rather than a panic.
+        format!(r#"{{"type":"error","message":"cannot encode a message: {e}"}}"#)
+    });
+    format!("{MAGIC} {VERSION} {} {json}\n", json.len())
+}
+
+/// The message in one line (trailing `\r`/`\n` ignored).
+pub fn decode(line: &str) -> Result<Msg, FrameError> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let rest = line
+        .strip_prefix(MAGIC)
+        .and_then(|r| r.strip_prefix(' '))
+        .ok_or(FrameError::NotAFrame)?;
+    let mut parts = rest.splitn(3, ' ');
+    let (Some(version), Some(len), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(FrameError::Header);
+    };
+    let version: u32 = version.parse().map_err(|_| FrameError::Header)?;
+    if version != VERSION {
+        return Err(FrameError::Version(version));
+    }
+    let declared: usize = len.parse().map_err(|_| FrameError::Header)?;
+    if declared != json.len() {
+        return Err(FrameError::Length {
+            declared,
+            actual: json.len(),
+        });
+    }
+    serde_json::from_str(json).map_err(|e| FrameError::Json(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Msg {
+        Msg::Running {
+            workers: vec![WorkerInfo {
+                name: "spin".into(),
+                pid: 42,
+                comm: "spin \"quoted\"\n".into(),
+            }],
+            sched_ext: SchedExtState {
+                state: "enabled".into(),
+                ops: Some("bpfland_1.1.4".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_through_a_tty() {
+        let line = encode(&sample());
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        // A tty's ONLCR turns the newline into CR LF.
+        let tty = line.replace('\n', "\r\n");
+        assert_eq!(decode(&tty), Ok(sample()));
+    }
+
+    #[test]
+    fn damaged_frames_are_refused() {
+        let line = encode(&sample());
+        assert_eq!(
+            decode("[    1.0] random console"),
+            Err(FrameError::NotAFrame)
+        );
+        assert_eq!(decode("KTSTR 1"), Err(FrameError::Header));
+        assert_eq!(
+            decode(&line.replacen("KTSTR 1", "KTSTR 2", 1)),
+            Err(FrameError::Version(2))
+        );
+        let short = line.replacen("spin", "spi", 1);
+        assert!(matches!(decode(&short), Err(FrameError::Length { .. })));
+        let body = r#"{"type":"nope"}"#;
+        assert!(matches!(
+            decode(&format!("KTSTR 1 {} {body}", body.len())),
+            Err(FrameError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn job_round_trips() {
+        let job = Job {
+            version: VERSION,
+            kallsyms: vec!["runqueues".into()],
+            scheduler: Some(SchedulerJob {
+                path: "/ktstr/bin/scx_bpfland".into(),
+                args: vec![],
+                env: vec![("LD_LIBRARY_PATH".into(), "/lib".into())],
+                attach_timeout_ms: 10_000,
+            }),
+            workers: vec![WorkerSpec {
+                name: "spin".into(),
+                count: 2,
+                work: Work::Spin,
+            }],
+            duration_ms: 1000,
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+    }
+}

@@ -1,0 +1,83 @@
+//! The host's side of the agent channel: the guest's second serial port,
+//! written by QEMU to a file, read as it grows.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use crate::agent::proto::{self, FrameError, Msg};
+
+/// Reads agent frames from a growing file.
+pub struct AgentLog {
+    path: PathBuf,
+    pos: u64,
+    partial: Vec<u8>,
+    /// Lines that were not frames (kept for error reports).
+    pub noise: Vec<String>,
+}
+
+impl AgentLog {
+    /// Follow `path` from its start.
+    pub fn new(path: PathBuf) -> AgentLog {
+        AgentLog {
+            path,
+            pos: 0,
+            partial: Vec::new(),
+            noise: Vec::new(),
+        }
+    }
+
+    /// Messages completed since the last call. A frame from an agent of
+    /// another protocol version is an error: nothing it says can be trusted.
+    pub fn poll(&mut self) -> Result<Vec<Msg>, FrameError> {
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(_) => return Ok(Vec::new()),
+        };
+        if f.seek(SeekFrom::Start(self.pos)).is_err() {
+            return Ok(Vec::new());
+        }
+        let mut new = Vec::new();
+        let n = f.read_to_end(&mut new).unwrap_or(0);
+        self.pos += n as u64;
+        self.partial.extend_from_slice(&new[..n]);
+        let mut out = Vec::new();
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            match proto::decode(&line) {
+                Ok(m) => out.push(m),
+                Err(e @ FrameError::Version(_)) => return Err(e),
+                Err(_) if line.trim().is_empty() => {}
+                Err(e) => self.noise.push(format!("{}: {e}", line.trim_end())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn frames_arrive_as_the_file_grows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("agent");
+        let mut log = AgentLog::new(path.clone());
+        assert!(log.poll().unwrap().is_empty(), "no file yet");
+        let msg = Msg::Error {
+            message: "x".into(),
+        };
+        let frame = proto::encode(&msg).replace('\n', "\r\n");
+        let (a, b) = frame.split_at(10);
+        let mut f = std::fs::File::create(&path).unwrap();
+        write!(f, "garbage\r\n{a}").unwrap();
+        assert!(log.poll().unwrap().is_empty(), "half a frame");
+        write!(f, "{b}").unwrap();
+        assert_eq!(log.poll().unwrap(), vec![msg]);
+        assert_eq!(log.noise.len(), 1);
+        writeln!(f, "KTSTR 9 2 {{}}").unwrap();
+        assert!(matches!(log.poll(), Err(FrameError::Version(9))));
+    }
+}

@@ -1,0 +1,258 @@
+//! The guest's initramfs: the agent as `/init`, busybox, the scheduler with
+//! its shared libraries, the kernel config libbpf reads, and test files.
+//!
+//! The bulky part is built once per content and cached, gzip-compressed,
+//! under `~/.cache/ktstr/initramfs/<sha256>.cpio.gz`; each run appends a
+//! small uncompressed archive holding its job (the kernel unpacks
+//! concatenated archives in order).
+
+pub mod libs;
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+
+use cpio::NewcBuilder;
+use sha2::{Digest, Sha256};
+
+use crate::agent::{AGENT, proto};
+
+/// Where libraries of shipped programs go in the guest (given to them as
+/// `LD_LIBRARY_PATH`).
+pub const LIB_DIR: &str = "/ktstr/lib";
+/// Where shipped programs go.
+pub const BIN_DIR: &str = "/ktstr/bin";
+
+/// What could not go into an initramfs.
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    /// A host file could not be read.
+    #[error("reading {path} for the initramfs: {err}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// A program's libraries could not be found.
+    #[error(transparent)]
+    Libs(#[from] libs::LibsError),
+    /// Writing the archive or the cache failed.
+    #[error("writing initramfs {path}: {err}")]
+    Write {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// Two different things want one path.
+    #[error("initramfs path {0} is given twice, with different contents")]
+    Conflict(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File { data: Vec<u8>, mode: u32 },
+    Symlink(String),
+    CharDev { major: u32, minor: u32 },
+}
+
+/// An initramfs being put together. Paths are absolute guest paths; parent
+/// directories appear by themselves.
+#[derive(Debug, Clone, Default)]
+pub struct Initramfs {
+    entries: BTreeMap<String, Entry>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, InitramfsError> {
+    std::fs::read(path).map_err(|err| InitramfsError::Read {
+        path: path.to_path_buf(),
+        err,
+    })
+}
+
+impl Initramfs {
+    /// The skeleton every ktstr guest has: the agent as `/init`, mount
+    /// points, `/dev/console` (the kernel opens it for init before devtmpfs
+    /// is mounted).
+    pub fn new() -> Initramfs {
+        let mut i = Initramfs::default();
+        for d in [
+            "/dev", "/proc", "/sys", "/tmp", "/run", "/etc", BIN_DIR, LIB_DIR,
+        ] {
+            i.dir(d);
+        }
+        i.entries
+            .insert("/dev/console".into(), Entry::CharDev { major: 5, minor: 1 });
+        i.put(
+            "/init",
+            Entry::File {
+                data: AGENT.to_vec(),
+                mode: 0o755,
+            },
+        )
+        .expect("fresh archive");
+        i
+    }
+
+    fn dir(&mut self, path: &str) {
+        let mut p = String::new();
+        for part in path.split('/').filter(|s| !s.is_empty()) {
+            p.push('/');
+            p.push_str(part);
+            self.entries.entry(p.clone()).or_insert(Entry::Dir);
+        }
+    }
+
+    fn put(&mut self, path: &str, entry: Entry) -> Result<(), InitramfsError> {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        match self.entries.get(path) {
+            Some(old) if *old != entry => Err(InitramfsError::Conflict(path.to_string())),
+            _ => {
+                self.entries.insert(path.to_string(), entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Add a file with these contents and permission bits.
+    pub fn file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<(), InitramfsError> {
+        self.put(path, Entry::File { data, mode })
+    }
+
+    /// Add a symbolic link.
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<(), InitramfsError> {
+        self.put(path, Entry::Symlink(target.to_string()))
+    }
+
+    /// Static busybox as `/bin/busybox`, with `/bin/sh` pointing at it.
+    pub fn busybox(&mut self, host: &Path) -> Result<(), InitramfsError> {
+        self.file("/bin/busybox", read(host)?, 0o755)?;
+        self.symlink("/bin/sh", "busybox")
+    }
+
+    /// A program as `BIN_DIR/<name>` with its loader at its own path and its
+    /// libraries in [`LIB_DIR`]; returns its guest path.
+    pub fn program(&mut self, host: &Path) -> Result<String, InitramfsError> {
+        let closure = libs::closure(host)?;
+        let name = host
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "program".into());
+        let guest = format!("{BIN_DIR}/{name}");
+        self.file(&guest, read(host)?, 0o755)?;
+        if let Some((interp, file)) = &closure.interp {
+            self.file(interp, read(file)?, 0o755)?;
+        }
+        for (soname, file) in &closure.libs {
+            self.file(&format!("{LIB_DIR}/{soname}"), read(file)?, 0o755)?;
+        }
+        Ok(guest)
+    }
+
+    /// The kernel config where libbpf looks for it.
+    pub fn kernel_config(&mut self, release: &str, host: &Path) -> Result<(), InitramfsError> {
+        self.file(&format!("/boot/config-{release}"), read(host)?, 0o644)
+    }
+
+    /// SHA-256 over every path, kind, mode and content: the cache key.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for (path, e) in &self.entries {
+            h.update(path.as_bytes());
+            h.update([0]);
+            match e {
+                Entry::Dir => h.update(b"d"),
+                Entry::File { data, mode } => {
+                    h.update(format!("f{mode:o}:{}:", data.len()));
+                    h.update(data);
+                }
+                Entry::Symlink(t) => h.update(format!("l{t}")),
+                Entry::CharDev { major, minor } => h.update(format!("c{major}:{minor}")),
+            }
+            h.update([0]);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The archive, uncompressed (newc format).
+    pub fn to_cpio(&self) -> Vec<u8> {
+        let entries = self.entries.iter().map(|(path, e)| {
+            let name = path.trim_start_matches('/');
+            let (b, data) = match e {
+                Entry::Dir => (NewcBuilder::new(name).mode(0o040755), Vec::new()),
+                Entry::File { data, mode } => {
+                    (NewcBuilder::new(name).mode(0o100000 | mode), data.clone())
+                }
+                Entry::Symlink(t) => (NewcBuilder::new(name).mode(0o120777), t.as_bytes().to_vec()),
+                Entry::CharDev { major, minor } => (
+                    NewcBuilder::new(name)
+                        .mode(0o020600)
+                        .rdev_major(*major)
+                        .rdev_minor(*minor),
+                    Vec::new(),
+                ),
+            };
+            (b, Cursor::new(data))
+        });
+        cpio::write_cpio(entries, Vec::new()).expect("writing to a Vec cannot fail")
+    }
+
+    /// The gzip-compressed archive in ktstr's cache (built on first use).
+    pub fn cached(&self) -> Result<PathBuf, InitramfsError> {
+        let root = crate::cache::root().map_err(|e| InitramfsError::Write {
+            path: PathBuf::from("~/.cache/ktstr"),
+            err: std::io::Error::other(e),
+        })?;
+        self.cached_in(&root.join("initramfs"))
+    }
+
+    /// The gzip-compressed archive in `dir` (built on first use).
+    pub fn cached_in(&self, dir: &Path) -> Result<PathBuf, InitramfsError> {
+        let path = dir.join(format!("{}.cpio.gz", self.digest()));
+        if path.is_file() {
+            return Ok(path);
+        }
+        let werr = |err| InitramfsError::Write {
+            path: path.clone(),
+            err,
+        };
+        std::fs::create_dir_all(dir).map_err(werr)?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&self.to_cpio()).map_err(werr)?;
+        let bytes = gz.finish().map_err(werr)?;
+        // Write then rename: a concurrent or interrupted build never leaves
+        // a half archive under the final name.
+        let tmp = dir.join(format!(".{}.{}", self.digest(), std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(werr)?;
+        std::fs::rename(&tmp, &path).map_err(werr)?;
+        Ok(path)
+    }
+}
+
+/// The per-run archive: the job at [`proto::JOB_PATH`].
+pub fn job_archive(job: &proto::Job) -> Vec<u8> {
+    let mut i = Initramfs::default();
+    let json = serde_json::to_vec_pretty(job).expect("a job serializes");
+    i.file(proto::JOB_PATH, json, 0o644).expect("fresh archive");
+    i.to_cpio()
+}
+
+/// Write the cached base archive followed by the job archive to `out`.
+pub fn write_with_job(base: &Path, job: &proto::Job, out: &Path) -> Result<(), InitramfsError> {
+    let mut bytes = read(base)?;
+    // The kernel takes an uncompressed archive only at a 4-byte-aligned
+    // offset; zeros between archives are skipped.
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes.extend_from_slice(&job_archive(job));
+    std::fs::write(out, bytes).map_err(|err| InitramfsError::Write {
+        path: out.to_path_buf(),
+        err,
+    })
+}
+
+#[cfg(test)]
+mod tests;

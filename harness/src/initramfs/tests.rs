@@ -1,0 +1,106 @@
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use super::*;
+
+/// Every entry of a newc archive: name -> (mode, data), read back with the
+/// cpio crate's reader.
+fn entries(mut bytes: &[u8]) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    loop {
+        let mut r = cpio::NewcReader::new(bytes).unwrap();
+        if r.entry().is_trailer() {
+            return out;
+        }
+        let (name, mode) = (r.entry().name().to_string(), r.entry().mode());
+        let mut data = Vec::new();
+        r.read_to_end(&mut data).unwrap();
+        out.insert(name, (mode, data));
+        bytes = r.finish().unwrap();
+    }
+}
+
+#[test]
+fn archive_holds_agent_program_libraries_and_files() {
+    let mut i = Initramfs::new();
+    let guest = i.program(Path::new("/bin/true")).unwrap();
+    i.file("/etc/motd", b"hello".to_vec(), 0o644).unwrap();
+    i.symlink("/bin/hi", "/etc/motd").unwrap();
+    let e = entries(&i.to_cpio());
+
+    assert_eq!(guest, "/ktstr/bin/true");
+    assert_eq!(e["init"].1, AGENT);
+    assert_eq!(e["init"].0, 0o100755);
+    assert_eq!(e["ktstr/bin/true"].1, std::fs::read("/bin/true").unwrap());
+    assert!(e.contains_key("ktstr/lib/libc.so.6"), "{:?}", e.keys());
+    assert_eq!(e["dev/console"].0, 0o020600);
+    assert_eq!(e["bin/hi"], (0o120777, b"/etc/motd".to_vec()));
+    assert_eq!(e["etc/motd"], (0o100644, b"hello".to_vec()));
+    // The loader sits where the program's PT_INTERP says.
+    assert!(
+        e.keys().any(|k| k.contains("ld-linux-x86-64.so.2")),
+        "{:?}",
+        e.keys()
+    );
+    // Parents come before children, as the kernel needs to create them.
+    let names: Vec<&String> = e.keys().collect();
+    let pos = |n: &str| names.iter().position(|k| *k == n).unwrap();
+    assert!(pos("ktstr") < pos("ktstr/bin") && pos("ktstr/bin") < pos("ktstr/bin/true"));
+}
+
+#[test]
+fn digest_follows_content() {
+    let mut a = Initramfs::new();
+    a.file("/x", b"1".to_vec(), 0o644).unwrap();
+    let mut b = Initramfs::new();
+    b.file("/x", b"1".to_vec(), 0o644).unwrap();
+    assert_eq!(a.digest(), b.digest());
+    b.file("/y", Vec::new(), 0o644).unwrap();
+    assert_ne!(a.digest(), b.digest());
+    let mut c = Initramfs::new();
+    c.file("/x", b"1".to_vec(), 0o755).unwrap();
+    assert_ne!(a.digest(), c.digest(), "mode is part of the key");
+}
+
+#[test]
+fn conflicting_paths_are_refused() {
+    let mut i = Initramfs::new();
+    i.file("/x", b"1".to_vec(), 0o644).unwrap();
+    i.file("/x", b"1".to_vec(), 0o644).unwrap();
+    let e = i.file("/x", b"2".to_vec(), 0o644).unwrap_err();
+    assert!(e.to_string().contains("/x is given twice"), "{e}");
+}
+
+#[test]
+fn cached_archive_is_gzip_of_the_cpio_and_job_follows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut i = Initramfs::new();
+    i.file("/etc/motd", b"cached".to_vec(), 0o644).unwrap();
+    let path = i.cached_in(&tmp.path().join("initramfs")).unwrap();
+    assert!(path.starts_with(tmp.path().join("initramfs")));
+    let again = i.cached_in(&tmp.path().join("initramfs")).unwrap();
+    assert_eq!(path, again);
+    let gz = std::fs::read(&path).unwrap();
+    let mut cpio = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut cpio)
+        .unwrap();
+    assert_eq!(cpio, i.to_cpio());
+
+    let job = proto::Job {
+        version: proto::VERSION,
+        kallsyms: vec!["runqueues".into()],
+        scheduler: None,
+        workers: vec![],
+        duration_ms: 5,
+    };
+    let out = tmp.path().join("initrd");
+    write_with_job(&path, &job, &out).unwrap();
+    let all = std::fs::read(&out).unwrap();
+    assert_eq!(&all[..gz.len()], &gz[..]);
+    let job_at = gz.len().next_multiple_of(4);
+    assert!(all[gz.len()..job_at].iter().all(|&b| b == 0));
+    let e = entries(&all[job_at..]);
+    let parsed: proto::Job = serde_json::from_slice(&e["ktstr/job.json"].1).unwrap();
+    assert_eq!(parsed, job);
+}

@@ -1,0 +1,461 @@
+//! The QEMU backend: one `qemu-system-x86_64` per VM, with guest RAM in
+//! memory-backend files the host maps ([`mem::SharedRam`]), the console on
+//! COM1 and the agent channel on COM2 (both to files), QMP on a private
+//! socket for freeze (`stop`), thaw (`cont`), registers and core dumps.
+//!
+//! Hygiene: QEMU gets SIGKILL when the thread that started it dies
+//! (`PR_SET_PDEATHSIG`) and on drop; the RAM files are unlinked as soon as
+//! both QEMU and the host have them open, so no exit path leaves one
+//! behind; stale files of dead ktstr processes are swept at start.
+
+pub mod mem;
+pub mod qmp;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ktstr_vmm::Topology;
+use ktstr_walker::translate::PageTableRoot;
+
+use crate::agent::proto::{FrameError, Msg};
+use crate::channel::AgentLog;
+use mem::SharedRam;
+use qmp::{Qmp, QmpError};
+
+/// Where guest RAM files go.
+const SHM: &str = "/dev/shm";
+const SHM_PREFIX: &str = "ktstr-";
+/// Console lines quoted in errors.
+const TAIL_LINES: usize = 40;
+
+/// What a VM should be.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// The vmlinux ELF (PVH entry).
+    pub vmlinux: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// CPUs, LLCs and NUMA nodes.
+    pub topology: Topology,
+    /// Guest RAM in MiB (split evenly over NUMA nodes).
+    pub memory_mib: u64,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// How long QEMU may take to come up (QMP answering).
+    pub start_timeout: Duration,
+}
+
+/// What went wrong with a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// QEMU could not be started.
+    #[error(
+        "cannot start {bin}: {err} (install QEMU: ./setup.sh, or apt-get install qemu-system-x86)"
+    )]
+    Spawn {
+        /// The binary.
+        bin: String,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// A host-side file operation failed.
+    #[error("{what}: {err}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// QMP failed.
+    #[error("{0}")]
+    Qmp(#[from] QmpError),
+    /// QEMU exited when it should not have.
+    #[error(
+        "QEMU exited ({status}) while {waiting}\n--- QEMU stderr ---\n{stderr}\n--- console tail ---\n{console}"
+    )]
+    Exited {
+        /// How.
+        status: ExitStatus,
+        /// What the host was waiting for.
+        waiting: String,
+        /// QEMU's own complaints.
+        stderr: String,
+        /// The guest console's last lines.
+        console: String,
+    },
+    /// Something did not happen in time; the VM was killed.
+    #[error("timed out after {secs} s waiting for {waiting}\n--- console tail ---\n{console}")]
+    Timeout {
+        /// What.
+        waiting: String,
+        /// How long.
+        secs: u64,
+        /// The guest console's last lines.
+        console: String,
+    },
+    /// The agent speaks another protocol.
+    #[error("agent channel: {0}")]
+    Channel(#[from] FrameError),
+}
+
+/// Whether this host has hardware virtualization QEMU can use (KVM with
+/// VT-x/AMD-V; PVM's /dev/kvm cannot run a stock kernel).
+pub fn hardware_virt() -> bool {
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    has && Path::new("/dev/kvm").exists()
+}
+
+/// A running QEMU.
+pub struct QemuVm {
+    child: Child,
+    dir: tempfile::TempDir,
+    qmp: Qmp,
+    ram: Arc<SharedRam>,
+    ram_files: Vec<PathBuf>,
+    agent: AgentLog,
+    /// Every agent message so far, in order.
+    pub messages: Vec<Msg>,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |err| VmError::Io { what, err }
+}
+
+/// Remove RAM files left by ktstr processes that no longer exist.
+fn sweep_stale_ram_files() {
+    let Ok(dir) = std::fs::read_dir(SHM) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(SHM_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+impl QemuVm {
+    /// Start QEMU and connect to it; the guest is running when this returns.
+    pub fn start(cfg: &QemuConfig) -> Result<QemuVm, VmError> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        sweep_stale_ram_files();
+        let dir = tempfile::Builder::new()
+            .prefix("ktstr-vm-")
+            .tempdir()
+            .map_err(io("creating the VM's temporary directory"))?;
+        let t = cfg.topology;
+        let nodes = t.numa_nodes as u64;
+        // Each node's RAM, rounded to 2 MiB so backends stay hugepage-aligned.
+        let node_mib = (cfg.memory_mib / nodes).div_ceil(2) * 2;
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let ram_files: Vec<PathBuf> = (0..nodes)
+            .map(|n| {
+                PathBuf::from(SHM).join(format!("{SHM_PREFIX}{}-{seq}-node{n}", std::process::id()))
+            })
+            .collect();
+        let qmp_path = dir.path().join("qmp.sock");
+        let accel = if hardware_virt() {
+            ["-accel", "kvm", "-cpu", "host"]
+        } else {
+            ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        };
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-no-reboot", "-machine", "q35"])
+            .args(accel)
+            .arg("-m")
+            .arg(format!("{}M", node_mib * nodes))
+            .arg("-smp")
+            .arg(format!(
+                "cpus={},sockets={},dies={},cores={},threads={}",
+                t.nr_cpus(),
+                t.numa_nodes,
+                t.llcs_per_node(),
+                t.cores_per_llc,
+                t.threads_per_core
+            ));
+        for (n, file) in ram_files.iter().enumerate() {
+            let first = n as u32 * t.cpus_per_node();
+            cmd.arg("-object")
+                .arg(format!(
+                    "memory-backend-file,id=ram{n},size={node_mib}M,mem-path={},share=on",
+                    file.display()
+                ))
+                .arg("-numa")
+                .arg(format!(
+                    "node,nodeid={n},cpus={first}-{},memdev=ram{n}",
+                    first + t.cpus_per_node() - 1
+                ));
+        }
+        cmd.arg("-kernel")
+            .arg(&cfg.vmlinux)
+            .arg("-initrd")
+            .arg(&cfg.initrd)
+            .arg("-append")
+            .arg(&cfg.cmdline)
+            .arg("-serial")
+            .arg(format!("file:{}", dir.path().join("console.log").display()))
+            .arg("-serial")
+            .arg(format!("file:{}", dir.path().join("agent.log").display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join("qemu.stderr"))
+                    .map_err(io("creating QEMU's stderr log"))?,
+            );
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        tracing::debug!(?cmd, "starting QEMU");
+        let child = cmd.spawn().map_err(|err| VmError::Spawn {
+            bin: "qemu-system-x86_64".into(),
+            err,
+        })?;
+        let mut starting = Starting {
+            child: Some(child),
+            ram_files: &ram_files,
+        };
+        let qmp = connect(&mut starting, &qmp_path, dir.path(), cfg.start_timeout)?;
+        let ram = SharedRam::open(&ram_files).map_err(io("mapping guest RAM"))?;
+        for f in &ram_files {
+            let _ = std::fs::remove_file(f);
+        }
+        let child = starting.child.take().expect("still held");
+        drop(starting);
+        Ok(QemuVm {
+            child,
+            agent: AgentLog::new(dir.path().join("agent.log")),
+            dir,
+            qmp,
+            ram: Arc::new(ram),
+            ram_files,
+            messages: Vec::new(),
+        })
+    }
+
+    /// Guest RAM, readable while the VM lives (consistent while frozen).
+    pub fn ram(&self) -> Arc<SharedRam> {
+        Arc::clone(&self.ram)
+    }
+
+    /// The last lines of the guest console.
+    pub fn console_tail(&self) -> String {
+        tail(&self.dir.path().join("console.log"))
+    }
+
+    /// The whole guest console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    fn exited(&mut self, waiting: &str) -> Option<VmError> {
+        let status = self.child.try_wait().ok().flatten()?;
+        Some(VmError::Exited {
+            status,
+            waiting: waiting.to_string(),
+            stderr: std::fs::read_to_string(self.dir.path().join("qemu.stderr"))
+                .unwrap_or_default(),
+            console: self.console_tail(),
+        })
+    }
+
+    /// Wait up to `timeout` for an agent message `pred` accepts; every
+    /// message is also kept in [`Self::messages`]. QEMU exiting first, or
+    /// the timeout, is an error carrying the console's tail.
+    pub fn wait_for(
+        &mut self,
+        waiting: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Msg) -> bool,
+    ) -> Result<Msg, VmError> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = self.messages.len();
+        loop {
+            let new = self.agent.poll()?;
+            self.messages.extend(new);
+            for m in &self.messages[seen..] {
+                if pred(m) {
+                    return Ok(m.clone());
+                }
+            }
+            seen = self.messages.len();
+            if let Some(e) = self.exited(waiting) {
+                // Late lines written just before QEMU exited.
+                self.messages.extend(self.agent.poll()?);
+                if let Some(m) = self.messages[seen..].iter().find(|m| pred(m)) {
+                    return Ok(m.clone());
+                }
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                return Err(VmError::Timeout {
+                    waiting: waiting.to_string(),
+                    secs: timeout.as_secs(),
+                    console: self.console_tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pause every vCPU. The returned guard thaws on [`Frozen::thaw`] or
+    /// when dropped, so no error path leaves the guest frozen.
+    pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
+        self.qmp.execute("stop", serde_json::json!({}))?;
+        Ok(Frozen {
+            at: Instant::now(),
+            vm: self,
+            thawed: false,
+        })
+    }
+
+    /// Wait for QEMU to exit (the guest powered off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().map_err(io("waiting for QEMU"))? {
+                self.messages.extend(self.agent.poll()?);
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                return Err(VmError::Timeout {
+                    waiting: "the guest to power off".into(),
+                    secs: timeout.as_secs(),
+                    console: self.console_tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for f in &self.ram_files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// QEMU between spawn and a working QMP connection: killed, and its RAM
+/// files removed, if starting fails.
+struct Starting<'a> {
+    child: Option<Child>,
+    ram_files: &'a [PathBuf],
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            for f in self.ram_files {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+}
+
+fn connect(
+    s: &mut Starting<'_>,
+    qmp_path: &Path,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Qmp, VmError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let child = s.child.as_mut().expect("held while starting");
+        if let Some(status) = child.try_wait().map_err(io("waiting for QEMU"))? {
+            return Err(VmError::Exited {
+                status,
+                waiting: "QEMU to start".into(),
+                stderr: std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default(),
+                console: tail(&dir.join("console.log")),
+            });
+        }
+        if let Ok(q) = Qmp::connect(qmp_path, Duration::from_secs(60)) {
+            return Ok(q);
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::Timeout {
+                waiting: "QEMU's QMP socket".into(),
+                secs: timeout.as_secs(),
+                console: tail(&dir.join("console.log")),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+/// A paused guest.
+pub struct Frozen<'a> {
+    vm: &'a mut QemuVm,
+    at: Instant,
+    thawed: bool,
+}
+
+impl Frozen<'_> {
+    /// The page-table root of the first vCPU (`info registers`).
+    pub fn root(&mut self) -> Result<PageTableRoot, VmError> {
+        let info = self.vm.qmp.hmp("info registers")?;
+        let cr3 = qmp::register(&info, "CR3")
+            .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
+        Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
+    }
+
+    /// Write an ELF core of guest memory (QEMU's `dump-guest-memory`).
+    pub fn dump_core(&mut self, path: &Path) -> Result<(), VmError> {
+        self.vm.qmp.execute(
+            "dump-guest-memory",
+            serde_json::json!({ "paging": false, "protocol": format!("file:{}", path.display()) }),
+        )?;
+        Ok(())
+    }
+
+    /// Resume the guest; returns how long it was paused.
+    pub fn thaw(mut self) -> Result<Duration, VmError> {
+        self.thawed = true;
+        self.vm.qmp.execute("cont", serde_json::json!({}))?;
+        Ok(self.at.elapsed())
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if !self.thawed {
+            let _ = self.vm.qmp.execute("cont", serde_json::json!({}));
+        }
+    }
+}

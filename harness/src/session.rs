@@ -1,0 +1,303 @@
+//! A test VM from boot to power-off: resolve the kernel, build the
+//! initramfs, boot it on the QEMU backend, follow the agent through the
+//! scheduler's attach and the workload, capture the sched_ext state while
+//! the guest is frozen, and collect the results.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ktstr_vmm::Topology;
+use ktstr_walker::Symbols;
+use ktstr_walker::kernel::ksyms::SymbolTable;
+use ktstr_walker::render::Report;
+
+use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResult, WorkerSpec};
+use crate::guest::{GuestKernel, translator};
+use crate::initramfs::{self, Initramfs};
+use crate::kernel::Kernel;
+use crate::qemu::{QemuConfig, QemuVm};
+
+/// The guest kernel's command line. `panic=-1` with QEMU's `-no-reboot`
+/// turns a kernel panic into QEMU exiting, not a hang.
+pub const CMDLINE: &str = "console=ttyS0 panic=-1 rdinit=/init mitigations=off";
+
+/// A scheduler to run in the guest.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// The host binary (its libraries come along).
+    pub binary: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// What to boot and run.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// `--kernel`: a path or a cached release.
+    pub kernel: String,
+    /// CPUs, LLCs, NUMA nodes.
+    pub topology: Topology,
+    /// Guest RAM.
+    pub memory_mib: u64,
+    /// The scheduler, or `None` for the kernel's default.
+    pub scheduler: Option<SchedulerConfig>,
+    /// Workers.
+    pub workers: Vec<WorkerSpec>,
+    /// How long the workers run.
+    pub duration: Duration,
+    /// From QEMU's start to the agent's first message.
+    pub boot_timeout: Duration,
+    /// For the scheduler to attach.
+    pub attach_timeout: Duration,
+}
+
+impl SessionConfig {
+    /// Defaults for `kernel` and `topology`: 512 MiB, no scheduler, no
+    /// workers, generous timeouts for TCG on a busy 2-core machine.
+    pub fn new(kernel: impl Into<String>, topology: Topology) -> SessionConfig {
+        SessionConfig {
+            kernel: kernel.into(),
+            topology,
+            memory_mib: 512,
+            scheduler: None,
+            workers: Vec::new(),
+            duration: Duration::from_secs(5),
+            boot_timeout: Duration::from_secs(120),
+            attach_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The scheduler as the guest reported its attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// Its pid.
+    pub pid: i32,
+    /// `/sys/kernel/sched_ext/root/ops`.
+    pub ops: String,
+}
+
+/// What the guest reported at the end.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Per worker.
+    pub workers: Vec<WorkerResult>,
+    /// sched_ext after the workload.
+    pub sched_ext: SchedExtState,
+    /// How the scheduler ended, if before it was stopped.
+    pub scheduler_exit: Option<String>,
+    /// The tail of its output.
+    pub scheduler_output: String,
+}
+
+/// A booted VM whose workload is running.
+pub struct Session {
+    vm: QemuVm,
+    guest: GuestKernel,
+    symbols: Symbols,
+    duration: Duration,
+    /// `uname -r` in the guest.
+    pub release: String,
+    /// CPUs online in the guest.
+    pub nr_cpus: u32,
+    /// The scheduler, when one was asked for.
+    pub attached: Option<Attached>,
+    /// The workers, as started.
+    pub workers: Vec<WorkerInfo>,
+    /// sched_ext as the guest read it once the workers ran.
+    pub sched_ext: SchedExtState,
+    _files: tempfile::TempDir,
+}
+
+/// The vmlinux ELF on disk: the image's own file, or the decompressed
+/// bzImage written to `dir`.
+fn vmlinux_file(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
+    if kernel.image.kind() == ktstr_walker::kernel::image::ImageKind::Elf {
+        return Ok(kernel.image.source().to_path_buf());
+    }
+    let out = dir.join("vmlinux");
+    kernel.image.write_vmlinux(&out)?;
+    Ok(out)
+}
+
+impl Session {
+    /// Boot and follow the guest until its workers run.
+    pub fn start(cfg: &SessionConfig) -> Result<Session> {
+        let kernel = Kernel::resolve(&cfg.kernel)?;
+        let config_path = match (&kernel.config, &kernel.config_path) {
+            (Some(c), Some(p)) => {
+                c.check_required()?;
+                p.clone()
+            }
+            _ => bail!(
+                "no config next to kernel {}: ktstr needs it to check sched_ext and for libbpf in the guest (put it beside the image as `config`)",
+                kernel.image.source().display()
+            ),
+        };
+        let release = kernel
+            .release
+            .clone()
+            .ok_or_else(|| anyhow!("no release string in {}", kernel.image.source().display()))?;
+        let guest = GuestKernel::load(&kernel)?;
+        let files = tempfile::Builder::new().prefix("ktstr-run-").tempdir()?;
+
+        let mut ramfs = Initramfs::new();
+        ramfs.kernel_config(&release, &config_path)?;
+        if let Some(busybox) = busybox() {
+            ramfs.busybox(&busybox)?;
+        }
+        let scheduler = match &cfg.scheduler {
+            Some(s) => Some(proto::SchedulerJob {
+                path: ramfs.program(&s.binary)?,
+                args: s.args.clone(),
+                env: vec![("LD_LIBRARY_PATH".into(), initramfs::LIB_DIR.into())],
+                attach_timeout_ms: cfg.attach_timeout.as_millis() as u64,
+            }),
+            None => None,
+        };
+        let job = Job {
+            version: proto::VERSION,
+            kallsyms: Symbols::NAMES.iter().map(|s| s.to_string()).collect(),
+            scheduler,
+            workers: cfg.workers.clone(),
+            duration_ms: cfg.duration.as_millis() as u64,
+        };
+        let initrd = files.path().join("initrd");
+        initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
+
+        let mut vm = QemuVm::start(&QemuConfig {
+            vmlinux: vmlinux_file(&kernel, files.path())?,
+            initrd,
+            topology: cfg.topology,
+            memory_mib: cfg.memory_mib,
+            cmdline: CMDLINE.into(),
+            start_timeout: Duration::from_secs(30),
+        })?;
+
+        let hello = vm.wait_for("the guest agent's hello", cfg.boot_timeout, |m| {
+            matches!(m, Msg::Hello { .. } | Msg::Error { .. })
+        })?;
+        let nr_cpus = match hello {
+            Msg::Hello { nr_cpus, .. } => nr_cpus,
+            other => bail!("guest agent: {other:?}"),
+        };
+        let text = match vm.wait_for("kallsyms from the agent", cfg.boot_timeout, |m| {
+            matches!(m, Msg::Kallsyms { .. } | Msg::Error { .. })
+        })? {
+            Msg::Kallsyms { text } => text,
+            other => bail!("guest agent: {other:?}"),
+        };
+        let symbols =
+            SymbolTable::parse_kallsyms(text.as_bytes(), "the guest's /proc/kallsyms")?.symbols();
+
+        let attached = if cfg.scheduler.is_some() {
+            let wait = cfg.attach_timeout + Duration::from_secs(30);
+            match vm.wait_for("the scheduler to attach", wait, |m| {
+                matches!(
+                    m,
+                    Msg::SchedulerAttached { .. } | Msg::SchedulerFailed { .. } | Msg::Error { .. }
+                )
+            })? {
+                Msg::SchedulerAttached { pid, ops, after_ms } => {
+                    tracing::info!(ops, after_ms, "scheduler attached");
+                    Some(Attached { pid, ops })
+                }
+                Msg::SchedulerFailed { reason, output } => {
+                    bail!("scheduler failed: {reason}\n--- its output ---\n{output}")
+                }
+                other => bail!("guest agent: {other:?}"),
+            }
+        } else {
+            None
+        };
+        let (workers, sched_ext) =
+            match vm.wait_for("the workers to start", Duration::from_secs(60), |m| {
+                matches!(m, Msg::Running { .. } | Msg::Error { .. })
+            })? {
+                Msg::Running { workers, sched_ext } => (workers, sched_ext),
+                other => bail!("guest agent: {other:?}"),
+            };
+        Ok(Session {
+            vm,
+            guest,
+            symbols,
+            duration: cfg.duration,
+            release,
+            nr_cpus,
+            attached,
+            workers,
+            sched_ext,
+            _files: files,
+        })
+    }
+
+    /// Freeze the guest, capture its sched_ext state (and write an ELF core
+    /// to `core` while still frozen, when given), thaw, and render.
+    pub fn capture(&mut self, core: Option<&Path>) -> Result<Report> {
+        let ram = self.vm.ram();
+        let mut frozen = self.vm.freeze()?;
+        let root = frozen.root()?;
+        let mut tr = translator(&*ram, &self.symbols, Some(root));
+        self.guest.capture(&*ram, &mut tr, &self.symbols, move || {
+            if let Some(core) = core {
+                frozen.dump_core(core)?;
+            }
+            let paused = frozen.thaw()?;
+            Ok::<_, anyhow::Error>(Some(paused.as_nanos() as u64))
+        })
+    }
+
+    /// The symbols of this boot, in kallsyms format (for `ktstr dump`).
+    pub fn kallsyms_text(&self) -> String {
+        self.vm
+            .messages
+            .iter()
+            .find_map(|m| match m {
+                Msg::Kallsyms { text } => Some(text.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The guest console so far.
+    pub fn console(&self) -> String {
+        self.vm.console()
+    }
+
+    /// Wait for the workload's end and the guest's power-off.
+    pub fn finish(mut self) -> Result<Finished> {
+        let wait = self.duration + Duration::from_secs(90);
+        let msg = self
+            .vm
+            .wait_for("the workload to finish", wait, |m| {
+                matches!(m, Msg::Finished { .. } | Msg::Error { .. })
+            })
+            .context("the run did not finish")?;
+        let Msg::Finished {
+            workers,
+            sched_ext,
+            scheduler_exit,
+            scheduler_output,
+        } = msg
+        else {
+            bail!("guest agent: {msg:?}");
+        };
+        self.vm.wait_exit(Duration::from_secs(30))?;
+        Ok(Finished {
+            workers,
+            sched_ext,
+            scheduler_exit,
+            scheduler_output,
+        })
+    }
+}
+
+/// Static busybox from PATH, for a shell and scripts in the guest.
+fn busybox() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("busybox"))
+            .find(|p| p.is_file())
+    })
+}

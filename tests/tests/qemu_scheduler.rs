@@ -1,0 +1,234 @@
+//! Real sched_ext kernels end to end: the fetched kernel boots under QEMU
+//! (TCG here) with the guest agent as /init and scx_bpfland as the
+//! scheduler; named CPU-bound workers run; the VM is frozen mid-run, its
+//! sched_ext state captured from the shared RAM file and an ELF core
+//! written; the VM thaws and the run finishes. The dump is checked against
+//! what the guest itself reported just before the freeze, and `ktstr dump`
+//! of the core must give the same report as the live capture.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use ktstr::agent::proto::{Work, WorkerSpec};
+use ktstr::dump::{DumpOptions, dump};
+use ktstr::session::{SchedulerConfig, Session, SessionConfig};
+use ktstr_tests::{Need, have_tool, skip};
+use ktstr_vmm::Topology;
+use ktstr_walker::render::{Placement, Report};
+
+const WORKER: &str = "ktstr-spin";
+
+/// Everything a real-kernel run needs, or the reason it cannot run.
+fn prerequisites(test: &str, scheduler: bool) -> Option<(String, Option<std::path::PathBuf>)> {
+    for tool in ["qemu-system-x86_64", "busybox"] {
+        if !have_tool(tool) {
+            skip(
+                test,
+                Need::Tool,
+                &format!("{tool} not installed (./setup.sh installs it)"),
+            );
+            return None;
+        }
+    }
+    let kernel = match ktstr_tests::cached_kernel_dir() {
+        Ok(d) => d.display().to_string(),
+        Err(e) => {
+            skip(test, Need::Kernel, &e);
+            return None;
+        }
+    };
+    if !scheduler {
+        return Some((kernel, None));
+    }
+    match ktstr::scheduler::resolve("bpfland") {
+        Ok(bin) => Some((kernel, Some(bin))),
+        Err(e) => {
+            skip(test, Need::Tool, &e.to_string());
+            None
+        }
+    }
+}
+
+/// The parts of a report that must not differ between two reads of the same
+/// frozen memory: everything but how the read itself went.
+fn state_of(r: &Report) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap();
+    let h = v["health"].as_object_mut().unwrap();
+    h.remove("pause_ns");
+    v
+}
+
+fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
+    let Some((kernel, bin)) = prerequisites(test, scheduler) else {
+        return;
+    };
+    let topology: Topology = topology.parse().unwrap();
+    let mut cfg = SessionConfig::new(kernel.clone(), topology);
+    cfg.scheduler = bin.map(|binary| SchedulerConfig {
+        binary,
+        args: vec![],
+    });
+    cfg.workers = vec![WorkerSpec {
+        name: WORKER.into(),
+        count: workers,
+        work: Work::Spin,
+    }];
+    cfg.duration = Duration::from_secs(6);
+    let mut s = Session::start(&cfg).unwrap_or_else(|e| panic!("{test}: {e:#}"));
+    assert_eq!(s.nr_cpus, topology.nr_cpus(), "guest CPUs");
+
+    // Let the workers run a moment so the freeze lands mid-work.
+    std::thread::sleep(Duration::from_millis(500));
+    let tmp = tempfile::tempdir().unwrap();
+    let core = tmp.path().join("core");
+    let report = s.capture(Some(&core)).unwrap();
+    eprintln!("{test}:\n{}", report.to_text());
+
+    // What the guest said just before the freeze.
+    match &s.attached {
+        Some(a) => {
+            assert!(report.scheduler.attached, "a scheduler was attached");
+            assert_eq!(
+                report.scheduler.ops_name, a.ops,
+                "ops name vs /sys/kernel/sched_ext/root/ops"
+            );
+            assert_eq!(s.sched_ext.state, "enabled");
+        }
+        None => assert!(!report.scheduler.attached, "no scheduler was loaded"),
+    }
+    let h = &report.health;
+    assert!(
+        h.faults.is_empty()
+            && h.missing_groups.is_empty()
+            && h.truncated.is_empty()
+            && h.dropped.is_empty(),
+        "{h:?}"
+    );
+    assert!(h.pause_ns.is_some_and(|p| p > 0), "pause window measured");
+    assert_eq!(
+        report.cpus.len() as u32,
+        topology.nr_cpus(),
+        "one rq per vCPU"
+    );
+    for c in &report.cpus {
+        assert_eq!(c.fault, None, "cpu {} read in full", c.cpu);
+    }
+    if scheduler {
+        // Every CPU's bypass DSQ sits in per-CPU memory of the scheduler
+        // (vmalloc'ed: read through the page tables).
+        let bypass = report
+            .dsqs
+            .iter()
+            .filter(|d| d.name.starts_with("bypass"))
+            .count();
+        assert_eq!(bypass as u32, topology.nr_cpus(), "a bypass DSQ per CPU");
+    }
+
+    let by_pid: BTreeMap<i32, _> = report.tasks.iter().map(|t| (t.pid, t)).collect();
+    assert_eq!(s.workers.len() as u32, workers);
+    for w in &s.workers {
+        let t = by_pid
+            .get(&w.pid)
+            .unwrap_or_else(|| panic!("worker {} ({}) not in the dump", w.pid, w.comm));
+        assert_eq!(t.comm, w.comm, "comm of pid {}", w.pid);
+        assert_eq!(t.comm, WORKER);
+        assert_eq!(t.class, if scheduler { "ext" } else { "fair" });
+        assert!(
+            !matches!(t.placement, Placement::NotRunnable),
+            "a spinning worker is runnable: {:?}",
+            t.placement
+        );
+    }
+    let addrs: HashSet<u64> = report.tasks.iter().map(|t| t.addr).collect();
+    for c in &report.cpus {
+        assert!(
+            c.curr_is_idle || addrs.contains(&c.curr.addr),
+            "cpu {} runs an unknown task {:#x}",
+            c.cpu,
+            c.curr.addr
+        );
+        for t in c.local_dsq.iter().chain(&c.runnable) {
+            assert!(
+                addrs.contains(&t.addr),
+                "cpu {} holds unknown task {:#x}",
+                c.cpu,
+                t.addr
+            );
+        }
+    }
+    for d in &report.dsqs {
+        for t in &d.tasks {
+            assert!(
+                addrs.contains(&t.addr),
+                "dsq {} holds unknown task {:#x}",
+                d.name,
+                t.addr
+            );
+        }
+    }
+    assert!(
+        report
+            .tasks
+            .iter()
+            .any(|t| matches!(t.placement, Placement::Running { .. })),
+        "busy workers: someone runs"
+    );
+
+    // The same frozen memory, read back from QEMU's ELF core.
+    let ksyms = tmp.path().join("kallsyms");
+    std::fs::write(&ksyms, s.kallsyms_text()).unwrap();
+    let from_core = dump(&DumpOptions {
+        core,
+        vmlinux: kernel,
+        kallsyms: Some(ksyms),
+        system_map: None,
+        cr3: None,
+    })
+    .expect("ktstr dump of the core");
+    assert_eq!(
+        state_of(&from_core),
+        state_of(&report),
+        "core dump vs live capture"
+    );
+
+    // Thawed, the run goes on to its end.
+    let attached = s.attached.is_some();
+    let done = s.finish().unwrap_or_else(|e| panic!("{test}: {e:#}"));
+    assert_eq!(done.workers.len() as u32, workers);
+    for w in &done.workers {
+        assert!(w.error.is_none() && w.iterations > 0, "{w:?}");
+    }
+    if attached {
+        assert_eq!(
+            done.sched_ext.state, "enabled",
+            "scheduler survived the freeze; output:\n{}",
+            done.scheduler_output
+        );
+        assert_eq!(done.scheduler_exit, None);
+    }
+}
+
+#[test]
+fn bpfland_on_2_cpus_frozen_mid_run() {
+    run("bpfland_on_2_cpus_frozen_mid_run", "1n1l2c1t", 3, true);
+}
+
+#[test]
+fn bpfland_on_4_cpus_in_2_llcs_frozen_mid_run() {
+    run(
+        "bpfland_on_4_cpus_in_2_llcs_frozen_mid_run",
+        "1n2l2c1t",
+        6,
+        true,
+    );
+}
+
+#[test]
+fn default_scheduler_baseline_frozen_mid_run() {
+    run(
+        "default_scheduler_baseline_frozen_mid_run",
+        "1n1l2c1t",
+        3,
+        false,
+    );
+}
