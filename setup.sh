@@ -14,10 +14,13 @@ step "system packages"
 # qemu: the VM backend; busybox-static: the guest userland; dwarves
 # (pahole) and bpftool: independent BTF readers the tests compare against;
 # zstd/xz/lz4/gzip: real compressors for the kernel-image tests;
-# debian-archive-keyring: verifies the kernel packages.
+# debian-archive-keyring: verifies the kernel packages; libc6-dev: the
+# static libc the guest agent links; clang-19, libelf-dev, zlib1g-dev,
+# pkg-config: building scx_bpfland (BPF C needs a recent clang).
 # --no-install-recommends: qemu's recommends pull hundreds of packages.
 pkgs=(qemu-system-x86 busybox-static dwarves bpftool zstd xz-utils lz4 gzip
-      ca-certificates debian-archive-keyring)
+      ca-certificates debian-archive-keyring libc6-dev
+      clang-19 libelf-dev zlib1g-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -40,6 +43,20 @@ if rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightl
     command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 else
     echo "warning: no nightly toolchain: fuzzing (fuzz/) is unavailable" >&2
+fi
+
+step "scx_bpfland, the reference scheduler of the end-to-end tests"
+# Built once into ktstr's tool cache (~4 min on 2 cores); pinned so a new
+# release cannot change what the tests run. Its build wants `clang` to be
+# clang-19: a private symlink, the system's alternatives untouched.
+cache="${KTSTR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ktstr}"
+tools="$cache/tools"
+SCX_BPFLAND_VERSION=1.1.4
+if ! "$tools/bin/scx_bpfland" --version 2>/dev/null | grep -q "$SCX_BPFLAND_VERSION"; then
+    mkdir -p "$tools/llvm-bin"
+    ln -sf "$(command -v clang-19)" "$tools/llvm-bin/clang"
+    PATH="$tools/llvm-bin:$PATH" cargo install --locked scx_bpfland \
+        --version "$SCX_BPFLAND_VERSION" --root "$tools"
 fi
 
 step "build"

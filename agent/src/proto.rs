@@ -114,6 +114,8 @@ pub enum Msg {
         release: String,
         /// Online CPUs.
         nr_cpus: u32,
+        /// NUMA nodes (`/sys/devices/system/node/node*`).
+        numa_nodes: u32,
         /// `/proc/cmdline`.
         cmdline: String,
     },

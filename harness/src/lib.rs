@@ -9,5 +9,6 @@ pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+pub mod run;
 pub mod scheduler;
 pub mod session;

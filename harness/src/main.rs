@@ -1,15 +1,19 @@
 //! The `ktstr` command line.
 //!
-//! Exit codes: 0 success; 1 a check failed (the kernel is unusable);
-//! 2 an infrastructure error (download, file, tool).
+//! Exit codes: 0 success; 1 a check failed (the kernel is unusable, the
+//! scheduler died, a worker did not run); 2 an infrastructure error
+//! (download, file, tool, VM); 130 interrupted (Ctrl-C).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ktstr::agent::proto::{Work, WorkerSpec};
 use ktstr::kernel::Kernel;
 use ktstr::kernel::fetch::{FetchOptions, fetch};
 use ktstr::kernel::info::KernelInfo;
+use ktstr::session::{SchedulerConfig, SessionConfig};
 
 /// Test Linux sched_ext schedulers in throw-away VMs, and see their exact
 /// state when they fail.
@@ -26,6 +30,40 @@ enum Command {
     Kernel {
         #[command(subcommand)]
         command: KernelCommand,
+    },
+    /// Boot a kernel in a VM with a scheduler and CPU-bound workers, and
+    /// report whether the scheduler survived (optionally with a mid-run
+    /// dump of its state).
+    Run {
+        /// Kernel: vmlinux, bzImage, build or cache directory, or cached
+        /// release; default the newest fetched one.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Scheduler binary, or a name such as `bpfland` (found on PATH or
+        /// in ~/.cache/ktstr/tools/bin); default the kernel's own scheduler.
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// Scheduler arguments (repeat, or after `--`).
+        #[arg(long = "scheduler-arg", allow_hyphen_values = true)]
+        scheduler_args: Vec<String>,
+        /// NUMA nodes, LLCs, cores per LLC, threads per core.
+        #[arg(long, default_value = "1n1l2c1t")]
+        topology: ktstr_vmm::Topology,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u64,
+        /// CPU-bound workers (default: one more than CPUs).
+        #[arg(long)]
+        workers: Option<u32>,
+        /// How long the workers run (e.g. 10s, 1m).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Freeze and dump this long after the workers start (e.g. 2s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dump_at: Option<std::time::Duration>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Show the sched_ext state captured in an ELF core file (QEMU's
     /// dump-guest-memory, or a kdump vmcore).
@@ -103,6 +141,57 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run {
+            kernel,
+            scheduler,
+            scheduler_args,
+            topology,
+            memory,
+            workers,
+            duration,
+            dump_at,
+            json,
+        } => {
+            // Ctrl-C: no destructor runs when the process exits from the
+            // handler, so kill the VMs and remove their files there.
+            ctrlc::set_handler(|| {
+                ktstr::qemu::kill_all();
+                // stderr may be gone with the terminal: no panic over it.
+                let _ = writeln!(std::io::stderr(), "ktstr: interrupted");
+                std::process::exit(130);
+            })?;
+            let kernel = match kernel {
+                Some(k) => k,
+                None => newest_kernel()?,
+            };
+            let mut cfg = SessionConfig::new(kernel, topology);
+            cfg.memory_mib = memory;
+            cfg.duration = duration;
+            cfg.scheduler = scheduler
+                .map(|s| {
+                    Ok::<_, anyhow::Error>(SchedulerConfig {
+                        binary: ktstr::scheduler::resolve(&s)?,
+                        args: scheduler_args,
+                    })
+                })
+                .transpose()?;
+            cfg.workers = vec![WorkerSpec {
+                name: "ktstr-spin".into(),
+                count: workers.unwrap_or(topology.nr_cpus() + 1),
+                work: Work::Spin,
+            }];
+            let report = ktstr::run::run(&cfg, dump_at)?;
+            print!("{}", report.to_text());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Dump {
             core,
             vmlinux,
@@ -147,4 +236,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
     }
+}
+
+/// The newest complete kernel in the cache.
+fn newest_kernel() -> anyhow::Result<String> {
+    let root = ktstr::cache::kernels_dir()?;
+    ktstr::kernel::store::newest_complete(&root)
+        .map(|d| d.display().to_string())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no kernel given and none fetched under {}: pass --kernel or run `ktstr kernel fetch`",
+                root.display()
+            )
+        })
 }

@@ -50,6 +50,8 @@ pub struct SessionConfig {
     pub boot_timeout: Duration,
     /// For the scheduler to attach.
     pub attach_timeout: Duration,
+    /// Extra files for the guest: (guest path, host file).
+    pub files: Vec<(String, PathBuf)>,
 }
 
 impl SessionConfig {
@@ -65,6 +67,7 @@ impl SessionConfig {
             duration: Duration::from_secs(5),
             boot_timeout: Duration::from_secs(120),
             attach_timeout: Duration::from_secs(60),
+            files: Vec::new(),
         }
     }
 }
@@ -101,13 +104,17 @@ pub struct Session {
     pub release: String,
     /// CPUs online in the guest.
     pub nr_cpus: u32,
+    /// NUMA nodes the guest sees.
+    pub numa_nodes: u32,
+    /// KASLR's shift of the kernel image: runtime `_text` minus the
+    /// vmlinux's link-time `.text` address.
+    pub kernel_offset: Option<u64>,
     /// The scheduler, when one was asked for.
     pub attached: Option<Attached>,
     /// The workers, as started.
     pub workers: Vec<WorkerInfo>,
     /// sched_ext as the guest read it once the workers ran.
     pub sched_ext: SchedExtState,
-    _files: tempfile::TempDir,
 }
 
 /// The vmlinux ELF on disk: the image's own file, or the decompressed
@@ -140,12 +147,17 @@ impl Session {
             .clone()
             .ok_or_else(|| anyhow!("no release string in {}", kernel.image.source().display()))?;
         let guest = GuestKernel::load(&kernel)?;
-        let files = tempfile::Builder::new().prefix("ktstr-run-").tempdir()?;
+        let files = QemuVm::tempdir()?;
 
         let mut ramfs = Initramfs::new();
         ramfs.kernel_config(&release, &config_path)?;
         if let Some(busybox) = busybox() {
             ramfs.busybox(&busybox)?;
+        }
+        for (guest_path, host) in &cfg.files {
+            let data = std::fs::read(host)
+                .with_context(|| format!("reading {} for the guest", host.display()))?;
+            ramfs.file(guest_path, data, 0o755)?;
         }
         let scheduler = match &cfg.scheduler {
             Some(s) => Some(proto::SchedulerJob {
@@ -158,7 +170,11 @@ impl Session {
         };
         let job = Job {
             version: proto::VERSION,
-            kallsyms: Symbols::NAMES.iter().map(|s| s.to_string()).collect(),
+            kallsyms: Symbols::NAMES
+                .iter()
+                .chain(&["_text"])
+                .map(|s| s.to_string())
+                .collect(),
             scheduler,
             workers: cfg.workers.clone(),
             duration_ms: cfg.duration.as_millis() as u64,
@@ -166,20 +182,25 @@ impl Session {
         let initrd = files.path().join("initrd");
         initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
 
-        let mut vm = QemuVm::start(&QemuConfig {
+        let vm_cfg = QemuConfig {
             vmlinux: vmlinux_file(&kernel, files.path())?,
             initrd,
             topology: cfg.topology,
             memory_mib: cfg.memory_mib,
             cmdline: CMDLINE.into(),
             start_timeout: Duration::from_secs(30),
-        })?;
+        };
+        let mut vm = QemuVm::start(&vm_cfg, files)?;
 
         let hello = vm.wait_for("the guest agent's hello", cfg.boot_timeout, |m| {
             matches!(m, Msg::Hello { .. } | Msg::Error { .. })
         })?;
-        let nr_cpus = match hello {
-            Msg::Hello { nr_cpus, .. } => nr_cpus,
+        let (nr_cpus, numa_nodes) = match hello {
+            Msg::Hello {
+                nr_cpus,
+                numa_nodes,
+                ..
+            } => (nr_cpus, numa_nodes),
             other => bail!("guest agent: {other:?}"),
         };
         let text = match vm.wait_for("kallsyms from the agent", cfg.boot_timeout, |m| {
@@ -188,8 +209,12 @@ impl Session {
             Msg::Kallsyms { text } => text,
             other => bail!("guest agent: {other:?}"),
         };
-        let symbols =
-            SymbolTable::parse_kallsyms(text.as_bytes(), "the guest's /proc/kallsyms")?.symbols();
+        let table = SymbolTable::parse_kallsyms(text.as_bytes(), "the guest's /proc/kallsyms")?;
+        let symbols = table.symbols();
+        let kernel_offset = table
+            .get("_text")
+            .zip(link_time_text(&kernel))
+            .map(|(run, link)| run.wrapping_sub(link));
 
         let attached = if cfg.scheduler.is_some() {
             let wait = cfg.attach_timeout + Duration::from_secs(30);
@@ -225,10 +250,11 @@ impl Session {
             duration: cfg.duration,
             release,
             nr_cpus,
+            numa_nodes,
+            kernel_offset,
             attached,
             workers,
             sched_ext,
-            _files: files,
         })
     }
 
@@ -291,6 +317,15 @@ impl Session {
             scheduler_output,
         })
     }
+}
+
+/// The vmlinux's `.text` address: where `_text` is linked.
+fn link_time_text(kernel: &Kernel) -> Option<u64> {
+    let elf = goblin::elf::Elf::parse(kernel.image.elf_bytes()).ok()?;
+    elf.section_headers
+        .iter()
+        .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".text"))
+        .map(|s| s.sh_addr)
 }
 
 /// Static busybox from PATH, for a shell and scripts in the guest.

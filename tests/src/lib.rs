@@ -76,3 +76,34 @@ pub fn have_tool(tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// Panics if this process left a QEMU child or a guest RAM file behind.
+pub fn assert_no_vm_left_behind() {
+    let me = std::process::id();
+    let shm: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("ktstr-{me}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(shm.is_empty(), "guest RAM files left in /dev/shm: {shm:?}");
+    let children: Vec<String> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| {
+                    // pid (comm) state ppid ...
+                    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+                    rest.split_whitespace().nth(1) == Some(&me.to_string())
+                        && stat.contains("(qemu-system-x86")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        children.is_empty(),
+        "QEMU children still running: {children:?}"
+    );
+}

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use goblin::elf::Elf;
-use ktstr_tests::qemu::{Qemu, Qmp};
+use ktstr_tests::qemu::{Qemu, connect};
 use ktstr_tests::{Need, cached_kernel_dir, have_tool, skip};
 use ktstr_walker::GuestMem;
 use ktstr_walker::kernel::elfcore::ElfCore;
@@ -282,7 +282,7 @@ fn qemu_dump_guest_memory_reads_back() {
         .unwrap();
     let mut qemu = Qemu(child);
     let deadline = start + Duration::from_secs(90);
-    let mut qmp = Qmp::connect(&qmp_path, deadline);
+    let mut qmp = connect(&qmp_path, deadline);
 
     // Wait for the end of boot: the panic over the missing root fs.
     let log = loop {
@@ -301,11 +301,12 @@ fn qemu_dump_guest_memory_reads_back() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let booted = start.elapsed();
-    qmp.execute("stop", serde_json::json!({}));
+    qmp.execute("stop", serde_json::json!({})).unwrap();
     qmp.execute(
         "dump-guest-memory",
         serde_json::json!({ "paging": false, "protocol": format!("file:{}", core_path.display()) }),
-    );
+    )
+    .unwrap();
     drop(qemu);
 
     let core = ElfCore::open(&core_path).unwrap();

@@ -76,6 +76,10 @@ fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
     cfg.duration = Duration::from_secs(6);
     let mut s = Session::start(&cfg).unwrap_or_else(|e| panic!("{test}: {e:#}"));
     assert_eq!(s.nr_cpus, topology.nr_cpus(), "guest CPUs");
+    assert_eq!(s.numa_nodes, topology.numa_nodes, "guest NUMA nodes");
+    // KASLR is on: the image moved by a multiple of its 2 MiB alignment.
+    let offset = s.kernel_offset.expect("_text in the guest's kallsyms");
+    assert_eq!(offset % (2 << 20), 0, "kernel offset {offset:#x}");
 
     // Let the workers run a moment so the freeze lands mid-work.
     std::thread::sleep(Duration::from_millis(500));
@@ -122,6 +126,12 @@ fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
             .filter(|d| d.name.starts_with("bypass"))
             .count();
         assert_eq!(bypass as u32, topology.nr_cpus(), "a bypass DSQ per CPU");
+        let global = report
+            .dsqs
+            .iter()
+            .filter(|d| d.name.starts_with("global"))
+            .count();
+        assert_eq!(global as u32, topology.numa_nodes, "a global DSQ per node");
     }
 
     let by_pid: BTreeMap<i32, _> = report.tasks.iter().map(|t| (t.pid, t)).collect();
@@ -206,6 +216,7 @@ fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
         );
         assert_eq!(done.scheduler_exit, None);
     }
+    ktstr_tests::assert_no_vm_left_behind();
 }
 
 #[test]
@@ -214,10 +225,10 @@ fn bpfland_on_2_cpus_frozen_mid_run() {
 }
 
 #[test]
-fn bpfland_on_4_cpus_in_2_llcs_frozen_mid_run() {
+fn bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run() {
     run(
-        "bpfland_on_4_cpus_in_2_llcs_frozen_mid_run",
-        "1n2l2c1t",
+        "bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run",
+        "2n2l1c2t",
         6,
         true,
     );

@@ -32,6 +32,7 @@ fn run(ch: &Channel) -> Result<(), String> {
         agent: env!("CARGO_PKG_VERSION").into(),
         release: read_trimmed("/proc/sys/kernel/osrelease"),
         nr_cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+        numa_nodes: numa_nodes(),
         cmdline: read_trimmed("/proc/cmdline"),
     });
     ch.send(&Msg::Kallsyms {
@@ -107,6 +108,21 @@ pub fn sched_ext_state() -> SchedExtState {
             .ok()
             .map(|s| s.trim().to_string()),
     }
+}
+
+fn numa_nodes() -> u32 {
+    std::fs::read_dir("/sys/devices/system/node")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.strip_prefix("node")
+                        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .count() as u32
+        })
+        .unwrap_or(0)
 }
 
 fn read_trimmed(path: &str) -> String {

@@ -113,6 +113,28 @@ pub fn hardware_virt() -> bool {
     has && Path::new("/dev/kvm").exists()
 }
 
+/// Every live VM of this process, for [`kill_all`].
+static LIVE: std::sync::Mutex<Vec<(u32, PathBuf, Vec<PathBuf>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<(u32, PathBuf, Vec<PathBuf>)>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kill every VM this process started and remove its files: for a signal
+/// handler (Ctrl-C) that is about to exit the process, when no destructor
+/// will run.
+pub fn kill_all() {
+    for (pid, dir, files) in live().drain(..) {
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = std::fs::remove_dir_all(dir);
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 /// A running QEMU.
 pub struct QemuVm {
     child: Child,
@@ -151,14 +173,20 @@ fn sweep_stale_ram_files() {
 }
 
 impl QemuVm {
+    /// A directory for a VM's files (initramfs, logs, sockets), named
+    /// `ktstr-<pid>-vm-*` so what a process leaves can be told apart.
+    pub fn tempdir() -> Result<tempfile::TempDir, VmError> {
+        tempfile::Builder::new()
+            .prefix(&format!("{SHM_PREFIX}{}-vm-", std::process::id()))
+            .tempdir()
+            .map_err(io("creating the VM's temporary directory"))
+    }
+
     /// Start QEMU and connect to it; the guest is running when this returns.
-    pub fn start(cfg: &QemuConfig) -> Result<QemuVm, VmError> {
+    /// `dir` (from [`QemuVm::tempdir`]) holds the VM's files and goes with it.
+    pub fn start(cfg: &QemuConfig, dir: tempfile::TempDir) -> Result<QemuVm, VmError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         sweep_stale_ram_files();
-        let dir = tempfile::Builder::new()
-            .prefix("ktstr-vm-")
-            .tempdir()
-            .map_err(io("creating the VM's temporary directory"))?;
         let t = cfg.topology;
         let nodes = t.numa_nodes as u64;
         // Each node's RAM, rounded to 2 MiB so backends stay hugepage-aligned.
@@ -172,8 +200,10 @@ impl QemuVm {
         let qmp_path = dir.path().join("qmp.sock");
         let accel = if hardware_virt() {
             ["-accel", "kvm", "-cpu", "host"]
-        } else {
+        } else if std::env::var("KTSTR_TCG_THREAD").as_deref() == Ok("multi") {
             ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        } else {
+            ["-accel", "tcg,thread=single", "-cpu", "max"]
         };
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -233,6 +263,7 @@ impl QemuVm {
             bin: "qemu-system-x86_64".into(),
             err,
         })?;
+        live().push((child.id(), dir.path().to_path_buf(), ram_files.clone()));
         let mut starting = Starting {
             child: Some(child),
             ram_files: &ram_files,
@@ -355,6 +386,8 @@ impl QemuVm {
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
+        let pid = self.child.id();
+        live().retain(|(p, ..)| *p != pid);
         let _ = self.child.kill();
         let _ = self.child.wait();
         for f in &self.ram_files {
@@ -373,6 +406,8 @@ struct Starting<'a> {
 impl Drop for Starting<'_> {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let pid = c.id();
+            live().retain(|(p, ..)| *p != pid);
             let _ = c.kill();
             let _ = c.wait();
             for f in self.ram_files {

@@ -1,0 +1,136 @@
+//! `ktstr run` as users run it: a real kernel under QEMU with scx_bpfland,
+//! a mid-run dump, the JSON report; and Ctrl-C in the middle of a run.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ktstr::run::RunReport;
+use ktstr_tests::{Need, have_tool, skip};
+
+fn kernel_or_skip(test: &str) -> Option<String> {
+    if !have_tool("qemu-system-x86_64") {
+        skip(
+            test,
+            Need::Tool,
+            "qemu-system-x86_64 not installed (./setup.sh installs it)",
+        );
+        return None;
+    }
+    match ktstr_tests::cached_kernel_dir() {
+        Ok(d) => Some(d.display().to_string()),
+        Err(e) => {
+            skip(test, Need::Kernel, &e);
+            None
+        }
+    }
+}
+
+#[test]
+fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
+    const TEST: &str = "run_with_a_mid_run_dump_reports_workers_and_scheduler";
+    let Some(kernel) = kernel_or_skip(TEST) else {
+        return;
+    };
+    if let Err(e) = ktstr::scheduler::resolve("bpfland") {
+        return skip(TEST, Need::Tool, &e.to_string());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("run.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ktstr"))
+        .args(["run", "--kernel", &kernel, "--scheduler", "bpfland"])
+        .args(["--topology", "1n1l2c1t", "--workers", "3"])
+        .args(["--duration", "4s", "--dump-at", "2s", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("--- dump ---") && stdout.contains("PASSED"),
+        "{stdout}"
+    );
+
+    let report: RunReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report.passed());
+    assert!(
+        report
+            .scheduler
+            .as_deref()
+            .is_some_and(|s| s.starts_with("bpfland"))
+    );
+    assert_eq!(report.workers.len(), 3);
+    let dump = report.dump.expect("--dump-at gives a dump");
+    assert!(dump.scheduler.attached);
+    for w in &report.workers {
+        assert!(w.iterations > 0, "{w:?}");
+        let t = dump
+            .tasks
+            .iter()
+            .find(|t| t.pid == w.pid)
+            .unwrap_or_else(|| panic!("worker {} not in the dump", w.pid));
+        assert_eq!(t.comm, "ktstr-spin");
+        assert_eq!(t.class, "ext");
+    }
+    assert!(
+        report.frozen_ratio > 0.0 && report.frozen_ratio < 1.0,
+        "{}",
+        report.frozen_ratio
+    );
+}
+
+#[test]
+fn ctrl_c_mid_run_leaves_no_qemu_or_files_behind() {
+    const TEST: &str = "ctrl_c_mid_run_leaves_no_qemu_or_files_behind";
+    let Some(kernel) = kernel_or_skip(TEST) else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ktstr"))
+        .args(["run", "--kernel", &kernel, "--duration", "120s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Kept open to the end: ktstr still writes to it after the signal.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        seen.push(line.clone());
+        if line.contains("workload running") {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("workload running")),
+        "{seen:?}"
+    );
+    let tag = format!("ktstr-{pid}-");
+    let qemu_running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&tag))
+                .unwrap_or(false)
+        })
+    };
+    assert!(qemu_running(), "QEMU of the run is up");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(status.code(), Some(130), "interrupted: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qemu_running() {
+        assert!(Instant::now() < deadline, "QEMU outlived ktstr");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leftovers: Vec<String> = ["/dev/shm", &std::env::temp_dir().display().to_string()]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&tag))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}

@@ -1,0 +1,108 @@
+//! What a user sees when a run goes wrong: a scheduler that dies before it
+//! attaches, a guest that does not come up in time, a kernel that is not
+//! a sched_ext kernel. Each error says what happened, and nothing (QEMU,
+//! guest RAM files) is left behind.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ktstr::session::{SchedulerConfig, Session, SessionConfig};
+use ktstr_tests::{Need, assert_no_vm_left_behind, have_tool, skip};
+
+fn kernel_or_skip(test: &str) -> Option<PathBuf> {
+    if !have_tool("qemu-system-x86_64") {
+        skip(
+            test,
+            Need::Tool,
+            "qemu-system-x86_64 not installed (./setup.sh installs it)",
+        );
+        return None;
+    }
+    match ktstr_tests::cached_kernel_dir() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            skip(test, Need::Kernel, &e);
+            None
+        }
+    }
+}
+
+fn start_err(cfg: &SessionConfig) -> String {
+    match Session::start(cfg) {
+        Ok(_) => panic!("the session started"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn scheduler_that_exits_before_attaching_is_reported_with_its_output() {
+    const TEST: &str = "scheduler_that_exits_before_attaching_is_reported_with_its_output";
+    let Some(dir) = kernel_or_skip(TEST) else {
+        return;
+    };
+    let mut cfg = SessionConfig::new(dir.display().to_string(), "1n1l1c1t".parse().unwrap());
+    // A real dynamic program (dash, with its libraries) standing in for a
+    // scheduler that crashes at start.
+    cfg.scheduler = Some(SchedulerConfig {
+        binary: PathBuf::from("/bin/sh"),
+        args: vec![
+            "-c".into(),
+            "echo boom-from-the-scheduler >&2; exit 3".into(),
+        ],
+    });
+    let e = start_err(&cfg);
+    assert!(e.contains("exited before attaching"), "{e}");
+    assert!(e.contains("exit status: 3"), "{e}");
+    assert!(
+        e.contains("boom-from-the-scheduler"),
+        "its output is in the error: {e}"
+    );
+    assert_no_vm_left_behind();
+}
+
+#[test]
+fn guest_that_does_not_come_up_in_time_is_killed_with_its_console_tail() {
+    const TEST: &str = "guest_that_does_not_come_up_in_time_is_killed_with_its_console_tail";
+    let Some(dir) = kernel_or_skip(TEST) else {
+        return;
+    };
+    let mut cfg = SessionConfig::new(dir.display().to_string(), "1n1l1c1t".parse().unwrap());
+    // Under TCG the kernel needs seconds to reach /init; under KVM a few
+    // hundred ms, so this is a timeout on both.
+    cfg.boot_timeout = Duration::from_millis(50);
+    let e = start_err(&cfg);
+    assert!(e.contains("timed out after"), "{e}");
+    assert!(e.contains("the guest agent's hello"), "{e}");
+    assert!(e.contains("console tail"), "{e}");
+    assert_no_vm_left_behind();
+}
+
+#[test]
+fn kernel_without_sched_ext_is_refused_naming_the_option() {
+    const TEST: &str = "kernel_without_sched_ext_is_refused_naming_the_option";
+    let Some(dir) = kernel_or_skip(TEST) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dir.join("vmlinux"), tmp.path().join("vmlinux")).unwrap();
+    let config = std::fs::read_to_string(dir.join("config")).unwrap();
+    let config = config.replace(
+        "CONFIG_SCHED_CLASS_EXT=y",
+        "# CONFIG_SCHED_CLASS_EXT is not set",
+    );
+    std::fs::write(tmp.path().join("config"), config).unwrap();
+    let cfg = SessionConfig::new(
+        tmp.path().join("vmlinux").display().to_string(),
+        "1n1l1c1t".parse().unwrap(),
+    );
+    let e = start_err(&cfg);
+    assert!(e.contains("CONFIG_SCHED_CLASS_EXT"), "{e}");
+}
+
+#[test]
+fn unknown_kernel_says_what_to_pass() {
+    let cfg = SessionConfig::new("no-such-kernel-9.9", "1n1l1c1t".parse().unwrap());
+    let e = start_err(&cfg);
+    assert!(e.contains("no-such-kernel-9.9"), "{e}");
+    assert!(e.contains("ktstr kernel fetch"), "{e}");
+}
