@@ -28,10 +28,60 @@ pub struct Job {
     pub kallsyms: Vec<String>,
     /// The scheduler to start, or `None` for the kernel's default.
     pub scheduler: Option<SchedulerJob>,
-    /// Workers to start once the scheduler is attached.
-    pub workers: Vec<WorkerSpec>,
-    /// How long the workers run.
+    /// cgroups (v2, under `/sys/fs/cgroup`) and their workers, started
+    /// once the scheduler is attached.
+    pub cgroups: Vec<CgroupJob>,
+    /// Changes during the run, in time order.
+    pub steps: Vec<Step>,
+    /// How long the workload runs.
     pub duration_ms: u64,
+}
+
+/// A cgroup with its workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupJob {
+    /// Directory name under `/sys/fs/cgroup`.
+    pub name: String,
+    /// `cpuset.cpus`, or `None` to leave the cgroup on every CPU.
+    pub cpus: Option<Vec<u32>>,
+    /// Its workers.
+    pub workers: Vec<WorkerSpec>,
+}
+
+/// A change at a point of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// When, from the start of the workload.
+    pub at_ms: u64,
+    /// What.
+    pub action: StepAction,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepAction {
+    /// Rewrite a cgroup's `cpuset.cpus` (`None`: every CPU).
+    SetCpus {
+        /// The cgroup.
+        cgroup: String,
+        /// The new CPUs.
+        cpus: Option<Vec<u32>>,
+    },
+    /// Create a cgroup and start its workers.
+    AddCgroup(CgroupJob),
+    /// Stop a cgroup's workers and remove it.
+    RemoveCgroup {
+        /// The cgroup.
+        cgroup: String,
+    },
+    /// Move every worker of one cgroup into another.
+    MoveWorkers {
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+    },
 }
 
 /// A scheduler binary inside the guest.
@@ -56,6 +106,28 @@ pub struct WorkerSpec {
     pub count: u32,
     /// What each does.
     pub work: Work,
+    /// Scheduling policy.
+    pub policy: Policy,
+    /// Nice value (-20..=19) for the normal policies, priority (1..=99)
+    /// for the real-time ones.
+    pub nice: i32,
+    /// CPUs the workers may run on (`sched_setaffinity`), within their
+    /// cgroup's cpuset.
+    pub affinity: Option<Vec<u32>>,
+}
+
+impl WorkerSpec {
+    /// `count` workers doing `work`, normal policy, nice 0, no affinity.
+    pub fn new(name: &str, count: u32, work: Work) -> WorkerSpec {
+        WorkerSpec {
+            name: name.to_string(),
+            count,
+            work,
+            policy: Policy::Normal,
+            nice: 0,
+            affinity: None,
+        }
+    }
 }
 
 /// What a worker does.
@@ -64,6 +136,36 @@ pub struct WorkerSpec {
 pub enum Work {
     /// Burn CPU without sleeping.
     Spin,
+    /// Run for `run_us`, sleep for `sleep_us`, again.
+    DutyCycle {
+        /// Busy part.
+        run_us: u64,
+        /// Sleeping part.
+        sleep_us: u64,
+    },
+    /// A little work, then `sched_yield`, again.
+    Yield,
+    /// Fork a child that exits at once, wait for it, again.
+    ForkExit,
+    /// Two threads waking each other through pipes (one round trip is one
+    /// iteration): wakeup latency.
+    PingPong,
+}
+
+/// A scheduling policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// SCHED_NORMAL.
+    Normal,
+    /// SCHED_BATCH.
+    Batch,
+    /// SCHED_IDLE.
+    Idle,
+    /// SCHED_FIFO.
+    Fifo,
+    /// SCHED_RR.
+    RoundRobin,
 }
 
 /// `/sys/kernel/sched_ext` as the guest read it.
@@ -81,6 +183,8 @@ pub struct SchedExtState {
 pub struct WorkerInfo {
     /// Its group's name.
     pub name: String,
+    /// Its cgroup.
+    pub cgroup: String,
     /// Its pid in the guest.
     pub pid: i32,
     /// Its comm, as the guest's `/proc/<pid>/comm` reads.
@@ -88,16 +192,32 @@ pub struct WorkerInfo {
 }
 
 /// What a worker did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WorkerResult {
     /// Its group's name.
     pub name: String,
+    /// Its cgroup (where it was started).
+    pub cgroup: String,
     /// Its pid in the guest.
     pub pid: i32,
     /// Units of work done.
     pub iterations: u64,
     /// CPU time used (user + system).
     pub cpu_ms: u64,
+    /// Wall time it ran for.
+    pub wall_ms: u64,
+    /// Longest time it was kept from running when it wanted to (between
+    /// two iterations, minus any sleep it asked for): the scheduling
+    /// latency seen from inside.
+    pub max_gap_us: u64,
+    /// Wakeup latency (wake-based work): worst.
+    pub wake_max_us: Option<u64>,
+    /// Wakeup latency: mean.
+    pub wake_avg_us: Option<u64>,
+    /// Times it was seen on another CPU than the time before.
+    pub migrations: u64,
+    /// CPUs it was seen on.
+    pub cpus: Vec<u32>,
     /// Why it ended badly, if it did.
     pub error: Option<String>,
 }
@@ -232,6 +352,7 @@ mod tests {
         Msg::Running {
             workers: vec![WorkerInfo {
                 name: "spin".into(),
+                cgroup: "a".into(),
                 pid: 42,
                 comm: "spin \"quoted\"\n".into(),
             }],
@@ -283,10 +404,24 @@ mod tests {
                 env: vec![("LD_LIBRARY_PATH".into(), "/lib".into())],
                 attach_timeout_ms: 10_000,
             }),
-            workers: vec![WorkerSpec {
-                name: "spin".into(),
-                count: 2,
-                work: Work::Spin,
+            cgroups: vec![CgroupJob {
+                name: "a".into(),
+                cpus: Some(vec![0, 1]),
+                workers: vec![WorkerSpec::new(
+                    "spin",
+                    2,
+                    Work::DutyCycle {
+                        run_us: 10,
+                        sleep_us: 20,
+                    },
+                )],
+            }],
+            steps: vec![Step {
+                at_ms: 5,
+                action: StepAction::SetCpus {
+                    cgroup: "a".into(),
+                    cpus: None,
+                },
             }],
             duration_ms: 1000,
         };

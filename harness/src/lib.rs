@@ -4,11 +4,13 @@
 pub mod agent;
 pub mod cache;
 pub mod channel;
+pub mod checks;
 pub mod dump;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
 pub mod run;
+pub mod scenario;
 pub mod scheduler;
 pub mod session;

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ktstr::agent::proto::{Work, WorkerSpec};
 use ktstr::kernel::Kernel;
 use ktstr::kernel::fetch::{FetchOptions, fetch};
 use ktstr::kernel::info::KernelInfo;
@@ -31,9 +30,9 @@ enum Command {
         #[command(subcommand)]
         command: KernelCommand,
     },
-    /// Boot a kernel in a VM with a scheduler and CPU-bound workers, and
-    /// report whether the scheduler survived (optionally with a mid-run
-    /// dump of its state).
+    /// Boot a kernel in a VM with a scheduler, run a scenario, check how
+    /// the scheduler and the workers fared (optionally with a mid-run dump
+    /// of the scheduler's state).
     Run {
         /// Kernel: vmlinux, bzImage, build or cache directory, or cached
         /// release; default the newest fetched one.
@@ -52,9 +51,16 @@ enum Command {
         /// Guest RAM in MiB.
         #[arg(long, default_value_t = 512)]
         memory: u64,
-        /// CPU-bound workers (default: one more than CPUs).
-        #[arg(long)]
-        workers: Option<u32>,
+        /// The scenario (`ktstr scenarios` lists them).
+        #[arg(long, default_value = "steady")]
+        scenario: String,
+        /// Fail a worker kept from running longer than this.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        max_gap: std::time::Duration,
+        /// Fail a cgroup whose identical spinners' CPU time spreads more
+        /// than this percentage.
+        #[arg(long, default_value_t = 25.0)]
+        fairness_spread: f64,
         /// How long the workers run (e.g. 10s, 1m).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
@@ -64,6 +70,12 @@ enum Command {
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+    },
+    /// List the ready scenarios.
+    Scenarios {
+        /// Print them as JSON (the full definitions).
+        #[arg(long)]
+        json: bool,
     },
     /// Show the sched_ext state captured in an ELF core file (QEMU's
     /// dump-guest-memory, or a kdump vmcore).
@@ -147,7 +159,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scheduler_args,
             topology,
             memory,
-            workers,
+            scenario,
+            max_gap,
+            fairness_spread,
             duration,
             dump_at,
             json,
@@ -175,12 +189,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .transpose()?;
-            cfg.workers = vec![WorkerSpec {
-                name: "ktstr-spin".into(),
-                count: workers.unwrap_or(topology.nr_cpus() + 1),
-                work: Work::Spin,
-            }];
-            let report = ktstr::run::run(&cfg, dump_at)?;
+            let scenario = ktstr::scenario::catalogue::find(&scenario)?;
+            let thresholds = ktstr::checks::Thresholds {
+                max_gap,
+                fairness_spread: fairness_spread / 100.0,
+            };
+            let report = ktstr::run::run(&cfg, &scenario, &thresholds, dump_at)?;
             print!("{}", report.to_text());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
@@ -191,6 +205,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Scenarios { json } => {
+            let all = ktstr::scenario::catalogue::all();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for s in all {
+                    println!("{:<14} {}", s.name, s.description);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Dump {
             core,

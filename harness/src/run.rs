@@ -1,6 +1,6 @@
-//! `ktstr run`: boot a kernel with a scheduler and CPU-bound workers on a
-//! topology, optionally freeze and dump mid-run, and report how the
-//! scheduler and the workers fared.
+//! `ktstr run`: boot a kernel with a scheduler on a topology, run a
+//! scenario, optionally freeze and dump mid-run, check the outcome, and
+//! report.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,8 @@ use ktstr_walker::render::Report;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::proto::{SchedExtState, WorkerResult};
+use crate::checks::{Check, Outcome, Thresholds, evaluate};
+use crate::scenario::Scenario;
 use crate::session::{Session, SessionConfig};
 
 /// Version of [`RunReport`]'s JSON.
@@ -23,6 +25,8 @@ pub struct RunReport {
     pub kernel_release: String,
     /// The topology, as `1n2l4c2t`.
     pub topology: String,
+    /// The scenario's name.
+    pub scenario: String,
     /// The attached scheduler's ops name, `None` for the default scheduler.
     pub scheduler: Option<String>,
     /// Whether the scheduler was still attached when the workers ended.
@@ -33,6 +37,8 @@ pub struct RunReport {
     pub sched_ext: SchedExtState,
     /// Per worker.
     pub workers: Vec<WorkerResult>,
+    /// Verdicts.
+    pub checks: Vec<Check>,
     /// The mid-run dump (`--dump-at`).
     pub dump: Option<Report>,
     /// Wall time of the whole run.
@@ -42,23 +48,18 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Every check passed: the scheduler (when there is one) survived and
-    /// every worker ran.
+    /// Every check passed.
     pub fn passed(&self) -> bool {
-        let sched_ok = self.scheduler.is_none() || self.scheduler_survived;
-        sched_ok
-            && self
-                .workers
-                .iter()
-                .all(|w| w.error.is_none() && w.iterations > 0)
+        self.checks.iter().all(|c| c.passed)
     }
 
     /// The human summary.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "kernel {} on {}, scheduler {}\n",
-            self.kernel_release,
+            "scenario {} on {}, kernel {}, scheduler {}\n",
+            self.scenario,
             self.topology,
+            self.kernel_release,
             self.scheduler.as_deref().unwrap_or("(kernel default)")
         );
         if let Some(d) = &self.dump {
@@ -66,29 +67,40 @@ impl RunReport {
             out.push_str(&d.to_text());
             out.push_str("--- end of dump ---\n\n");
         }
+        let mut cgroup = None;
         for w in &self.workers {
+            if cgroup != Some(&w.cgroup) {
+                out.push_str(&format!("cgroup {}\n", w.cgroup));
+                cgroup = Some(&w.cgroup);
+            }
+            let wake = match (w.wake_avg_us, w.wake_max_us) {
+                (Some(a), Some(m)) => format!(", wakeup avg {a} us max {m} us"),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "  worker {}[{}]: {} iterations, {} ms CPU{}\n",
+                "  {}[{}]: {} iterations, {} ms CPU of {} ms, longest wait {:.1} ms{wake}, {} migrations, CPUs {:?}{}\n",
                 w.name,
                 w.pid,
                 w.iterations,
                 w.cpu_ms,
+                w.wall_ms,
+                w.max_gap_us as f64 / 1000.0,
+                w.migrations,
+                w.cpus,
                 w.error
                     .as_ref()
                     .map(|e| format!(", FAILED: {e}"))
                     .unwrap_or_default()
             ));
         }
-        if self.scheduler.is_some() {
-            out.push_str(&if self.scheduler_survived {
-                "scheduler: survived\n".to_string()
-            } else {
-                format!(
-                    "scheduler: FAILED: sched_ext is {} (exit: {})\n",
-                    self.sched_ext.state,
-                    self.scheduler_exit.as_deref().unwrap_or("still running")
-                )
-            });
+        out.push_str("checks:\n");
+        for c in &self.checks {
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                if c.passed { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            ));
         }
         out.push_str(&format!(
             "{} in {:.1} s (guest frozen {:.2}% of the workload)\n",
@@ -100,9 +112,16 @@ impl RunReport {
     }
 }
 
-/// Run `cfg`; with `dump_at`, freeze and dump that long after the workers
-/// started.
-pub fn run(cfg: &SessionConfig, dump_at: Option<Duration>) -> Result<RunReport> {
+/// Run `scenario` as `cfg` says (topology, duration, scheduler); with
+/// `dump_at`, freeze and dump that long after the workers started.
+pub fn run(
+    cfg: &SessionConfig,
+    scenario: &Scenario,
+    thresholds: &Thresholds,
+    dump_at: Option<Duration>,
+) -> Result<RunReport> {
+    let mut cfg = cfg.clone();
+    let resolved = cfg.scenario(scenario)?;
     if let Some(at) = dump_at
         && at >= cfg.duration
     {
@@ -112,7 +131,7 @@ pub fn run(cfg: &SessionConfig, dump_at: Option<Duration>) -> Result<RunReport> 
         );
     }
     let start = Instant::now();
-    let mut session = Session::start(cfg)?;
+    let mut session = Session::start(&cfg)?;
     tracing::info!(
         workers = session.workers.len(),
         scheduler = session.attached.as_ref().map(|a| a.ops.as_str()),
@@ -128,14 +147,36 @@ pub fn run(cfg: &SessionConfig, dump_at: Option<Duration>) -> Result<RunReport> 
     };
     let frozen_ns = dump.as_ref().and_then(|d| d.health.pause_ns).unwrap_or(0);
     let release = session.release.clone();
+    let nr_cpus = session.nr_cpus;
     let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
-    let done = session.finish()?;
+    let mut done = session.finish()?;
+    done.workers
+        .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));
     let workload_ns = running.elapsed().as_nanos().max(1) as f64;
+    let survived = done.sched_ext.state == "enabled" && done.scheduler_exit.is_none();
+    let checks = evaluate(
+        &Outcome {
+            scheduler: scheduler.is_some(),
+            survived,
+            scheduler_end: format!(
+                "sched_ext is {} (scheduler exit: {}); its output ends:\n{}",
+                done.sched_ext.state,
+                done.scheduler_exit.as_deref().unwrap_or("still running"),
+                done.scheduler_output
+            ),
+            workers: &done.workers,
+            resolved: &resolved,
+            nr_cpus,
+        },
+        thresholds,
+    );
     Ok(RunReport {
         schema_version: RUN_SCHEMA_VERSION,
         kernel_release: release,
         topology: cfg.topology.to_string(),
-        scheduler_survived: done.sched_ext.state == "enabled" && done.scheduler_exit.is_none(),
+        scenario: scenario.name.clone(),
+        scheduler_survived: survived,
+        checks,
         scheduler,
         scheduler_exit: done.scheduler_exit,
         sched_ext: done.sched_ext,

@@ -12,11 +12,12 @@ use ktstr_walker::Symbols;
 use ktstr_walker::kernel::ksyms::SymbolTable;
 use ktstr_walker::render::Report;
 
-use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResult, WorkerSpec};
+use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResult};
 use crate::guest::{GuestKernel, translator};
 use crate::initramfs::{self, Initramfs};
 use crate::kernel::Kernel;
 use crate::qemu::{QemuConfig, QemuVm};
+use crate::scenario::{Resolved, Scenario, ScenarioError};
 
 /// The guest kernel's command line. `panic=-1` with QEMU's `-no-reboot`
 /// turns a kernel panic into QEMU exiting, not a hang.
@@ -42,8 +43,10 @@ pub struct SessionConfig {
     pub memory_mib: u64,
     /// The scheduler, or `None` for the kernel's default.
     pub scheduler: Option<SchedulerConfig>,
-    /// Workers.
-    pub workers: Vec<WorkerSpec>,
+    /// cgroups and their workers (see [`SessionConfig::scenario`]).
+    pub cgroups: Vec<proto::CgroupJob>,
+    /// Changes during the run.
+    pub steps: Vec<proto::Step>,
     /// How long the workers run.
     pub duration: Duration,
     /// From QEMU's start to the agent's first message.
@@ -56,19 +59,31 @@ pub struct SessionConfig {
 
 impl SessionConfig {
     /// Defaults for `kernel` and `topology`: 512 MiB, no scheduler, no
-    /// workers, generous timeouts for TCG on a busy 2-core machine.
+    /// cgroups or workers, generous timeouts for TCG on a busy 2-core machine.
     pub fn new(kernel: impl Into<String>, topology: Topology) -> SessionConfig {
         SessionConfig {
             kernel: kernel.into(),
             topology,
             memory_mib: 512,
             scheduler: None,
-            workers: Vec::new(),
+            cgroups: Vec::new(),
+            steps: Vec::new(),
             duration: Duration::from_secs(5),
             boot_timeout: Duration::from_secs(120),
             attach_timeout: Duration::from_secs(60),
             files: Vec::new(),
         }
+    }
+}
+
+impl SessionConfig {
+    /// Run `scenario`, resolved for this config's topology and duration
+    /// (set those first).
+    pub fn scenario(&mut self, scenario: &Scenario) -> Result<Resolved, ScenarioError> {
+        let r = scenario.resolve(&self.topology, self.duration)?;
+        self.cgroups = r.cgroups.clone();
+        self.steps = r.steps.clone();
+        Ok(r)
     }
 }
 
@@ -176,7 +191,8 @@ impl Session {
                 .map(|s| s.to_string())
                 .collect(),
             scheduler,
-            workers: cfg.workers.clone(),
+            cgroups: cfg.cgroups.clone(),
+            steps: cfg.steps.clone(),
             duration_ms: cfg.duration.as_millis() as u64,
         };
         let initrd = files.path().join("initrd");

@@ -39,7 +39,7 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
     let json = tmp.path().join("run.json");
     let out = Command::new(env!("CARGO_BIN_EXE_ktstr"))
         .args(["run", "--kernel", &kernel, "--scheduler", "bpfland"])
-        .args(["--topology", "1n1l2c1t", "--workers", "3"])
+        .args(["--topology", "1n1l2c1t", "--scenario", "steady"])
         .args(["--duration", "4s", "--dump-at", "2s", "--json"])
         .arg(&json)
         .output()
@@ -53,14 +53,23 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
     );
 
     let report: RunReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert!(report.passed());
+    assert!(report.passed(), "{:#?}", report.checks);
+    assert_eq!(report.checks.len(), 5, "{:#?}", report.checks);
+    assert_eq!(report.scenario, "steady");
     assert!(
         report
             .scheduler
             .as_deref()
             .is_some_and(|s| s.starts_with("bpfland"))
     );
-    assert_eq!(report.workers.len(), 3);
+    // steady on 2 CPUs: 2 spinners on CPU 0, 2 duty-cycle workers on CPU 1.
+    let in_cgroup = |cg: &str| report.workers.iter().filter(|w| w.cgroup == cg).count();
+    assert_eq!(
+        (in_cgroup("spin"), in_cgroup("duty")),
+        (2, 2),
+        "{:?}",
+        report.workers
+    );
     let dump = report.dump.expect("--dump-at gives a dump");
     assert!(dump.scheduler.attached);
     for w in &report.workers {
@@ -70,8 +79,10 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
             .iter()
             .find(|t| t.pid == w.pid)
             .unwrap_or_else(|| panic!("worker {} not in the dump", w.pid));
-        assert_eq!(t.comm, "ktstr-spin");
+        assert_eq!(t.comm, w.name);
         assert_eq!(t.class, "ext");
+        let home = if w.cgroup == "spin" { 0 } else { 1 };
+        assert_eq!(w.cpus, vec![home], "{w:?} stays in its cpuset");
     }
     assert!(
         report.frozen_ratio > 0.0 && report.frozen_ratio < 1.0,

@@ -77,18 +77,19 @@ pub fn have_tool(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Panics if this process left a QEMU child or a guest RAM file behind.
+/// Panics if this process left a QEMU child, a guest RAM file or a VM
+/// directory (logs, sockets, initramfs) behind.
 pub fn assert_no_vm_left_behind() {
     let me = std::process::id();
-    let shm: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("ktstr-{me}-")))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(shm.is_empty(), "guest RAM files left in /dev/shm: {shm:?}");
+    let tmp = std::env::temp_dir();
+    let files: Vec<String> = [std::path::Path::new("/dev/shm"), tmp.as_path()]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|d| d.flatten())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.contains(&format!("/ktstr-{me}-")))
+        .collect();
+    assert!(files.is_empty(), "left behind: {files:?}");
     let children: Vec<String> = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()

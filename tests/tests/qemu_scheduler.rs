@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use ktstr::agent::proto::{Work, WorkerSpec};
+use ktstr::agent::proto::{CgroupJob, Work, WorkerSpec};
 use ktstr::dump::{DumpOptions, dump};
 use ktstr::session::{SchedulerConfig, Session, SessionConfig};
 use ktstr_tests::{Need, have_tool, skip};
@@ -68,10 +68,10 @@ fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
         binary,
         args: vec![],
     });
-    cfg.workers = vec![WorkerSpec {
-        name: WORKER.into(),
-        count: workers,
-        work: Work::Spin,
+    cfg.cgroups = vec![CgroupJob {
+        name: "work".into(),
+        cpus: None,
+        workers: vec![WorkerSpec::new(WORKER, workers, Work::Spin)],
     }];
     cfg.duration = Duration::from_secs(6);
     let mut s = Session::start(&cfg).unwrap_or_else(|e| panic!("{test}: {e:#}"));

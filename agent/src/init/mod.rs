@@ -3,14 +3,15 @@
 //! the machine powers off, so the host never waits for a message that
 //! will not come.
 
+mod cgroup;
 mod channel;
 mod mounts;
 mod scheduler;
 pub mod worker;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ktstr_agent::proto::{self, Job, Msg, SchedExtState};
+use ktstr_agent::proto::{self, Job, Msg, SchedExtState, StepAction};
 
 use channel::Channel;
 
@@ -53,12 +54,7 @@ fn run(ch: &Channel) -> Result<(), String> {
         None => None,
     };
 
-    let workers = worker::start(&job.workers, Duration::from_millis(job.duration_ms))?;
-    ch.send(&Msg::Running {
-        workers: workers.iter().map(|w| w.info.clone()).collect(),
-        sched_ext: sched_ext_state(),
-    });
-    let results = worker::finish(workers);
+    let results = workload(ch, &job)?;
     let sched_ext = sched_ext_state();
     let (scheduler_exit, scheduler_output) = match sched.as_mut() {
         Some(s) => (s.exited(), s.output_tail()),
@@ -74,6 +70,62 @@ fn run(ch: &Channel) -> Result<(), String> {
         s.stop();
     }
     Ok(())
+}
+
+/// Start the cgroups and their workers, apply the steps at their times,
+/// and collect every worker's result.
+fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String> {
+    let start = Instant::now();
+    let end = start + Duration::from_millis(job.duration_ms);
+    let mut groups: Vec<(String, Vec<worker::Worker>)> = Vec::new();
+    for cg in &job.cgroups {
+        cgroup::create(&cg.name, &cg.cpus)?;
+        groups.push((cg.name.clone(), worker::start(cg, end - Instant::now())?));
+    }
+    ch.send(&Msg::Running {
+        workers: groups
+            .iter()
+            .flat_map(|(_, ws)| ws.iter().map(|w| w.info.clone()))
+            .collect(),
+        sched_ext: sched_ext_state(),
+    });
+    let mut results = Vec::new();
+    for step in &job.steps {
+        let at = start + Duration::from_millis(step.at_ms);
+        if at >= end {
+            break;
+        }
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        match &step.action {
+            StepAction::SetCpus { cgroup: name, cpus } => cgroup::set_cpus(name, cpus)?,
+            StepAction::AddCgroup(cg) => {
+                cgroup::create(&cg.name, &cg.cpus)?;
+                let ws = worker::start(cg, end.saturating_duration_since(Instant::now()))?;
+                groups.push((cg.name.clone(), ws));
+            }
+            StepAction::RemoveCgroup { cgroup: name } => {
+                let i = groups
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .ok_or_else(|| format!("step removes cgroup {name}, which does not exist"))?;
+                let (_, ws) = groups.remove(i);
+                worker::stop(&ws);
+                results.extend(worker::finish(ws));
+                cgroup::remove(name)?;
+            }
+            StepAction::MoveWorkers { from, to } => {
+                for (_, ws) in groups.iter().filter(|(n, _)| n == from) {
+                    for w in ws {
+                        cgroup::join(to, w.info.pid)?;
+                    }
+                }
+            }
+        }
+    }
+    for (_, ws) in groups {
+        results.extend(worker::finish(ws));
+    }
+    Ok(results)
 }
 
 /// PID 1's entry point.

@@ -91,7 +91,8 @@ fn cached_archive_is_gzip_of_the_cpio_and_job_follows_it() {
         version: proto::VERSION,
         kallsyms: vec!["runqueues".into()],
         scheduler: None,
-        workers: vec![],
+        cgroups: vec![],
+        steps: vec![],
         duration_ms: 5,
     };
     let out = tmp.path().join("initrd");

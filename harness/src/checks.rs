@@ -1,0 +1,314 @@
+//! Checks on a run's outcome. Each failing check says which worker or
+//! cgroup, by how much, against what threshold.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::proto::{Work, WorkerResult};
+use crate::scenario::Resolved;
+
+/// Limits the checks hold a run to.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Longest a worker may be kept from running.
+    pub max_gap: Duration,
+    /// Largest spread of CPU time among one cgroup's identical spinners,
+    /// as a share of the largest: (max - min) / max.
+    pub fairness_spread: f64,
+}
+
+impl Default for Thresholds {
+    /// 2 s starvation, 25% spread: what a sound scheduler meets under TCG
+    /// on a busy 2-core host (bare metal would allow tighter values).
+    fn default() -> Thresholds {
+        Thresholds {
+            max_gap: Duration::from_secs(2),
+            fairness_spread: 0.25,
+        }
+    }
+}
+
+/// One check's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Which check.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// What was measured, and against what.
+    pub detail: String,
+}
+
+fn check(name: &str, failures: Vec<String>, ok: String) -> Check {
+    Check {
+        name: name.to_string(),
+        passed: failures.is_empty(),
+        detail: if failures.is_empty() {
+            ok
+        } else {
+            failures.join("; ")
+        },
+    }
+}
+
+/// What the checks look at.
+pub struct Outcome<'a> {
+    /// Whether a scheduler was asked for.
+    pub scheduler: bool,
+    /// Whether it was still attached at the end.
+    pub survived: bool,
+    /// How it ended, and its output, when it did not survive.
+    pub scheduler_end: String,
+    /// Per worker.
+    pub workers: &'a [WorkerResult],
+    /// The scenario as it ran.
+    pub resolved: &'a Resolved,
+    /// CPUs in the guest.
+    pub nr_cpus: u32,
+}
+
+/// Every check, in a fixed order.
+pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
+    let mut out = Vec::new();
+    if o.scheduler {
+        out.push(check(
+            "scheduler attached to the end",
+            if o.survived {
+                vec![]
+            } else {
+                vec![o.scheduler_end.clone()]
+            },
+            "still attached when the workload ended".into(),
+        ));
+    }
+    let who = |w: &WorkerResult| format!("worker {}[{}] in cgroup {}", w.name, w.pid, w.cgroup);
+
+    out.push(check(
+        "every worker ran",
+        o.workers
+            .iter()
+            .filter(|w| w.error.is_some() || w.iterations == 0)
+            .map(|w| {
+                format!(
+                    "{} did no work: {}",
+                    who(w),
+                    w.error.as_deref().unwrap_or("0 iterations")
+                )
+            })
+            .collect(),
+        format!("{} workers", o.workers.len()),
+    ));
+
+    let worst = o.workers.iter().map(|w| w.max_gap_us).max().unwrap_or(0);
+    out.push(check(
+        "no worker starved",
+        o.workers
+            .iter()
+            .filter(|w| Duration::from_micros(w.max_gap_us) > t.max_gap)
+            .map(|w| {
+                format!(
+                    "{} waited {:.3} s to run, over the {:.3} s threshold",
+                    who(w),
+                    w.max_gap_us as f64 / 1e6,
+                    t.max_gap.as_secs_f64()
+                )
+            })
+            .collect(),
+        format!(
+            "longest wait {:.3} s, threshold {:.3} s",
+            worst as f64 / 1e6,
+            t.max_gap.as_secs_f64()
+        ),
+    ));
+
+    // Fairness among identical spinners of a cgroup that did not change
+    // during the run (a changed cpuset or a move makes shares unequal by
+    // design).
+    let changed = |cg: &str| {
+        o.resolved.steps.iter().any(|s| {
+            matches!(&s.action,
+                crate::agent::proto::StepAction::SetCpus { cgroup, .. } if cgroup == cg)
+                || matches!(&s.action,
+                crate::agent::proto::StepAction::MoveWorkers { from, to } if from == cg || to == cg)
+        })
+    };
+    let spinners: Vec<(&str, &str)> = o
+        .resolved
+        .cgroups
+        .iter()
+        .filter(|cg| !changed(&cg.name))
+        .flat_map(|cg| {
+            cg.workers
+                .iter()
+                .filter(|w| w.work == Work::Spin && w.affinity.is_none() && w.count > 1)
+                .map(move |w| (cg.name.as_str(), w.name.as_str()))
+        })
+        .collect();
+    let mut groups: BTreeMap<(&str, &str), Vec<&WorkerResult>> = BTreeMap::new();
+    for w in o.workers {
+        if spinners.contains(&(w.cgroup.as_str(), w.name.as_str())) {
+            groups.entry((&w.cgroup, &w.name)).or_default().push(w);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut spreads = Vec::new();
+    for ((cg, name), ws) in &groups {
+        let max = ws.iter().map(|w| w.cpu_ms).max().unwrap_or(0);
+        let min = ws.iter().map(|w| w.cpu_ms).min().unwrap_or(0);
+        let spread = if max == 0 {
+            0.0
+        } else {
+            (max - min) as f64 / max as f64
+        };
+        spreads.push(format!("{cg}/{name} {:.0}%", spread * 100.0));
+        if spread > t.fairness_spread {
+            failures.push(format!(
+                "cgroup {cg}: {name} workers got {min}..{max} ms of CPU, a {:.0}% spread over the {:.0}% threshold",
+                spread * 100.0,
+                t.fairness_spread * 100.0
+            ));
+        }
+    }
+    out.push(check(
+        "fair shares within each cgroup",
+        failures,
+        if spreads.is_empty() {
+            "no group of identical spinners to compare".into()
+        } else {
+            format!("spread {}", spreads.join(", "))
+        },
+    ));
+
+    out.push(check(
+        "workers stayed in their cpusets",
+        o.workers
+            .iter()
+            .filter_map(|w| {
+                let allowed = o.resolved.allowed_cpus(&w.cgroup, o.nr_cpus);
+                let outside: Vec<u32> = w
+                    .cpus
+                    .iter()
+                    .copied()
+                    .filter(|c| !allowed.contains(c))
+                    .collect();
+                (!outside.is_empty()).then(|| {
+                    format!(
+                        "{} ran on CPUs {outside:?}, outside {:?}",
+                        who(w),
+                        allowed.iter().collect::<Vec<_>>()
+                    )
+                })
+            })
+            .collect(),
+        "no worker seen outside its cgroup's CPUs".into(),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::catalogue;
+
+    /// Recorded-looking worker stats, written by hand for the checks.
+    fn worker(cgroup: &str, name: &str, pid: i32, cpu_ms: u64, cpus: &[u32]) -> WorkerResult {
+        WorkerResult {
+            name: name.into(),
+            cgroup: cgroup.into(),
+            pid,
+            iterations: 1000,
+            cpu_ms,
+            wall_ms: 1000,
+            max_gap_us: 30_000,
+            cpus: cpus.to_vec(),
+            ..WorkerResult::default()
+        }
+    }
+
+    fn outcome<'a>(workers: &'a [WorkerResult], resolved: &'a Resolved) -> Outcome<'a> {
+        Outcome {
+            scheduler: true,
+            survived: true,
+            scheduler_end: String::new(),
+            workers,
+            resolved,
+            nr_cpus: 4,
+        }
+    }
+
+    fn steady() -> Resolved {
+        catalogue::find("steady")
+            .unwrap()
+            .resolve(&"1n1l4c1t".parse().unwrap(), Duration::from_secs(10))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_good_run_passes_every_check() {
+        let r = steady();
+        let ws = [
+            worker("spin", "ktstr-spin", 1, 500, &[0, 1]),
+            worker("spin", "ktstr-spin", 2, 450, &[1]),
+            worker("duty", "ktstr-duty", 3, 200, &[2, 3]),
+        ];
+        let checks = evaluate(&outcome(&ws, &r), &Thresholds::default());
+        assert_eq!(checks.len(), 5);
+        assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+    }
+
+    #[test]
+    fn failures_name_the_worker_the_amount_and_the_threshold() {
+        let r = steady();
+        let mut starved = worker("spin", "ktstr-spin", 7, 100, &[0, 3]);
+        starved.max_gap_us = 2_500_000;
+        let mut broken = worker("duty", "ktstr-duty", 8, 0, &[2]);
+        broken.iterations = 0;
+        broken.error = Some("sched_setscheduler: EPERM".into());
+        let ws = [starved, worker("spin", "ktstr-spin", 9, 400, &[1]), broken];
+        let mut o = outcome(&ws, &r);
+        o.survived = false;
+        o.scheduler_end = "sched_ext is disabled (exit: runnable task stall)".into();
+        let checks = evaluate(&o, &Thresholds::default());
+        let by: BTreeMap<&str, &Check> = checks.iter().map(|c| (c.name.as_str(), c)).collect();
+        assert!(!by["scheduler attached to the end"].passed);
+        assert!(by["scheduler attached to the end"].detail.contains("stall"));
+        let ran = &by["every worker ran"];
+        assert!(
+            !ran.passed && ran.detail.contains("ktstr-duty[8] in cgroup duty"),
+            "{ran:?}"
+        );
+        let starve = &by["no worker starved"];
+        assert!(
+            starve.detail.contains("ktstr-spin[7]")
+                && starve.detail.contains("2.500 s")
+                && starve.detail.contains("2.000 s"),
+            "{starve:?}"
+        );
+        let fair = &by["fair shares within each cgroup"];
+        assert!(
+            !fair.passed && fair.detail.contains("100..400 ms") && fair.detail.contains("75%"),
+            "{fair:?}"
+        );
+        let cpus = &by["workers stayed in their cpusets"];
+        assert!(
+            !cpus.passed && cpus.detail.contains("ktstr-spin[7]") && cpus.detail.contains("[3]"),
+            "{cpus:?}"
+        );
+    }
+
+    #[test]
+    fn changed_cgroups_are_not_held_to_equal_shares() {
+        let r = catalogue::find("cpuset-churn")
+            .unwrap()
+            .resolve(&"1n1l4c1t".parse().unwrap(), Duration::from_secs(10))
+            .unwrap();
+        let ws = [
+            worker("a", "ktstr-a", 1, 100, &[0, 3]),
+            worker("a", "ktstr-a", 2, 900, &[1, 2]),
+        ];
+        let checks = evaluate(&outcome(&ws, &r), &Thresholds::default());
+        assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+    }
+}
