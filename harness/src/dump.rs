@@ -71,6 +71,8 @@ pub fn dump(opts: &DumpOptions) -> Result<Report> {
         .map(|cr3| root(cr3, cpu.and_then(|c| c.cr4)));
     let mut tr = translator(&core, &symbols, root);
     guest
-        .capture(&core, &mut tr, &symbols, || Ok::<_, anyhow::Error>(None))
+        .capture(&mut None, &core, &mut tr, &symbols, || {
+            Ok::<_, anyhow::Error>(None)
+        })
         .context("pass --kallsyms from the same boot as the core")
 }

@@ -53,12 +53,13 @@ impl GuestKernel {
         &self.layout
     }
 
-    /// Capture the sched_ext state of the (paused) guest into a buffer sized
-    /// for it, call `resume` (which thaws the guest and says how long it was
+    /// Capture the sched_ext state of the (paused) guest into `storage`
+    /// (made or remade to fit the guest), call `resume` (which thaws the guest and says how long it was
     /// paused, when it knows), then render the buffer. `symbols` are
     /// runtime addresses of this boot.
     pub fn capture<E>(
         &self,
+        storage: &mut Option<CaptureStorage>,
         mem: &impl GuestMem,
         tr: &mut Translator,
         symbols: &Symbols,
@@ -93,7 +94,13 @@ impl GuestKernel {
             nr_nodes,
             consts: self.consts,
         };
-        let mut storage = CaptureStorage::new(Capacity::for_guest(nr_cpus as usize, MAX_TASKS));
+        // Buffers are reused across captures of one guest (the monitor
+        // samples ten times a second); a fresh CaptureBuf starts empty.
+        let capacity = Capacity::for_guest(nr_cpus as usize, MAX_TASKS);
+        let storage = match storage {
+            Some(s) if s.capacity() == capacity => s,
+            other => other.insert(CaptureStorage::new(capacity)),
+        };
         let mut buf = storage.buf();
         capture(mem, tr, &target, &Limits::default(), &mut buf);
         let pause_ns = resume()?;
@@ -161,10 +168,26 @@ pub fn translator(
     let mut walk = walk_only(root);
     let mut read = |sym: Option<u64>| sym.and_then(|a| walk.read_virt_pod::<u64, _>(mem, a).ok());
     let defaults = TranslatorConfig::default();
-    Translator::new(TranslatorConfig {
+    let config = TranslatorConfig {
         phys_base: read(symbols.phys_base).unwrap_or(defaults.phys_base),
         page_offset_base: read(symbols.page_offset_base).unwrap_or(defaults.page_offset_base),
         root: Some(root),
         ..defaults
+    };
+    // The kernel's own top-level table (init_top_pgt) outlives any task:
+    // a vCPU's CR3 may belong to a process that exits and whose tables get
+    // reused while a monitor keeps reading. Walk from it when it works.
+    let kernel_root = symbols.init_top_pgt.and_then(|va| {
+        let pa = Translator::new(config).translate(mem, va).ok()?;
+        let r = PageTableRoot {
+            cr3: pa,
+            pti: false,
+            ..root
+        };
+        maps_kernel(r).then_some(r)
+    });
+    Translator::new(TranslatorConfig {
+        root: Some(kernel_root.unwrap_or(root)),
+        ..config
     })
 }

@@ -9,6 +9,7 @@ pub mod dump;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod monitor;
 pub mod qemu;
 pub mod run;
 pub mod scenario;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::proto::{SchedExtState, WorkerResult};
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
+use crate::monitor::{Monitor, MonitorConfig};
 use crate::scenario::Scenario;
 use crate::session::{Session, SessionConfig};
 
@@ -39,8 +40,12 @@ pub struct RunReport {
     pub workers: Vec<WorkerResult>,
     /// Verdicts.
     pub checks: Vec<Check>,
-    /// The mid-run dump (`--dump-at`).
+    /// The mid-run dump (`--dump-at`, or the monitor's).
     pub dump: Option<Report>,
+    /// Why the dump was taken.
+    pub dump_reason: Option<String>,
+    /// Samples the monitor read without freezing.
+    pub monitor_samples: u64,
     /// Wall time of the whole run.
     pub wall_ms: u64,
     /// Share of the workload's wall time the guest spent frozen.
@@ -63,7 +68,10 @@ impl RunReport {
             self.scheduler.as_deref().unwrap_or("(kernel default)")
         );
         if let Some(d) = &self.dump {
-            out.push_str("\n--- dump ---\n");
+            out.push_str(&format!(
+                "\n--- dump ({}) ---\n",
+                self.dump_reason.as_deref().unwrap_or("")
+            ));
             out.push_str(&d.to_text());
             out.push_str("--- end of dump ---\n\n");
         }
@@ -138,13 +146,37 @@ pub fn run(
         "workload running"
     );
     let running = Instant::now();
-    let dump = match dump_at {
-        Some(at) => {
-            std::thread::sleep(at.saturating_sub(running.elapsed()));
-            Some(session.capture(None)?)
+    let mut monitor = Monitor::new(MonitorConfig {
+        interval: Duration::from_millis(100),
+        stall: thresholds.max_gap,
+        scheduler: cfg.scheduler.is_some(),
+    });
+    let mut dump = None;
+    let mut dump_reason = None;
+    // Sample until the guest reports the end; dump once, on the first of
+    // --dump-at or a monitor trigger.
+    while !session.poll_finished()? {
+        if dump.is_none() {
+            let reason = match dump_at {
+                Some(at) if running.elapsed() >= at => Some(format!("--dump-at {at:?}")),
+                _ => match session.sample() {
+                    Ok(r) => monitor.observe(&r, Instant::now()).map(|t| {
+                        tracing::warn!(%t, "monitor: freezing for a dump");
+                        format!("monitor: {t}")
+                    }),
+                    Err(e) => {
+                        tracing::debug!("monitor sample failed: {e:#}");
+                        None
+                    }
+                },
+            };
+            if let Some(reason) = reason {
+                dump = Some(session.capture(None)?);
+                dump_reason = Some(reason);
+            }
         }
-        None => None,
-    };
+        std::thread::sleep(monitor.interval());
+    }
     let frozen_ns = dump.as_ref().and_then(|d| d.health.pause_ns).unwrap_or(0);
     let release = session.release.clone();
     let nr_cpus = session.nr_cpus;
@@ -182,6 +214,8 @@ pub fn run(
         sched_ext: done.sched_ext,
         workers: done.workers,
         dump,
+        dump_reason,
+        monitor_samples: monitor.samples,
         wall_ms: start.elapsed().as_millis() as u64,
         frozen_ratio: frozen_ns as f64 / workload_ns,
     })

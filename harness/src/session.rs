@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use ktstr_vmm::Topology;
 use ktstr_walker::Symbols;
+use ktstr_walker::capture::storage::CaptureStorage;
 use ktstr_walker::kernel::ksyms::SymbolTable;
 use ktstr_walker::render::Report;
+use ktstr_walker::translate::Translator;
 
 use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResult};
 use crate::guest::{GuestKernel, translator};
@@ -112,6 +114,8 @@ pub struct Finished {
 /// A booted VM whose workload is running.
 pub struct Session {
     vm: QemuVm,
+    tr: Option<Translator>,
+    storage: Option<CaptureStorage>,
     guest: GuestKernel,
     symbols: Symbols,
     duration: Duration,
@@ -261,6 +265,8 @@ impl Session {
             };
         Ok(Session {
             vm,
+            tr: None,
+            storage: None,
             guest,
             symbols,
             duration: cfg.duration,
@@ -274,20 +280,68 @@ impl Session {
         })
     }
 
+    /// The translator for this boot, set up once (CR3 from the first vCPU,
+    /// then the kernel's own page tables); its TLB is emptied for each use,
+    /// as the guest may have changed its mappings since.
+    fn translator(&mut self) -> Result<Translator> {
+        let tr = match self.tr.take() {
+            Some(mut tr) => {
+                tr.flush();
+                tr
+            }
+            None => {
+                let root = self.vm.root()?;
+                translator(&*self.vm.ram(), &self.symbols, Some(root))
+            }
+        };
+        Ok(tr)
+    }
+
+    /// Read the sched_ext state while the guest runs (for the monitor):
+    /// no pause, and values may be caught mid-update.
+    pub fn sample(&mut self) -> Result<Report> {
+        let ram = self.vm.ram();
+        let mut tr = self.translator()?;
+        let r = self
+            .guest
+            .capture(&mut self.storage, &*ram, &mut tr, &self.symbols, || {
+                Ok::<_, anyhow::Error>(None)
+            });
+        self.tr = Some(tr);
+        r
+    }
+
+    /// The run's end, if the guest reported it already (no waiting).
+    pub fn poll_finished(&mut self) -> Result<bool> {
+        Ok(self
+            .vm
+            .poll_for("the workload to finish", |m| {
+                matches!(m, Msg::Finished { .. } | Msg::Error { .. })
+            })?
+            .is_some())
+    }
+
     /// Freeze the guest, capture its sched_ext state (and write an ELF core
     /// to `core` while still frozen, when given), thaw, and render.
     pub fn capture(&mut self, core: Option<&Path>) -> Result<Report> {
         let ram = self.vm.ram();
+        let mut tr = self.translator()?;
         let mut frozen = self.vm.freeze()?;
-        let root = frozen.root()?;
-        let mut tr = translator(&*ram, &self.symbols, Some(root));
-        self.guest.capture(&*ram, &mut tr, &self.symbols, move || {
-            if let Some(core) = core {
-                frozen.dump_core(core)?;
-            }
-            let paused = frozen.thaw()?;
-            Ok::<_, anyhow::Error>(Some(paused.as_nanos() as u64))
-        })
+        let r = self.guest.capture(
+            &mut self.storage,
+            &*ram,
+            &mut tr,
+            &self.symbols,
+            move || {
+                if let Some(core) = core {
+                    frozen.dump_core(core)?;
+                }
+                let paused = frozen.thaw()?;
+                Ok::<_, anyhow::Error>(Some(paused.as_nanos() as u64))
+            },
+        );
+        self.tr = Some(tr);
+        r
     }
 
     /// The symbols of this boot, in kallsyms format (for `ktstr dump`).
@@ -310,12 +364,14 @@ impl Session {
     /// Wait for the workload's end and the guest's power-off.
     pub fn finish(mut self) -> Result<Finished> {
         let wait = self.duration + Duration::from_secs(90);
-        let msg = self
-            .vm
-            .wait_for("the workload to finish", wait, |m| {
-                matches!(m, Msg::Finished { .. } | Msg::Error { .. })
-            })
-            .context("the run did not finish")?;
+        let done = |m: &Msg| matches!(m, Msg::Finished { .. } | Msg::Error { .. });
+        let msg = match self.vm.messages.iter().find(|m| done(m)) {
+            Some(m) => m.clone(),
+            None => self
+                .vm
+                .wait_for("the workload to finish", wait, done)
+                .context("the run did not finish")?,
+        };
         let Msg::Finished {
             workers,
             sched_ext,

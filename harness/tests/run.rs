@@ -48,7 +48,7 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("--- dump ---") && stdout.contains("PASSED"),
+        stdout.contains("--- dump (--dump-at 2s) ---") && stdout.contains("PASSED"),
         "{stdout}"
     );
 
@@ -71,6 +71,7 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
         report.workers
     );
     let dump = report.dump.expect("--dump-at gives a dump");
+    assert_eq!(report.dump_reason.as_deref(), Some("--dump-at 2s"));
     assert!(dump.scheduler.attached);
     for w in &report.workers {
         assert!(w.iterations > 0, "{w:?}");

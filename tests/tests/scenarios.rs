@@ -40,6 +40,10 @@ fn run_scenario(test: &str, topology: &str, scenario: &str, bpfland: bool) {
         .unwrap_or_else(|e| panic!("{test}: {e:#}"));
     eprintln!("{test}:\n{}", report.to_text());
     assert!(report.passed(), "{:#?}", report.checks);
+    // The monitor read the live guest all along and, the run being
+    // healthy, never asked for a dump.
+    assert!(report.monitor_samples > 10, "{}", report.monitor_samples);
+    assert_eq!(report.dump, None, "{:?}", report.dump_reason);
     assert_eq!(report.scheduler.is_some(), bpfland);
     let resolved = scenario
         .resolve(&topology.parse().unwrap(), cfg.duration)

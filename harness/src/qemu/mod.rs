@@ -352,6 +352,35 @@ impl QemuVm {
         }
     }
 
+    /// A message `pred` accepts if one has arrived, without waiting; QEMU
+    /// having exited without one is an error.
+    pub fn poll_for(
+        &mut self,
+        waiting: &str,
+        mut pred: impl FnMut(&Msg) -> bool,
+    ) -> Result<Option<Msg>, VmError> {
+        let seen = self.messages.len();
+        let exited = self.exited(waiting);
+        let new = self.agent.poll()?;
+        self.messages.extend(new);
+        if let Some(m) = self.messages[seen..].iter().find(|m| pred(m)) {
+            return Ok(Some(m.clone()));
+        }
+        match exited {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// The page-table root of the first vCPU (`info registers`; the guest
+    /// may be running).
+    pub fn root(&mut self) -> Result<PageTableRoot, VmError> {
+        let info = self.qmp.hmp("info registers")?;
+        let cr3 = qmp::register(&info, "CR3")
+            .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
+        Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
+    }
+
     /// Pause every vCPU. The returned guard thaws on [`Frozen::thaw`] or
     /// when dropped, so no error path leaves the guest frozen.
     pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
@@ -462,14 +491,6 @@ pub struct Frozen<'a> {
 }
 
 impl Frozen<'_> {
-    /// The page-table root of the first vCPU (`info registers`).
-    pub fn root(&mut self) -> Result<PageTableRoot, VmError> {
-        let info = self.vm.qmp.hmp("info registers")?;
-        let cr3 = qmp::register(&info, "CR3")
-            .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
-        Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
-    }
-
     /// Write an ELF core of guest memory (QEMU's `dump-guest-memory`).
     pub fn dump_core(&mut self, path: &Path) -> Result<(), VmError> {
         self.vm.qmp.execute(

@@ -46,6 +46,17 @@ pub struct CaptureStorage {
 }
 
 impl CaptureStorage {
+    /// The capacities these buffers were made with.
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            cpus: self.cpus.len(),
+            dsqs: self.dsqs.len(),
+            queued: self.queued.len(),
+            runnable: self.runnable.len(),
+            tasks: self.tasks.len(),
+        }
+    }
+
     /// Buffers of the given capacities.
     pub fn new(c: Capacity) -> Self {
         Self {
