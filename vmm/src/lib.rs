@@ -1,11 +1,15 @@
 //! ktstr-vmm: a small KVM VMM built from rust-vmm parts.
 //!
-//! Today it holds the topology model the backends share; the VMM itself
-//! (PVH boot, serial, vCPU freeze/thaw) arrives with its own issue.
+//! Topology as code ([`Topology`], `1n2l4c2t`) becomes APIC IDs, CPUID
+//! leaves and ACPI tables; a vmlinux (or a bzImage, extracted first) boots
+//! through its PVH entry; one thread runs each vCPU; the VM can be frozen,
+//! its memory read through [`walker::GuestMem`], and thawed.
 #![warn(missing_docs)]
 
 pub use ktstr_walker as walker;
 
+pub mod acpi;
+pub mod cpuid;
 pub mod topology;
 
 pub use topology::{Topology, TopologyError};
