@@ -228,6 +228,8 @@ impl FromStr for Topology {
 }
 
 #[cfg(test)]
+// Binary literals are grouped by APIC ID field.
+#[allow(clippy::unusual_byte_groupings)]
 mod tests {
     use super::*;
 
