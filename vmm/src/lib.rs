@@ -10,6 +10,10 @@ pub use ktstr_walker as walker;
 
 pub mod acpi;
 pub mod cpuid;
+pub mod layout;
+pub mod serial;
 pub mod topology;
+pub mod vm;
 
 pub use topology::{Topology, TopologyError};
+pub use vm::{Boot, ExitReason, FreezeReport, Frozen, VcpuState, Vm, VmConfig, VmError, VmMemory};
