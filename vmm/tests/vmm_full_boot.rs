@@ -71,8 +71,11 @@ fn init_elf(reboot: bool) -> Vec<u8> {
     e
 }
 
-/// A newc cpio archive of `(name, mode, rdev (major, minor), data)`.
-fn cpio(entries: &[(&str, u32, (u32, u32), &[u8])]) -> Vec<u8> {
+/// One cpio member: name, mode, rdev (major, minor), data.
+type CpioEntry<'a> = (&'a str, u32, (u32, u32), &'a [u8]);
+
+/// A newc cpio archive.
+fn cpio(entries: &[CpioEntry<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     let pad = |out: &mut Vec<u8>| out.resize(out.len().next_multiple_of(4), 0);
     let trailer = ("TRAILER!!!", 0, (0, 0), &[][..]);
