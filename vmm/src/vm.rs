@@ -19,7 +19,7 @@ use std::io::Cursor;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::{fmt, io, ptr};
@@ -393,19 +393,14 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 fn install_kick_handler() -> Result<(), VmError> {
-    static ONCE: Once = Once::new();
-    static mut RESULT: Option<String> = None;
-    ONCE.call_once(|| {
-        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler) {
-            // SAFETY: written once, inside call_once, before any read.
-            unsafe { RESULT = Some(e.to_string()) };
-        }
-    });
-    // SAFETY: only read after call_once has completed.
-    match unsafe { (*ptr::addr_of!(RESULT)).clone() } {
-        Some(e) => Err(VmError::Signal(e)),
-        None => Ok(()),
-    }
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(VmError::Signal)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

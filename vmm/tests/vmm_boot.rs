@@ -256,6 +256,43 @@ fn boots_2n2l2c1t_with_numa_nodes() {
 
 /// Virtual address of the first occurrence of `needle` in the loaded
 /// image of `elf` (through its PT_LOAD program headers).
+#[test]
+fn boots_from_the_bzimage() {
+    let Some(k) = vmlinux("boots_from_the_bzimage") else {
+        return;
+    };
+    let bz = k.with_file_name("vmlinuz");
+    if !bz.is_file() {
+        skip(
+            "boots_from_the_bzimage",
+            Need::Kernel,
+            "no vmlinuz beside vmlinux",
+        );
+        return;
+    }
+    let _slot = Slot::take();
+    // The bzImage's payload is extracted to its vmlinux, loaded, and
+    // entered at the PVH entry: the BSP soon runs in 64-bit kernel text.
+    let vm = Vm::boot(kernel_vm(&bz, "1n1l1c1t")).unwrap();
+    let t = Instant::now();
+    loop {
+        let (report, ()) = vm.freeze(|_| ()).unwrap();
+        let bsp = report.vcpus[0];
+        if bsp.rip >= 0xffff_ffff_8000_0000 {
+            assert_ne!(bsp.efer & (1 << 10), 0, "long mode active");
+            break;
+        }
+        assert!(
+            t.elapsed() < BOOT_TIMEOUT,
+            "BSP still at {:#x}: {:?}",
+            bsp.rip,
+            vm.exit_reason()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(vm.stop(), ExitReason::HostRequest);
+}
+
 fn elf_vaddr_of(elf: &[u8], needle: &[u8]) -> Option<u64> {
     let off = elf.windows(needle.len()).position(|w| w == needle)? as u64;
     let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
@@ -341,6 +378,48 @@ fn boots_1n1l2c2t_and_freezes_the_running_kernel() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(kernel_rips, rounds, "the BSP always parks in kernel text");
+    // One long freeze: kvmclock is restored, so the kernel's clock (its
+    // printk timestamps) does not jump by the frozen time. Lines before
+    // kvm-clock is set up are all stamped 0; ACPI lines come after.
+    assert!(
+        vm.console()
+            .wait_until(BOOT_TIMEOUT, |t| t.contains("ACPI: RSDP"))
+    );
+    let long = Duration::from_secs(5);
+    let (report, at) = vm
+        .freeze(|_| {
+            let at = vm.console().total() as usize;
+            std::thread::sleep(long);
+            at
+        })
+        .unwrap();
+    assert!(report.clock_restored);
+    assert!(vm.console().wait_until(BOOT_TIMEOUT, |t| {
+        t.get(at..).is_some_and(|r| r.contains("\n["))
+    }));
+    let text = vm.console().text();
+    let (before, after) = text.split_at(at);
+    let stamp = |l: &str| -> Option<f64> {
+        l.trim_start()
+            .strip_prefix('[')?
+            .split_once(']')?
+            .0
+            .trim()
+            .parse()
+            .ok()
+    };
+    let last_before = before.lines().filter_map(stamp).last().unwrap();
+    assert!(last_before > 0.0, "froze before kvm-clock was set up");
+    let first_after = after.lines().skip(1).find_map(stamp).unwrap();
+    eprintln!(
+        "kernel time across a {long:?} freeze: {last_before} -> {first_after} ({:?} paused)",
+        report.pause
+    );
+    assert!(
+        first_after - last_before < long.as_secs_f64() - 1.0,
+        "the guest counted the frozen time: {last_before} -> {first_after}"
+    );
+
     // The kernel ran between freezes (the BSP parked in different places)
     // and goes on after them, to its topology lines.
     assert!(bsp_rips.len() > 1, "BSP always at {bsp_rips:?}");
