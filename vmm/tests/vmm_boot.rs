@@ -408,7 +408,7 @@ fn boots_1n1l2c2t_and_freezes_the_running_kernel() {
             .parse()
             .ok()
     };
-    let last_before = before.lines().filter_map(stamp).last().unwrap();
+    let last_before = before.lines().rev().find_map(stamp).unwrap();
     assert!(last_before > 0.0, "froze before kvm-clock was set up");
     let first_after = after.lines().skip(1).find_map(stamp).unwrap();
     eprintln!(
