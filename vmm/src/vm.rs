@@ -1174,6 +1174,12 @@ impl Vm {
     }
 }
 
+// Embedders share a Vm between a runner and a monitor thread.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Vm>();
+};
+
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();

@@ -314,7 +314,9 @@ fn boots_1n1l2c2t_and_freezes_the_running_kernel() {
     };
     // Freeze while the kernel is busy printing its early lines: from the
     // e820 map on; it prints its CPU topology a few seconds later.
-    let (vm, text, _slot) = boot(kernel_vm(&k, "1n1l2c2t"), |t| t.contains("BIOS-e820"));
+    let mut cfg = kernel_vm(&k, "1n1l2c2t");
+    cfg.park_timeout = Duration::from_secs(10);
+    let (vm, text, _slot) = boot(cfg, |t| t.contains("BIOS-e820"));
     assert!(!has_topo_lines(&text), "the freezes come too late");
 
     // linux_banner as the kernel printed it, and where the image has it.

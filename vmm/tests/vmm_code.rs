@@ -62,7 +62,11 @@ fn freeze_parks_every_vcpu_and_stops_the_guest_until_thaw() {
         return;
     }
     let topo: Topology = "1n1l2c2t".parse().unwrap();
-    let vm = Vm::boot(VmConfig::code(topo, COUNT_LOOP)).unwrap();
+    let mut cfg = VmConfig::code(topo, COUNT_LOOP);
+    // 4 busy vCPUs on a small, shared CI host: parking is about scheduling;
+    // this test is about correctness, not latency.
+    cfg.park_timeout = Duration::from_secs(10);
+    let vm = Vm::boot(cfg).unwrap();
     wait_all_counting(&vm, 4);
     let mut pauses = Vec::new();
     for round in 0..100 {
@@ -113,7 +117,7 @@ fn a_vcpu_stuck_in_a_device_is_named_and_the_vm_is_thawed() {
     }
     let topo: Topology = "1n1l2c1t".parse().unwrap();
     let mut cfg = VmConfig::code(topo, COUNT_AND_PRINT);
-    cfg.park_timeout = Duration::from_millis(200);
+    cfg.park_timeout = Duration::from_secs(2);
     cfg.output_limit = 4096;
     let vm = Vm::boot(cfg).unwrap();
     wait_all_counting(&vm, 2);
@@ -138,7 +142,7 @@ fn a_vcpu_stuck_in_a_device_is_named_and_the_vm_is_thawed() {
     assert_eq!(seen_by_capture, [1]);
     assert_eq!(report.vcpus.len(), 1);
     assert_eq!(report.vcpus[0].index, 0);
-    assert!(report.park >= Duration::from_millis(200));
+    assert!(report.park >= Duration::from_secs(2));
     // Not left frozen: both vCPUs make progress again.
     let c0 = counter(vm.memory(), 0);
     let t = Instant::now();
