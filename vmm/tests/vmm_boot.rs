@@ -15,6 +15,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ktstr_tests::{Need, cached_kernel_dir, skip};
+use ktstr_vmm::layout::E820Type;
 use ktstr_vmm::walker::kernel::image::KernelImage;
 use ktstr_vmm::walker::translate::{Levels, PageTableRoot, TranslatorConfig};
 use ktstr_vmm::walker::{GuestMem, Translator};
@@ -125,7 +126,7 @@ fn has_topo_lines(t: &str) -> bool {
 
 /// The checks every boot makes, against values derived here from the
 /// topology's counts and the documented memory layout.
-fn check_boot(kernel: &PathBuf, topo: &str, text: &str) {
+fn check_boot(vm: &Vm, kernel: &PathBuf, topo: &str, text: &str) {
     let release = KernelImage::open(kernel).unwrap().release().unwrap();
     assert!(
         text.contains(&format!("Linux version {release} (")),
@@ -145,6 +146,13 @@ fn check_boot(kernel: &PathBuf, topo: &str, text: &str) {
             (0x10_0000, (MEMORY_MIB << 20) - 1, true)
         ]
     );
+    // ... which is the map the VMM says it gave.
+    let given: Vec<(u64, u64, bool)> = vm
+        .e820()
+        .iter()
+        .map(|e| (e.addr, e.addr + e.size - 1, e.kind == E820Type::Ram))
+        .collect();
+    assert_eq!(e820_lines(text), given);
     let nums: Vec<u32> = topo
         .split(|c: char| c.is_ascii_alphabetic())
         .filter(|s| !s.is_empty())
@@ -196,7 +204,7 @@ fn boots_1n1l2c1t() {
     };
     let (vm, text, _slot) = boot(kernel_vm(&k, "1n1l2c1t"), has_topo_lines);
     assert_eq!(vm.stop(), ExitReason::HostRequest);
-    check_boot(&k, "1n1l2c1t", &text);
+    check_boot(&vm, &k, "1n1l2c1t", &text);
     assert!(
         text.contains("No NUMA configuration found"),
         "one node: no SRAT"
@@ -218,7 +226,7 @@ fn boots_1n2l2c1t_with_an_initramfs() {
     }
     let (vm, text, _slot) = boot(cfg, has_topo_lines);
     assert_eq!(vm.stop(), ExitReason::HostRequest);
-    check_boot(&k, "1n2l2c1t", &text);
+    check_boot(&vm, &k, "1n2l2c1t", &text);
     // The initramfs sits page-aligned at the top of RAM.
     let line = text
         .lines()
@@ -240,7 +248,7 @@ fn boots_2n2l2c1t_with_numa_nodes() {
     };
     let (vm, text, _slot) = boot(kernel_vm(&k, "2n2l2c1t"), has_topo_lines);
     assert_eq!(vm.stop(), ExitReason::HostRequest);
-    check_boot(&k, "2n2l2c1t", &text);
+    check_boot(&vm, &k, "2n2l2c1t", &text);
     // 256 MiB split evenly: node 0 below 128 MiB, node 1 above.
     assert!(text.contains("ACPI: SRAT: Node 0 PXM 0 [mem 0x00000000-0x07ffffff]"));
     assert!(text.contains("ACPI: SRAT: Node 1 PXM 1 [mem 0x08000000-0x0fffffff]"));
@@ -431,7 +439,7 @@ fn boots_1n1l2c2t_and_freezes_the_running_kernel() {
         vm.exit_reason(),
         vm.console().text()
     );
-    check_boot(&k, "1n1l2c2t", &vm.console().text());
+    check_boot(&vm, &k, "1n1l2c2t", &vm.console().text());
     pauses.sort();
     eprintln!(
         "pause window over {rounds} freezes of the running kernel (4 vCPUs): min {:?} median {:?} max {:?}",

@@ -152,6 +152,28 @@ fn init_elf_runs_on_the_host() {
 }
 
 #[test]
+fn an_elf_without_a_pvh_note_is_refused() {
+    if let Err(e) = std::fs::File::open("/dev/kvm") {
+        skip(
+            "an_elf_without_a_pvh_note_is_refused",
+            Need::HwVirt,
+            &format!("/dev/kvm: {e}"),
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-kernel");
+    std::fs::write(&path, init_elf(false)).unwrap();
+    let topo: Topology = "1n1l1c1t".parse().unwrap();
+    let err = Vm::boot(VmConfig::kernel(topo, &path, "console=ttyS0")).unwrap_err();
+    assert!(
+        matches!(&err, ktstr_vmm::VmError::NoPvhEntry(p) if *p == path),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no PVH entry point"), "{err}");
+}
+
+#[test]
 fn full_boot_to_init_with_numa_and_smt() {
     let test = "full_boot_to_init_with_numa_and_smt";
     if let Err(why) = hw_virt() {
