@@ -167,14 +167,19 @@ impl Uart {
     }
 
     fn refill(&mut self) {
-        if self.pending.is_empty() {
+        let room = self.serial.fifo_capacity().min(self.pending.len());
+        if room == 0 {
             return;
         }
-        let (a, _) = self.pending.as_slices();
-        let chunk: Vec<u8> = a.iter().copied().take(64).collect();
-        if let Ok(n) = self.serial.enqueue_raw_bytes(&chunk) {
-            self.pending.drain(..n.min(self.pending.len()));
-        }
+        let chunk: Vec<u8> = self.pending.iter().take(room).copied().collect();
+        let n = match self.serial.enqueue_raw_bytes(&chunk) {
+            Ok(n) => n,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            // Only raising the interrupt failed: the bytes are queued and
+            // a polling guest still reads them.
+            Err(_) => room,
+        };
+        self.pending.drain(..n.min(self.pending.len()));
     }
 
     /// A guest read of register `offset`.
