@@ -118,6 +118,81 @@ impl Topology {
     }
 }
 
+/// Bits of `n` distinct values: `ceil(log2(n))`, 0 for 1.
+pub(crate) fn bits_for(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        u32::BITS - (n - 1).leading_zeros()
+    }
+}
+
+/// How an APIC ID splits into topology fields, lowest bits first:
+/// thread, core (within its LLC), LLC (within its node), node. Each field is
+/// `ceil(log2(count))` bits wide, the layout CPUID 0xB/0x1F describe. A NUMA
+/// node is a package (socket); an LLC is a die within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApicLayout {
+    /// Width of the thread field.
+    pub thread_bits: u32,
+    /// Width of the core field.
+    pub core_bits: u32,
+    /// Width of the LLC (die) field.
+    pub llc_bits: u32,
+    /// Width of the node (package) field.
+    pub node_bits: u32,
+}
+
+impl ApicLayout {
+    /// Shift of the core field (CPUID 0xB/0x1F SMT level shift).
+    pub fn core_shift(&self) -> u32 {
+        self.thread_bits
+    }
+
+    /// Shift of the LLC field (CPUID 0x1F core level shift): APIC IDs that
+    /// agree above it share an LLC.
+    pub fn llc_shift(&self) -> u32 {
+        self.thread_bits + self.core_bits
+    }
+
+    /// Shift of the node field (CPUID 0xB core level, 0x1F die level
+    /// shift): APIC IDs that agree above it are in one package.
+    pub fn package_shift(&self) -> u32 {
+        self.thread_bits + self.core_bits + self.llc_bits
+    }
+}
+
+impl Topology {
+    /// The APIC ID bit layout.
+    pub fn apic_layout(&self) -> ApicLayout {
+        ApicLayout {
+            thread_bits: bits_for(self.threads_per_core),
+            core_bits: bits_for(self.cores_per_llc),
+            llc_bits: bits_for(self.llcs_per_node()),
+            node_bits: bits_for(self.numa_nodes),
+        }
+    }
+
+    /// The (x2)APIC ID of CPU `cpu`, `None` past the last CPU. IDs are
+    /// sparse when a count is not a power of two.
+    pub fn apic_id(&self, cpu: u32) -> Option<u32> {
+        let p = self.place(cpu)?;
+        let l = self.apic_layout();
+        let llc_in_node = p.llc % self.llcs_per_node();
+        Some(
+            p.thread
+                | p.core << l.core_shift()
+                | llc_in_node << l.llc_shift()
+                | p.node << l.package_shift(),
+        )
+    }
+
+    /// Highest APIC ID in use.
+    pub fn max_apic_id(&self) -> u32 {
+        self.apic_id(self.nr_cpus() - 1).unwrap_or(0)
+    }
+}
+
 impl fmt::Display for Topology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -153,6 +228,8 @@ impl FromStr for Topology {
 }
 
 #[cfg(test)]
+// Binary literals are grouped by APIC ID field.
+#[allow(clippy::unusual_byte_groupings)]
 mod tests {
     use super::*;
 
@@ -236,5 +313,57 @@ mod tests {
             })
         );
         assert_eq!(t.place(16), None);
+    }
+
+    #[test]
+    fn apic_ids_pack_fields_by_power_of_two() {
+        let t: Topology = "1n1l2c2t".parse().unwrap();
+        let ids: Vec<u32> = (0..t.nr_cpus()).map(|c| t.apic_id(c).unwrap()).collect();
+        assert_eq!(ids, [0, 1, 2, 3]);
+        // 3 cores need 2 bits, 3 threads need 2 bits: IDs are sparse.
+        let t: Topology = "1n1l3c3t".parse().unwrap();
+        assert_eq!(t.apic_id(0), Some(0));
+        assert_eq!(t.apic_id(2), Some(0b00_10));
+        assert_eq!(t.apic_id(3), Some(0b01_00));
+        assert_eq!(t.apic_id(8), Some(0b10_10));
+        assert_eq!(t.apic_id(9), None);
+        // 2 nodes x 2 LLCs each x 2 cores x 1 thread: node bit 2, LLC bit 1.
+        let t: Topology = "2n4l2c1t".parse().unwrap();
+        let ids: Vec<u32> = (0..t.nr_cpus()).map(|c| t.apic_id(c).unwrap()).collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4, 5, 6, 7]);
+        let l = t.apic_layout();
+        assert_eq!(
+            (l.thread_bits, l.core_bits, l.llc_bits, l.node_bits),
+            (0, 1, 1, 1)
+        );
+        assert_eq!((l.llc_shift(), l.package_shift()), (1, 2));
+        // 2 nodes x 3 LLCs each x 1 core x 2 threads: LLC field is 2 bits.
+        let t: Topology = "2n6l1c2t".parse().unwrap();
+        assert_eq!(t.apic_id(2), Some(0b0_01_0));
+        assert_eq!(t.apic_id(6), Some(0b1_00_0));
+        assert_eq!(t.apic_id(11), Some(0b1_10_1));
+        assert_eq!(t.max_apic_id(), 0b1_10_1);
+    }
+
+    #[test]
+    fn apic_ids_are_unique_and_decode_to_their_place() {
+        for s in ["1n1l1c1t", "1n2l4c2t", "2n4l3c2t", "4n4l5c1t", "3n3l2c3t"] {
+            let t: Topology = s.parse().unwrap();
+            let l = t.apic_layout();
+            let mut seen = std::collections::HashSet::new();
+            for cpu in 0..t.nr_cpus() {
+                let id = t.apic_id(cpu).unwrap();
+                assert!(seen.insert(id), "{s}: duplicate APIC ID {id}");
+                let p = t.place(cpu).unwrap();
+                let mask = |bits: u32| (1u32 << bits) - 1;
+                assert_eq!(id & mask(l.thread_bits), p.thread, "{s} cpu {cpu}");
+                assert_eq!((id >> l.core_shift()) & mask(l.core_bits), p.core);
+                assert_eq!(
+                    (id >> l.llc_shift()) & mask(l.llc_bits),
+                    p.llc % t.llcs_per_node()
+                );
+                assert_eq!(id >> l.package_shift(), p.node);
+            }
+        }
     }
 }
