@@ -35,6 +35,10 @@ pub struct Job {
     pub steps: Vec<Step>,
     /// How long the workload runs.
     pub duration_ms: u64,
+    /// Instead of a workload: an interactive shell on the console; the
+    /// run ends when it exits.
+    #[serde(default)]
+    pub shell: bool,
 }
 
 /// A cgroup with its workers.
@@ -424,6 +428,7 @@ mod tests {
                 },
             }],
             duration_ms: 1000,
+            shell: false,
         };
         let text = serde_json::to_string(&job).unwrap();
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);

@@ -15,3 +15,4 @@ pub mod run;
 pub mod scenario;
 pub mod scheduler;
 pub mod session;
+pub mod testing;

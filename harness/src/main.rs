@@ -71,6 +71,25 @@ enum Command {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Boot a kernel with a scheduler and give an interactive busybox shell
+    /// on this terminal; the VM powers off when the shell exits.
+    Shell {
+        /// Kernel (default: the newest fetched).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Scheduler binary or name; default the kernel's own scheduler.
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// Scheduler arguments.
+        #[arg(long = "scheduler-arg", allow_hyphen_values = true)]
+        scheduler_args: Vec<String>,
+        /// Topology.
+        #[arg(long, default_value = "1n1l2c1t")]
+        topology: ktstr_vmm::Topology,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u64,
+    },
     /// List the ready scenarios.
     Scenarios {
         /// Print them as JSON (the full definitions).
@@ -166,14 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dump_at,
             json,
         } => {
-            // Ctrl-C: no destructor runs when the process exits from the
-            // handler, so kill the VMs and remove their files there.
-            ctrlc::set_handler(|| {
-                ktstr::qemu::kill_all();
-                // stderr may be gone with the terminal: no panic over it.
-                let _ = writeln!(std::io::stderr(), "ktstr: interrupted");
-                std::process::exit(130);
-            })?;
+            install_interrupt_handler()?;
             let kernel = match kernel {
                 Some(k) => k,
                 None => newest_kernel()?,
@@ -181,14 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = SessionConfig::new(kernel, topology);
             cfg.memory_mib = memory;
             cfg.duration = duration;
-            cfg.scheduler = scheduler
-                .map(|s| {
-                    Ok::<_, anyhow::Error>(SchedulerConfig {
-                        binary: ktstr::scheduler::resolve(&s)?,
-                        args: scheduler_args,
-                    })
-                })
-                .transpose()?;
+            cfg.scheduler = scheduler_config(scheduler, scheduler_args)?;
             let scenario = ktstr::scenario::catalogue::find(&scenario)?;
             let thresholds = ktstr::checks::Thresholds {
                 max_gap,
@@ -205,6 +210,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Shell {
+            kernel,
+            scheduler,
+            scheduler_args,
+            topology,
+            memory,
+        } => {
+            install_interrupt_handler()?;
+            let kernel = match kernel {
+                Some(k) => k,
+                None => newest_kernel()?,
+            };
+            let mut cfg = SessionConfig::new(kernel, topology);
+            cfg.memory_mib = memory;
+            cfg.shell = true;
+            cfg.scheduler = scheduler_config(scheduler, scheduler_args)?;
+            let session = ktstr::session::Session::start(&cfg)?;
+            if let Some(a) = &session.attached {
+                tracing::info!(
+                    ops = a.ops,
+                    "scheduler attached; exit the shell to power off"
+                );
+            }
+            // Ten years: as long as its user likes.
+            session.finish_within(std::time::Duration::from_secs(10 * 365 * 86_400))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Scenarios { json } => {
             let all = ktstr::scenario::catalogue::all();
@@ -274,4 +306,31 @@ fn newest_kernel() -> anyhow::Result<String> {
                 root.display()
             )
         })
+}
+
+/// Ctrl-C: no destructor runs when the process exits from the handler, so
+/// kill the VMs and remove their files there.
+fn install_interrupt_handler() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        ktstr::qemu::kill_all();
+        // stderr may be gone with the terminal: no panic over it.
+        let _ = writeln!(std::io::stderr(), "ktstr: interrupted");
+        std::process::exit(130);
+    })?;
+    Ok(())
+}
+
+/// `--scheduler` and its arguments.
+fn scheduler_config(
+    scheduler: Option<String>,
+    args: Vec<String>,
+) -> anyhow::Result<Option<SchedulerConfig>> {
+    scheduler
+        .map(|s| {
+            Ok(SchedulerConfig {
+                binary: ktstr::scheduler::resolve(&s)?,
+                args,
+            })
+        })
+        .transpose()
 }

@@ -57,6 +57,8 @@ pub struct SessionConfig {
     pub attach_timeout: Duration,
     /// Extra files for the guest: (guest path, host file).
     pub files: Vec<(String, PathBuf)>,
+    /// An interactive shell on this terminal instead of a workload.
+    pub shell: bool,
 }
 
 impl SessionConfig {
@@ -74,6 +76,7 @@ impl SessionConfig {
             boot_timeout: Duration::from_secs(120),
             attach_timeout: Duration::from_secs(60),
             files: Vec::new(),
+            shell: false,
         }
     }
 }
@@ -198,6 +201,7 @@ impl Session {
             cgroups: cfg.cgroups.clone(),
             steps: cfg.steps.clone(),
             duration_ms: cfg.duration.as_millis() as u64,
+            shell: cfg.shell,
         };
         let initrd = files.path().join("initrd");
         initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
@@ -209,6 +213,7 @@ impl Session {
             memory_mib: cfg.memory_mib,
             cmdline: CMDLINE.into(),
             start_timeout: Duration::from_secs(30),
+            console_stdio: cfg.shell,
         };
         let mut vm = QemuVm::start(&vm_cfg, files)?;
 
@@ -362,8 +367,14 @@ impl Session {
     }
 
     /// Wait for the workload's end and the guest's power-off.
-    pub fn finish(mut self) -> Result<Finished> {
+    pub fn finish(self) -> Result<Finished> {
         let wait = self.duration + Duration::from_secs(90);
+        self.finish_within(wait)
+    }
+
+    /// [`Session::finish`], waiting at most `wait` (a shell: as long as
+    /// its user likes).
+    pub fn finish_within(mut self, wait: Duration) -> Result<Finished> {
         let done = |m: &Msg| matches!(m, Msg::Finished { .. } | Msg::Error { .. });
         let msg = match self.vm.messages.iter().find(|m| done(m)) {
             Some(m) => m.clone(),

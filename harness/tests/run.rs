@@ -1,7 +1,7 @@
 //! `ktstr run` as users run it: a real kernel under QEMU with scx_bpfland,
 //! a mid-run dump, the JSON report; and Ctrl-C in the middle of a run.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -145,4 +145,55 @@ fn ctrl_c_mid_run_leaves_no_qemu_or_files_behind() {
         .filter(|n| n.contains(&tag))
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
+
+#[test]
+fn shell_runs_commands_in_the_guest_under_the_scheduler() {
+    const TEST: &str = "shell_runs_commands_in_the_guest_under_the_scheduler";
+    let Some(kernel) = kernel_or_skip(TEST) else {
+        return;
+    };
+    if let Err(e) = ktstr::scheduler::resolve("bpfland") {
+        return skip(TEST, Need::Tool, &e.to_string());
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ktstr"))
+        .args(["shell", "--kernel", &kernel, "--scheduler", "bpfland"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Type only once the prompt is there, as a user would.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("ktstr# ") {
+        assert!(
+            Instant::now() < deadline,
+            "no prompt: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "console closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stdin
+        .write_all(b"cat /sys/kernel/sched_ext/root/ops; echo sum=$((6*7)); ls /ktstr/bin; exit\n")
+        .unwrap();
+    drop(stdin);
+    stdout.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&seen);
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.contains("sum=42"), "{out}");
+    assert!(
+        out.contains("bpfland_"),
+        "ops name read in the guest: {out}"
+    );
+    assert!(
+        out.contains("scx_bpfland"),
+        "the scheduler is in /ktstr/bin: {out}"
+    );
 }

@@ -1,57 +1,17 @@
 //! Support for the workspace-level tests: finding real artifacts (a fetched
 //! kernel, host tools) and skipping loudly when they are not here.
 //!
-//! A test that cannot run calls [`skip`], which prints `SKIPPED <test>:
-//! <reason>` to stderr. When the environment variable `KTSTR_REQUIRE` names
-//! the skip's category (comma-separated, or `all`), the skip panics instead:
-//! CI sets it for everything its machine provides, so a missing kernel fails
-//! CI rather than passing silently.
+//! A test that cannot run calls [`skip`] (from `ktstr::testing`), which
+//! prints `SKIPPED <test>: <reason>` to stderr. When the environment
+//! variable `KTSTR_REQUIRE` names the skip's category (comma-separated, or
+//! `all`), the skip panics instead: CI sets it for everything its machine
+//! provides, so a missing kernel fails CI rather than passing silently.
 
 use std::path::PathBuf;
 
 pub mod qemu;
 
-/// Why a test could not run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    /// A fetched sched_ext kernel (`ktstr kernel fetch`).
-    Kernel,
-    /// A host tool such as pahole or qemu-system-x86_64.
-    Tool,
-    /// Hardware virtualization (VT-x/AMD-V).
-    HwVirt,
-}
-
-impl Need {
-    fn name(self) -> &'static str {
-        match self {
-            Need::Kernel => "kernel",
-            Need::Tool => "tool",
-            Need::HwVirt => "hwvirt",
-        }
-    }
-}
-
-/// Whether `KTSTR_REQUIRE` makes `need` mandatory.
-pub fn required(need: Need) -> bool {
-    std::env::var("KTSTR_REQUIRE")
-        .map(|v| {
-            v.split(',')
-                .any(|c| c.trim() == need.name() || c.trim() == "all")
-        })
-        .unwrap_or(false)
-}
-
-/// Report `test` as skipped because `reason`; panics when `need` is required.
-pub fn skip(test: &str, need: Need, reason: &str) {
-    if required(need) {
-        panic!(
-            "{test}: cannot run and KTSTR_REQUIRE includes {}: {reason}",
-            need.name()
-        );
-    }
-    eprintln!("SKIPPED {test}: {reason}");
-}
+pub use ktstr::testing::{Need, have_tool, required, skip};
 
 /// The kernel the real-kernel tests use: `KTSTR_KERNEL` (a release directory
 /// or vmlinux path), else the newest complete release in the kernel cache.
@@ -66,15 +26,6 @@ pub fn cached_kernel_dir() -> Result<PathBuf, String> {
             root.display()
         )
     })
-}
-
-/// Whether `tool` is on PATH.
-pub fn have_tool(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 /// Panics if this process left a QEMU child, a guest RAM file or a VM

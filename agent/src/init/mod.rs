@@ -54,7 +54,12 @@ fn run(ch: &Channel) -> Result<(), String> {
         None => None,
     };
 
-    let results = workload(ch, &job)?;
+    let results = if job.shell {
+        shell(ch, &job)?;
+        Vec::new()
+    } else {
+        workload(ch, &job)?
+    };
     let sched_ext = sched_ext_state();
     let (scheduler_exit, scheduler_output) = match sched.as_mut() {
         Some(s) => (s.exited(), s.output_tail()),
@@ -126,6 +131,31 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
         results.extend(worker::finish(ws));
     }
     Ok(results)
+}
+
+/// An interactive busybox shell on the console, with the scheduler's
+/// libraries on the path; returns when it exits.
+fn shell(ch: &Channel, job: &Job) -> Result<(), String> {
+    let _ = std::process::Command::new("/bin/busybox")
+        .args(["--install", "-s", "/bin"])
+        .status();
+    ch.send(&Msg::Running {
+        workers: Vec::new(),
+        sched_ext: sched_ext_state(),
+    });
+    let mut cmd = std::process::Command::new("/bin/busybox");
+    // setsid -c: a session with the console as controlling tty, so job
+    // control and Ctrl-C work.
+    cmd.args(["setsid", "-c", "/bin/sh", "-l"])
+        .env("PATH", "/ktstr/bin:/bin")
+        .env("PS1", "ktstr# ")
+        .env("HOME", "/");
+    if let Some(s) = &job.scheduler {
+        cmd.envs(s.env.iter().map(|(k, v)| (k, v)));
+    }
+    cmd.status()
+        .map(|_| ())
+        .map_err(|e| format!("starting the shell: {e}"))
 }
 
 /// PID 1's entry point.

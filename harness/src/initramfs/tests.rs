@@ -94,6 +94,7 @@ fn cached_archive_is_gzip_of_the_cpio_and_job_follows_it() {
         cgroups: vec![],
         steps: vec![],
         duration_ms: 5,
+        shell: false,
     };
     let out = tmp.path().join("initrd");
     write_with_job(&path, &job, &out).unwrap();

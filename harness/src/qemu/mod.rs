@@ -47,6 +47,9 @@ pub struct QemuConfig {
     pub cmdline: String,
     /// How long QEMU may take to come up (QMP answering).
     pub start_timeout: Duration,
+    /// The console on this process's stdin/stdout (an interactive shell)
+    /// instead of a log file.
+    pub console_stdio: bool,
 }
 
 /// What went wrong with a VM.
@@ -239,14 +242,40 @@ impl QemuVm {
             .arg(&cfg.initrd)
             .arg("-append")
             .arg(&cfg.cmdline)
-            .arg("-serial")
-            .arg(format!("file:{}", dir.path().join("console.log").display()))
+            .args(
+                if cfg.console_stdio {
+                    // signal=off: Ctrl-C goes to the guest's shell, not QEMU.
+                    [
+                        "-chardev".to_string(),
+                        "stdio,id=console,signal=off".to_string(),
+                        "-serial".to_string(),
+                        "chardev:console".to_string(),
+                    ]
+                } else {
+                    [
+                        "-serial".to_string(),
+                        format!("file:{}", dir.path().join("console.log").display()),
+                        String::new(),
+                        String::new(),
+                    ]
+                }
+                .into_iter()
+                .filter(|a| !a.is_empty()),
+            )
             .arg("-serial")
             .arg(format!("file:{}", dir.path().join("agent.log").display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(if cfg.console_stdio {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if cfg.console_stdio {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(
                 std::fs::File::create(dir.path().join("qemu.stderr"))
                     .map_err(io("creating QEMU's stderr log"))?,
