@@ -34,23 +34,8 @@ enum Command {
     /// the scheduler and the workers fared (optionally with a mid-run dump
     /// of the scheduler's state).
     Run {
-        /// Kernel: vmlinux, bzImage, build or cache directory, or cached
-        /// release; default the newest fetched one.
-        #[arg(long)]
-        kernel: Option<String>,
-        /// Scheduler binary, or a name such as `bpfland` (found on PATH or
-        /// in ~/.cache/ktstr/tools/bin); default the kernel's own scheduler.
-        #[arg(long)]
-        scheduler: Option<String>,
-        /// Scheduler arguments (repeat, or after `--`).
-        #[arg(long = "scheduler-arg", allow_hyphen_values = true)]
-        scheduler_args: Vec<String>,
-        /// NUMA nodes, LLCs, cores per LLC, threads per core.
-        #[arg(long, default_value = "1n1l2c1t")]
-        topology: ktstr_vmm::Topology,
-        /// Guest RAM in MiB.
-        #[arg(long, default_value_t = 512)]
-        memory: u64,
+        #[command(flatten)]
+        vm: VmArgs,
         /// The scenario (`ktstr scenarios` lists them).
         #[arg(long, default_value = "steady")]
         scenario: String,
@@ -74,21 +59,8 @@ enum Command {
     /// Boot a kernel with a scheduler and give an interactive busybox shell
     /// on this terminal; the VM powers off when the shell exits.
     Shell {
-        /// Kernel (default: the newest fetched).
-        #[arg(long)]
-        kernel: Option<String>,
-        /// Scheduler binary or name; default the kernel's own scheduler.
-        #[arg(long)]
-        scheduler: Option<String>,
-        /// Scheduler arguments.
-        #[arg(long = "scheduler-arg", allow_hyphen_values = true)]
-        scheduler_args: Vec<String>,
-        /// Topology.
-        #[arg(long, default_value = "1n1l2c1t")]
-        topology: ktstr_vmm::Topology,
-        /// Guest RAM in MiB.
-        #[arg(long, default_value_t = 512)]
-        memory: u64,
+        #[command(flatten)]
+        vm: VmArgs,
     },
     /// List the ready scenarios.
     Scenarios {
@@ -119,6 +91,50 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What a VM is made of: kernel, scheduler, topology, memory.
+#[derive(clap::Args)]
+struct VmArgs {
+    /// Kernel: vmlinux, bzImage, build or cache directory, or cached
+    /// release; default the newest fetched one.
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Scheduler binary, or a name such as `bpfland` (found on PATH or
+    /// in ~/.cache/ktstr/tools/bin); default the kernel's own scheduler.
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Scheduler arguments (repeat, or after `--`).
+    #[arg(long = "scheduler-arg", allow_hyphen_values = true)]
+    scheduler_args: Vec<String>,
+    /// NUMA nodes, LLCs, cores per LLC, threads per core.
+    #[arg(long, default_value = "1n1l2c1t")]
+    topology: ktstr_vmm::Topology,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u64,
+}
+
+impl VmArgs {
+    /// The session these arguments describe.
+    fn session(self) -> anyhow::Result<SessionConfig> {
+        let kernel = match self.kernel {
+            Some(k) => k,
+            None => newest_kernel()?,
+        };
+        let mut cfg = SessionConfig::new(kernel, self.topology);
+        cfg.memory_mib = self.memory;
+        cfg.scheduler = self
+            .scheduler
+            .map(|s| {
+                Ok::<_, anyhow::Error>(SchedulerConfig {
+                    binary: ktstr::scheduler::resolve(&s)?,
+                    args: self.scheduler_args,
+                })
+            })
+            .transpose()?;
+        Ok(cfg)
+    }
 }
 
 fn parse_hex(s: &str) -> Result<u64, String> {
@@ -173,11 +189,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run {
-            kernel,
-            scheduler,
-            scheduler_args,
-            topology,
-            memory,
+            vm,
             scenario,
             max_gap,
             fairness_spread,
@@ -186,14 +198,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             install_interrupt_handler()?;
-            let kernel = match kernel {
-                Some(k) => k,
-                None => newest_kernel()?,
-            };
-            let mut cfg = SessionConfig::new(kernel, topology);
-            cfg.memory_mib = memory;
+            let mut cfg = vm.session()?;
             cfg.duration = duration;
-            cfg.scheduler = scheduler_config(scheduler, scheduler_args)?;
             let scenario = ktstr::scenario::catalogue::find(&scenario)?;
             let thresholds = ktstr::checks::Thresholds {
                 max_gap,
@@ -211,22 +217,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Shell {
-            kernel,
-            scheduler,
-            scheduler_args,
-            topology,
-            memory,
-        } => {
+        Command::Shell { vm } => {
             install_interrupt_handler()?;
-            let kernel = match kernel {
-                Some(k) => k,
-                None => newest_kernel()?,
-            };
-            let mut cfg = SessionConfig::new(kernel, topology);
-            cfg.memory_mib = memory;
+            let mut cfg = vm.session()?;
             cfg.shell = true;
-            cfg.scheduler = scheduler_config(scheduler, scheduler_args)?;
             let session = ktstr::session::Session::start(&cfg)?;
             if let Some(a) = &session.attached {
                 tracing::info!(
@@ -318,19 +312,4 @@ fn install_interrupt_handler() -> anyhow::Result<()> {
         std::process::exit(130);
     })?;
     Ok(())
-}
-
-/// `--scheduler` and its arguments.
-fn scheduler_config(
-    scheduler: Option<String>,
-    args: Vec<String>,
-) -> anyhow::Result<Option<SchedulerConfig>> {
-    scheduler
-        .map(|s| {
-            Ok(SchedulerConfig {
-                binary: ktstr::scheduler::resolve(&s)?,
-                args,
-            })
-        })
-        .transpose()
 }

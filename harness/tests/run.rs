@@ -6,30 +6,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ktstr::run::RunReport;
-use ktstr_tests::{Need, have_tool, skip};
-
-fn kernel_or_skip(test: &str) -> Option<String> {
-    if !have_tool("qemu-system-x86_64") {
-        skip(
-            test,
-            Need::Tool,
-            "qemu-system-x86_64 not installed (./setup.sh installs it)",
-        );
-        return None;
-    }
-    match ktstr_tests::cached_kernel_dir() {
-        Ok(d) => Some(d.display().to_string()),
-        Err(e) => {
-            skip(test, Need::Kernel, &e);
-            None
-        }
-    }
-}
+use ktstr_tests::{Need, skip};
 
 #[test]
 fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
     const TEST: &str = "run_with_a_mid_run_dump_reports_workers_and_scheduler";
-    let Some(kernel) = kernel_or_skip(TEST) else {
+    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST).map(|d| d.display().to_string())
+    else {
         return;
     };
     if let Err(e) = ktstr::scheduler::resolve("bpfland") {
@@ -95,7 +78,8 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
 #[test]
 fn ctrl_c_mid_run_leaves_no_qemu_or_files_behind() {
     const TEST: &str = "ctrl_c_mid_run_leaves_no_qemu_or_files_behind";
-    let Some(kernel) = kernel_or_skip(TEST) else {
+    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST).map(|d| d.display().to_string())
+    else {
         return;
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_ktstr"))
@@ -150,7 +134,8 @@ fn ctrl_c_mid_run_leaves_no_qemu_or_files_behind() {
 #[test]
 fn shell_runs_commands_in_the_guest_under_the_scheduler() {
     const TEST: &str = "shell_runs_commands_in_the_guest_under_the_scheduler";
-    let Some(kernel) = kernel_or_skip(TEST) else {
+    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST).map(|d| d.display().to_string())
+    else {
         return;
     };
     if let Err(e) = ktstr::scheduler::resolve("bpfland") {

@@ -28,6 +28,26 @@ pub fn cached_kernel_dir() -> Result<PathBuf, String> {
     })
 }
 
+/// The kernel for a test that boots it under QEMU, or `None` after
+/// reporting why the test is skipped.
+pub fn qemu_kernel_or_skip(test: &str) -> Option<PathBuf> {
+    if !have_tool("qemu-system-x86_64") {
+        skip(
+            test,
+            Need::Tool,
+            "qemu-system-x86_64 not installed (./setup.sh installs it)",
+        );
+        return None;
+    }
+    match cached_kernel_dir() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            skip(test, Need::Kernel, &e);
+            None
+        }
+    }
+}
+
 /// Panics if this process left a QEMU child, a guest RAM file or a VM
 /// directory (logs, sockets, initramfs) behind.
 pub fn assert_no_vm_left_behind() {

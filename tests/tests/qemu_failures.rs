@@ -7,25 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ktstr::session::{SchedulerConfig, Session, SessionConfig};
-use ktstr_tests::{Need, assert_no_vm_left_behind, have_tool, skip};
-
-fn kernel_or_skip(test: &str) -> Option<PathBuf> {
-    if !have_tool("qemu-system-x86_64") {
-        skip(
-            test,
-            Need::Tool,
-            "qemu-system-x86_64 not installed (./setup.sh installs it)",
-        );
-        return None;
-    }
-    match ktstr_tests::cached_kernel_dir() {
-        Ok(d) => Some(d),
-        Err(e) => {
-            skip(test, Need::Kernel, &e);
-            None
-        }
-    }
-}
+use ktstr_tests::assert_no_vm_left_behind;
 
 fn start_err(cfg: &SessionConfig) -> String {
     match Session::start(cfg) {
@@ -37,7 +19,7 @@ fn start_err(cfg: &SessionConfig) -> String {
 #[test]
 fn scheduler_that_exits_before_attaching_is_reported_with_its_output() {
     const TEST: &str = "scheduler_that_exits_before_attaching_is_reported_with_its_output";
-    let Some(dir) = kernel_or_skip(TEST) else {
+    let Some(dir) = ktstr_tests::qemu_kernel_or_skip(TEST) else {
         return;
     };
     let mut cfg = SessionConfig::new(dir.display().to_string(), "1n1l1c1t".parse().unwrap());
@@ -63,7 +45,7 @@ fn scheduler_that_exits_before_attaching_is_reported_with_its_output() {
 #[test]
 fn guest_that_does_not_come_up_in_time_is_killed_with_its_console_tail() {
     const TEST: &str = "guest_that_does_not_come_up_in_time_is_killed_with_its_console_tail";
-    let Some(dir) = kernel_or_skip(TEST) else {
+    let Some(dir) = ktstr_tests::qemu_kernel_or_skip(TEST) else {
         return;
     };
     let mut cfg = SessionConfig::new(dir.display().to_string(), "1n1l1c1t".parse().unwrap());
@@ -80,7 +62,7 @@ fn guest_that_does_not_come_up_in_time_is_killed_with_its_console_tail() {
 #[test]
 fn kernel_without_sched_ext_is_refused_naming_the_option() {
     const TEST: &str = "kernel_without_sched_ext_is_refused_naming_the_option";
-    let Some(dir) = kernel_or_skip(TEST) else {
+    let Some(dir) = ktstr_tests::qemu_kernel_or_skip(TEST) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
