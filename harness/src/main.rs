@@ -205,7 +205,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_gap,
                 fairness_spread: fairness_spread / 100.0,
             };
-            let report = ktstr::run::run(&cfg, &scenario, &thresholds, dump_at)?;
+            let progress = Progress::new();
+            let report =
+                ktstr::run::run_with(&cfg, &scenario, &thresholds, dump_at, &|p| progress.set(p));
+            progress.done();
+            let report = report?;
             print!("{}", report.to_text());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
@@ -221,7 +225,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             install_interrupt_handler()?;
             let mut cfg = vm.session()?;
             cfg.shell = true;
-            let session = ktstr::session::Session::start(&cfg)?;
+            let progress = Progress::new();
+            let session = ktstr::session::Session::start_with(&cfg, &|p| progress.set(p));
+            progress.done();
+            let session = session?;
             if let Some(a) = &session.attached {
                 tracing::info!(
                     ops = a.ops,
@@ -312,4 +319,31 @@ fn install_interrupt_handler() -> anyhow::Result<()> {
         std::process::exit(130);
     })?;
     Ok(())
+}
+
+/// A spinner with the current phase on a terminal; nothing otherwise (the
+/// log lines say enough in CI logs).
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new() -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Progress(Some(bar))
+    }
+
+    fn set(&self, phase: &str) {
+        if let Some(b) = &self.0 {
+            b.set_message(phase.to_string());
+        }
+    }
+
+    fn done(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
 }

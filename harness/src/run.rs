@@ -128,6 +128,17 @@ pub fn run(
     thresholds: &Thresholds,
     dump_at: Option<Duration>,
 ) -> Result<RunReport> {
+    run_with(cfg, scenario, thresholds, dump_at, &|_| {})
+}
+
+/// [`run`], telling `phase` what it is doing (for progress displays).
+pub fn run_with(
+    cfg: &SessionConfig,
+    scenario: &Scenario,
+    thresholds: &Thresholds,
+    dump_at: Option<Duration>,
+    phase: &dyn Fn(&str),
+) -> Result<RunReport> {
     let mut cfg = cfg.clone();
     let resolved = cfg.scenario(scenario)?;
     if let Some(at) = dump_at
@@ -139,7 +150,7 @@ pub fn run(
         );
     }
     let start = Instant::now();
-    let mut session = Session::start(&cfg)?;
+    let mut session = Session::start_with(&cfg, phase)?;
     tracing::info!(
         workers = session.workers.len(),
         scheduler = session.attached.as_ref().map(|a| a.ops.as_str()),
@@ -156,6 +167,12 @@ pub fn run(
     // Sample until the guest reports the end; dump once, on the first of
     // --dump-at or a monitor trigger.
     while !session.poll_finished()? {
+        phase(&format!(
+            "running {} ({}/{} s)",
+            scenario.name,
+            running.elapsed().as_secs().min(cfg.duration.as_secs()),
+            cfg.duration.as_secs()
+        ));
         if dump.is_none() {
             let reason = match dump_at {
                 Some(at) if running.elapsed() >= at => Some(format!("--dump-at {at:?}")),
@@ -171,6 +188,7 @@ pub fn run(
                 },
             };
             if let Some(reason) = reason {
+                phase("freezing for a dump");
                 dump = Some(session.capture(None)?);
                 dump_reason = Some(reason);
             }
@@ -181,6 +199,7 @@ pub fn run(
     let release = session.release.clone();
     let nr_cpus = session.nr_cpus;
     let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
+    phase("collecting results");
     let mut done = session.finish()?;
     done.workers
         .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));

@@ -153,6 +153,13 @@ fn vmlinux_file(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
 impl Session {
     /// Boot and follow the guest until its workers run.
     pub fn start(cfg: &SessionConfig) -> Result<Session> {
+        Session::start_with(cfg, &|_| {})
+    }
+
+    /// [`Session::start`], telling `phase` what it is doing (for progress
+    /// displays).
+    pub fn start_with(cfg: &SessionConfig, phase: &dyn Fn(&str)) -> Result<Session> {
+        phase("reading the kernel");
         let kernel = Kernel::resolve(&cfg.kernel)?;
         let config_path = match (&kernel.config, &kernel.config_path) {
             (Some(c), Some(p)) => {
@@ -171,6 +178,7 @@ impl Session {
         let guest = GuestKernel::load(&kernel)?;
         let files = QemuVm::tempdir()?;
 
+        phase("building the initramfs");
         let mut ramfs = Initramfs::new();
         ramfs.kernel_config(&release, &config_path)?;
         if let Some(busybox) = busybox() {
@@ -217,6 +225,7 @@ impl Session {
         };
         let mut vm = QemuVm::start(&vm_cfg, files)?;
 
+        phase("booting");
         let hello = vm.wait_for("the guest agent's hello", cfg.boot_timeout, |m| {
             matches!(m, Msg::Hello { .. } | Msg::Error { .. })
         })?;
@@ -242,6 +251,7 @@ impl Session {
             .map(|(run, link)| run.wrapping_sub(link));
 
         let attached = if cfg.scheduler.is_some() {
+            phase("starting the scheduler");
             let wait = cfg.attach_timeout + Duration::from_secs(30);
             match vm.wait_for("the scheduler to attach", wait, |m| {
                 matches!(
@@ -261,6 +271,7 @@ impl Session {
         } else {
             None
         };
+        phase("starting the workload");
         let (workers, sched_ext) =
             match vm.wait_for("the workers to start", Duration::from_secs(60), |m| {
                 matches!(m, Msg::Running { .. } | Msg::Error { .. })
