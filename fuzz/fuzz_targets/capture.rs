@@ -26,6 +26,9 @@ const MAX_NODES: u32 = 2;
 /// crosses at most one page boundary: twice that.
 const PER_READ: u64 = 2 * 6;
 
+/// Cgroup records the fuzzed capture keeps.
+const CGROUPS: u64 = 8;
+
 /// Read bound, counted in virtual reads, then multiplied by [`PER_READ`].
 fn read_bound() -> u64 {
     let list = |n: u32| 2 * (u64::from(n) + 1);
@@ -39,8 +42,12 @@ fn read_bound() -> u64 {
     let shared = 1 + u64::from(MAX_NODES) * (1 + dsq)
         + 4 + u64::from(LIMITS.hash.max_buckets) / 64 + 1
         + u64::from(LIMITS.hash.max_entries) * (1 + dsq);
-    let tasks = list(LIMITS.max_tasks) + u64::from(LIMITS.max_tasks) * 19;
-    (sched + cpus + shared + tasks) * PER_READ
+    let tasks = list(LIMITS.max_tasks) + u64::from(LIMITS.max_tasks) * 20;
+    // Per distinct cgroup (at most CGROUPS kept): css_set and cgroup
+    // pointers, then up to 16 levels of parent, name pointer and a name in
+    // up to 4 pieces.
+    let cgroups = CGROUPS * (2 + 16 * (2 + 4));
+    (sched + cpus + shared + tasks + cgroups) * PER_READ
 }
 
 #[derive(Arbitrary, Debug)]
@@ -82,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
         }),
         ..TranslatorConfig::default()
     });
-    let mut storage = CaptureStorage::new(Capacity { cpus: 4, dsqs: 16, queued: 32, runnable: 32, tasks: 16 });
+    let mut storage = CaptureStorage::new(Capacity { cpus: 4, dsqs: 16, queued: 32, runnable: 32, tasks: 16, cgroups: CGROUPS as usize });
     let mut buf = storage.buf();
     capture(&SliceMem::new(0, mem), &mut tr, &target, &LIMITS, &mut buf);
     let bound = read_bound();

@@ -200,6 +200,9 @@ fn layout_field_names() -> Vec<&'static str> {
         "rhashtable",
         "bucket_table",
         "rhash_head",
+        "css_set",
+        "cgroup",
+        "kernfs_node",
     ]
 }
 

@@ -428,3 +428,79 @@ fn a_vtime_dsq_is_captured_in_vtime_order_with_its_vtimes() {
         assert_eq!(order, [100, 200, 300, 400], "{name}");
     }
 }
+
+#[test]
+fn cgroup_paths_are_read_once_per_css_set_and_rendered_per_task() {
+    use ktstr_walker::render::{Names, RenderContext, Report};
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 2, PerCpuStyle::Absolute).unwrap();
+        k.attach_scheduler("fixture_sched", 4).unwrap();
+        let root = k.cgroup("/");
+        let spin = k.cgroup("/spin");
+        let deep = k.cgroup("/a/b/c");
+        let long = k.cgroup(&"/x".repeat(20)); // deeper than the walker follows
+        let css = [root, spin, spin, deep, spin, long];
+        let tasks: Vec<u64> = css
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let t = k.add_task(100 + i as i32, "w");
+                k.set_cgroup(t, c);
+                t
+            })
+            .collect();
+        let unset = k.add_task(200, "nocg");
+
+        let mut store = Store::new(64);
+        let buf = run(&k, &mut store);
+        let recs = buf.cgroups.as_slice();
+        // /spin appears twice in a row and once later: still one record.
+        assert_eq!(recs.len(), 4, "{name}: {recs:?}");
+        let path = |c: u64| {
+            let r = recs.iter().find(|r| r.css_set == c).unwrap();
+            (
+                String::from_utf8_lossy(&r.path[..r.len as usize]).into_owned(),
+                r.fault,
+            )
+        };
+        assert_eq!(path(root), ("/".into(), Fault::None), "{name}");
+        assert_eq!(path(spin), ("/spin".into(), Fault::None), "{name}");
+        assert_eq!(path(deep), ("/a/b/c".into(), Fault::None), "{name}");
+        let (p, f) = path(long);
+        assert!(
+            matches!(f, Fault::Corrupt(_)),
+            "{name}: too deep is reported: {f:?}"
+        );
+        assert_eq!(p, "/x".repeat(16), "{name}: the innermost 16 levels kept");
+
+        let names = Names::default();
+        let ctx = RenderContext {
+            layout: &k.layout,
+            symbols: &k.symbols,
+            names: &names,
+            pause_ns: None,
+        };
+        let report = Report::from_capture(&buf, &ctx);
+        let of = |t: u64| {
+            report
+                .tasks
+                .iter()
+                .find(|r| r.addr == t)
+                .unwrap()
+                .cgroup
+                .clone()
+        };
+        assert_eq!(of(tasks[1]).as_deref(), Some("/spin"), "{name}");
+        assert_eq!(of(tasks[3]).as_deref(), Some("/a/b/c"), "{name}");
+        assert_eq!(of(unset), None, "{name}: a task without css_set");
+        assert!(
+            report
+                .health
+                .faults
+                .iter()
+                .any(|f| f.contains("cgroup of css_set")),
+            "{name}: {:?}",
+            report.health.faults
+        );
+    }
+}

@@ -142,6 +142,7 @@ fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
             .unwrap_or_else(|| panic!("worker {} ({}) not in the dump", w.pid, w.comm));
         assert_eq!(t.comm, w.comm, "comm of pid {}", w.pid);
         assert_eq!(t.comm, WORKER);
+        assert_eq!(t.cgroup.as_deref(), Some("/work"), "the agent's cgroup");
         assert_eq!(t.class, if scheduler { "ext" } else { "fair" });
         assert!(
             !matches!(t.placement, Placement::NotRunnable),

@@ -141,7 +141,34 @@ layout_group! {
         prio: "prio",
         static_prio: "static_prio",
         flags: "flags",
+        cgroups: "cgroups",
     }
+}
+
+layout_group! {
+    /// `struct css_set`: a task's cgroups (`task_struct.cgroups`).
+    CssSetLayout, "css_set", "css_set" {
+        dfl_cgrp: "dfl_cgrp",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct cgroup`: its kernfs directory names it.
+    CgroupLayout, "cgroup", "cgroup" {
+        kn: "kn",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct kernfs_node`: a cgroup directory's name and parent
+    /// (`__parent` since 6.15, `parent` before).
+    KernfsNodeLayout, "kernfs_node", "kernfs_node" {
+        name: "name",
+        parent: "__parent|parent",
+    }
+    optional {}
 }
 
 layout_group! {
@@ -351,6 +378,9 @@ layout! {
     rhashtable: RhashtableLayout,
     bucket_table: BucketTableLayout,
     rhash_head: RhashHeadLayout,
+    css_set: CssSetLayout,
+    cgroup: CgroupLayout,
+    kernfs_node: KernfsNodeLayout,
 }
 
 #[cfg(test)]

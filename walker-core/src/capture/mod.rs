@@ -5,6 +5,7 @@
 //! not do is recorded as a [`Fault`] in [`Health`].
 
 pub mod buf;
+mod cgroups;
 mod cpus;
 mod dsq;
 pub mod fields;
@@ -16,7 +17,7 @@ mod tasks;
 
 pub use buf::Slots;
 pub use records::{
-    CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span, TaskRecord,
+    CgroupRecord, CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span, TaskRecord,
 };
 
 use crate::layout::Layout;
@@ -96,6 +97,8 @@ pub struct Health {
     pub dsqs: Fault,
     /// Why the task pass could not run, if it could not.
     pub tasks: Fault,
+    /// Why the cgroup pass could not run, if it could not.
+    pub cgroups: Fault,
     /// How the `scx_tasks` walk ended.
     pub tasks_walk: ListHealth,
     /// How the user-DSQ hash-table walk ended.
@@ -115,6 +118,8 @@ pub struct CaptureBuf<'a> {
     pub runnable: Slots<'a, u64>,
     /// Every task on `scx_tasks`.
     pub tasks: Slots<'a, TaskRecord>,
+    /// The cgroup of every distinct `css_set` of those tasks.
+    pub cgroups: Slots<'a, CgroupRecord>,
     /// The scheduler.
     pub sched: SchedRecord,
     /// `jiffies_64` at the capture, when known (runnable ages count from it).
@@ -131,6 +136,7 @@ impl<'a> CaptureBuf<'a> {
         queued: &'a mut [u64],
         runnable: &'a mut [u64],
         tasks: &'a mut [TaskRecord],
+        cgroups: &'a mut [CgroupRecord],
     ) -> Self {
         Self {
             cpus: Slots::new(cpus),
@@ -138,6 +144,7 @@ impl<'a> CaptureBuf<'a> {
             queued: Slots::new(queued),
             runnable: Slots::new(runnable),
             tasks: Slots::new(tasks),
+            cgroups: Slots::new(cgroups),
             sched: SchedRecord::default(),
             jiffies: None,
             health: Health::default(),
@@ -150,6 +157,7 @@ impl<'a> CaptureBuf<'a> {
         self.queued.clear();
         self.runnable.clear();
         self.tasks.clear();
+        self.cgroups.clear();
         self.sched = SchedRecord::default();
         self.jiffies = None;
         self.health = Health::default();
@@ -186,6 +194,9 @@ pub fn capture<M: GuestMem + ?Sized>(
     }
     if let Err(f) = tasks::capture(&cx, tr, buf) {
         buf.health.tasks = f;
+    }
+    if let Err(f) = cgroups::capture(&cx, tr, buf) {
+        buf.health.cgroups = f;
     }
     buf.health.reads = counted.reads();
     buf.health.bytes = counted.bytes();

@@ -163,6 +163,35 @@ pub struct TaskRecord {
     pub runnable_at: u64,
     /// `prio`.
     pub prio: Option<i32>,
+    /// `cgroups`: the task's `css_set` (0: unknown).
+    pub css_set: u64,
+}
+
+/// Longest cgroup path kept, in bytes.
+pub const CGROUP_PATH_LEN: usize = 128;
+
+/// The default-hierarchy cgroup of one `css_set`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupRecord {
+    /// The `css_set` tasks point at.
+    pub css_set: u64,
+    /// Its cgroup's path (`/a/b`; `/` for the root), possibly cut short.
+    pub path: [u8; CGROUP_PATH_LEN],
+    /// Bytes of `path` used.
+    pub len: u8,
+    /// Why the path is incomplete, if it is.
+    pub fault: Fault,
+}
+
+impl Default for CgroupRecord {
+    fn default() -> Self {
+        Self {
+            css_set: 0,
+            path: [0; CGROUP_PATH_LEN],
+            len: 0,
+            fault: Fault::None,
+        }
+    }
 }
 
 /// Longest scheduler name kept (`SCX_OPS_NAME_LEN`).

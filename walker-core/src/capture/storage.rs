@@ -4,7 +4,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{CaptureBuf, CpuRecord, DsqRecord, TaskRecord};
+use super::{CaptureBuf, CgroupRecord, CpuRecord, DsqRecord, TaskRecord};
 
 /// Capacities of a capture's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +19,13 @@ pub struct Capacity {
     pub runnable: usize,
     /// Task records.
     pub tasks: usize,
+    /// Distinct cgroups of those tasks.
+    pub cgroups: usize,
 }
 
 impl Capacity {
     /// Room for `nr_cpus` CPUs (local and bypass DSQs each), 1024 more
-    /// DSQs, and `tasks` tasks everywhere.
+    /// DSQs, `tasks` tasks everywhere, and 1024 cgroups.
     pub fn for_guest(nr_cpus: usize, tasks: usize) -> Self {
         Self {
             cpus: nr_cpus,
@@ -31,6 +33,7 @@ impl Capacity {
             queued: tasks,
             runnable: tasks,
             tasks,
+            cgroups: 1024,
         }
     }
 }
@@ -43,6 +46,7 @@ pub struct CaptureStorage {
     queued: Vec<u64>,
     runnable: Vec<u64>,
     tasks: Vec<TaskRecord>,
+    cgroups: Vec<CgroupRecord>,
 }
 
 impl CaptureStorage {
@@ -54,6 +58,7 @@ impl CaptureStorage {
             queued: self.queued.len(),
             runnable: self.runnable.len(),
             tasks: self.tasks.len(),
+            cgroups: self.cgroups.len(),
         }
     }
 
@@ -65,6 +70,7 @@ impl CaptureStorage {
             queued: vec![0; c.queued],
             runnable: vec![0; c.runnable],
             tasks: vec![TaskRecord::default(); c.tasks],
+            cgroups: vec![CgroupRecord::default(); c.cgroups],
         }
     }
 
@@ -76,6 +82,7 @@ impl CaptureStorage {
             &mut self.queued,
             &mut self.runnable,
             &mut self.tasks,
+            &mut self.cgroups,
         )
     }
 }

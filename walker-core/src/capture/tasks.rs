@@ -46,6 +46,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         opt(e.sticky_cpu.map(se), 4),
         opt(e.holding_cpu.map(se), 4),
         req(se(e.runnable_at), 8),
+        opt(t.cgroups, 8),
     ]);
     let tasks = &mut buf.tasks;
     let mut chunk = [0u8; CHUNK];
@@ -74,6 +75,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             sticky,
             holding,
             runnable_at,
+            css_set,
         ] = v;
         let flags = flags.unwrap_or(0) as u32;
         if flags & cursor != 0 {
@@ -102,6 +104,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             holding_cpu: holding.map(|v| v as u32 as i32),
             runnable_at: runnable_at.unwrap_or(0),
             prio: prio.map(|v| v as u32 as i32),
+            css_set: css_set.unwrap_or(0),
         };
         match tasks.push(rec) {
             Some(_) => Step::Continue,

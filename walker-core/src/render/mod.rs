@@ -237,6 +237,9 @@ pub struct TaskReport {
     pub runnable_for_ms: Option<u64>,
     /// Where it is.
     pub placement: Placement,
+    /// Its cgroup in the default hierarchy (`/a/b`), when known.
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 /// The capture's cost and health.
@@ -371,9 +374,17 @@ impl Report {
             ("cpus", buf.health.cpus),
             ("dsqs", buf.health.dsqs),
             ("tasks", buf.health.tasks),
+            ("cgroups", buf.health.cgroups),
         ] {
             if let Some(t) = fault_text(f) {
                 health.faults.push(format!("{pass}: {t}"));
+            }
+        }
+        for c in buf.cgroups.as_slice() {
+            if let Some(t) = fault_text(c.fault) {
+                health
+                    .faults
+                    .push(format!("cgroup of css_set {:#x}: {t}", c.css_set));
             }
         }
         for (what, n) in [
@@ -382,6 +393,7 @@ impl Report {
             ("queued task slots", buf.queued.dropped()),
             ("runnable task slots", buf.runnable.dropped()),
             ("task records", buf.tasks.dropped()),
+            ("cgroup records", buf.cgroups.dropped()),
         ] {
             if n > 0 {
                 health.dropped.push(format!("{n} {what}"));
@@ -480,6 +492,15 @@ impl Report {
                 on_dsq.entry(t).or_insert_with(|| r.name.clone());
             }
         }
+        let cgroups: HashMap<u64, String> = buf
+            .cgroups
+            .as_slice()
+            .iter()
+            .map(|c| {
+                let path = c.path.get(..usize::from(c.len)).unwrap_or(&[]);
+                (c.css_set, String::from_utf8_lossy(path).into_owned())
+            })
+            .collect();
         let dsq_by_addr: HashMap<u64, &String> = dsqs_raw
             .iter()
             .zip(&dsqs)
@@ -531,6 +552,7 @@ impl Report {
                     holding_cpu: t.holding_cpu,
                     runnable_for_ms,
                     placement,
+                    cgroup: cgroups.get(&t.css_set).cloned(),
                 }
             })
             .collect();

@@ -115,10 +115,13 @@ impl Report {
         for t in waiting.iter().take(INTERESTING) {
             writeln!(
                 s,
-                "  {}[{}] {} {}, waiting {}; flags=[{}] {} weight={} slice={}ns",
+                "  {}[{}] {}{} {}, waiting {}; flags=[{}] {} weight={} slice={}ns",
                 t.comm,
                 t.pid,
                 t.class,
+                t.cgroup
+                    .as_ref()
+                    .map_or(String::new(), |c| std::format!(" in {c}")),
                 t.placement,
                 t.runnable_for_ms
                     .map_or("?".into(), |m| std::format!("{m}ms")),

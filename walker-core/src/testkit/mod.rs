@@ -9,6 +9,7 @@
 //! (absolute per-CPU symbols) or, with [`PerCpuStyle::ZeroBased`], the
 //! <= 6.14 one.
 
+mod cgroups;
 mod layout;
 mod sched;
 
