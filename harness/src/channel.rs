@@ -1,5 +1,5 @@
 //! The host's side of the agent channel: the guest's second serial port,
-//! written by QEMU to a file, read as it grows.
+//! as a file QEMU writes (read as it grows) or bytes a VMM hands over.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -39,7 +39,12 @@ impl AgentLog {
         let mut new = Vec::new();
         let n = f.read_to_end(&mut new).unwrap_or(0);
         self.pos += n as u64;
-        self.partial.extend_from_slice(&new[..n]);
+        self.feed(&new[..n])
+    }
+
+    /// Messages completed by `bytes`, the channel's next output.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Msg>, FrameError> {
+        self.partial.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=nl).collect();

@@ -70,9 +70,9 @@ pub fn dump(opts: &DumpOptions) -> Result<Report> {
         .or(cpu.and_then(|c| c.cr3))
         .map(|cr3| root(cr3, cpu.and_then(|c| c.cr4)));
     let mut tr = translator(&core, &symbols, root);
-    guest
-        .capture(&mut None, &core, &mut tr, &symbols, || {
-            Ok::<_, anyhow::Error>(None)
-        })
-        .context("pass --kallsyms from the same boot as the core")
+    let mut storage = None;
+    let buf = guest
+        .capture_into(&mut storage, &core, &mut tr, &symbols)
+        .context("pass --kallsyms from the same boot as the core")?;
+    Ok(guest.render(&buf, &symbols, None))
 }

@@ -2,13 +2,13 @@
 //! shared by `ktstr dump` (an ELF core) and the live VM backends.
 //!
 //! [`GuestKernel`] is loaded once per kernel (BTF layout, enum names, HZ);
-//! [`GuestKernel::capture`] reads the few counts a capture needs
-//! (`nr_cpu_ids`, `nr_node_ids`) from memory, captures, lets the guest run
-//! again, and only then renders.
+//! [`GuestKernel::capture_into`] reads the few counts a capture needs
+//! (`nr_cpu_ids`, `nr_node_ids`) from memory and captures (while the guest
+//! is paused); [`GuestKernel::render`] formats, once it runs again.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
-use ktstr_walker::capture::{Consts, Limits, Target, capture};
+use ktstr_walker::capture::{CaptureBuf, Consts, Limits, Target, capture};
 use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::layout::Layout;
 use ktstr_walker::render::{Names, RenderContext, Report};
@@ -54,35 +54,25 @@ impl GuestKernel {
     }
 
     /// Capture the sched_ext state of the (paused) guest into `storage`
-    /// (made or remade to fit the guest), call `resume` (which thaws the guest and says how long it was
-    /// paused, when it knows), then render the buffer. `symbols` are
-    /// runtime addresses of this boot.
-    pub fn capture<E>(
+    /// (made or remade to fit the guest; a monitor samples ten times a
+    /// second, so buffers are reused). `symbols` are runtime addresses of
+    /// this boot. Nothing is formatted: see [`GuestKernel::render`].
+    pub fn capture_into<'s>(
         &self,
-        storage: &mut Option<CaptureStorage>,
+        storage: &'s mut Option<CaptureStorage>,
         mem: &impl GuestMem,
         tr: &mut Translator,
         symbols: &Symbols,
-        resume: impl FnOnce() -> Result<Option<u64>, E>,
-    ) -> Result<Report>
-    where
-        anyhow::Error: From<E>,
-    {
+    ) -> Result<CaptureBuf<'s>> {
         let read_u32 = |tr: &mut Translator, sym: Option<u64>| {
             sym.and_then(|a| tr.read_virt_pod::<u32, _>(mem, a).ok())
         };
-        let counts = match read_u32(tr, symbols.nr_cpu_ids) {
-            Some(n) if (1..=MAX_CPUS).contains(&n) => Ok(n),
-            Some(n) => Err(anyhow::anyhow!(
-                "nr_cpu_ids reads {n}: the memory, symbols and kernel do not belong together"
-            )),
-            None => Err(anyhow::anyhow!(
-                "cannot read nr_cpu_ids: symbols from another boot or kernel?"
-            )),
-        };
-        let Ok(nr_cpus) = counts else {
-            resume()?;
-            return Err(counts.unwrap_err());
+        let nr_cpus = match read_u32(tr, symbols.nr_cpu_ids) {
+            Some(n) if (1..=MAX_CPUS).contains(&n) => n,
+            Some(n) => {
+                bail!("nr_cpu_ids reads {n}: the memory, symbols and kernel do not belong together")
+            }
+            None => bail!("cannot read nr_cpu_ids: symbols from another boot or kernel?"),
         };
         let nr_nodes = read_u32(tr, symbols.nr_node_ids)
             .filter(|n| (1..=1024).contains(n))
@@ -94,23 +84,26 @@ impl GuestKernel {
             nr_nodes,
             consts: self.consts,
         };
-        // Buffers are reused across captures of one guest (the monitor
-        // samples ten times a second); a fresh CaptureBuf starts empty.
         let capacity = Capacity::for_guest(nr_cpus as usize, MAX_TASKS);
-        let storage = match storage {
-            Some(s) if s.capacity() == capacity => s,
-            other => other.insert(CaptureStorage::new(capacity)),
+        let storage = match storage.take() {
+            Some(s) if s.capacity() == capacity => storage.insert(s),
+            _ => storage.insert(CaptureStorage::new(capacity)),
         };
         let mut buf = storage.buf();
         capture(mem, tr, &target, &Limits::default(), &mut buf);
-        let pause_ns = resume()?;
+        Ok(buf)
+    }
+
+    /// The report of a capture; `pause_ns` is how long the guest was
+    /// paused for it, when known.
+    pub fn render(&self, buf: &CaptureBuf<'_>, symbols: &Symbols, pause_ns: Option<u64>) -> Report {
         let ctx = RenderContext {
             layout: &self.layout,
             symbols,
             names: &self.names,
             pause_ns,
         };
-        Ok(Report::from_capture(&buf, &ctx))
+        Report::from_capture(buf, &ctx)
     }
 }
 

@@ -9,6 +9,8 @@ pub mod dump;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod kvm;
+pub mod machine;
 pub mod monitor;
 pub mod qemu;
 pub mod run;

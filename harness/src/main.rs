@@ -113,6 +113,10 @@ struct VmArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u64,
+    /// Which VMM: `auto` (the built-in KVM VMM with VT-x/AMD-V, else
+    /// QEMU), `qemu` or `kvm`.
+    #[arg(long, default_value = "auto")]
+    backend: ktstr::machine::Backend,
 }
 
 impl VmArgs {
@@ -124,6 +128,7 @@ impl VmArgs {
         };
         let mut cfg = SessionConfig::new(kernel, self.topology);
         cfg.memory_mib = self.memory;
+        cfg.backend = self.backend;
         cfg.scheduler = self
             .scheduler
             .map(|s| {

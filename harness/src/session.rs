@@ -18,6 +18,8 @@ use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResul
 use crate::guest::{GuestKernel, translator};
 use crate::initramfs::{self, Initramfs};
 use crate::kernel::Kernel;
+use crate::kvm::KvmVm;
+use crate::machine::{Backend, Machine, Vm};
 use crate::qemu::{QemuConfig, QemuVm};
 use crate::scenario::{Resolved, Scenario, ScenarioError};
 
@@ -59,6 +61,8 @@ pub struct SessionConfig {
     pub files: Vec<(String, PathBuf)>,
     /// An interactive shell on this terminal instead of a workload.
     pub shell: bool,
+    /// Which VMM runs the guest.
+    pub backend: Backend,
 }
 
 impl SessionConfig {
@@ -77,6 +81,7 @@ impl SessionConfig {
             attach_timeout: Duration::from_secs(60),
             files: Vec::new(),
             shell: false,
+            backend: Backend::Auto,
         }
     }
 }
@@ -116,7 +121,7 @@ pub struct Finished {
 
 /// A booted VM whose workload is running.
 pub struct Session {
-    vm: QemuVm,
+    vm: Machine,
     tr: Option<Translator>,
     storage: Option<CaptureStorage>,
     guest: GuestKernel,
@@ -159,6 +164,18 @@ impl Session {
     /// [`Session::start`], telling `phase` what it is doing (for progress
     /// displays).
     pub fn start_with(cfg: &SessionConfig, phase: &dyn Fn(&str)) -> Result<Session> {
+        let backend = cfg.backend.resolve();
+        if backend == Backend::Kvm
+            && !crate::qemu::hardware_virt()
+            && std::env::var_os("KTSTR_KVM_ANYWAY").is_none()
+        {
+            bail!(
+                "the KVM backend needs VT-x/AMD-V to boot a kernel, and this host has none (no vmx/svm in /proc/cpuinfo; a PVM /dev/kvm stops kernels in early boot): use --backend qemu (KTSTR_KVM_ANYWAY=1 tries regardless)"
+            );
+        }
+        if backend == Backend::Kvm && cfg.shell {
+            bail!("`ktstr shell` needs the QEMU backend (--backend qemu)");
+        }
         phase("reading the kernel");
         let kernel = Kernel::resolve(&cfg.kernel)?;
         let config_path = match (&kernel.config, &kernel.config_path) {
@@ -214,16 +231,29 @@ impl Session {
         let initrd = files.path().join("initrd");
         initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
 
-        let vm_cfg = QemuConfig {
-            vmlinux: vmlinux_file(&kernel, files.path())?,
-            initrd,
-            topology: cfg.topology,
-            memory_mib: cfg.memory_mib,
-            cmdline: CMDLINE.into(),
-            start_timeout: Duration::from_secs(30),
-            console_stdio: cfg.shell,
-        };
-        let mut vm = QemuVm::start(&vm_cfg, files)?;
+        let vmlinux = vmlinux_file(&kernel, files.path())?;
+        let mut vm = Machine::new(match backend {
+            Backend::Kvm => Vm::Kvm(KvmVm::start(
+                vmlinux,
+                initrd,
+                CMDLINE,
+                cfg.topology,
+                cfg.memory_mib,
+                files,
+            )?),
+            _ => Vm::Qemu(QemuVm::start(
+                &QemuConfig {
+                    vmlinux,
+                    initrd,
+                    topology: cfg.topology,
+                    memory_mib: cfg.memory_mib,
+                    cmdline: CMDLINE.into(),
+                    start_timeout: Duration::from_secs(30),
+                    console_stdio: cfg.shell,
+                },
+                files,
+            )?),
+        });
 
         phase("booting");
         let hello = vm.wait_for("the guest agent's hello", cfg.boot_timeout, |m| {
@@ -307,7 +337,8 @@ impl Session {
             }
             None => {
                 let root = self.vm.root()?;
-                translator(&*self.vm.ram(), &self.symbols, Some(root))
+                self.vm
+                    .with_live_mem(|mem| translator(&mem, &self.symbols, Some(root)))
             }
         };
         Ok(tr)
@@ -316,13 +347,12 @@ impl Session {
     /// Read the sched_ext state while the guest runs (for the monitor):
     /// no pause, and values may be caught mid-update.
     pub fn sample(&mut self) -> Result<Report> {
-        let ram = self.vm.ram();
         let mut tr = self.translator()?;
-        let r = self
-            .guest
-            .capture(&mut self.storage, &*ram, &mut tr, &self.symbols, || {
-                Ok::<_, anyhow::Error>(None)
-            });
+        let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
+        let r = self.vm.with_live_mem(|mem| {
+            let buf = guest.capture_into(storage, &mem, &mut tr, symbols)?;
+            Ok(guest.render(&buf, symbols, None))
+        });
         self.tr = Some(tr);
         r
     }
@@ -340,24 +370,20 @@ impl Session {
     /// Freeze the guest, capture its sched_ext state (and write an ELF core
     /// to `core` while still frozen, when given), thaw, and render.
     pub fn capture(&mut self, core: Option<&Path>) -> Result<Report> {
-        let ram = self.vm.ram();
         let mut tr = self.translator()?;
-        let mut frozen = self.vm.freeze()?;
-        let r = self.guest.capture(
-            &mut self.storage,
-            &*ram,
-            &mut tr,
-            &self.symbols,
-            move || {
-                if let Some(core) = core {
-                    frozen.dump_core(core)?;
-                }
-                let paused = frozen.thaw()?;
-                Ok::<_, anyhow::Error>(Some(paused.as_nanos() as u64))
-            },
-        );
+        let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
+        // Capture while frozen; render once the guest runs again.
+        let frozen = self.vm.frozen(core, |mem| {
+            guest.capture_into(storage, &mem, &mut tr, symbols)
+        });
         self.tr = Some(tr);
-        r
+        let (buf, paused) = frozen?;
+        Ok(guest.render(&buf?, symbols, Some(paused.as_nanos() as u64)))
+    }
+
+    /// Which backend runs the guest.
+    pub fn backend(&self) -> Backend {
+        self.vm.backend()
     }
 
     /// The symbols of this boot, in kallsyms format (for `ktstr dump`).

@@ -88,3 +88,21 @@ fn unknown_kernel_says_what_to_pass() {
     assert!(e.contains("no-such-kernel-9.9"), "{e}");
     assert!(e.contains("ktstr kernel fetch"), "{e}");
 }
+
+#[test]
+fn kvm_backend_without_hardware_virtualization_says_so() {
+    if ktstr::qemu::hardware_virt() {
+        return ktstr_tests::skip(
+            "kvm_backend_without_hardware_virtualization_says_so",
+            ktstr_tests::Need::Tool,
+            "this host has VT-x/AMD-V: the KVM backend works here",
+        );
+    }
+    let mut cfg = SessionConfig::new("no-kernel-needed", "1n1l1c1t".parse().unwrap());
+    cfg.backend = ktstr::machine::Backend::Kvm;
+    let e = start_err(&cfg);
+    assert!(
+        e.contains("needs VT-x/AMD-V") && e.contains("--backend qemu"),
+        "{e}"
+    );
+}

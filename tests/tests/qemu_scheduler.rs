@@ -1,5 +1,6 @@
 //! Real sched_ext kernels end to end: the fetched kernel boots under QEMU
-//! (TCG here) with the guest agent as /init and scx_bpfland as the
+//! (TCG here) or the built-in KVM VMM (hosts with VT-x/AMD-V only; skipped,
+//! loudly, elsewhere) with the guest agent as /init and scx_bpfland as the
 //! scheduler; named CPU-bound workers run; the VM is frozen mid-run, its
 //! sched_ext state captured from the shared RAM file and an ELF core
 //! written; the VM thaws and the run finishes. The dump is checked against
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use ktstr::agent::proto::{CgroupJob, Work, WorkerSpec};
 use ktstr::dump::{DumpOptions, dump};
+use ktstr::machine::Backend;
 use ktstr::session::{SchedulerConfig, Session, SessionConfig};
 use ktstr_tests::{Need, have_tool, skip};
 use ktstr_vmm::Topology;
@@ -58,12 +60,20 @@ fn state_of(r: &Report) -> serde_json::Value {
     v
 }
 
-fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
+fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bool) {
+    if backend == Backend::Kvm && !ktstr::qemu::hardware_virt() {
+        return skip(
+            test,
+            Need::HwVirt,
+            "the KVM backend boots kernels only with VT-x/AMD-V (none here)",
+        );
+    }
     let Some((kernel, bin)) = prerequisites(test, scheduler) else {
         return;
     };
     let topology: Topology = topology.parse().unwrap();
     let mut cfg = SessionConfig::new(kernel.clone(), topology);
+    cfg.backend = backend;
     cfg.scheduler = bin.map(|binary| SchedulerConfig {
         binary,
         args: vec![],
@@ -85,7 +95,10 @@ fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
     std::thread::sleep(Duration::from_millis(500));
     let tmp = tempfile::tempdir().unwrap();
     let core = tmp.path().join("core");
-    let report = s.capture(Some(&core)).unwrap();
+    // Only QEMU writes ELF cores.
+    let with_core = backend == Backend::Qemu;
+    let report = s.capture(with_core.then_some(core.as_path())).unwrap();
+    assert_eq!(s.backend(), backend);
     eprintln!("{test}:\n{}", report.to_text());
 
     // What the guest said just before the freeze.
@@ -187,20 +200,22 @@ fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
 
     // The same frozen memory, read back from QEMU's ELF core.
     let ksyms = tmp.path().join("kallsyms");
-    std::fs::write(&ksyms, s.kallsyms_text()).unwrap();
-    let from_core = dump(&DumpOptions {
-        core,
-        vmlinux: kernel,
-        kallsyms: Some(ksyms),
-        system_map: None,
-        cr3: None,
-    })
-    .expect("ktstr dump of the core");
-    assert_eq!(
-        state_of(&from_core),
-        state_of(&report),
-        "core dump vs live capture"
-    );
+    if with_core {
+        std::fs::write(&ksyms, s.kallsyms_text()).unwrap();
+        let from_core = dump(&DumpOptions {
+            core,
+            vmlinux: kernel,
+            kallsyms: Some(ksyms),
+            system_map: None,
+            cr3: None,
+        })
+        .expect("ktstr dump of the core");
+        assert_eq!(
+            state_of(&from_core),
+            state_of(&report),
+            "core dump vs live capture"
+        );
+    }
 
     // Thawed, the run goes on to its end.
     let attached = s.attached.is_some();
@@ -222,13 +237,42 @@ fn run(test: &str, topology: &str, workers: u32, scheduler: bool) {
 
 #[test]
 fn bpfland_on_2_cpus_frozen_mid_run() {
-    run("bpfland_on_2_cpus_frozen_mid_run", "1n1l2c1t", 3, true);
+    run(
+        "bpfland_on_2_cpus_frozen_mid_run",
+        Backend::Qemu,
+        "1n1l2c1t",
+        3,
+        true,
+    );
+}
+
+#[test]
+fn kvm_backend_bpfland_on_2_cpus_frozen_mid_run() {
+    run(
+        "kvm_backend_bpfland_on_2_cpus_frozen_mid_run",
+        Backend::Kvm,
+        "1n1l2c1t",
+        3,
+        true,
+    );
+}
+
+#[test]
+fn kvm_backend_bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run() {
+    run(
+        "kvm_backend_bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run",
+        Backend::Kvm,
+        "2n2l1c2t",
+        6,
+        true,
+    );
 }
 
 #[test]
 fn bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run() {
     run(
         "bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run",
+        Backend::Qemu,
         "2n2l1c2t",
         6,
         true,
@@ -239,6 +283,7 @@ fn bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run() {
 fn default_scheduler_baseline_frozen_mid_run() {
     run(
         "default_scheduler_baseline_frozen_mid_run",
+        Backend::Qemu,
         "1n1l2c1t",
         3,
         false,

@@ -92,6 +92,21 @@ impl Output {
         String::from_utf8_lossy(&self.bytes()).into_owned()
     }
 
+    /// The bytes written after the first `seen` (as far as they are still
+    /// kept), the new total, and how many of them are lost: for a reader
+    /// that follows the output as it grows.
+    pub fn since(&self, seen: u64) -> (Vec<u8>, u64, u64) {
+        let g = lock(&self.inner);
+        let new = g.total.saturating_sub(seen);
+        let kept = (new as usize).min(g.bytes.len());
+        let start = g.bytes.len() - kept;
+        (
+            g.bytes.range(start..).copied().collect(),
+            g.total,
+            new - kept as u64,
+        )
+    }
+
     /// Bytes written in all, including those no longer kept.
     pub fn total(&self) -> u64 {
         lock(&self.inner).total
@@ -210,6 +225,19 @@ impl Uart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_follows_the_output_and_counts_what_was_lost() {
+        let out = Output::new(4);
+        out.push(b"ab");
+        assert_eq!(out.since(0), (b"ab".to_vec(), 2, 0));
+        out.push(b"cdef");
+        assert_eq!(out.since(2), (b"cdef".to_vec(), 6, 0));
+        out.push(b"ghij");
+        assert_eq!(out.since(6), (b"ghij".to_vec(), 10, 0));
+        out.push(b"klmnop");
+        assert_eq!(out.since(10), (b"mnop".to_vec(), 16, 2), "2 bytes fell out");
+    }
 
     #[test]
     fn output_keeps_only_the_newest_bytes() {

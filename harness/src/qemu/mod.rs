@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use ktstr_vmm::Topology;
 use ktstr_walker::translate::PageTableRoot;
 
-use crate::agent::proto::{FrameError, Msg};
+use crate::agent::proto::Msg;
 use crate::channel::AgentLog;
+use crate::machine::VmError;
 use mem::SharedRam;
 use qmp::{Qmp, QmpError};
 
@@ -50,59 +51,6 @@ pub struct QemuConfig {
     /// The console on this process's stdin/stdout (an interactive shell)
     /// instead of a log file.
     pub console_stdio: bool,
-}
-
-/// What went wrong with a VM.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    /// QEMU could not be started.
-    #[error(
-        "cannot start {bin}: {err} (install QEMU: ./setup.sh, or apt-get install qemu-system-x86)"
-    )]
-    Spawn {
-        /// The binary.
-        bin: String,
-        /// Why.
-        err: std::io::Error,
-    },
-    /// A host-side file operation failed.
-    #[error("{what}: {err}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Why.
-        err: std::io::Error,
-    },
-    /// QMP failed.
-    #[error("{0}")]
-    Qmp(#[from] QmpError),
-    /// QEMU exited when it should not have.
-    #[error(
-        "QEMU exited ({status}) while {waiting}\n--- QEMU stderr ---\n{stderr}\n--- console tail ---\n{console}"
-    )]
-    Exited {
-        /// How.
-        status: ExitStatus,
-        /// What the host was waiting for.
-        waiting: String,
-        /// QEMU's own complaints.
-        stderr: String,
-        /// The guest console's last lines.
-        console: String,
-    },
-    /// Something did not happen in time; the VM was killed.
-    #[error("timed out after {secs} s waiting for {waiting}\n--- console tail ---\n{console}")]
-    Timeout {
-        /// What.
-        waiting: String,
-        /// How long.
-        secs: u64,
-        /// The guest console's last lines.
-        console: String,
-    },
-    /// The agent speaks another protocol.
-    #[error("agent channel: {0}")]
-    Channel(#[from] FrameError),
 }
 
 /// Whether this host has hardware virtualization QEMU can use (KVM with
@@ -146,14 +94,9 @@ pub struct QemuVm {
     ram: Arc<SharedRam>,
     ram_files: Vec<PathBuf>,
     agent: AgentLog,
-    /// Every agent message so far, in order.
-    pub messages: Vec<Msg>,
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
-    let what = what.into();
-    move |err| VmError::Io { what, err }
-}
+use crate::machine::io;
 
 /// Remove RAM files left by ktstr processes that no longer exist.
 fn sweep_stale_ram_files() {
@@ -311,7 +254,6 @@ impl QemuVm {
             qmp,
             ram: Arc::new(ram),
             ram_files,
-            messages: Vec::new(),
         })
     }
 
@@ -330,10 +272,11 @@ impl QemuVm {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
-    fn exited(&mut self, waiting: &str) -> Option<VmError> {
+    /// Why QEMU is gone, if it is.
+    pub fn exited(&mut self, waiting: &str) -> Option<VmError> {
         let status = self.child.try_wait().ok().flatten()?;
         Some(VmError::Exited {
-            status,
+            status: status.to_string(),
             waiting: waiting.to_string(),
             stderr: std::fs::read_to_string(self.dir.path().join("qemu.stderr"))
                 .unwrap_or_default(),
@@ -341,64 +284,14 @@ impl QemuVm {
         })
     }
 
-    /// Wait up to `timeout` for an agent message `pred` accepts; every
-    /// message is also kept in [`Self::messages`]. QEMU exiting first, or
-    /// the timeout, is an error carrying the console's tail.
-    pub fn wait_for(
-        &mut self,
-        waiting: &str,
-        timeout: Duration,
-        mut pred: impl FnMut(&Msg) -> bool,
-    ) -> Result<Msg, VmError> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = self.messages.len();
-        loop {
-            let new = self.agent.poll()?;
-            self.messages.extend(new);
-            for m in &self.messages[seen..] {
-                if pred(m) {
-                    return Ok(m.clone());
-                }
-            }
-            seen = self.messages.len();
-            if let Some(e) = self.exited(waiting) {
-                // Late lines written just before QEMU exited.
-                self.messages.extend(self.agent.poll()?);
-                if let Some(m) = self.messages[seen..].iter().find(|m| pred(m)) {
-                    return Ok(m.clone());
-                }
-                return Err(e);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                return Err(VmError::Timeout {
-                    waiting: waiting.to_string(),
-                    secs: timeout.as_secs(),
-                    console: self.console_tail(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Agent messages completed since the last call.
+    pub fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
+        Ok(self.agent.poll()?)
     }
 
-    /// A message `pred` accepts if one has arrived, without waiting; QEMU
-    /// having exited without one is an error.
-    pub fn poll_for(
-        &mut self,
-        waiting: &str,
-        mut pred: impl FnMut(&Msg) -> bool,
-    ) -> Result<Option<Msg>, VmError> {
-        let seen = self.messages.len();
-        let exited = self.exited(waiting);
-        let new = self.agent.poll()?;
-        self.messages.extend(new);
-        if let Some(m) = self.messages[seen..].iter().find(|m| pred(m)) {
-            return Ok(Some(m.clone()));
-        }
-        match exited {
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
+    /// Kill QEMU now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
     }
 
     /// The page-table root of the first vCPU (`info registers`; the guest
@@ -426,7 +319,6 @@ impl QemuVm {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait().map_err(io("waiting for QEMU"))? {
-                self.messages.extend(self.agent.poll()?);
                 return Ok(s);
             }
             if Instant::now() >= deadline {
@@ -486,7 +378,7 @@ fn connect(
         let child = s.child.as_mut().expect("held while starting");
         if let Some(status) = child.try_wait().map_err(io("waiting for QEMU"))? {
             return Err(VmError::Exited {
-                status,
+                status: status.to_string(),
                 waiting: "QEMU to start".into(),
                 stderr: std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default(),
                 console: tail(&dir.join("console.log")),
@@ -506,7 +398,7 @@ fn connect(
     }
 }
 
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
