@@ -18,8 +18,6 @@ use crate::agent::proto::Msg;
 use crate::channel::AgentLog;
 use crate::machine::VmError;
 
-/// Console lines quoted in errors.
-const TAIL_LINES: usize = 40;
 /// How long a freeze waits for every vCPU to park: generous, a busy host
 /// may not run a vCPU thread at once.
 const PARK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,9 +91,7 @@ impl KvmVm {
 
     /// The last lines of the guest console.
     pub fn console_tail(&self) -> String {
-        let text = self.console();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+        crate::machine::last_lines(&self.console())
     }
 
     /// Guest memory.

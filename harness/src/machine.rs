@@ -73,6 +73,15 @@ pub enum VmError {
     Unsupported(String),
 }
 
+/// Console lines quoted in errors.
+const TAIL_LINES: usize = 40;
+
+/// The last lines of a console, for error messages.
+pub(crate) fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
 /// [`VmError::Io`] for `what`.
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     let what = what.into();

@@ -30,8 +30,6 @@ use qmp::{Qmp, QmpError};
 /// Where guest RAM files go.
 const SHM: &str = "/dev/shm";
 const SHM_PREFIX: &str = "ktstr-";
-/// Console lines quoted in errors.
-const TAIL_LINES: usize = 40;
 
 /// What a VM should be.
 #[derive(Debug, Clone)]
@@ -399,9 +397,7 @@ fn connect(
 }
 
 pub(crate) fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+    crate::machine::last_lines(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// A paused guest.
