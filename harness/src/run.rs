@@ -164,6 +164,7 @@ pub fn run_with(
     });
     let mut dump = None;
     let mut dump_reason = None;
+    let mut last_sample: Option<(Report, Instant)> = None;
     // Sample until the guest reports the end; dump once, on the first of
     // --dump-at or a monitor trigger.
     while !session.poll_finished()? {
@@ -177,10 +178,14 @@ pub fn run_with(
             let reason = match dump_at {
                 Some(at) if running.elapsed() >= at => Some(format!("--dump-at {at:?}")),
                 _ => match session.sample() {
-                    Ok(r) => monitor.observe(&r, Instant::now()).map(|t| {
-                        tracing::warn!(%t, "monitor: freezing for a dump");
-                        format!("monitor: {t}")
-                    }),
+                    Ok(r) => {
+                        let trigger = monitor.observe(&r, Instant::now()).map(|t| {
+                            tracing::warn!(%t, "monitor: freezing for a dump");
+                            format!("monitor: {t}")
+                        });
+                        last_sample = Some((r, Instant::now()));
+                        trigger
+                    }
                     Err(e) => {
                         tracing::debug!("monitor sample failed: {e:#}");
                         None
@@ -200,6 +205,7 @@ pub fn run_with(
     let nr_cpus = session.nr_cpus;
     let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
     phase("collecting results");
+    let finished_at = Instant::now();
     let mut done = session.finish()?;
     done.workers
         .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));
@@ -221,6 +227,24 @@ pub fn run_with(
         },
         thresholds,
     );
+    // A check failed with no dump taken: the monitor's last look at the
+    // guest is the closest to a dump there is (the guest is gone by now).
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    if dump.is_none()
+        && !failed.is_empty()
+        && let Some((sample, at)) = last_sample
+    {
+        dump_reason = Some(format!(
+            "checks failed ({}): the monitor's last live sample, {} ms before the end, not frozen",
+            failed.join(", "),
+            finished_at.duration_since(at).as_millis()
+        ));
+        dump = Some(sample);
+    }
     Ok(RunReport {
         schema_version: RUN_SCHEMA_VERSION,
         kernel_release: release,
@@ -238,4 +262,77 @@ pub fn run_with(
         wall_ms: start.elapsed().as_millis() as u64,
         frozen_ratio: frozen_ns as f64 / workload_ns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report written by hand: one worker, one failing check.
+    fn report() -> RunReport {
+        RunReport {
+            schema_version: RUN_SCHEMA_VERSION,
+            kernel_release: "7.3.4".into(),
+            topology: "1n1l2c1t".into(),
+            scenario: "steady".into(),
+            scheduler: Some("bpfland".into()),
+            scheduler_survived: false,
+            scheduler_exit: Some("exit status: 1".into()),
+            sched_ext: SchedExtState {
+                state: "disabled".into(),
+                ops: None,
+            },
+            workers: vec![WorkerResult {
+                name: "ktstr-duty".into(),
+                cgroup: "duty".into(),
+                pid: 42,
+                iterations: 7,
+                cpu_ms: 30,
+                wall_ms: 3000,
+                max_gap_us: 1500,
+                wake_max_us: Some(900),
+                wake_avg_us: Some(100),
+                migrations: 2,
+                cpus: vec![1],
+                error: None,
+            }],
+            checks: vec![
+                Check {
+                    name: "scheduler attached to the end".into(),
+                    passed: false,
+                    detail: "sched_ext is disabled".into(),
+                },
+                Check {
+                    name: "every worker ran".into(),
+                    passed: true,
+                    detail: "1 workers".into(),
+                },
+            ],
+            dump: None,
+            dump_reason: None,
+            monitor_samples: 5,
+            wall_ms: 12_345,
+            frozen_ratio: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_summary_reads_top_down_and_says_what_failed() {
+        let r = report();
+        assert!(!r.passed());
+        let text = r.to_text();
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
+        };
+        assert!(at("scenario steady on 1n1l2c1t") < at("cgroup duty"));
+        assert!(at("ktstr-duty[42]: 7 iterations, 30 ms CPU of 3000 ms") > at("cgroup duty"));
+        assert!(text.contains("wakeup avg 100 us max 900 us"), "{text}");
+        assert!(text.contains("FAIL scheduler attached to the end: sched_ext is disabled"));
+        assert!(text.contains("ok   every worker ran"));
+        assert!(text.trim_end().ends_with("FAILED in 12.3 s (guest frozen 0.00% of the workload)"));
+        let json = serde_json::to_string(&r).unwrap();
+        let back: RunReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.to_text(), text, "JSON round trip");
+    }
 }

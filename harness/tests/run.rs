@@ -183,3 +183,42 @@ fn shell_runs_commands_in_the_guest_under_the_scheduler() {
         "the scheduler is in /ktstr/bin: {out}"
     );
 }
+
+#[test]
+fn a_failed_check_exits_1_and_carries_the_monitors_last_look() {
+    const TEST: &str = "a_failed_check_exits_1_and_carries_the_monitors_last_look";
+    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST).map(|d| d.display().to_string())
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("run.json");
+    // No two spinners ever get exactly the same CPU time: a 0% fairness
+    // threshold must fail.
+    let out = Command::new(env!("CARGO_BIN_EXE_ktstr"))
+        .args(["run", "--kernel", &kernel, "--scenario", "oversubscribe"])
+        .args(["--duration", "3s", "--fairness-spread", "0", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL fair shares within each cgroup") && stdout.contains("FAILED in"),
+        "{stdout}"
+    );
+    let report: RunReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(!report.passed());
+    let fair = report
+        .checks
+        .iter()
+        .find(|c| c.name == "fair shares within each cgroup")
+        .unwrap();
+    assert!(!fair.passed && fair.detail.contains("over the 0% threshold"), "{fair:?}");
+    let reason = report.dump_reason.as_deref().unwrap_or_default();
+    assert!(reason.starts_with("checks failed (fair shares"), "{reason}");
+    let dump = report.dump.expect("the last live sample");
+    for w in &report.workers {
+        assert!(dump.tasks.iter().any(|t| t.pid == w.pid), "worker {} in it", w.pid);
+    }
+}
