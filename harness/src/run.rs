@@ -330,7 +330,10 @@ mod tests {
         assert!(text.contains("wakeup avg 100 us max 900 us"), "{text}");
         assert!(text.contains("FAIL scheduler attached to the end: sched_ext is disabled"));
         assert!(text.contains("ok   every worker ran"));
-        assert!(text.trim_end().ends_with("FAILED in 12.3 s (guest frozen 0.00% of the workload)"));
+        assert!(
+            text.trim_end()
+                .ends_with("FAILED in 12.3 s (guest frozen 0.00% of the workload)")
+        );
         let json = serde_json::to_string(&r).unwrap();
         let back: RunReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back.to_text(), text, "JSON round trip");

@@ -214,11 +214,18 @@ fn a_failed_check_exits_1_and_carries_the_monitors_last_look() {
         .iter()
         .find(|c| c.name == "fair shares within each cgroup")
         .unwrap();
-    assert!(!fair.passed && fair.detail.contains("over the 0% threshold"), "{fair:?}");
+    assert!(
+        !fair.passed && fair.detail.contains("over the 0% threshold"),
+        "{fair:?}"
+    );
     let reason = report.dump_reason.as_deref().unwrap_or_default();
     assert!(reason.starts_with("checks failed (fair shares"), "{reason}");
     let dump = report.dump.expect("the last live sample");
     for w in &report.workers {
-        assert!(dump.tasks.iter().any(|t| t.pid == w.pid), "worker {} in it", w.pid);
+        assert!(
+            dump.tasks.iter().any(|t| t.pid == w.pid),
+            "worker {} in it",
+            w.pid
+        );
     }
 }
