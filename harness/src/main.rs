@@ -40,17 +40,17 @@ enum Command {
         #[arg(long, default_value = "steady")]
         scenario: String,
         /// Fail a worker kept from running longer than this.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
         max_gap: std::time::Duration,
         /// Fail a cgroup whose identical spinners' CPU time spreads more
         /// than this percentage.
         #[arg(long, default_value_t = 25.0)]
         fairness_spread: f64,
         /// How long the workers run (e.g. 10s, 1m).
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
         duration: std::time::Duration,
         /// Freeze and dump this long after the workers start (e.g. 2s).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = parse_duration)]
         dump_at: Option<std::time::Duration>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
@@ -140,6 +140,16 @@ impl VmArgs {
             .transpose()?;
         Ok(cfg)
     }
+}
+
+/// A duration: `10s`, `500ms`, `1m` (humantime), or plain seconds (`2.5`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|e| format!("{s}: not a duration: {e}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s}: not a duration (e.g. 10s, 500ms, 2.5): {e}"))
 }
 
 fn parse_hex(s: &str) -> Result<u64, String> {

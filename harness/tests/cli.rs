@@ -61,3 +61,37 @@ fn fetch_prints_the_release_dir_last_and_info_reads_it() {
             .any(|g| g["group"] == "scx_sched" && g["struct_found"] == true)
     );
 }
+
+#[test]
+fn bad_run_arguments_say_what_is_wrong_before_any_vm_starts() {
+    for (args, says) in [
+        (
+            &["run", "--topology", "2n3l1c1t"][..],
+            "3 LLCs do not split evenly over 2 NUMA nodes",
+        ),
+        (&["run", "--topology", "four"][..], "is not of the form"),
+        (
+            &["run", "--scenario", "nope", "--kernel", "/dev/null"][..],
+            "no scenario named \"nope\"",
+        ),
+        (&["run", "--duration", "soon"][..], "not a duration"),
+        (&["run", "--backend", "xen"][..], "use auto, qemu or kvm"),
+        (
+            &[
+                "run",
+                "--dump-at",
+                "9",
+                "--duration",
+                "2",
+                "--kernel",
+                "/dev/null",
+            ][..],
+            "not within",
+        ),
+    ] {
+        let out = ktstr(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
