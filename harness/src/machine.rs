@@ -88,6 +88,16 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmEr
     move |err| VmError::Io { what, err }
 }
 
+/// A directory for a VM's files (initramfs, logs, sockets), whatever the
+/// backend, named `ktstr-<pid>-vm-*` so what a process leaves can be told
+/// apart.
+pub fn vm_dir() -> Result<tempfile::TempDir, VmError> {
+    tempfile::Builder::new()
+        .prefix(&format!("ktstr-{}-vm-", std::process::id()))
+        .tempdir()
+        .map_err(io("creating the VM's temporary directory"))
+}
+
 /// Which VMM runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
@@ -117,7 +127,7 @@ impl Backend {
     /// The backend `self` means on this host.
     pub fn resolve(self) -> Backend {
         match self {
-            Backend::Auto if crate::qemu::hardware_virt() => Backend::Kvm,
+            Backend::Auto if ktstr_vmm::hardware_virt() => Backend::Kvm,
             Backend::Auto => Backend::Qemu,
             b => b,
         }

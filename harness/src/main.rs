@@ -124,7 +124,9 @@ impl VmArgs {
     fn session(self) -> anyhow::Result<SessionConfig> {
         let kernel = match self.kernel {
             Some(k) => k,
-            None => newest_kernel()?,
+            None => ktstr::kernel::store::newest_fetched()?
+                .display()
+                .to_string(),
         };
         let mut cfg = SessionConfig::new(kernel, self.topology);
         cfg.memory_mib = self.memory;
@@ -309,19 +311,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
     }
-}
-
-/// The newest complete kernel in the cache.
-fn newest_kernel() -> anyhow::Result<String> {
-    let root = ktstr::cache::kernels_dir()?;
-    ktstr::kernel::store::newest_complete(&root)
-        .map(|d| d.display().to_string())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no kernel given and none fetched under {}: pass --kernel or run `ktstr kernel fetch`",
-                root.display()
-            )
-        })
 }
 
 /// Ctrl-C: no destructor runs when the process exits from the handler, so

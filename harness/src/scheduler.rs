@@ -34,11 +34,12 @@ pub fn resolve(name: &str) -> Result<PathBuf, NotFound> {
         } else {
             format!("scx_{name}")
         };
-        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        dirs.extend(tools_root().map(|t| t.join("bin")));
-        if let Some(hit) = dirs.iter().map(|d| d.join(&binary)).find(|p| p.is_file()) {
+        let cached = || {
+            tools_root()
+                .map(|t| t.join("bin").join(&binary))
+                .filter(|p| p.is_file())
+        };
+        if let Some(hit) = crate::kernel::fetch::which(&binary).or_else(cached) {
             return Ok(hit);
         }
     }

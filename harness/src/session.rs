@@ -166,7 +166,7 @@ impl Session {
     pub fn start_with(cfg: &SessionConfig, phase: &dyn Fn(&str)) -> Result<Session> {
         let backend = cfg.backend.resolve();
         if backend == Backend::Kvm
-            && !crate::qemu::hardware_virt()
+            && !ktstr_vmm::hardware_virt()
             && std::env::var_os("KTSTR_KVM_ANYWAY").is_none()
         {
             bail!(
@@ -193,12 +193,12 @@ impl Session {
             .clone()
             .ok_or_else(|| anyhow!("no release string in {}", kernel.image.source().display()))?;
         let guest = GuestKernel::load(&kernel)?;
-        let files = QemuVm::tempdir()?;
+        let files = crate::machine::vm_dir()?;
 
         phase("building the initramfs");
         let mut ramfs = Initramfs::new();
         ramfs.kernel_config(&release, &config_path)?;
-        if let Some(busybox) = busybox() {
+        if let Some(busybox) = crate::kernel::fetch::which("busybox") {
             ramfs.busybox(&busybox)?;
         }
         for (guest_path, host) in &cfg.files {
@@ -446,13 +446,4 @@ fn link_time_text(kernel: &Kernel) -> Option<u64> {
         .iter()
         .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".text"))
         .map(|s| s.sh_addr)
-}
-
-/// Static busybox from PATH, for a shell and scripts in the guest.
-fn busybox() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("busybox"))
-            .find(|p| p.is_file())
-    })
 }

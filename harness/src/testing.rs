@@ -24,7 +24,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::checks::Thresholds;
 use crate::run::{RunReport, run};
@@ -75,8 +75,7 @@ pub fn skip(test: &str, need: Need, reason: &str) {
 
 /// Whether `tool` is on PATH.
 pub fn have_tool(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    crate::kernel::fetch::which(tool).is_some()
 }
 
 /// A scheduler test: topology, scheduler, scenario, thresholds.
@@ -171,17 +170,10 @@ impl KtstrTest {
                 "qemu-system-x86_64 not installed (./setup.sh installs it)".into(),
             ));
         }
-        if self.kernel.is_none() {
-            let root = crate::cache::kernels_dir().ok()?;
-            if crate::kernel::store::newest_complete(&root).is_none() {
-                return Some((
-                    Need::Kernel,
-                    format!(
-                        "no fetched kernel under {}: run `ktstr kernel fetch`",
-                        root.display()
-                    ),
-                ));
-            }
+        if self.kernel.is_none()
+            && let Err(e) = crate::kernel::store::newest_fetched()
+        {
+            return Some((Need::Kernel, e.to_string()));
         }
         if let Some((s, _)) = &self.scheduler
             && let Err(e) = crate::scheduler::resolve(s)
@@ -196,13 +188,9 @@ impl KtstrTest {
     pub fn run(&self) -> Result<RunReport> {
         let kernel = match &self.kernel {
             Some(k) => k.clone(),
-            None => {
-                let root = crate::cache::kernels_dir()?;
-                crate::kernel::store::newest_complete(&root)
-                    .context("no fetched kernel: run `ktstr kernel fetch`")?
-                    .display()
-                    .to_string()
-            }
+            None => crate::kernel::store::newest_fetched()?
+                .display()
+                .to_string(),
         };
         let topology = self.topology.parse()?;
         let mut cfg = SessionConfig::new(kernel, topology);

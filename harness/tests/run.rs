@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ktstr::run::RunReport;
-use ktstr_tests::{Need, skip};
 
 #[test]
 fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
@@ -15,8 +14,8 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
     else {
         return;
     };
-    if let Err(e) = ktstr::scheduler::resolve("bpfland") {
-        return skip(TEST, Need::Tool, &e.to_string());
+    if ktstr_tests::bpfland_or_skip(TEST).is_none() {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("run.json");
@@ -139,8 +138,8 @@ fn shell_runs_commands_in_the_guest_under_the_scheduler() {
     else {
         return;
     };
-    if let Err(e) = ktstr::scheduler::resolve("bpfland") {
-        return skip(TEST, Need::Tool, &e.to_string());
+    if ktstr_tests::bpfland_or_skip(TEST).is_none() {
+        return;
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_ktstr"))
         .args(["shell", "--kernel", &kernel, "--scheduler", "bpfland"])

@@ -19,13 +19,7 @@ pub fn cached_kernel_dir() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("KTSTR_KERNEL") {
         return Ok(PathBuf::from(p));
     }
-    let root = ktstr::cache::kernels_dir().map_err(|e| e.to_string())?;
-    ktstr::kernel::store::newest_complete(&root).ok_or_else(|| {
-        format!(
-            "no fetched kernel under {}; run `ktstr kernel fetch`",
-            root.display()
-        )
-    })
+    ktstr::kernel::store::newest_fetched().map_err(|e| e.to_string())
 }
 
 /// The kernel for a test that boots it under QEMU, or `None` after
@@ -43,6 +37,18 @@ pub fn qemu_kernel_or_skip(test: &str) -> Option<PathBuf> {
         Ok(d) => Some(d),
         Err(e) => {
             skip(test, Need::Kernel, &e);
+            None
+        }
+    }
+}
+
+/// The scx_bpfland binary (`./setup.sh` builds it), or `None` after
+/// reporting why the test is skipped.
+pub fn bpfland_or_skip(test: &str) -> Option<PathBuf> {
+    match ktstr::scheduler::resolve("bpfland") {
+        Ok(bin) => Some(bin),
+        Err(e) => {
+            skip(test, Need::Tool, &e.to_string());
             None
         }
     }

@@ -91,7 +91,7 @@ fn unknown_kernel_says_what_to_pass() {
 
 #[test]
 fn kvm_backend_without_hardware_virtualization_says_so() {
-    if ktstr::qemu::hardware_virt() {
+    if ktstr_vmm::hardware_virt() {
         return ktstr_tests::skip(
             "kvm_backend_without_hardware_virtualization_says_so",
             ktstr_tests::Need::Tool,

@@ -22,33 +22,21 @@ const WORKER: &str = "ktstr-spin";
 
 /// Everything a real-kernel run needs, or the reason it cannot run.
 fn prerequisites(test: &str, scheduler: bool) -> Option<(String, Option<std::path::PathBuf>)> {
-    for tool in ["qemu-system-x86_64", "busybox"] {
-        if !have_tool(tool) {
-            skip(
-                test,
-                Need::Tool,
-                &format!("{tool} not installed (./setup.sh installs it)"),
-            );
-            return None;
-        }
+    if !have_tool("busybox") {
+        skip(
+            test,
+            Need::Tool,
+            "busybox not installed (./setup.sh installs it)",
+        );
+        return None;
     }
-    let kernel = match ktstr_tests::cached_kernel_dir() {
-        Ok(d) => d.display().to_string(),
-        Err(e) => {
-            skip(test, Need::Kernel, &e);
-            return None;
-        }
-    };
+    let kernel = ktstr_tests::qemu_kernel_or_skip(test)?
+        .display()
+        .to_string();
     if !scheduler {
         return Some((kernel, None));
     }
-    match ktstr::scheduler::resolve("bpfland") {
-        Ok(bin) => Some((kernel, Some(bin))),
-        Err(e) => {
-            skip(test, Need::Tool, &e.to_string());
-            None
-        }
-    }
+    Some((kernel, Some(ktstr_tests::bpfland_or_skip(test)?)))
 }
 
 /// The parts of a report that must not differ between two reads of the same
@@ -61,7 +49,7 @@ fn state_of(r: &Report) -> serde_json::Value {
 }
 
 fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bool) {
-    if backend == Backend::Kvm && !ktstr::qemu::hardware_virt() {
+    if backend == Backend::Kvm && !ktstr_vmm::hardware_virt() {
         return skip(
             test,
             Need::HwVirt,

@@ -38,4 +38,16 @@ pub mod topology;
 pub mod vm;
 
 pub use topology::{Topology, TopologyError};
+
+/// Whether this host has hardware virtualization (VT-x/AMD-V flags and
+/// /dev/kvm). Without it, /dev/kvm may still exist (e.g. PVM), but a stock
+/// kernel only gets through early boot.
+pub fn hardware_virt() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    has && std::path::Path::new("/dev/kvm").exists()
+}
 pub use vm::{Boot, ExitReason, FreezeReport, Frozen, VcpuState, Vm, VmConfig, VmError, VmMemory};

@@ -111,17 +111,13 @@ fn cpio(entries: &[CpioEntry<'_>]) -> Vec<u8> {
 }
 
 fn hw_virt() -> Result<(), String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").map_err(|e| e.to_string())?;
-    let flags = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .unwrap_or_default();
-    if flags.split_whitespace().any(|f| f == "vmx" || f == "svm") {
+    if ktstr_vmm::hardware_virt() {
         Ok(())
     } else {
         Err(
-            "no vmx/svm in /proc/cpuinfo: /dev/kvm here is not hardware \
-             virtualization (e.g. PVM), where a kernel only gets through early boot"
+            "no VT-x/AMD-V (no vmx/svm in /proc/cpuinfo, or no /dev/kvm): a /dev/kvm \
+             here is not hardware virtualization (e.g. PVM), where a kernel only \
+             gets through early boot"
                 .into(),
         )
     }

@@ -28,3 +28,14 @@ pub fn complete_releases(kernels: &Path) -> Vec<PathBuf> {
 pub fn newest_complete(kernels: &Path) -> Option<PathBuf> {
     complete_releases(kernels).pop()
 }
+
+/// No kernel was given and none is fetched.
+#[derive(Debug, thiserror::Error)]
+#[error("no kernel given and none fetched under {0}: pass --kernel or run `ktstr kernel fetch`")]
+pub struct NoFetchedKernel(pub String);
+
+/// The newest complete release in ktstr's cache: the default kernel.
+pub fn newest_fetched() -> Result<PathBuf, NoFetchedKernel> {
+    let root = crate::cache::kernels_dir().map_err(|e| NoFetchedKernel(e.to_string()))?;
+    newest_complete(&root).ok_or_else(|| NoFetchedKernel(root.display().to_string()))
+}

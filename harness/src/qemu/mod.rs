@@ -51,17 +51,6 @@ pub struct QemuConfig {
     pub console_stdio: bool,
 }
 
-/// Whether this host has hardware virtualization QEMU can use (KVM with
-/// VT-x/AMD-V; PVM's /dev/kvm cannot run a stock kernel).
-pub fn hardware_virt() -> bool {
-    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let has = flags
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    has && Path::new("/dev/kvm").exists()
-}
-
 /// Every live VM of this process, for [`kill_all`].
 static LIVE: std::sync::Mutex<Vec<(u32, PathBuf, Vec<PathBuf>)>> =
     std::sync::Mutex::new(Vec::new());
@@ -117,17 +106,8 @@ fn sweep_stale_ram_files() {
 }
 
 impl QemuVm {
-    /// A directory for a VM's files (initramfs, logs, sockets), named
-    /// `ktstr-<pid>-vm-*` so what a process leaves can be told apart.
-    pub fn tempdir() -> Result<tempfile::TempDir, VmError> {
-        tempfile::Builder::new()
-            .prefix(&format!("{SHM_PREFIX}{}-vm-", std::process::id()))
-            .tempdir()
-            .map_err(io("creating the VM's temporary directory"))
-    }
-
     /// Start QEMU and connect to it; the guest is running when this returns.
-    /// `dir` (from [`QemuVm::tempdir`]) holds the VM's files and goes with it.
+    /// `dir` (from [`crate::machine::vm_dir`]) holds the VM's files and goes with it.
     pub fn start(cfg: &QemuConfig, dir: tempfile::TempDir) -> Result<QemuVm, VmError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         sweep_stale_ram_files();
@@ -142,7 +122,7 @@ impl QemuVm {
             })
             .collect();
         let qmp_path = dir.path().join("qmp.sock");
-        let accel = if hardware_virt() {
+        let accel = if ktstr_vmm::hardware_virt() {
             ["-accel", "kvm", "-cpu", "host"]
         } else if std::env::var("KTSTR_TCG_THREAD").as_deref() == Ok("multi") {
             ["-accel", "tcg,thread=multi", "-cpu", "max"]
@@ -332,15 +312,20 @@ impl QemuVm {
     }
 }
 
+/// Kill and reap QEMU, forget it in [`LIVE`], remove its RAM files.
+fn reap(child: &mut Child, ram_files: &[PathBuf]) {
+    let pid = child.id();
+    live().retain(|(p, ..)| *p != pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    for f in ram_files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
 impl Drop for QemuVm {
     fn drop(&mut self) {
-        let pid = self.child.id();
-        live().retain(|(p, ..)| *p != pid);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for f in &self.ram_files {
-            let _ = std::fs::remove_file(f);
-        }
+        reap(&mut self.child, &self.ram_files);
     }
 }
 
@@ -354,13 +339,7 @@ struct Starting<'a> {
 impl Drop for Starting<'_> {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let pid = c.id();
-            live().retain(|(p, ..)| *p != pid);
-            let _ = c.kill();
-            let _ = c.wait();
-            for f in self.ram_files {
-                let _ = std::fs::remove_file(f);
-            }
+            reap(&mut c, self.ram_files);
         }
     }
 }
