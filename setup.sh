@@ -16,7 +16,8 @@ step "system packages"
 # zstd/xz/lz4/gzip: real compressors for the kernel-image tests;
 # debian-archive-keyring: verifies the kernel packages; libc6-dev: the
 # static libc the guest agent links; clang-19, libelf-dev, zlib1g-dev,
-# pkg-config: building scx_bpfland (BPF C needs a recent clang).
+# pkg-config: building scx_bpfland and the workspace's fixture scheduler
+# (scx-fixture/; BPF C needs a recent clang).
 # --no-install-recommends: qemu's recommends pull hundreds of packages.
 pkgs=(qemu-system-x86 busybox-static dwarves bpftool zstd xz-utils lz4 gzip
       ca-certificates debian-archive-keyring libc6-dev

@@ -67,11 +67,17 @@ pub struct Outcome<'a> {
     pub resolved: &'a Resolved,
     /// CPUs in the guest.
     pub nr_cpus: u32,
+    /// What the host-side monitor caught while the guest ran, if anything.
+    pub monitor: Option<String>,
 }
 
 /// Every check, in a fixed order.
 pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
-    let mut out = Vec::new();
+    let mut out = vec![check(
+        "monitor saw no failure",
+        o.monitor.iter().cloned().collect(),
+        "no stall, stopped clock or scheduler exit while running".into(),
+    )];
     if o.scheduler {
         out.push(check(
             "scheduler attached to the end",
@@ -235,6 +241,7 @@ mod tests {
             workers,
             resolved,
             nr_cpus: 4,
+            monitor: None,
         }
     }
 
@@ -254,7 +261,7 @@ mod tests {
             worker("duty", "ktstr-duty", 3, 200, &[2, 3]),
         ];
         let checks = evaluate(&outcome(&ws, &r), &Thresholds::default());
-        assert_eq!(checks.len(), 5);
+        assert_eq!(checks.len(), 6);
         assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
     }
 
@@ -270,8 +277,14 @@ mod tests {
         let mut o = outcome(&ws, &r);
         o.survived = false;
         o.scheduler_end = "sched_ext is disabled (exit: runnable task stall)".into();
+        o.monitor = Some("stall: ktstr-spin[7] runnable for 2500 ms (queued on user 0x1)".into());
         let checks = evaluate(&o, &Thresholds::default());
         let by: BTreeMap<&str, &Check> = checks.iter().map(|c| (c.name.as_str(), c)).collect();
+        let caught = &by["monitor saw no failure"];
+        assert!(
+            !caught.passed && caught.detail.starts_with("stall: ktstr-spin[7]"),
+            "{caught:?}"
+        );
         assert!(!by["scheduler attached to the end"].passed);
         assert!(by["scheduler attached to the end"].detail.contains("stall"));
         let ran = &by["every worker ran"];

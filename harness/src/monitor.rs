@@ -144,7 +144,7 @@ impl Monitor {
                 pid: t.pid,
                 comm: t.comm.clone(),
                 waited_ms: t.runnable_for_ms.unwrap_or(0),
-                placement: format!("{:?}", t.placement),
+                placement: t.placement.to_string(),
             });
         }
         for c in &r.cpus {
@@ -226,7 +226,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             trig.to_string(),
-            "stall: starved[11] runnable for 2500 ms (Queued { dsq: \"user 0x1\" })"
+            "stall: starved[11] runnable for 2500 ms (queued on user 0x1)"
         );
     }
 

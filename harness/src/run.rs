@@ -165,6 +165,7 @@ pub fn run_with(
     let mut dump = None;
     let mut dump_reason = None;
     let mut last_sample: Option<(Report, Instant)> = None;
+    let mut caught = None;
     // Sample until the guest reports the end; dump once, on the first of
     // --dump-at or a monitor trigger.
     while !session.poll_finished()? {
@@ -181,6 +182,7 @@ pub fn run_with(
                     Ok(r) => {
                         let trigger = monitor.observe(&r, Instant::now()).map(|t| {
                             tracing::warn!(%t, "monitor: freezing for a dump");
+                            caught = Some(t.to_string());
                             format!("monitor: {t}")
                         });
                         last_sample = Some((r, Instant::now()));
@@ -224,6 +226,7 @@ pub fn run_with(
             workers: &done.workers,
             resolved: &resolved,
             nr_cpus,
+            monitor: caught,
         },
         thresholds,
     );

@@ -209,10 +209,10 @@ impl KtstrTest {
         run(&cfg, &scenario, &self.thresholds, self.dump_at)
     }
 
-    /// Run it as a `#[test]`: skip loudly when the machine cannot, panic
-    /// with the report when a check fails or the run breaks; returns the
-    /// report of a passing run (or `None` when skipped).
-    pub fn check(&self) -> Option<RunReport> {
+    /// Run it as a `#[test]` whose checks may fail (a scheduler broken on
+    /// purpose): skip loudly when the machine cannot, panic when the run
+    /// itself breaks; returns the report (or `None` when skipped).
+    pub fn report(&self) -> Option<RunReport> {
         if let Some((need, reason)) = self.missing() {
             skip(&self.name, need, &reason);
             return None;
@@ -221,6 +221,14 @@ impl KtstrTest {
             .run()
             .unwrap_or_else(|e| panic!("{}: {e:#}", self.name));
         eprintln!("{}:\n{}", self.name, report.to_text());
+        Some(report)
+    }
+
+    /// Run it as a `#[test]`: skip loudly when the machine cannot, panic
+    /// with the report when a check fails or the run breaks; returns the
+    /// report of a passing run (or `None` when skipped).
+    pub fn check(&self) -> Option<RunReport> {
+        let report = self.report()?;
         assert!(
             report.passed(),
             "{} failed its checks:\n{}",

@@ -36,7 +36,7 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
 
     let report: RunReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(report.passed(), "{:#?}", report.checks);
-    assert_eq!(report.checks.len(), 5, "{:#?}", report.checks);
+    assert_eq!(report.checks.len(), 6, "{:#?}", report.checks);
     assert_eq!(report.scenario, "steady");
     assert!(
         report

@@ -205,6 +205,30 @@ fn no_scheduler_attached_is_a_state_not_an_error() {
 }
 
 #[test]
+fn an_exit_the_disable_work_took_reports_the_kind_from_its_exit_info() {
+    // Kernel 7.x: scx_bpf_error() sets exit_kind (SCX_EXIT_ERROR_BPF) and
+    // fills exit_info; the disable work then marks exit_kind SCX_EXIT_DONE
+    // while ops.exit() and the rest of the teardown run.
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 2, PerCpuStyle::Absolute).unwrap();
+        let sched = k.attach_scheduler("erring", 2).unwrap();
+        k.set_exit(sched, 1025, "scx_bpf_error", "injected");
+        let s = k.layout.sched.unwrap();
+        k.write_u32(sched + s.exit_kind as u64, 1); // SCX_EXIT_DONE
+        let mut store = Store::new(8);
+        let buf = run(&k, &mut store);
+        assert_eq!(buf.health.sched, Fault::None, "{name}");
+        assert_eq!(buf.sched.exit_kind, 1025, "{name}");
+        // Still running: nothing in exit_info, exit_kind as it is.
+        let mut k = SyntheticKernel::new(k.layout, 2, PerCpuStyle::Absolute).unwrap();
+        let sched = k.attach_scheduler("fine", 2).unwrap();
+        k.write_u32(sched + s.exit_kind as u64, 64);
+        let buf = run(&k, &mut store);
+        assert_eq!(buf.sched.exit_kind, 64, "{name}");
+    }
+}
+
+#[test]
 fn capacity_truncation_cycles_and_missing_groups_are_reported() {
     let mut k = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
     let sched = k.attach_scheduler("s", 2).unwrap();

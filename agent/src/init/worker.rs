@@ -59,7 +59,7 @@ pub fn start(cg: &CgroupJob, run: Duration) -> Result<Vec<Worker>, String> {
             });
         }
     }
-    // A worker names itself first thing; read its comm once it has.
+    // A worker names itself once set up; read its comm once it has.
     for w in &mut workers {
         let want: String = w.info.name.chars().take(15).collect();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -169,7 +169,6 @@ fn burn(x: &mut u64, rounds: u32) {
 }
 
 fn setup(a: &Args) -> Result<(), String> {
-    let _ = std::fs::write("/proc/self/comm", &a.spec.name);
     cgroup::join(&a.cgroup, 0)?;
     // SAFETY: plain syscalls on the calling process with valid arguments.
     unsafe {
@@ -213,6 +212,10 @@ fn setup(a: &Args) -> Result<(), String> {
             }
         }
     }
+    // Named last: a scheduler that picks tasks by comm (the fixture's
+    // --stall-comm) then only meets the worker once its setup, which takes
+    // cgroup locks the whole guest needs, is done.
+    let _ = std::fs::write("/proc/self/comm", &a.spec.name);
     Ok(())
 }
 

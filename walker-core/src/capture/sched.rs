@@ -57,13 +57,24 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     );
     let info = exit_info.unwrap_or(0);
     if let (Some(ei), true) = (layout.exit_info, info != 0) {
-        let [code, reason, msg] = gather(
+        let [kind, code, reason, msg] = gather(
             cx.mem,
             tr,
             info,
-            [opt(ei.exit_code, 8), req(ei.reason, 8), req(ei.msg, 8)],
+            [
+                req(ei.kind, 4),
+                opt(ei.exit_code, 8),
+                req(ei.reason, 8),
+                req(ei.msg, 8),
+            ],
         )
         .map_err(|_| Fault::Unreadable(info))?;
+        // Once the disable work has taken the exit, newer kernels set
+        // `exit_kind` to SCX_EXIT_DONE; the kind that ended the scheduler
+        // stays in its exit info.
+        if let Some(k) = kind.map(|k| k as u32).filter(|k| *k != 0) {
+            rec.exit_kind = k;
+        }
         rec.exit_code = code.map(|c| c as i64);
         for (ptr, out) in [
             (reason, &mut rec.exit_reason[..]),
