@@ -20,6 +20,30 @@ where
     M: GuestMem + ?Sized,
     F: FnMut(&mut Translator, u64) -> Step,
 {
+    walk_list_with(mem, tr, lh, head, max_steps, |tr, node| {
+        let link = read_link(mem, tr, lh, node)?;
+        Ok((visit(tr, node), link))
+    })
+}
+
+/// [`walk_list`] for a visitor that reads each node's `(next, prev)`
+/// itself, typically in the same guest read as the entry's own fields (one
+/// read per entry instead of two). `visit` returns its step and the
+/// node's links, or the [`Corrupt`] of [`read_link`] when the links cannot
+/// be read; then the walk ends there, and the visitor must not have
+/// recorded the entry.
+pub fn walk_list_with<M, F>(
+    mem: &M,
+    tr: &mut Translator,
+    lh: &ListHeadLayout,
+    head: u64,
+    max_steps: u32,
+    mut visit: F,
+) -> WalkSummary
+where
+    M: GuestMem + ?Sized,
+    F: FnMut(&mut Translator, u64) -> Result<(Step, (u64, u64)), Corrupt>,
+{
     let mut s = WalkSummary::default();
     let mut brent = Brent::new(head);
     let mut prev = head;
@@ -52,8 +76,8 @@ where
             s.cycle = true;
             break;
         }
-        let (next, back) = match read_link(mem, tr, lh, node) {
-            Ok(l) => l,
+        let (step, (next, back)) = match visit(tr, node) {
+            Ok(v) => v,
             Err(c) => {
                 s.corrupt = Some(c);
                 break;
@@ -62,7 +86,7 @@ where
         if back != prev {
             s.bad_prev = s.bad_prev.saturating_add(1);
         }
-        match visit(tr, node) {
+        match step {
             Step::Continue => s.visited += 1,
             Step::Skip => s.skipped += 1,
             Step::Stop => {
@@ -78,7 +102,7 @@ where
 }
 
 /// `(next, prev)` of the list_head at `at`, in one read when adjacent.
-fn read_link<M: GuestMem + ?Sized>(
+pub fn read_link<M: GuestMem + ?Sized>(
     mem: &M,
     tr: &mut Translator,
     lh: &ListHeadLayout,
