@@ -1,7 +1,7 @@
 //! The per-CPU pass: each CPU's rq and rq->scx scalars, its local and
 //! bypass DSQs and its runnable list.
 
-use super::fields::{gather, opt, req};
+use super::fields::{FieldPlan, RAW, opt, req};
 use super::records::{CpuRecord, DsqOrigin, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, dsq, list_health};
 use crate::mem::GuestMem;
@@ -32,6 +32,22 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             .map(|p| (p, pc.bypass_dsq)),
         _ => None,
     };
+    // Planned once for every CPU.
+    let rq_plan = FieldPlan::new([
+        req(rq_l.nr_running, 4),
+        req(rq_l.curr, 8),
+        req(rq_l.clock, 8),
+        opt(rq_l.idle, 8),
+    ]);
+    let scx_plan = FieldPlan::new([
+        req(scx_l.nr_running, 4),
+        req(scx_l.flags, 4),
+        opt(scx_l.cpu_released, 1),
+        opt(scx_l.ops_qseq, 8),
+        opt(scx_l.clock, 8),
+    ]);
+    let mut raw = [0u8; RAW];
+    let mut dsqs = dsq::DsqReader::new(cx.target.layout);
     for cpu in 0..cx.target.nr_cpus {
         let mut rec = CpuRecord {
             cpu,
@@ -47,17 +63,10 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         };
         let rq = per_cpu_addr(runqueues, off);
         rec.rq = rq;
-        match gather(
-            cx.mem,
-            tr,
-            rq,
-            [
-                req(rq_l.nr_running, 4),
-                req(rq_l.curr, 8),
-                req(rq_l.clock, 8),
-                opt(rq_l.idle, 8),
-            ],
-        ) {
+        match rq_plan
+            .read_into(cx.mem, tr, rq, &mut raw)
+            .map(|()| rq_plan.values(&raw))
+        {
             Ok([nr, curr, clock, idle]) => {
                 rec.nr_running = nr.unwrap_or(0) as u32;
                 rec.curr = curr.unwrap_or(0);
@@ -67,18 +76,10 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             Err(_) => rec.fault = Fault::Unreadable(rq),
         }
         let scx = rq.wrapping_add(u64::from(rq_l.scx));
-        match gather(
-            cx.mem,
-            tr,
-            scx,
-            [
-                req(scx_l.nr_running, 4),
-                req(scx_l.flags, 4),
-                opt(scx_l.cpu_released, 1),
-                opt(scx_l.ops_qseq, 8),
-                opt(scx_l.clock, 8),
-            ],
-        ) {
+        match scx_plan
+            .read_into(cx.mem, tr, scx, &mut raw)
+            .map(|()| scx_plan.values(&raw))
+        {
             Ok([nr, flags, released, qseq, clock]) => {
                 rec.scx_nr_running = nr.unwrap_or(0) as u32;
                 rec.scx_flags = flags.unwrap_or(0) as u32;
@@ -92,6 +93,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             cx,
             tr,
             buf,
+            &mut dsqs,
             scx.wrapping_add(u64::from(scx_l.local_dsq)),
             DsqOrigin::Local(cpu),
         ) {
@@ -102,7 +104,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             .map(|(pcpu, inner)| per_cpu_addr(pcpu, off).wrapping_add(u64::from(inner)))
             .or(scx_l.bypass_dsq.map(|b| scx.wrapping_add(u64::from(b))));
         if let Some(b) = bypass {
-            if let Err(f) = dsq::capture_one(cx, tr, buf, b, DsqOrigin::Bypass(cpu)) {
+            if let Err(f) = dsq::capture_one(cx, tr, buf, &mut dsqs, b, DsqOrigin::Bypass(cpu)) {
                 rec.fault = f;
             }
         }

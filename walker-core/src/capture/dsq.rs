@@ -1,42 +1,80 @@
 //! Dispatch queues: one DSQ with its tasks in order, and the pass over the
 //! shared ones (per-node global DSQs, user DSQs in the scheduler's hash).
 
-use super::fields::{gather, req};
+use super::fields::{FieldPlan, RAW, Raw, req};
 use super::records::{DsqOrigin, DsqRecord, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, list_health};
+use crate::layout::{DsqLayout, DsqListNodeLayout, Layout, ListHeadLayout};
 use crate::mem::GuestMem;
 use crate::translate::Translator;
-use crate::walk::{Step, walk_list, walk_rhashtable};
+use crate::walk::{Step, read_link, walk_list_with, walk_rhashtable};
 
-/// Record the DSQ at `addr`; returns its index in `buf.dsqs`.
+/// Reads DSQs: the layouts and field plans, prepared once per pass rather
+/// than per DSQ.
+pub(super) struct DsqReader {
+    d: DsqLayout,
+    lh: ListHeadLayout,
+    node: DsqListNodeLayout,
+    /// `scx_dsq_list_node` -> task: `dsq_list` within the entity, `scx`
+    /// within the task.
+    to_task: [u32; 2],
+    /// `id`, `nr`, `seq` of the DSQ.
+    head: FieldPlan<3>,
+    /// A node's links and cursor flags, from the `scx_dsq_list_node`: one
+    /// read per queued task.
+    link: FieldPlan<3>,
+    raw: Raw,
+}
+
+impl DsqReader {
+    /// A reader for `l`, or the first group it lacks.
+    pub(super) fn new(l: &Layout) -> Result<Self, Fault> {
+        let d = l.dsq.ok_or(Fault::MissingGroup("scx_dispatch_q"))?;
+        let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
+        let node = l
+            .dsq_list_node
+            .ok_or(Fault::MissingGroup("scx_dsq_list_node"))?;
+        let (task, entity) = (
+            l.task.ok_or(Fault::MissingGroup("task_struct"))?,
+            l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?,
+        );
+        Ok(Self {
+            d,
+            lh,
+            node,
+            to_task: [entity.dsq_list, task.scx],
+            head: FieldPlan::new([req(d.id, 8), req(d.nr, 4), req(d.seq, 4)]),
+            link: FieldPlan::new([
+                req(node.node.saturating_add(lh.next), 8),
+                req(node.node.saturating_add(lh.prev), 8),
+                req(node.flags, 4),
+            ]),
+            raw: [0; RAW],
+        })
+    }
+}
+
+/// Record the DSQ at `addr` with `reader` (or its fault); returns its index
+/// in `buf.dsqs`.
 pub(super) fn capture_one<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
     buf: &mut CaptureBuf<'_>,
+    reader: &mut Result<DsqReader, Fault>,
     addr: u64,
     origin: DsqOrigin,
 ) -> Result<Option<u32>, Fault> {
-    let l = cx.target.layout;
-    let d = l.dsq.ok_or(Fault::MissingGroup("scx_dispatch_q"))?;
-    let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
-    let node = l
-        .dsq_list_node
-        .ok_or(Fault::MissingGroup("scx_dsq_list_node"))?;
-    let (task, entity) = (
-        l.task.ok_or(Fault::MissingGroup("task_struct"))?,
-        l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?,
-    );
-    let [id, nr, seq] = gather(
-        cx.mem,
-        tr,
-        addr,
-        [req(d.id, 8), req(d.nr, 4), req(d.seq, 4)],
-    )
-    .map_err(|_| Fault::Unreadable(addr))?;
+    let r = reader.as_mut().map_err(|f| *f)?;
+    let (d, lh, node, to_task) = (r.d, r.lh, r.node, r.to_task);
+    r.head
+        .read_into(cx.mem, tr, addr, &mut r.raw)
+        .map_err(|_| Fault::Unreadable(addr))?;
+    let [id, nr, seq] = [0, 1, 2].map(|i| r.head.get(&r.raw, i).unwrap_or(0));
     let start = buf.queued.len() as u32;
     let cursor_flag = cx.target.consts.dsq_iter_cursor;
     let queued = &mut buf.queued;
-    let walk = walk_list(
+    let (plan, raw) = (&r.link, &mut r.raw);
+    let walk = walk_list_with(
         cx.mem,
         tr,
         &lh,
@@ -44,24 +82,33 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
         cx.limits.max_list,
         |tr, n| {
             let lnode = container_of(n, &[node.node]);
-            let flags: u32 = tr
-                .read_virt_pod(cx.mem, lnode.wrapping_add(u64::from(node.flags)))
-                .unwrap_or(0);
+            let (link, flags) = match plan.read_into(cx.mem, tr, lnode, raw) {
+                Ok(()) => {
+                    let v = |i| plan.get(raw, i).unwrap_or(0);
+                    ((v(0), v(1)), v(2) as u32)
+                }
+                // Read the links alone; unreadable flags count as 0.
+                Err(_) => (
+                    read_link(cx.mem, tr, &lh, n)?,
+                    tr.read_virt_pod(cx.mem, lnode.wrapping_add(u64::from(node.flags)))
+                        .unwrap_or(0),
+                ),
+            };
             if flags & cursor_flag != 0 {
-                return Step::Skip;
+                return Ok((Step::Skip, link));
             }
-            match queued.push(container_of(lnode, &[entity.dsq_list, task.scx])) {
-                Some(_) => Step::Continue,
-                None => Step::Stop,
+            match queued.push(container_of(lnode, &to_task)) {
+                Some(_) => Ok((Step::Continue, link)),
+                None => Ok((Step::Stop, link)),
             }
         },
     );
     let rec = DsqRecord {
         addr,
         origin,
-        id: id.unwrap_or(0),
-        nr: nr.unwrap_or(0) as u32,
-        seq: seq.unwrap_or(0) as u32,
+        id,
+        nr: nr as u32,
+        seq: seq as u32,
         tasks: Span {
             start,
             len: buf.queued.len() as u32 - start,
@@ -85,6 +132,7 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
     else {
         return Ok(()); // no scheduler instance: no shared DSQs to read
     };
+    let mut reader = DsqReader::new(l);
     let mut first_fault = Fault::None;
     let mut note = |f: Fault| {
         if !first_fault.is_fault() {
@@ -109,6 +157,7 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                                 cx,
                                 tr,
                                 buf,
+                                &mut reader,
                                 p.wrapping_add(u64::from(inner)),
                                 DsqOrigin::Global(node),
                             ) {
@@ -140,7 +189,8 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                 root.wrapping_add(u64::from(h)),
                 cx.limits.hash,
                 |tr, e| {
-                    match capture_one(cx, tr, buf, container_of(e, &[hash_node]), DsqOrigin::User) {
+                    let dsq = container_of(e, &[hash_node]);
+                    match capture_one(cx, tr, buf, &mut reader, dsq, DsqOrigin::User) {
                         Ok(Some(_)) => Step::Continue,
                         // Out of DSQ slots: the rest would be dropped anyway.
                         Ok(None) => Step::Stop,

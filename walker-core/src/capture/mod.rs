@@ -227,6 +227,7 @@ fn list_health(s: &WalkSummary) -> ListHealth {
 }
 
 /// `ptr - a - b`, for containing objects of embedded members.
+#[inline]
 fn container_of(ptr: u64, members: &[u32]) -> u64 {
     members
         .iter()

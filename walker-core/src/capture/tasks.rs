@@ -1,14 +1,103 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{CHUNK, FieldPlan, opt, req};
+use super::fields::{Field, FieldPlan, RAW, Raw, opt, req};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
+use crate::layout::{ListHeadLayout, SchedExtEntityLayout, TaskLayout};
 use crate::mem::GuestMem;
 use crate::translate::Translator;
-use crate::walk::{Step, walk_list};
+use crate::walk::{Step, read_link, walk_list_with};
 
-pub(super) fn capture<M: GuestMem + ?Sized>(
-    cx: &Cx<'_, '_, M>,
+/// The members the pass reads from each task: indices into its plan.
+/// Named indices rather than a destructured array, so each member is
+/// decoded straight into the record.
+#[derive(Debug, Clone, Copy)]
+enum M {
+    Pid,
+    Tgid,
+    Comm0,
+    Comm1,
+    State,
+    OnRq,
+    OnCpu,
+    Cpu,
+    Class,
+    Prio,
+    Flags,
+    OpsState,
+    Dsq,
+    Weight,
+    Slice,
+    Vtime,
+    Sticky,
+    Holding,
+    RunnableAt,
+    CssSet,
+    Next,
+    Prev,
+}
+
+const ALL: [M; 22] = [
+    M::Pid,
+    M::Tgid,
+    M::Comm0,
+    M::Comm1,
+    M::State,
+    M::OnRq,
+    M::OnCpu,
+    M::Cpu,
+    M::Class,
+    M::Prio,
+    M::Flags,
+    M::OpsState,
+    M::Dsq,
+    M::Weight,
+    M::Slice,
+    M::Vtime,
+    M::Sticky,
+    M::Holding,
+    M::RunnableAt,
+    M::CssSet,
+    M::Next,
+    M::Prev,
+];
+
+/// Where member `m` sits in a task, if this kernel has it.
+fn member(m: M, t: &TaskLayout, e: &SchedExtEntityLayout, lh: &ListHeadLayout) -> Option<Field> {
+    // Entity members as offsets from the task.
+    let se = |o: u32| t.scx.saturating_add(o);
+    match m {
+        M::Pid => req(t.pid, 4),
+        M::Tgid => req(t.tgid, 4),
+        M::Comm0 => req(t.comm, 8),
+        M::Comm1 => req(t.comm.saturating_add(8), 8),
+        M::State => req(t.state, 4),
+        // on_rq/on_cpu are int in older kernels and u8 in newer ones; their
+        // values fit the low byte either way (little-endian).
+        M::OnRq => req(t.on_rq, 1),
+        M::OnCpu => opt(t.on_cpu, 1),
+        M::Cpu => opt(t.cpu, 4),
+        M::Class => req(t.sched_class, 8),
+        M::Prio => opt(t.prio, 4),
+        M::Flags => req(se(e.flags), 4),
+        M::OpsState => req(se(e.ops_state), 8),
+        M::Dsq => req(se(e.dsq), 8),
+        M::Weight => req(se(e.weight), 4),
+        M::Slice => req(se(e.slice), 8),
+        M::Vtime => req(se(e.dsq_vtime), 8),
+        M::Sticky => opt(e.sticky_cpu.map(se), 4),
+        M::Holding => opt(e.holding_cpu.map(se), 4),
+        M::RunnableAt => req(se(e.runnable_at), 8),
+        M::CssSet => opt(t.cgroups, 8),
+        // The scx_tasks links, so that one read usually covers both the
+        // walk and the task.
+        M::Next => req(se(e.tasks_node.saturating_add(lh.next)), 8),
+        M::Prev => req(se(e.tasks_node.saturating_add(lh.prev)), 8),
+    }
+}
+
+pub(super) fn capture<Mem: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, Mem>,
     tr: &mut Translator,
     buf: &mut CaptureBuf<'_>,
 ) -> Result<(), Fault> {
@@ -22,95 +111,67 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let e = l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?;
     let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
     let cursor = cx.target.consts.task_cursor;
-    // Entity members as offsets from the task.
-    let se = |o: u32| t.scx.saturating_add(o);
-    let plan = FieldPlan::new([
-        req(t.pid, 4),
-        req(t.tgid, 4),
-        req(t.comm, 8),
-        req(t.comm.saturating_add(8), 8),
-        req(t.state, 4),
-        // on_rq/on_cpu are int in older kernels and u8 in newer ones; their
-        // values fit the low byte either way (little-endian).
-        req(t.on_rq, 1),
-        opt(t.on_cpu, 1),
-        opt(t.cpu, 4),
-        req(t.sched_class, 8),
-        opt(t.prio, 4),
-        req(se(e.flags), 4),
-        req(se(e.ops_state), 8),
-        req(se(e.dsq), 8),
-        req(se(e.weight), 4),
-        req(se(e.slice), 8),
-        req(se(e.dsq_vtime), 8),
-        opt(e.sticky_cpu.map(se), 4),
-        opt(e.holding_cpu.map(se), 4),
-        req(se(e.runnable_at), 8),
-        opt(t.cgroups, 8),
-    ]);
-    let tasks = &mut buf.tasks;
-    let mut chunk = [0u8; CHUNK];
-    let walk = walk_list(cx.mem, tr, &lh, head, cx.limits.max_tasks, |tr, node| {
-        let task = container_of(node, &[e.tasks_node, t.scx]);
-        let Ok(v) = plan.read_into(cx.mem, tr, task, &mut chunk) else {
-            return Step::Skip;
-        };
-        let [
-            pid,
-            tgid,
-            comm0,
-            comm1,
-            state,
-            on_rq,
-            on_cpu,
-            cpu,
-            class,
-            prio,
-            flags,
-            ops_state,
-            dsq,
-            weight,
-            slice,
-            vtime,
-            sticky,
-            holding,
-            runnable_at,
-            css_set,
-        ] = v;
-        let flags = flags.unwrap_or(0) as u32;
-        if flags & cursor != 0 {
-            return Step::Skip;
+    let mut fields = [None; ALL.len()];
+    for m in ALL {
+        if let Some(slot) = fields.get_mut(m as usize) {
+            *slot = member(m, &t, &e, &lh);
         }
-        let mut comm = [0u8; 16];
-        comm[..8].copy_from_slice(&comm0.unwrap_or(0).to_le_bytes());
-        comm[8..].copy_from_slice(&comm1.unwrap_or(0).to_le_bytes());
-        let rec = TaskRecord {
-            addr: task,
-            pid: pid.unwrap_or(0) as u32 as i32,
-            tgid: tgid.unwrap_or(0) as u32 as i32,
-            comm,
-            state: state.unwrap_or(0) as u32,
-            on_rq: on_rq.unwrap_or(0) as u8,
-            on_cpu: on_cpu.map(|v| v as u8),
-            cpu: cpu.map(|v| v as u32),
-            sched_class: class.unwrap_or(0),
-            scx_flags: flags,
-            ops_state: ops_state.unwrap_or(0),
-            dsq: dsq.unwrap_or(0),
-            weight: weight.unwrap_or(0) as u32,
-            slice: slice.unwrap_or(0),
-            dsq_vtime: vtime.unwrap_or(0),
-            sticky_cpu: sticky.map(|v| v as u32 as i32),
-            holding_cpu: holding.map(|v| v as u32 as i32),
-            runnable_at: runnable_at.unwrap_or(0),
-            prio: prio.map(|v| v as u32 as i32),
-            css_set: css_set.unwrap_or(0),
-        };
-        match tasks.push(rec) {
+    }
+    let plan = FieldPlan::new(fields);
+    let tasks = &mut buf.tasks;
+    let mut raw = [0u8; RAW];
+    let walk = walk_list_with(cx.mem, tr, &lh, head, cx.limits.max_tasks, |tr, node| {
+        let task = container_of(node, &[e.tasks_node, t.scx]);
+        if plan.read_into(cx.mem, tr, task, &mut raw).is_err() {
+            // Not a readable task (e.g. an iterator cursor, which is a bare
+            // entity): the links alone decide whether the walk goes on.
+            return Ok((Step::Skip, read_link(cx.mem, tr, &lh, node)?));
+        }
+        let v = |m: M| plan.get(&raw, m as usize);
+        let link = (v(M::Next).unwrap_or(0), v(M::Prev).unwrap_or(0));
+        let flags = v(M::Flags).unwrap_or(0) as u32;
+        if flags & cursor != 0 {
+            return Ok((Step::Skip, link));
+        }
+        let step = match tasks.push(record(task, flags, &plan, &raw)) {
             Some(_) => Step::Continue,
             None => Step::Stop,
-        }
+        };
+        Ok((step, link))
     });
     buf.health.tasks_walk = list_health(&walk);
     Ok(())
+}
+
+/// The record of the task at `task` from its members in `raw`.
+#[inline]
+fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw) -> TaskRecord {
+    let v = |m: M| plan.get(raw, m as usize);
+    let u = |m: M| v(m).unwrap_or(0);
+    let mut comm = [0u8; 16];
+    let (lo, hi) = comm.split_at_mut(8);
+    lo.copy_from_slice(&u(M::Comm0).to_le_bytes());
+    hi.copy_from_slice(&u(M::Comm1).to_le_bytes());
+    TaskRecord {
+        addr: task,
+        pid: u(M::Pid) as u32 as i32,
+        tgid: u(M::Tgid) as u32 as i32,
+        comm,
+        state: u(M::State) as u32,
+        on_rq: u(M::OnRq) as u8,
+        on_cpu: v(M::OnCpu).map(|v| v as u8),
+        cpu: v(M::Cpu).map(|v| v as u32),
+        sched_class: u(M::Class),
+        scx_flags,
+        ops_state: u(M::OpsState),
+        dsq: u(M::Dsq),
+        weight: u(M::Weight) as u32,
+        slice: u(M::Slice),
+        dsq_vtime: u(M::Vtime),
+        sticky_cpu: v(M::Sticky).map(|v| v as u32 as i32),
+        holding_cpu: v(M::Holding).map(|v| v as u32 as i32),
+        runnable_at: u(M::RunnableAt),
+        prio: v(M::Prio).map(|v| v as u32 as i32),
+        css_set: u(M::CssSet),
+    }
 }
