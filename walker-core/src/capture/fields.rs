@@ -11,7 +11,7 @@ use crate::translate::{TranslateError, Translator};
 pub const CHUNK: usize = 512;
 
 /// Size of a [`Raw`] buffer.
-pub const RAW: usize = 2048;
+pub const RAW: usize = 1024;
 
 /// The bytes one [`FieldPlan::read_into`] fetched, for
 /// [`FieldPlan::get`] to decode. Reused from object to object.

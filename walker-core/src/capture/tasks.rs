@@ -133,7 +133,8 @@ pub(super) fn capture<Mem: GuestMem + ?Sized>(
         if flags & cursor != 0 {
             return Ok((Step::Skip, link));
         }
-        let step = match tasks.push(record(task, flags, &plan, &raw)) {
+        let fill = |rec: &mut TaskRecord| *rec = record(task, flags, &plan, &raw);
+        let step = match tasks.push_with(fill) {
             Some(_) => Step::Continue,
             None => Step::Stop,
         };
@@ -144,7 +145,7 @@ pub(super) fn capture<Mem: GuestMem + ?Sized>(
 }
 
 /// The record of the task at `task` from its members in `raw`.
-#[inline]
+#[inline(always)]
 fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw) -> TaskRecord {
     let v = |m: M| plan.get(raw, m as usize);
     let u = |m: M| v(m).unwrap_or(0);
