@@ -82,6 +82,7 @@ impl<'a> SliceMem<'a> {
 }
 
 impl GuestMem for SliceMem<'_> {
+    #[inline]
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         end_of(gpa, buf.len())?;
         let off = gpa.checked_sub(self.base).ok_or(MemError::Unmapped {

@@ -102,6 +102,7 @@ where
 }
 
 /// `(next, prev)` of the list_head at `at`, in one read when adjacent.
+#[inline]
 pub fn read_link<M: GuestMem + ?Sized>(
     mem: &M,
     tr: &mut Translator,
