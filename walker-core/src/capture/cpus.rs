@@ -6,7 +6,7 @@ use super::records::{CpuRecord, DsqOrigin, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, dsq, list_health};
 use crate::mem::GuestMem;
 use crate::translate::{Translator, per_cpu_addr};
-use crate::walk::{Step, walk_list};
+use crate::walk::{Step, read_link, walk_list_with};
 
 pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
@@ -39,13 +39,19 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         req(rq_l.clock, 8),
         opt(rq_l.idle, 8),
     ]);
-    let scx_plan = FieldPlan::new([
+    let scx_fields = [
         req(scx_l.nr_running, 4),
         req(scx_l.flags, 4),
         opt(scx_l.cpu_released, 1),
         opt(scx_l.ops_qseq, 8),
         opt(scx_l.clock, 8),
-    ]);
+    ];
+    // With the runnable list head's `next`, so that its walk starts from
+    // this read; alone when that cannot be read, as if it were not there.
+    let [a, b, c, d, e] = scx_fields;
+    let runnable_next = scx_l.runnable_list.saturating_add(lh.next);
+    let scx_plan = FieldPlan::new([a, b, c, d, e, req(runnable_next, 8)]);
+    let scx_alone = FieldPlan::new(scx_fields);
     let mut raw = [0u8; RAW];
     let mut dsqs = dsq::DsqReader::new(cx.target.layout);
     for cpu in 0..cx.target.nr_cpus {
@@ -76,11 +82,17 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             Err(_) => rec.fault = Fault::Unreadable(rq),
         }
         let scx = rq.wrapping_add(u64::from(rq_l.scx));
-        match scx_plan
-            .read_into(cx.mem, tr, scx, &mut raw)
-            .map(|()| scx_plan.values(&raw))
-        {
-            Ok([nr, flags, released, qseq, clock]) => {
+        let scx_values = match scx_plan.read_into(cx.mem, tr, scx, &mut raw) {
+            Ok(()) => Ok(scx_plan.values(&raw)),
+            Err(_) => scx_alone.read_into(cx.mem, tr, scx, &mut raw).map(|()| {
+                let [a, b, c, d, e] = scx_alone.values(&raw);
+                [a, b, c, d, e, None]
+            }),
+        };
+        let mut runnable_next = None;
+        match scx_values {
+            Ok([nr, flags, released, qseq, clock, next]) => {
+                runnable_next = next;
                 rec.scx_nr_running = nr.unwrap_or(0) as u32;
                 rec.scx_flags = flags.unwrap_or(0) as u32;
                 rec.cpu_released = released.map(|v| v != 0);
@@ -110,15 +122,19 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         }
         let start = buf.runnable.len() as u32;
         let runnable = &mut buf.runnable;
-        let walk = walk_list(
+        let walk = walk_list_with(
             cx.mem,
             tr,
             &lh,
             scx.wrapping_add(u64::from(scx_l.runnable_list)),
+            runnable_next,
             cx.limits.max_list,
-            |_, node| match runnable.push(container_of(node, &[entity.runnable_node, task.scx])) {
-                Some(_) => Step::Continue,
-                None => Step::Stop,
+            |tr, node| {
+                let link = read_link(cx.mem, tr, &lh, node)?;
+                match runnable.push(container_of(node, &[entity.runnable_node, task.scx])) {
+                    Some(_) => Ok((Step::Continue, link)),
+                    None => Ok((Step::Stop, link)),
+                }
             },
         );
         rec.runnable = Span {

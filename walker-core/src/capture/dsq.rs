@@ -18,8 +18,12 @@ pub(super) struct DsqReader {
     /// `scx_dsq_list_node` -> task: `dsq_list` within the entity, `scx`
     /// within the task.
     to_task: [u32; 2],
-    /// `id`, `nr`, `seq` of the DSQ.
-    head: FieldPlan<3>,
+    /// `id`, `nr`, `seq` of the DSQ and its list head's `next`: one read
+    /// for the DSQ and the start of its walk.
+    head: FieldPlan<4>,
+    /// `id`, `nr`, `seq` alone, for when `head` cannot be read: the DSQ
+    /// is then read as if the list head were not part of the plan.
+    head_alone: FieldPlan<3>,
     /// A node's links and cursor flags, from the `scx_dsq_list_node`: one
     /// read per queued task.
     link: FieldPlan<3>,
@@ -43,7 +47,13 @@ impl DsqReader {
             lh,
             node,
             to_task: [entity.dsq_list, task.scx],
-            head: FieldPlan::new([req(d.id, 8), req(d.nr, 4), req(d.seq, 4)]),
+            head: FieldPlan::new([
+                req(d.id, 8),
+                req(d.nr, 4),
+                req(d.seq, 4),
+                req(d.list.saturating_add(lh.next), 8),
+            ]),
+            head_alone: FieldPlan::new([req(d.id, 8), req(d.nr, 4), req(d.seq, 4)]),
             link: FieldPlan::new([
                 req(node.node.saturating_add(lh.next), 8),
                 req(node.node.saturating_add(lh.prev), 8),
@@ -66,10 +76,19 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
 ) -> Result<Option<u32>, Fault> {
     let r = reader.as_mut().map_err(|f| *f)?;
     let (d, lh, node, to_task) = (r.d, r.lh, r.node, r.to_task);
-    r.head
-        .read_into(cx.mem, tr, addr, &mut r.raw)
-        .map_err(|_| Fault::Unreadable(addr))?;
-    let [id, nr, seq] = [0, 1, 2].map(|i| r.head.get(&r.raw, i).unwrap_or(0));
+    let ([id, nr, seq], head_next) = match r.head.read_into(cx.mem, tr, addr, &mut r.raw) {
+        Ok(()) => {
+            let v = |i| r.head.get(&r.raw, i);
+            ([0, 1, 2].map(|i| v(i).unwrap_or(0)), v(3))
+        }
+        Err(_) => {
+            r.head_alone
+                .read_into(cx.mem, tr, addr, &mut r.raw)
+                .map_err(|_| Fault::Unreadable(addr))?;
+            let v = |i| r.head_alone.get(&r.raw, i).unwrap_or(0);
+            ([0, 1, 2].map(v), None)
+        }
+    };
     let start = buf.queued.len() as u32;
     let cursor_flag = cx.target.consts.dsq_iter_cursor;
     let queued = &mut buf.queued;
@@ -79,6 +98,7 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
         tr,
         &lh,
         addr.wrapping_add(u64::from(d.list)),
+        head_next,
         cx.limits.max_list,
         |tr, n| {
             let lnode = container_of(n, &[node.node]);

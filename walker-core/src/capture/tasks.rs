@@ -120,26 +120,34 @@ pub(super) fn capture<Mem: GuestMem + ?Sized>(
     let plan = FieldPlan::new(fields);
     let tasks = &mut buf.tasks;
     let mut raw = [0u8; RAW];
-    let walk = walk_list_with(cx.mem, tr, &lh, head, cx.limits.max_tasks, |tr, node| {
-        let task = container_of(node, &[e.tasks_node, t.scx]);
-        if plan.read_into(cx.mem, tr, task, &mut raw).is_err() {
-            // Not a readable task (e.g. an iterator cursor, which is a bare
-            // entity): the links alone decide whether the walk goes on.
-            return Ok((Step::Skip, read_link(cx.mem, tr, &lh, node)?));
-        }
-        let v = |m: M| plan.get(&raw, m as usize);
-        let link = (v(M::Next).unwrap_or(0), v(M::Prev).unwrap_or(0));
-        let flags = v(M::Flags).unwrap_or(0) as u32;
-        if flags & cursor != 0 {
-            return Ok((Step::Skip, link));
-        }
-        let fill = |rec: &mut TaskRecord| *rec = record(task, flags, &plan, &raw);
-        let step = match tasks.push_with(fill) {
-            Some(_) => Step::Continue,
-            None => Step::Stop,
-        };
-        Ok((step, link))
-    });
+    let walk = walk_list_with(
+        cx.mem,
+        tr,
+        &lh,
+        head,
+        None,
+        cx.limits.max_tasks,
+        |tr, node| {
+            let task = container_of(node, &[e.tasks_node, t.scx]);
+            if plan.read_into(cx.mem, tr, task, &mut raw).is_err() {
+                // Not a readable task (e.g. an iterator cursor, which is a bare
+                // entity): the links alone decide whether the walk goes on.
+                return Ok((Step::Skip, read_link(cx.mem, tr, &lh, node)?));
+            }
+            let v = |m: M| plan.get(&raw, m as usize);
+            let link = (v(M::Next).unwrap_or(0), v(M::Prev).unwrap_or(0));
+            let flags = v(M::Flags).unwrap_or(0) as u32;
+            if flags & cursor != 0 {
+                return Ok((Step::Skip, link));
+            }
+            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, &plan, &raw);
+            let step = match tasks.push_with(fill) {
+                Some(_) => Step::Continue,
+                None => Step::Stop,
+            };
+            Ok((step, link))
+        },
+    );
     buf.health.tasks_walk = list_health(&walk);
     Ok(())
 }

@@ -20,7 +20,7 @@ where
     M: GuestMem + ?Sized,
     F: FnMut(&mut Translator, u64) -> Step,
 {
-    walk_list_with(mem, tr, lh, head, max_steps, |tr, node| {
+    walk_list_with(mem, tr, lh, head, None, max_steps, |tr, node| {
         let link = read_link(mem, tr, lh, node)?;
         Ok((visit(tr, node), link))
     })
@@ -31,12 +31,15 @@ where
 /// read per entry instead of two). `visit` returns its step and the
 /// node's links, or the [`Corrupt`] of [`read_link`] when the links cannot
 /// be read; then the walk ends there, and the visitor must not have
-/// recorded the entry.
+/// recorded the entry. Likewise `head_next` is the head's `next` when the
+/// caller read it with the fields around the head (`None`: the walk reads
+/// it).
 pub fn walk_list_with<M, F>(
     mem: &M,
     tr: &mut Translator,
     lh: &ListHeadLayout,
     head: u64,
+    head_next: Option<u64>,
     max_steps: u32,
     mut visit: F,
 ) -> WalkSummary
@@ -47,8 +50,12 @@ where
     let mut s = WalkSummary::default();
     let mut brent = Brent::new(head);
     let mut prev = head;
-    let mut node = match read_link(mem, tr, lh, head) {
-        Ok((next, _)) => next,
+    let first = match head_next {
+        Some(next) => Ok(next),
+        None => read_link(mem, tr, lh, head).map(|(next, _)| next),
+    };
+    let mut node = match first {
+        Ok(next) => next,
         Err(c) => {
             s.corrupt = Some(c);
             return s;

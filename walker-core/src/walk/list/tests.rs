@@ -124,7 +124,7 @@ fn a_visitor_may_bring_the_links_or_end_the_walk() {
     let mem = s.mem();
     let mut tr = Scratch::translator();
     let mut seen = Vec::new();
-    let sum = walk_list_with(&mem, &mut tr, &LH, Scratch::va(HEAD), 100, |tr, n| {
+    let sum = walk_list_with(&mem, &mut tr, &LH, Scratch::va(HEAD), None, 100, |tr, n| {
         let link = read_link(&mem, tr, &LH, n)?;
         seen.push(n);
         Ok((Step::Continue, link))
