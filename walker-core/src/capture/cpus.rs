@@ -12,6 +12,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
     buf: &mut CaptureBuf<'_>,
+    dsqs: &mut Result<dsq::DsqReader, Fault>,
 ) -> Result<(), Fault> {
     let (l, syms) = (cx.target.layout, cx.target.symbols);
     let runqueues = syms.runqueues.ok_or(Fault::MissingSymbol("runqueues"))?;
@@ -53,7 +54,6 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let scx_plan = FieldPlan::new([a, b, c, d, e, req(runnable_next, 8)]);
     let scx_alone = FieldPlan::new(scx_fields);
     let mut raw = [0u8; RAW];
-    let mut dsqs = dsq::DsqReader::new(cx.target.layout);
     for cpu in 0..cx.target.nr_cpus {
         let mut rec = CpuRecord {
             cpu,
@@ -105,7 +105,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             cx,
             tr,
             buf,
-            &mut dsqs,
+            dsqs,
             scx.wrapping_add(u64::from(scx_l.local_dsq)),
             DsqOrigin::Local(cpu),
         ) {
@@ -116,7 +116,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             .map(|(pcpu, inner)| per_cpu_addr(pcpu, off).wrapping_add(u64::from(inner)))
             .or(scx_l.bypass_dsq.map(|b| scx.wrapping_add(u64::from(b))));
         if let Some(b) = bypass {
-            if let Err(f) = dsq::capture_one(cx, tr, buf, &mut dsqs, b, DsqOrigin::Bypass(cpu)) {
+            if let Err(f) = dsq::capture_one(cx, tr, buf, dsqs, b, DsqOrigin::Bypass(cpu)) {
                 rec.fault = f;
             }
         }

@@ -104,7 +104,7 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
             let lnode = container_of(n, &[node.node]);
             let (link, flags) = match plan.read_into(cx.mem, tr, lnode, raw) {
                 Ok(()) => {
-                    let v = |i| plan.get(raw, i).unwrap_or(0);
+                    let v = |i| plan.get_or_zero(raw, i);
                     ((v(0), v(1)), v(2) as u32)
                 }
                 // Read the links alone; unreadable flags count as 0.
@@ -143,6 +143,7 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
     buf: &mut CaptureBuf<'_>,
+    reader: &mut Result<DsqReader, Fault>,
 ) -> Result<(), Fault> {
     let root = buf.sched.root;
     let l = cx.target.layout;
@@ -152,7 +153,6 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
     else {
         return Ok(()); // no scheduler instance: no shared DSQs to read
     };
-    let mut reader = DsqReader::new(l);
     let mut first_fault = Fault::None;
     let mut note = |f: Fault| {
         if !first_fault.is_fault() {
@@ -177,7 +177,7 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                                 cx,
                                 tr,
                                 buf,
-                                &mut reader,
+                                reader,
                                 p.wrapping_add(u64::from(inner)),
                                 DsqOrigin::Global(node),
                             ) {
@@ -210,7 +210,7 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                 cx.limits.hash,
                 |tr, e| {
                     let dsq = container_of(e, &[hash_node]);
-                    match capture_one(cx, tr, buf, &mut reader, dsq, DsqOrigin::User) {
+                    match capture_one(cx, tr, buf, reader, dsq, DsqOrigin::User) {
                         Ok(Some(_)) => Step::Continue,
                         // Out of DSQ slots: the rest would be dropped anyway.
                         Ok(None) => Step::Stop,

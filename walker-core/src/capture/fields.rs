@@ -93,37 +93,26 @@ impl<const N: usize> FieldPlan<N> {
     /// Greedy grouping in offset order: a run grows while it stays within
     /// `window` bytes; runs are laid out back to back in the buffer.
     fn grouped(fields: &[Option<Field>; N], window: u32) -> Self {
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .copied()
-                .flatten()
-                .map(|f| Field::new(f.offset, f.width.clamp(1, 8)))
-        };
-        // `order[..n]`: indices of the present fields by offset.
-        let mut order = [0usize; N];
+        // The present fields as (field, index), sorted by offset.
+        let mut present = [(Field::new(0, 1), 0usize); N];
         let mut n = 0usize;
-        for i in 0..N {
-            if field(i).is_some() {
-                if let Some(slot) = order.get_mut(n) {
-                    *slot = i;
-                }
+        for (i, f) in fields.iter().enumerate() {
+            if let (Some(f), Some(slot)) = (f, present.get_mut(n)) {
+                *slot = (Field::new(f.offset, f.width.clamp(1, 8)), i);
                 n += 1;
             }
         }
-        if let Some(present) = order.get_mut(..n) {
-            present.sort_unstable_by_key(|i| field(*i).map_or(u32::MAX, |f| f.offset));
-        }
+        let present = present.get_mut(..n).unwrap_or_default();
+        present.sort_unstable_by_key(|(f, _)| f.offset);
         let mut plan = Self {
             runs: [Run::default(); N],
             nruns: 0,
             at: [0; N],
             mask: [0; N],
         };
-        // `run_of[i]`: the run that reads field i.
+        // `run_of[k]`: the run that reads the k-th present field.
         let mut run_of = [0usize; N];
-        for &i in order.iter().take(n) {
-            let Some(f) = field(i) else { continue };
+        for ((f, _), run) in present.iter().zip(run_of.iter_mut()) {
             let f_end = f.offset.saturating_add(u32::from(f.width));
             let last = plan.nruns.checked_sub(1);
             match last
@@ -142,18 +131,15 @@ impl<const N: usize> FieldPlan<N> {
                     }
                 }
             }
-            if let Some(slot) = run_of.get_mut(i) {
-                *slot = plan.nruns.saturating_sub(1);
-            }
+            *run = plan.nruns.saturating_sub(1);
         }
         let mut at = 0u32;
         for r in plan.runs.iter_mut().take(plan.nruns) {
             r.at = at;
             at = at.saturating_add(r.len);
         }
-        for &i in order.iter().take(n) {
-            let (Some(f), Some(r)) = (field(i), run_of.get(i).and_then(|&r| plan.runs.get(r)))
-            else {
+        for (&(f, i), &run) in present.iter().zip(run_of.iter()) {
+            let Some(r) = plan.runs.get(run) else {
                 continue;
             };
             if let (Some(a), Some(m)) = (plan.at.get_mut(i), plan.mask.get_mut(i)) {
@@ -197,19 +183,26 @@ impl<const N: usize> FieldPlan<N> {
     }
 
     /// Field `i` (the caller's order) from a `raw` that
-    /// [`FieldPlan::read_into`] filled; `None` when it is absent. One
-    /// 8-byte load and a mask rather than a copy of the field's width: a
-    /// variable-length copy costs a libc call per field. Bytes past a
-    /// chunk's end are masked off.
+    /// [`FieldPlan::read_into`] filled; `None` when it is absent.
     #[inline]
     pub fn get(&self, raw: &Raw, i: usize) -> Option<u64> {
-        let mask = *self.mask.get(i)?;
-        if mask == 0 {
-            return None;
-        }
-        let at = *self.at.get(i)? as usize;
-        let bytes = raw.get(at..).and_then(<[u8]>::first_chunk::<8>)?;
-        Some(u64::from_le_bytes(*bytes) & mask)
+        (*self.mask.get(i)? != 0).then(|| self.get_or_zero(raw, i))
+    }
+
+    /// [`FieldPlan::get`], with 0 for an absent field, and no branch: one
+    /// 8-byte load and a mask (0 for an absent field). A copy of the
+    /// field's width instead would cost a libc call per field. Bytes past
+    /// a chunk's end are masked off.
+    #[inline]
+    pub fn get_or_zero(&self, raw: &Raw, i: usize) -> u64 {
+        let (Some(&at), Some(&mask)) = (self.at.get(i), self.mask.get(i)) else {
+            return 0;
+        };
+        // Plans keep every field below RAW - 8 (see `new`): the clamp
+        // never moves one, and spares a bounds check per field.
+        let at = (at as usize).min(RAW - 8);
+        let bytes = raw.get(at..).and_then(<[u8]>::first_chunk::<8>);
+        u64::from_le_bytes(bytes.copied().unwrap_or_default()) & mask
     }
 
     /// Every field from `raw`, in the caller's order.

@@ -186,10 +186,12 @@ pub fn capture<M: GuestMem + ?Sized>(
     if let Err(f) = sched::capture(&cx, tr, &mut buf.sched) {
         buf.health.sched = f;
     }
-    if let Err(f) = cpus::capture(&cx, tr, buf) {
+    // Prepared once for the per-CPU and the shared DSQs.
+    let mut dsqs = dsq::DsqReader::new(target.layout);
+    if let Err(f) = cpus::capture(&cx, tr, buf, &mut dsqs) {
         buf.health.cpus = f;
     }
-    if let Err(f) = dsq::capture_shared(&cx, tr, buf) {
+    if let Err(f) = dsq::capture_shared(&cx, tr, buf, &mut dsqs) {
         buf.health.dsqs = f;
     }
     if let Err(f) = tasks::capture(&cx, tr, buf) {

@@ -156,7 +156,7 @@ pub(super) fn capture<Mem: GuestMem + ?Sized>(
 #[inline(always)]
 fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw) -> TaskRecord {
     let v = |m: M| plan.get(raw, m as usize);
-    let u = |m: M| v(m).unwrap_or(0);
+    let u = |m: M| plan.get_or_zero(raw, m as usize);
     let mut comm = [0u8; 16];
     let (lo, hi) = comm.split_at_mut(8);
     lo.copy_from_slice(&u(M::Comm0).to_le_bytes());

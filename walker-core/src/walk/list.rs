@@ -34,6 +34,7 @@ where
 /// recorded the entry. Likewise `head_next` is the head's `next` when the
 /// caller read it with the fields around the head (`None`: the walk reads
 /// it).
+#[inline]
 pub fn walk_list_with<M, F>(
     mem: &M,
     tr: &mut Translator,
