@@ -7,6 +7,10 @@ use super::{CaptureBuf, Cx, container_of, dsq, list_health};
 use crate::mem::GuestMem;
 use crate::translate::{Translator, per_cpu_addr};
 use crate::walk::{Step, read_link, walk_list_with};
+use zerocopy::IntoBytes;
+
+/// `__per_cpu_offset` entries read at once.
+const OFFSET_BATCH: usize = 64;
 
 pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
@@ -54,12 +58,25 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let scx_plan = FieldPlan::new([a, b, c, d, e, req(runnable_next, 8)]);
     let scx_alone = FieldPlan::new(scx_fields);
     let mut raw = [0u8; RAW];
+    // `__per_cpu_offset` a batch at a time; a batch that cannot be read
+    // whole is read entry by entry, so a bad entry faults only its CPU.
+    let mut batch = [0u64; OFFSET_BATCH];
+    let mut batch_ok = false;
     for cpu in 0..cx.target.nr_cpus {
+        let slot = cpu as usize % OFFSET_BATCH;
+        if slot == 0 {
+            let n = ((cx.target.nr_cpus - cpu) as usize).min(OFFSET_BATCH);
+            let at = offsets.wrapping_add(u64::from(cpu) * 8);
+            let bytes = batch.get_mut(..n).unwrap_or_default().as_mut_bytes();
+            batch_ok = tr.read_virt(cx.mem, at, bytes).is_ok();
+        }
+        let batched = batch.get(slot).copied().filter(|_| batch_ok);
         let mut rec = CpuRecord {
             cpu,
             ..CpuRecord::default()
         };
-        let off = match tr.read_per_cpu_offset(cx.mem, offsets, cpu) {
+        let one = |tr: &mut Translator| tr.read_per_cpu_offset(cx.mem, offsets, cpu);
+        let off = match batched.map_or_else(|| one(tr), Ok) {
             Ok(o) => o,
             Err(_) => {
                 rec.fault = Fault::Unreadable(offsets.wrapping_add(u64::from(cpu) * 8));
