@@ -51,11 +51,15 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         opt(scx_l.ops_qseq, 8),
         opt(scx_l.clock, 8),
     ];
-    // With the runnable list head's `next`, so that its walk starts from
-    // this read; alone when that cannot be read, as if it were not there.
+    // With the runnable list head's `next` and the local DSQ's head, so
+    // that one read starts the CPU's walks; alone when that wider read
+    // fails, as if they were not there (the walks read them).
     let [a, b, c, d, e] = scx_fields;
     let runnable_next = scx_l.runnable_list.saturating_add(lh.next);
-    let scx_plan = FieldPlan::new([a, b, c, d, e, req(runnable_next, 8)]);
+    let [f, g, h, i] = dsqs
+        .as_ref()
+        .map_or([None; 4], |r| r.head_fields(scx_l.local_dsq));
+    let scx_plan = FieldPlan::new([a, b, c, d, e, req(runnable_next, 8), f, g, h, i]);
     let scx_alone = FieldPlan::new(scx_fields);
     let mut raw = [0u8; RAW];
     // `__per_cpu_offset` a batch at a time; a batch that cannot be read
@@ -103,13 +107,30 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             Ok(()) => Ok(scx_plan.values(&raw)),
             Err(_) => scx_alone.read_into(cx.mem, tr, scx, &mut raw).map(|()| {
                 let [a, b, c, d, e] = scx_alone.values(&raw);
-                [a, b, c, d, e, None]
+                [a, b, c, d, e, None, None, None, None, None]
             }),
         };
-        let mut runnable_next = None;
+        let (mut runnable_next, mut local_head) = (None, None);
         match scx_values {
-            Ok([nr, flags, released, qseq, clock, next]) => {
+            Ok(
+                [
+                    nr,
+                    flags,
+                    released,
+                    qseq,
+                    clock,
+                    next,
+                    id,
+                    dsq_nr,
+                    seq,
+                    dsq_next,
+                ],
+            ) => {
                 runnable_next = next;
+                local_head = id.map(|id| {
+                    let u = |v: Option<u64>| v.unwrap_or(0);
+                    ([id, u(dsq_nr), u(seq)], dsq_next)
+                });
                 rec.scx_nr_running = nr.unwrap_or(0) as u32;
                 rec.scx_flags = flags.unwrap_or(0) as u32;
                 rec.cpu_released = released.map(|v| v != 0);
@@ -118,14 +139,11 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             }
             Err(_) => rec.fault = Fault::Unreadable(scx),
         }
-        match dsq::capture_one(
-            cx,
-            tr,
-            buf,
-            dsqs,
+        let local = (
             scx.wrapping_add(u64::from(scx_l.local_dsq)),
             DsqOrigin::Local(cpu),
-        ) {
+        );
+        match dsq::capture_one(cx, tr, buf, dsqs, local, local_head) {
             Ok(i) => rec.local_dsq = i,
             Err(f) => rec.fault = f,
         }
@@ -133,7 +151,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             .map(|(pcpu, inner)| per_cpu_addr(pcpu, off).wrapping_add(u64::from(inner)))
             .or(scx_l.bypass_dsq.map(|b| scx.wrapping_add(u64::from(b))));
         if let Some(b) = bypass {
-            if let Err(f) = dsq::capture_one(cx, tr, buf, dsqs, b, DsqOrigin::Bypass(cpu)) {
+            if let Err(f) = dsq::capture_one(cx, tr, buf, dsqs, (b, DsqOrigin::Bypass(cpu)), None) {
                 rec.fault = f;
             }
         }

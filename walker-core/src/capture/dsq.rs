@@ -1,7 +1,7 @@
 //! Dispatch queues: one DSQ with its tasks in order, and the pass over the
 //! shared ones (per-node global DSQs, user DSQs in the scheduler's hash).
 
-use super::fields::{FieldPlan, RAW, Raw, req};
+use super::fields::{Field, FieldPlan, RAW, Raw, req};
 use super::records::{DsqOrigin, DsqRecord, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::layout::{DsqLayout, DsqListNodeLayout, Layout, ListHeadLayout};
@@ -64,30 +64,58 @@ impl DsqReader {
     }
 }
 
+/// A DSQ's `id`, `nr`, `seq`, and its list head's `next` when known.
+pub(super) type Head = ([u64; 3], Option<u64>);
+
+impl DsqReader {
+    /// The fields of [`Head`] for a DSQ embedded `at` bytes into another
+    /// object, so that the object's plan reads them with its own.
+    pub(super) fn head_fields(&self, at: u32) -> [Option<Field>; 4] {
+        let (d, lh) = (self.d, self.lh);
+        [
+            req(at.saturating_add(d.id), 8),
+            req(at.saturating_add(d.nr), 4),
+            req(at.saturating_add(d.seq), 4),
+            req(at.saturating_add(d.list).saturating_add(lh.next), 8),
+        ]
+    }
+
+    /// The [`Head`] of the DSQ at `addr`, in one read when it can.
+    fn read_head<M: GuestMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        tr: &mut Translator,
+        addr: u64,
+    ) -> Result<Head, Fault> {
+        if self.head.read_into(mem, tr, addr, &mut self.raw).is_ok() {
+            let v = |i| self.head.get_or_zero(&self.raw, i);
+            return Ok(([v(0), v(1), v(2)], self.head.get(&self.raw, 3)));
+        }
+        // As if the list head were not part of the plan: the walk reads it.
+        self.head_alone
+            .read_into(mem, tr, addr, &mut self.raw)
+            .map_err(|_| Fault::Unreadable(addr))?;
+        let v = |i| self.head_alone.get_or_zero(&self.raw, i);
+        Ok(([v(0), v(1), v(2)], None))
+    }
+}
+
 /// Record the DSQ at `addr` with `reader` (or its fault); returns its index
-/// in `buf.dsqs`.
+/// in `buf.dsqs`. `head`: the DSQ's head fields when the caller read them
+/// (see [`DsqReader::head_fields`]); `None` reads them here.
 pub(super) fn capture_one<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
     buf: &mut CaptureBuf<'_>,
     reader: &mut Result<DsqReader, Fault>,
-    addr: u64,
-    origin: DsqOrigin,
+    (addr, origin): (u64, DsqOrigin),
+    head: Option<Head>,
 ) -> Result<Option<u32>, Fault> {
     let r = reader.as_mut().map_err(|f| *f)?;
     let (d, lh, node, to_task) = (r.d, r.lh, r.node, r.to_task);
-    let ([id, nr, seq], head_next) = match r.head.read_into(cx.mem, tr, addr, &mut r.raw) {
-        Ok(()) => {
-            let v = |i| r.head.get(&r.raw, i);
-            ([0, 1, 2].map(|i| v(i).unwrap_or(0)), v(3))
-        }
-        Err(_) => {
-            r.head_alone
-                .read_into(cx.mem, tr, addr, &mut r.raw)
-                .map_err(|_| Fault::Unreadable(addr))?;
-            let v = |i| r.head_alone.get(&r.raw, i).unwrap_or(0);
-            ([0, 1, 2].map(v), None)
-        }
+    let ([id, nr, seq], head_next) = match head {
+        Some(h) => h,
+        None => r.read_head(cx.mem, tr, addr)?,
     };
     let start = buf.queued.len() as u32;
     let cursor_flag = cx.target.consts.dsq_iter_cursor;
@@ -173,14 +201,9 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                     let slot = array.wrapping_add(u64::from(node) * 8);
                     match tr.read_virt_pod::<u64, _>(cx.mem, slot) {
                         Ok(p) if p != 0 => {
-                            if let Err(f) = capture_one(
-                                cx,
-                                tr,
-                                buf,
-                                reader,
-                                p.wrapping_add(u64::from(inner)),
-                                DsqOrigin::Global(node),
-                            ) {
+                            let dsq = p.wrapping_add(u64::from(inner));
+                            let origin = DsqOrigin::Global(node);
+                            if let Err(f) = capture_one(cx, tr, buf, reader, (dsq, origin), None) {
                                 note(f);
                             }
                         }
@@ -210,7 +233,7 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                 cx.limits.hash,
                 |tr, e| {
                     let dsq = container_of(e, &[hash_node]);
-                    match capture_one(cx, tr, buf, reader, dsq, DsqOrigin::User) {
+                    match capture_one(cx, tr, buf, reader, (dsq, DsqOrigin::User), None) {
                         Ok(Some(_)) => Step::Continue,
                         // Out of DSQ slots: the rest would be dropped anyway.
                         Ok(None) => Step::Stop,
