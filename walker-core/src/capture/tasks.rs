@@ -12,7 +12,7 @@ use crate::walk::{Step, read_link, walk_list_with};
 /// Named indices rather than a destructured array, so each member is
 /// decoded straight into the record.
 #[derive(Debug, Clone, Copy)]
-enum M {
+enum Member {
     Pid,
     Tgid,
     Comm0,
@@ -37,67 +37,73 @@ enum M {
     Prev,
 }
 
-const ALL: [M; 22] = [
-    M::Pid,
-    M::Tgid,
-    M::Comm0,
-    M::Comm1,
-    M::State,
-    M::OnRq,
-    M::OnCpu,
-    M::Cpu,
-    M::Class,
-    M::Prio,
-    M::Flags,
-    M::OpsState,
-    M::Dsq,
-    M::Weight,
-    M::Slice,
-    M::Vtime,
-    M::Sticky,
-    M::Holding,
-    M::RunnableAt,
-    M::CssSet,
-    M::Next,
-    M::Prev,
+/// Every member once; a member's plan index is its discriminant.
+const ALL: [Member; 22] = [
+    Member::Pid,
+    Member::Tgid,
+    Member::Comm0,
+    Member::Comm1,
+    Member::State,
+    Member::OnRq,
+    Member::OnCpu,
+    Member::Cpu,
+    Member::Class,
+    Member::Prio,
+    Member::Flags,
+    Member::OpsState,
+    Member::Dsq,
+    Member::Weight,
+    Member::Slice,
+    Member::Vtime,
+    Member::Sticky,
+    Member::Holding,
+    Member::RunnableAt,
+    Member::CssSet,
+    Member::Next,
+    Member::Prev,
 ];
 
 /// Where member `m` sits in a task, if this kernel has it.
-fn member(m: M, t: &TaskLayout, e: &SchedExtEntityLayout, lh: &ListHeadLayout) -> Option<Field> {
+fn member(
+    m: Member,
+    t: &TaskLayout,
+    e: &SchedExtEntityLayout,
+    lh: &ListHeadLayout,
+) -> Option<Field> {
     // Entity members as offsets from the task.
     let se = |o: u32| t.scx.saturating_add(o);
     match m {
-        M::Pid => req(t.pid, 4),
-        M::Tgid => req(t.tgid, 4),
-        M::Comm0 => req(t.comm, 8),
-        M::Comm1 => req(t.comm.saturating_add(8), 8),
-        M::State => req(t.state, 4),
+        Member::Pid => req(t.pid, 4),
+        Member::Tgid => req(t.tgid, 4),
+        Member::Comm0 => req(t.comm, 8),
+        Member::Comm1 => req(t.comm.saturating_add(8), 8),
+        Member::State => req(t.state, 4),
         // on_rq/on_cpu are int in older kernels and u8 in newer ones; their
         // values fit the low byte either way (little-endian).
-        M::OnRq => req(t.on_rq, 1),
-        M::OnCpu => opt(t.on_cpu, 1),
-        M::Cpu => opt(t.cpu, 4),
-        M::Class => req(t.sched_class, 8),
-        M::Prio => opt(t.prio, 4),
-        M::Flags => req(se(e.flags), 4),
-        M::OpsState => req(se(e.ops_state), 8),
-        M::Dsq => req(se(e.dsq), 8),
-        M::Weight => req(se(e.weight), 4),
-        M::Slice => req(se(e.slice), 8),
-        M::Vtime => req(se(e.dsq_vtime), 8),
-        M::Sticky => opt(e.sticky_cpu.map(se), 4),
-        M::Holding => opt(e.holding_cpu.map(se), 4),
-        M::RunnableAt => req(se(e.runnable_at), 8),
-        M::CssSet => opt(t.cgroups, 8),
+        Member::OnRq => req(t.on_rq, 1),
+        Member::OnCpu => opt(t.on_cpu, 1),
+        Member::Cpu => opt(t.cpu, 4),
+        Member::Class => req(t.sched_class, 8),
+        Member::Prio => opt(t.prio, 4),
+        Member::Flags => req(se(e.flags), 4),
+        Member::OpsState => req(se(e.ops_state), 8),
+        Member::Dsq => req(se(e.dsq), 8),
+        Member::Weight => req(se(e.weight), 4),
+        Member::Slice => req(se(e.slice), 8),
+        Member::Vtime => req(se(e.dsq_vtime), 8),
+        Member::Sticky => opt(e.sticky_cpu.map(se), 4),
+        Member::Holding => opt(e.holding_cpu.map(se), 4),
+        Member::RunnableAt => req(se(e.runnable_at), 8),
+        Member::CssSet => opt(t.cgroups, 8),
         // The scx_tasks links, so that one read usually covers both the
         // walk and the task.
-        M::Next => req(se(e.tasks_node.saturating_add(lh.next)), 8),
-        M::Prev => req(se(e.tasks_node.saturating_add(lh.prev)), 8),
+        Member::Next => req(se(e.tasks_node.saturating_add(lh.next)), 8),
+        Member::Prev => req(se(e.tasks_node.saturating_add(lh.prev)), 8),
     }
 }
 
-pub(super) fn capture<Mem: GuestMem + ?Sized>(
-    cx: &Cx<'_, '_, Mem>,
+pub(super) fn capture<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
     buf: &mut CaptureBuf<'_>,
 ) -> Result<(), Fault> {
@@ -134,9 +140,9 @@ pub(super) fn capture<Mem: GuestMem + ?Sized>(
                 // entity): the links alone decide whether the walk goes on.
                 return Ok((Step::Skip, read_link(cx.mem, tr, &lh, node)?));
             }
-            let v = |m: M| plan.get(&raw, m as usize);
-            let link = (v(M::Next).unwrap_or(0), v(M::Prev).unwrap_or(0));
-            let flags = v(M::Flags).unwrap_or(0) as u32;
+            let u = |m: Member| plan.get_or_zero(&raw, m as usize);
+            let link = (u(Member::Next), u(Member::Prev));
+            let flags = u(Member::Flags) as u32;
             if flags & cursor != 0 {
                 return Ok((Step::Skip, link));
             }
@@ -155,32 +161,32 @@ pub(super) fn capture<Mem: GuestMem + ?Sized>(
 /// The record of the task at `task` from its members in `raw`.
 #[inline(always)]
 fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw) -> TaskRecord {
-    let v = |m: M| plan.get(raw, m as usize);
-    let u = |m: M| plan.get_or_zero(raw, m as usize);
+    let v = |m: Member| plan.get(raw, m as usize);
+    let u = |m: Member| plan.get_or_zero(raw, m as usize);
     let mut comm = [0u8; 16];
     let (lo, hi) = comm.split_at_mut(8);
-    lo.copy_from_slice(&u(M::Comm0).to_le_bytes());
-    hi.copy_from_slice(&u(M::Comm1).to_le_bytes());
+    lo.copy_from_slice(&u(Member::Comm0).to_le_bytes());
+    hi.copy_from_slice(&u(Member::Comm1).to_le_bytes());
     TaskRecord {
         addr: task,
-        pid: u(M::Pid) as u32 as i32,
-        tgid: u(M::Tgid) as u32 as i32,
+        pid: u(Member::Pid) as u32 as i32,
+        tgid: u(Member::Tgid) as u32 as i32,
         comm,
-        state: u(M::State) as u32,
-        on_rq: u(M::OnRq) as u8,
-        on_cpu: v(M::OnCpu).map(|v| v as u8),
-        cpu: v(M::Cpu).map(|v| v as u32),
-        sched_class: u(M::Class),
+        state: u(Member::State) as u32,
+        on_rq: u(Member::OnRq) as u8,
+        on_cpu: v(Member::OnCpu).map(|v| v as u8),
+        cpu: v(Member::Cpu).map(|v| v as u32),
+        sched_class: u(Member::Class),
         scx_flags,
-        ops_state: u(M::OpsState),
-        dsq: u(M::Dsq),
-        weight: u(M::Weight) as u32,
-        slice: u(M::Slice),
-        dsq_vtime: u(M::Vtime),
-        sticky_cpu: v(M::Sticky).map(|v| v as u32 as i32),
-        holding_cpu: v(M::Holding).map(|v| v as u32 as i32),
-        runnable_at: u(M::RunnableAt),
-        prio: v(M::Prio).map(|v| v as u32 as i32),
-        css_set: u(M::CssSet),
+        ops_state: u(Member::OpsState),
+        dsq: u(Member::Dsq),
+        weight: u(Member::Weight) as u32,
+        slice: u(Member::Slice),
+        dsq_vtime: u(Member::Vtime),
+        sticky_cpu: v(Member::Sticky).map(|v| v as u32 as i32),
+        holding_cpu: v(Member::Holding).map(|v| v as u32 as i32),
+        runnable_at: u(Member::RunnableAt),
+        prio: v(Member::Prio).map(|v| v as u32 as i32),
+        css_set: u(Member::CssSet),
     }
 }
