@@ -22,27 +22,37 @@ const MAX_CPUS: u32 = 4;
 const MAX_NODES: u32 = 2;
 
 /// Reads one virtual read may cost: a 5-level walk plus the read itself;
-/// every structure read below is at most 512 bytes (one chunk), so it
-/// crosses at most one page boundary: twice that.
+/// every structure read below is at most 512 bytes (one chunk, or 64
+/// `__per_cpu_offset` entries), so it crosses at most one page boundary:
+/// twice that.
 const PER_READ: u64 = 2 * 6;
 
 /// Cgroup records the fuzzed capture keeps.
 const CGROUPS: u64 = 8;
 
 /// Read bound, counted in virtual reads, then multiplied by [`PER_READ`].
+/// A plan of n fields reads at most n chunks; when a plan that also covers
+/// a list link fails, the narrower reads it replaces are done as before.
 fn read_bound() -> u64 {
     let list = |n: u32| 2 * (u64::from(n) + 1);
     // A string: one try, then up to 16 pieces of 16 and 16 single bytes.
     let string = 1 + 16 + 16;
-    // A DSQ: id/nr/seq (up to 3 chunks), its list, each node's flags.
-    let dsq = 3 + list(LIMITS.max_list) + u64::from(LIMITS.max_list);
+    // A DSQ: id/nr/seq/list.next (4 chunks), then id/nr/seq alone (3) and
+    // the list head's links (2); per node its links and flags (3 chunks),
+    // then the links (2) and the flags (1) alone.
+    let dsq = 4 + 3 + 2 + 6 * u64::from(LIMITS.max_list);
     let sched = 1 + 5 + string + 3 + 2 * string + 1; // + jiffies
-    let per_cpu = 1 + 4 + 5 + 2 * dsq + list(LIMITS.max_list);
+    // The offsets batch and the CPU's own entry, rq (4 chunks), rq->scx
+    // with the runnable and local DSQ heads (10) then alone (5), two DSQs,
+    // the runnable list.
+    let per_cpu = 2 + 4 + 10 + 5 + 2 * dsq + list(LIMITS.max_list);
     let cpus = 1 + u64::from(MAX_CPUS) * per_cpu;
     let shared = 1 + u64::from(MAX_NODES) * (1 + dsq)
         + 4 + u64::from(LIMITS.hash.max_buckets) / 64 + 1
         + u64::from(LIMITS.hash.max_entries) * (1 + dsq);
-    let tasks = list(LIMITS.max_tasks) + u64::from(LIMITS.max_tasks) * 20;
+    // Per task: its plan (up to 22 chunks, links included), then its
+    // links alone (2).
+    let tasks = 2 + u64::from(LIMITS.max_tasks) * (22 + 2);
     // Per distinct cgroup (at most CGROUPS kept): css_set and cgroup
     // pointers, then up to 16 levels of parent, name pointer and a name in
     // up to 4 pieces.

@@ -9,7 +9,7 @@ use ktstr_walker::Layout;
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use ktstr_walker::capture::{CaptureBuf, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture};
 use ktstr_walker::kernel::btf::KernelBtf;
-use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
+use ktstr_walker::testkit::{DIRECT_MAP, PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
 
 /// Storage with room for `tasks` tasks.
@@ -526,5 +526,35 @@ fn cgroup_paths_are_read_once_per_css_set_and_rendered_per_task() {
             "{name}: {:?}",
             report.health.faults
         );
+    }
+}
+
+#[test]
+fn an_unreadable_per_cpu_offset_faults_only_its_cpu() {
+    // The per-CPU offsets are read in batches; when a batch runs off the
+    // end of memory, the CPUs whose entries are readable are still read.
+    let k = SyntheticKernel::new(compact_layout(), 4, PerCpuStyle::Absolute).unwrap();
+    let mut moved = k.clone();
+    let copy_at = |cpu: u64| moved.symbols.per_cpu_offset.unwrap() + 8 * cpu;
+    // Copy the first two entries to the last 16 bytes of memory and point
+    // __per_cpu_offset there: entries 2 and 3 lie past the end.
+    let end = DIRECT_MAP + k.bytes().len() as u64;
+    let (e0, e1) = (k.read_u64(copy_at(0)), k.read_u64(copy_at(1)));
+    moved.write_u64(end - 16, e0);
+    moved.write_u64(end - 8, e1);
+    moved.symbols.per_cpu_offset = Some(end - 16);
+    let mut store = Store::new(16);
+    let buf = run(&moved, &mut store);
+    let cpus = buf.cpus.as_slice();
+    assert_eq!(cpus.len(), 4);
+    for c in &cpus[..2] {
+        assert_eq!(
+            (c.fault, c.rq),
+            (Fault::None, k.rq(c.cpu as usize)),
+            "{c:?}"
+        );
+    }
+    for c in &cpus[2..] {
+        assert_eq!(c.fault, Fault::Unreadable(end - 16 + 8 * u64::from(c.cpu)));
     }
 }

@@ -50,6 +50,7 @@ impl<M: GuestMem + ?Sized> GuestMem for &M {
 
 /// Copy `buf.len()` bytes at offset `off` of `bytes`, or report the range
 /// `[gpa, gpa+len)` as unmapped.
+#[inline]
 fn copy_from(bytes: &[u8], off: u64, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
     let len = buf.len() as u64;
     let src = usize::try_from(off)
@@ -60,6 +61,7 @@ fn copy_from(bytes: &[u8], off: u64, gpa: u64, buf: &mut [u8]) -> Result<(), Mem
     Ok(())
 }
 
+#[inline]
 fn end_of(gpa: u64, len: usize) -> Result<u64, MemError> {
     gpa.checked_add(len as u64).ok_or(MemError::Overflow {
         gpa,
@@ -82,6 +84,7 @@ impl<'a> SliceMem<'a> {
 }
 
 impl GuestMem for SliceMem<'_> {
+    #[inline]
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         end_of(gpa, buf.len())?;
         let off = gpa.checked_sub(self.base).ok_or(MemError::Unmapped {

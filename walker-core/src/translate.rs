@@ -239,7 +239,42 @@ impl Translator {
     }
 
     /// Fill `buf` from kernel virtual `va`, crossing pages as needed.
+    #[inline]
     pub fn read_virt<M: GuestMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        va: u64,
+        buf: &mut [u8],
+    ) -> Result<(), TranslateError> {
+        // Fast path, inlined into every reader: the whole buffer lies in
+        // the kernel image or the direct map, one guest read, no loop.
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(pa) = self.linear(va, buf.len() as u64) {
+            return Ok(mem.read(pa, buf)?);
+        }
+        self.read_virt_paged(mem, va, buf)
+    }
+
+    /// The guest-physical address of `va` when `va..va + len` lies in one
+    /// of the linear mappings (checked in the order `translate_span` tries
+    /// them).
+    #[inline]
+    fn linear(&self, va: u64, len: u64) -> Option<u64> {
+        let c = &self.config;
+        if let Some(off) = va
+            .checked_sub(START_KERNEL_MAP)
+            .filter(|o| *o < c.kernel_image_size)
+        {
+            return (c.kernel_image_size - off >= len).then(|| off.wrapping_add(c.phys_base));
+        }
+        va.checked_sub(c.page_offset_base)
+            .filter(|o| *o < c.direct_map_size && c.direct_map_size - *o >= len)
+    }
+
+    /// [`Translator::read_virt`] one physically contiguous piece at a time.
+    fn read_virt_paged<M: GuestMem + ?Sized>(
         &mut self,
         mem: &M,
         va: u64,
@@ -266,6 +301,7 @@ impl Translator {
     }
 
     /// Read a plain-old-data value at kernel virtual `va`.
+    #[inline]
     pub fn read_virt_pod<T: FromBytes + IntoBytes, M: GuestMem + ?Sized>(
         &mut self,
         mem: &M,

@@ -35,6 +35,25 @@ impl<'a, T: Copy> Slots<'a, T> {
         }
     }
 
+    /// Append the value `fill` writes into the next slot (over whatever it
+    /// held before: `fill` must write all of it); returns its index, or
+    /// `None` (and counts a drop) when full. Building a large record in
+    /// place spares a copy of it per push.
+    #[inline]
+    pub fn push_with(&mut self, fill: impl FnOnce(&mut T)) -> Option<usize> {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                fill(slot);
+                self.len += 1;
+                Some(self.len - 1)
+            }
+            None => {
+                self.dropped = self.dropped.saturating_add(1);
+                None
+            }
+        }
+    }
+
     /// The filled part.
     pub fn as_slice(&self) -> &[T] {
         self.items.get(..self.len).unwrap_or_default()

@@ -1,5 +1,7 @@
 //! Reading several scalar members of one kernel object with as few guest
-//! reads as possible: members close together are fetched in one chunk.
+//! reads as possible: members close together are fetched in one chunk, and
+//! all of an object's chunks land back to back in one [`Raw`] buffer, from
+//! which each member is decoded with one load and a mask.
 
 use crate::mem::GuestMem;
 use crate::translate::{TranslateError, Translator};
@@ -7,6 +9,13 @@ use crate::translate::{TranslateError, Translator};
 /// Largest chunk read at once (bytes); members further apart are read in
 /// separate chunks.
 pub const CHUNK: usize = 512;
+
+/// Size of a [`Raw`] buffer.
+pub const RAW: usize = 1024;
+
+/// The bytes one [`FieldPlan::read_into`] fetched, for
+/// [`FieldPlan::get`] to decode. Reused from object to object.
+pub type Raw = [u8; RAW];
 
 /// One scalar member: byte offset and width (1, 2, 4 or 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,89 +43,111 @@ pub fn opt(offset: Option<u32>, width: u8) -> Option<Field> {
     offset.map(|o| Field::new(o, width))
 }
 
-/// One guest read of a plan: fields `first..end` (in sorted order) within
-/// `offset..offset + len` of the object.
+/// One guest read of a plan: `offset..offset + len` of the object, into
+/// `at..at + len` of the [`Raw`] buffer.
 #[derive(Debug, Clone, Copy, Default)]
 struct Run {
-    first: usize,
-    end: usize,
     offset: u32,
     len: u32,
+    at: u32,
 }
 
 /// A set of fields sorted and grouped into reads once, for reading many
 /// objects of one type (every task) without re-planning each time.
 #[derive(Debug, Clone, Copy)]
 pub struct FieldPlan<const N: usize> {
-    sorted: [Field; N],
-    /// `order[k]`: index in the caller's array of the k-th sorted field.
-    order: [usize; N],
     runs: [Run; N],
     nruns: usize,
+    /// Where each field (in the caller's order) starts in the [`Raw`] buffer.
+    at: [u32; N],
+    /// Each field's width as a mask of its low bytes; 0 for an absent field.
+    mask: [u64; N],
 }
 
 impl<const N: usize> FieldPlan<N> {
     /// Plan the present fields among `fields` (any order).
     pub fn new(fields: [Option<Field>; N]) -> Self {
-        let mut order = [0usize; N];
+        // Read one by one, N fields of at most 8 bytes fit, with room for
+        // the 8-byte load that decodes the last one.
+        const { assert!(8 * N + 8 <= RAW, "too many fields for one Raw buffer") };
+        // Chunks of up to CHUNK bytes read the fewest times; if the gaps
+        // they carry would overflow the buffer, read smaller chunks. The
+        // window halves down to 8, where every chunk is at most 8 bytes.
+        let mut window = CHUNK as u32;
+        loop {
+            let plan = Self::grouped(&fields, window);
+            let end = plan
+                .runs
+                .iter()
+                .take(plan.nruns)
+                .map(|r| r.at + r.len)
+                .max()
+                .unwrap_or(0);
+            if end as usize + 8 <= RAW || window <= 8 {
+                return plan;
+            }
+            window /= 2;
+        }
+    }
+
+    /// Greedy grouping in offset order: a run grows while it stays within
+    /// `window` bytes; runs are laid out back to back in the buffer.
+    fn grouped(fields: &[Option<Field>; N], window: u32) -> Self {
+        // The present fields as (field, index), sorted by offset.
+        let mut present = [(Field::new(0, 1), 0usize); N];
         let mut n = 0usize;
         for (i, f) in fields.iter().enumerate() {
-            if f.is_some() {
-                if let Some(slot) = order.get_mut(n) {
-                    *slot = i;
-                }
+            if let (Some(f), Some(slot)) = (f, present.get_mut(n)) {
+                *slot = (Field::new(f.offset, f.width.clamp(1, 8)), i);
                 n += 1;
             }
         }
-        let key = |i: &usize| {
-            fields
-                .get(*i)
-                .copied()
-                .flatten()
-                .map_or(u32::MAX, |f| f.offset)
+        let present = present.get_mut(..n).unwrap_or_default();
+        present.sort_unstable_by_key(|(f, _)| f.offset);
+        let mut plan = Self {
+            runs: [Run::default(); N],
+            nruns: 0,
+            at: [0; N],
+            mask: [0; N],
         };
-        if let Some(present) = order.get_mut(..n) {
-            present.sort_unstable_by_key(key);
-        }
-        let mut sorted = [Field::new(0, 1); N];
-        for (dst, i) in sorted.iter_mut().zip(order.iter().take(n)) {
-            if let Some(Some(f)) = fields.get(*i) {
-                *dst = Field::new(f.offset, f.width.clamp(1, 8));
-            }
-        }
-        // Greedy grouping: a run grows while it stays within one chunk.
-        let mut runs = [Run::default(); N];
-        let mut nruns = 0usize;
-        for (k, f) in sorted.iter().take(n).enumerate() {
+        // `run_of[k]`: the run that reads the k-th present field.
+        let mut run_of = [0usize; N];
+        for ((f, _), run) in present.iter().zip(run_of.iter_mut()) {
             let f_end = f.offset.saturating_add(u32::from(f.width));
-            let extend = nruns
-                .checked_sub(1)
-                .and_then(|r| runs.get_mut(r))
-                .filter(|r| f_end.saturating_sub(r.offset) <= CHUNK as u32);
-            match extend {
-                Some(r) => {
-                    r.end = k + 1;
-                    r.len = r.len.max(f_end - r.offset);
-                }
+            let last = plan.nruns.checked_sub(1);
+            match last
+                .and_then(|r| plan.runs.get_mut(r))
+                .filter(|r| f_end.saturating_sub(r.offset) <= window)
+            {
+                Some(r) => r.len = r.len.max(f_end - r.offset),
                 None => {
-                    if let Some(r) = runs.get_mut(nruns) {
+                    if let Some(r) = plan.runs.get_mut(plan.nruns) {
                         *r = Run {
-                            first: k,
-                            end: k + 1,
                             offset: f.offset,
                             len: f_end - f.offset,
+                            at: 0,
                         };
-                        nruns += 1;
+                        plan.nruns += 1;
                     }
                 }
             }
+            *run = plan.nruns.saturating_sub(1);
         }
-        Self {
-            sorted,
-            order,
-            runs,
-            nruns,
+        let mut at = 0u32;
+        for r in plan.runs.iter_mut().take(plan.nruns) {
+            r.at = at;
+            at = at.saturating_add(r.len);
         }
+        for (&(f, i), &run) in present.iter().zip(run_of.iter()) {
+            let Some(r) = plan.runs.get(run) else {
+                continue;
+            };
+            if let (Some(a), Some(m)) = (plan.at.get_mut(i), plan.mask.get_mut(i)) {
+                *a = r.at + (f.offset - r.offset);
+                *m = u64::MAX >> (64 - 8 * u32::from(f.width));
+            }
+        }
+        plan
     }
 
     /// Read the planned fields of the object at `base`; absent fields give
@@ -127,41 +158,62 @@ impl<const N: usize> FieldPlan<N> {
         tr: &mut Translator,
         base: u64,
     ) -> Result<[Option<u64>; N], TranslateError> {
-        self.read_into(mem, tr, base, &mut [0u8; CHUNK])
+        let mut raw = [0u8; RAW];
+        self.read_into(mem, tr, base, &mut raw)?;
+        Ok(self.values(&raw))
     }
 
-    /// [`FieldPlan::read`] with a caller-provided chunk buffer.
+    /// Fetch the planned fields of the object at `base` into `raw`, for
+    /// [`FieldPlan::get`]; fails if any chunk cannot be read.
+    #[inline]
     pub fn read_into<M: GuestMem + ?Sized>(
         &self,
         mem: &M,
         tr: &mut Translator,
         base: u64,
-        chunk: &mut [u8; CHUNK],
-    ) -> Result<[Option<u64>; N], TranslateError> {
-        let mut out = [None; N];
-        for run in self.runs.iter().take(self.nruns) {
-            let buf = chunk.get_mut(..run.len as usize).unwrap_or_default();
-            tr.read_virt(mem, base.wrapping_add(u64::from(run.offset)), buf)?;
-            let fields = self.sorted.get(run.first..run.end).unwrap_or_default();
-            let slots = self.order.get(run.first..run.end).unwrap_or_default();
-            for (f, &i) in fields.iter().zip(slots) {
-                let at = (f.offset - run.offset) as usize;
-                let mut v = [0u8; 8];
-                let w = usize::from(f.width);
-                if let (Some(dst), Some(src)) = (v.get_mut(..w), buf.get(at..at + w)) {
-                    dst.copy_from_slice(src);
-                }
-                if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(u64::from_le_bytes(v));
-                }
-            }
+        raw: &mut Raw,
+    ) -> Result<(), TranslateError> {
+        for r in self.runs.iter().take(self.nruns) {
+            let dst = raw
+                .get_mut(r.at as usize..(r.at + r.len) as usize)
+                .unwrap_or_default();
+            tr.read_virt(mem, base.wrapping_add(u64::from(r.offset)), dst)?;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Field `i` (the caller's order) from a `raw` that
+    /// [`FieldPlan::read_into`] filled; `None` when it is absent.
+    #[inline]
+    pub fn get(&self, raw: &Raw, i: usize) -> Option<u64> {
+        (*self.mask.get(i)? != 0).then(|| self.get_or_zero(raw, i))
+    }
+
+    /// [`FieldPlan::get`], with 0 for an absent field, and no branch: one
+    /// 8-byte load and a mask (0 for an absent field). A copy of the
+    /// field's width instead would cost a libc call per field. Bytes past
+    /// a chunk's end are masked off.
+    #[inline]
+    pub fn get_or_zero(&self, raw: &Raw, i: usize) -> u64 {
+        let (Some(&at), Some(&mask)) = (self.at.get(i), self.mask.get(i)) else {
+            return 0;
+        };
+        // Plans keep every field below RAW - 8 (see `new`): the clamp
+        // never moves one, and spares a bounds check per field.
+        let at = (at as usize).min(RAW - 8);
+        let bytes = raw.get(at..).and_then(<[u8]>::first_chunk::<8>);
+        u64::from_le_bytes(bytes.copied().unwrap_or_default()) & mask
+    }
+
+    /// Every field from `raw`, in the caller's order.
+    #[inline]
+    pub fn values(&self, raw: &Raw) -> [Option<u64>; N] {
+        core::array::from_fn(|i| self.get(raw, i))
     }
 }
 
 /// Read the present fields among `fields` (any order) of the object at
-/// `base`, chunked as [`read_fields`] does; absent fields give `None`.
+/// `base`, chunked as [`FieldPlan`] does; absent fields give `None`.
 pub fn gather<M: GuestMem + ?Sized, const N: usize>(
     mem: &M,
     tr: &mut Translator,
@@ -222,5 +274,39 @@ mod tests {
             one.read(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE + 4095)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn gaps_too_wide_for_the_buffer_are_read_in_smaller_chunks() {
+        use crate::mem::CountingMem;
+        // Five fields 500 bytes apart: 512-byte chunks would carry gaps
+        // filling more than the buffer, so each field is read alone.
+        let mut bytes = [0u8; 8192];
+        for k in 0..5u64 {
+            let at = 1000 * k as usize;
+            bytes[at..at + 8].copy_from_slice(&(k + 1).to_le_bytes());
+            bytes[at + 500] = 0x40 + k as u8;
+        }
+        let mem = CountingMem::new(SliceMem::new(0, &bytes), u64::MAX);
+        let mut tr = Translator::default();
+        let mut fields = [None; 10];
+        for k in 0..5u32 {
+            fields[2 * k as usize] = Some(Field::new(1000 * k, 8));
+            fields[2 * k as usize + 1] = Some(Field::new(1000 * k + 500, 1));
+        }
+        let plan = FieldPlan::new(fields);
+        let got = plan.read(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE).unwrap();
+        for k in 0..5u64 {
+            assert_eq!(got[2 * k as usize], Some(k + 1));
+            assert_eq!(got[2 * k as usize + 1], Some(0x40 + k));
+        }
+        assert!(mem.bytes() < RAW as u64, "{} bytes", mem.bytes());
+        // Absent fields stay absent whatever the buffer holds.
+        let sparse = FieldPlan::new([None, Some(Field::new(0, 8)), None]);
+        let mut raw = [0xffu8; RAW];
+        sparse
+            .read_into(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE, &mut raw)
+            .unwrap();
+        assert_eq!(sparse.values(&raw), [None, Some(1), None]);
     }
 }

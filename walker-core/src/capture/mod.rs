@@ -186,10 +186,12 @@ pub fn capture<M: GuestMem + ?Sized>(
     if let Err(f) = sched::capture(&cx, tr, &mut buf.sched) {
         buf.health.sched = f;
     }
-    if let Err(f) = cpus::capture(&cx, tr, buf) {
+    // Prepared once for the per-CPU and the shared DSQs.
+    let mut dsqs = dsq::DsqReader::new(target.layout);
+    if let Err(f) = cpus::capture(&cx, tr, buf, &mut dsqs) {
         buf.health.cpus = f;
     }
-    if let Err(f) = dsq::capture_shared(&cx, tr, buf) {
+    if let Err(f) = dsq::capture_shared(&cx, tr, buf, &mut dsqs) {
         buf.health.dsqs = f;
     }
     if let Err(f) = tasks::capture(&cx, tr, buf) {
@@ -227,6 +229,7 @@ fn list_health(s: &WalkSummary) -> ListHealth {
 }
 
 /// `ptr - a - b`, for containing objects of embedded members.
+#[inline]
 fn container_of(ptr: u64, members: &[u32]) -> u64 {
     members
         .iter()

@@ -1,11 +1,106 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{CHUNK, FieldPlan, opt, req};
+use super::fields::{Field, FieldPlan, RAW, Raw, opt, req};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
+use crate::layout::{ListHeadLayout, SchedExtEntityLayout, TaskLayout};
 use crate::mem::GuestMem;
 use crate::translate::Translator;
-use crate::walk::{Step, walk_list};
+use crate::walk::{Step, read_link, walk_list_with};
+
+/// The members the pass reads from each task: indices into its plan.
+/// Named indices rather than a destructured array, so each member is
+/// decoded straight into the record.
+#[derive(Debug, Clone, Copy)]
+enum Member {
+    Pid,
+    Tgid,
+    Comm0,
+    Comm1,
+    State,
+    OnRq,
+    OnCpu,
+    Cpu,
+    Class,
+    Prio,
+    Flags,
+    OpsState,
+    Dsq,
+    Weight,
+    Slice,
+    Vtime,
+    Sticky,
+    Holding,
+    RunnableAt,
+    CssSet,
+    Next,
+    Prev,
+}
+
+/// Every member once; a member's plan index is its discriminant.
+const ALL: [Member; 22] = [
+    Member::Pid,
+    Member::Tgid,
+    Member::Comm0,
+    Member::Comm1,
+    Member::State,
+    Member::OnRq,
+    Member::OnCpu,
+    Member::Cpu,
+    Member::Class,
+    Member::Prio,
+    Member::Flags,
+    Member::OpsState,
+    Member::Dsq,
+    Member::Weight,
+    Member::Slice,
+    Member::Vtime,
+    Member::Sticky,
+    Member::Holding,
+    Member::RunnableAt,
+    Member::CssSet,
+    Member::Next,
+    Member::Prev,
+];
+
+/// Where member `m` sits in a task, if this kernel has it.
+fn member(
+    m: Member,
+    t: &TaskLayout,
+    e: &SchedExtEntityLayout,
+    lh: &ListHeadLayout,
+) -> Option<Field> {
+    // Entity members as offsets from the task.
+    let se = |o: u32| t.scx.saturating_add(o);
+    match m {
+        Member::Pid => req(t.pid, 4),
+        Member::Tgid => req(t.tgid, 4),
+        Member::Comm0 => req(t.comm, 8),
+        Member::Comm1 => req(t.comm.saturating_add(8), 8),
+        Member::State => req(t.state, 4),
+        // on_rq/on_cpu are int in older kernels and u8 in newer ones; their
+        // values fit the low byte either way (little-endian).
+        Member::OnRq => req(t.on_rq, 1),
+        Member::OnCpu => opt(t.on_cpu, 1),
+        Member::Cpu => opt(t.cpu, 4),
+        Member::Class => req(t.sched_class, 8),
+        Member::Prio => opt(t.prio, 4),
+        Member::Flags => req(se(e.flags), 4),
+        Member::OpsState => req(se(e.ops_state), 8),
+        Member::Dsq => req(se(e.dsq), 8),
+        Member::Weight => req(se(e.weight), 4),
+        Member::Slice => req(se(e.slice), 8),
+        Member::Vtime => req(se(e.dsq_vtime), 8),
+        Member::Sticky => opt(e.sticky_cpu.map(se), 4),
+        Member::Holding => opt(e.holding_cpu.map(se), 4),
+        Member::RunnableAt => req(se(e.runnable_at), 8),
+        Member::CssSet => opt(t.cgroups, 8),
+        // The scx_tasks links, so that one read usually covers both the
+        // walk and the task.
+        Member::Next => req(se(e.tasks_node.saturating_add(lh.next)), 8),
+        Member::Prev => req(se(e.tasks_node.saturating_add(lh.prev)), 8),
+    }
+}
 
 pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
@@ -22,95 +117,76 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let e = l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?;
     let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
     let cursor = cx.target.consts.task_cursor;
-    // Entity members as offsets from the task.
-    let se = |o: u32| t.scx.saturating_add(o);
-    let plan = FieldPlan::new([
-        req(t.pid, 4),
-        req(t.tgid, 4),
-        req(t.comm, 8),
-        req(t.comm.saturating_add(8), 8),
-        req(t.state, 4),
-        // on_rq/on_cpu are int in older kernels and u8 in newer ones; their
-        // values fit the low byte either way (little-endian).
-        req(t.on_rq, 1),
-        opt(t.on_cpu, 1),
-        opt(t.cpu, 4),
-        req(t.sched_class, 8),
-        opt(t.prio, 4),
-        req(se(e.flags), 4),
-        req(se(e.ops_state), 8),
-        req(se(e.dsq), 8),
-        req(se(e.weight), 4),
-        req(se(e.slice), 8),
-        req(se(e.dsq_vtime), 8),
-        opt(e.sticky_cpu.map(se), 4),
-        opt(e.holding_cpu.map(se), 4),
-        req(se(e.runnable_at), 8),
-        opt(t.cgroups, 8),
-    ]);
+    let mut fields = [None; ALL.len()];
+    for m in ALL {
+        if let Some(slot) = fields.get_mut(m as usize) {
+            *slot = member(m, &t, &e, &lh);
+        }
+    }
+    let plan = FieldPlan::new(fields);
     let tasks = &mut buf.tasks;
-    let mut chunk = [0u8; CHUNK];
-    let walk = walk_list(cx.mem, tr, &lh, head, cx.limits.max_tasks, |tr, node| {
-        let task = container_of(node, &[e.tasks_node, t.scx]);
-        let Ok(v) = plan.read_into(cx.mem, tr, task, &mut chunk) else {
-            return Step::Skip;
-        };
-        let [
-            pid,
-            tgid,
-            comm0,
-            comm1,
-            state,
-            on_rq,
-            on_cpu,
-            cpu,
-            class,
-            prio,
-            flags,
-            ops_state,
-            dsq,
-            weight,
-            slice,
-            vtime,
-            sticky,
-            holding,
-            runnable_at,
-            css_set,
-        ] = v;
-        let flags = flags.unwrap_or(0) as u32;
-        if flags & cursor != 0 {
-            return Step::Skip;
-        }
-        let mut comm = [0u8; 16];
-        comm[..8].copy_from_slice(&comm0.unwrap_or(0).to_le_bytes());
-        comm[8..].copy_from_slice(&comm1.unwrap_or(0).to_le_bytes());
-        let rec = TaskRecord {
-            addr: task,
-            pid: pid.unwrap_or(0) as u32 as i32,
-            tgid: tgid.unwrap_or(0) as u32 as i32,
-            comm,
-            state: state.unwrap_or(0) as u32,
-            on_rq: on_rq.unwrap_or(0) as u8,
-            on_cpu: on_cpu.map(|v| v as u8),
-            cpu: cpu.map(|v| v as u32),
-            sched_class: class.unwrap_or(0),
-            scx_flags: flags,
-            ops_state: ops_state.unwrap_or(0),
-            dsq: dsq.unwrap_or(0),
-            weight: weight.unwrap_or(0) as u32,
-            slice: slice.unwrap_or(0),
-            dsq_vtime: vtime.unwrap_or(0),
-            sticky_cpu: sticky.map(|v| v as u32 as i32),
-            holding_cpu: holding.map(|v| v as u32 as i32),
-            runnable_at: runnable_at.unwrap_or(0),
-            prio: prio.map(|v| v as u32 as i32),
-            css_set: css_set.unwrap_or(0),
-        };
-        match tasks.push(rec) {
-            Some(_) => Step::Continue,
-            None => Step::Stop,
-        }
-    });
+    let mut raw = [0u8; RAW];
+    let walk = walk_list_with(
+        cx.mem,
+        tr,
+        &lh,
+        head,
+        None,
+        cx.limits.max_tasks,
+        |tr, node| {
+            let task = container_of(node, &[e.tasks_node, t.scx]);
+            if plan.read_into(cx.mem, tr, task, &mut raw).is_err() {
+                // Not a readable task (e.g. an iterator cursor, which is a bare
+                // entity): the links alone decide whether the walk goes on.
+                return Ok((Step::Skip, read_link(cx.mem, tr, &lh, node)?));
+            }
+            let u = |m: Member| plan.get_or_zero(&raw, m as usize);
+            let link = (u(Member::Next), u(Member::Prev));
+            let flags = u(Member::Flags) as u32;
+            if flags & cursor != 0 {
+                return Ok((Step::Skip, link));
+            }
+            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, &plan, &raw);
+            let step = match tasks.push_with(fill) {
+                Some(_) => Step::Continue,
+                None => Step::Stop,
+            };
+            Ok((step, link))
+        },
+    );
     buf.health.tasks_walk = list_health(&walk);
     Ok(())
+}
+
+/// The record of the task at `task` from its members in `raw`.
+#[inline(always)]
+fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw) -> TaskRecord {
+    let v = |m: Member| plan.get(raw, m as usize);
+    let u = |m: Member| plan.get_or_zero(raw, m as usize);
+    let mut comm = [0u8; 16];
+    let (lo, hi) = comm.split_at_mut(8);
+    lo.copy_from_slice(&u(Member::Comm0).to_le_bytes());
+    hi.copy_from_slice(&u(Member::Comm1).to_le_bytes());
+    TaskRecord {
+        addr: task,
+        pid: u(Member::Pid) as u32 as i32,
+        tgid: u(Member::Tgid) as u32 as i32,
+        comm,
+        state: u(Member::State) as u32,
+        on_rq: u(Member::OnRq) as u8,
+        on_cpu: v(Member::OnCpu).map(|v| v as u8),
+        cpu: v(Member::Cpu).map(|v| v as u32),
+        sched_class: u(Member::Class),
+        scx_flags,
+        ops_state: u(Member::OpsState),
+        dsq: u(Member::Dsq),
+        weight: u(Member::Weight) as u32,
+        slice: u(Member::Slice),
+        dsq_vtime: u(Member::Vtime),
+        sticky_cpu: v(Member::Sticky).map(|v| v as u32 as i32),
+        holding_cpu: v(Member::Holding).map(|v| v as u32 as i32),
+        runnable_at: u(Member::RunnableAt),
+        prio: v(Member::Prio).map(|v| v as u32 as i32),
+        css_set: u(Member::CssSet),
+    }
 }

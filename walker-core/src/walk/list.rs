@@ -20,11 +20,43 @@ where
     M: GuestMem + ?Sized,
     F: FnMut(&mut Translator, u64) -> Step,
 {
+    walk_list_with(mem, tr, lh, head, None, max_steps, |tr, node| {
+        let link = read_link(mem, tr, lh, node)?;
+        Ok((visit(tr, node), link))
+    })
+}
+
+/// [`walk_list`] for a visitor that reads each node's `(next, prev)`
+/// itself, typically in the same guest read as the entry's own fields (one
+/// read per entry instead of two). `visit` returns its step and the
+/// node's links, or the [`Corrupt`] of [`read_link`] when the links cannot
+/// be read; then the walk ends there, and the visitor must not have
+/// recorded the entry. Likewise `head_next` is the head's `next` when the
+/// caller read it with the fields around the head (`None`: the walk reads
+/// it).
+#[inline]
+pub fn walk_list_with<M, F>(
+    mem: &M,
+    tr: &mut Translator,
+    lh: &ListHeadLayout,
+    head: u64,
+    head_next: Option<u64>,
+    max_steps: u32,
+    mut visit: F,
+) -> WalkSummary
+where
+    M: GuestMem + ?Sized,
+    F: FnMut(&mut Translator, u64) -> Result<(Step, (u64, u64)), Corrupt>,
+{
     let mut s = WalkSummary::default();
     let mut brent = Brent::new(head);
     let mut prev = head;
-    let mut node = match read_link(mem, tr, lh, head) {
-        Ok((next, _)) => next,
+    let first = match head_next {
+        Some(next) => Ok(next),
+        None => read_link(mem, tr, lh, head).map(|(next, _)| next),
+    };
+    let mut node = match first {
+        Ok(next) => next,
         Err(c) => {
             s.corrupt = Some(c);
             return s;
@@ -52,8 +84,8 @@ where
             s.cycle = true;
             break;
         }
-        let (next, back) = match read_link(mem, tr, lh, node) {
-            Ok(l) => l,
+        let (step, (next, back)) = match visit(tr, node) {
+            Ok(v) => v,
             Err(c) => {
                 s.corrupt = Some(c);
                 break;
@@ -62,7 +94,7 @@ where
         if back != prev {
             s.bad_prev = s.bad_prev.saturating_add(1);
         }
-        match visit(tr, node) {
+        match step {
             Step::Continue => s.visited += 1,
             Step::Skip => s.skipped += 1,
             Step::Stop => {
@@ -78,7 +110,8 @@ where
 }
 
 /// `(next, prev)` of the list_head at `at`, in one read when adjacent.
-fn read_link<M: GuestMem + ?Sized>(
+#[inline]
+pub fn read_link<M: GuestMem + ?Sized>(
     mem: &M,
     tr: &mut Translator,
     lh: &ListHeadLayout,

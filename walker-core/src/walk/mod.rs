@@ -8,7 +8,7 @@ pub mod rhashtable;
 #[cfg(test)]
 mod test_mem;
 
-pub use list::walk_list;
+pub use list::{read_link, walk_list, walk_list_with};
 pub use rhashtable::{HashLimits, walk_rhashtable};
 
 use crate::translate::TranslateError;

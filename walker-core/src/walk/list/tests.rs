@@ -114,3 +114,24 @@ fn an_unreadable_head_reads_nothing() {
     let (sum, seen) = collect(&s, 10, &[]);
     assert!(seen.is_empty() && sum.corrupt.is_some());
 }
+
+#[test]
+fn a_visitor_may_bring_the_links_or_end_the_walk() {
+    // The visitor reads each node's links with its own read, and reports
+    // an unreadable node as walk_list would.
+    let (mut s, nodes) = list(4);
+    s.put(nodes[2], Scratch::va(0x7000_0000));
+    let mem = s.mem();
+    let mut tr = Scratch::translator();
+    let mut seen = Vec::new();
+    let sum = walk_list_with(&mem, &mut tr, &LH, Scratch::va(HEAD), None, 100, |tr, n| {
+        let link = read_link(&mem, tr, &LH, n)?;
+        seen.push(n);
+        Ok((Step::Continue, link))
+    });
+    assert_eq!(seen, nodes[..3]);
+    let c = sum.corrupt.expect("corrupt");
+    assert_eq!(c.at, Scratch::va(0x7000_0000));
+    assert!(matches!(c.why, Broken::Unreadable(_)), "{c:?}");
+    assert_eq!(sum.visited, 3);
+}
