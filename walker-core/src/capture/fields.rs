@@ -103,7 +103,18 @@ impl<const N: usize> FieldPlan<N> {
             }
         }
         let present = present.get_mut(..n).unwrap_or_default();
-        present.sort_unstable_by_key(|(f, _)| f.offset);
+        // Insertion sort: a plan has a handful of fields, mostly in order
+        // already, where the general sort's setup costs more than it saves.
+        for k in 1..present.len() {
+            let mut j = k;
+            while j > 0 {
+                match (present.get(j - 1), present.get(j)) {
+                    (Some(a), Some(b)) if a.0.offset > b.0.offset => present.swap(j - 1, j),
+                    _ => break,
+                }
+                j -= 1;
+            }
+        }
         let mut plan = Self {
             runs: [Run::default(); N],
             nruns: 0,

@@ -49,6 +49,10 @@ where
     F: FnMut(&mut Translator, u64) -> Result<(Step, (u64, u64)), Corrupt>,
 {
     let mut s = WalkSummary::default();
+    if head_next == Some(head) {
+        // Empty (most bypass DSQs and idle CPUs' lists): no walk to set up.
+        return s;
+    }
     let mut brent = Brent::new(head);
     let mut prev = head;
     let first = match head_next {
