@@ -1,7 +1,7 @@
 //! The per-CPU pass: each CPU's rq and rq->scx scalars, its local and
 //! bypass DSQs and its runnable list.
 
-use super::fields::{FieldPlan, RAW, opt, req};
+use super::fields::{FieldPlan, RAW_ZERO, opt, req};
 use super::records::{CpuRecord, DsqOrigin, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, dsq, list_health};
 use crate::mem::GuestMem;
@@ -61,7 +61,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         .map_or([None; 4], |r| r.head_fields(scx_l.local_dsq));
     let scx_plan = FieldPlan::new([a, b, c, d, e, req(runnable_next, 8), f, g, h, i]);
     let scx_alone = FieldPlan::new(scx_fields);
-    let mut raw = [0u8; RAW];
+    let mut raw = RAW_ZERO;
     // `__per_cpu_offset` a batch at a time; a batch that cannot be read
     // whole is read entry by entry, so a bad entry faults only its CPU.
     let mut batch = [0u64; OFFSET_BATCH];

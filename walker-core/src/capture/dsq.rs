@@ -1,7 +1,7 @@
 //! Dispatch queues: one DSQ with its tasks in order, and the pass over the
 //! shared ones (per-node global DSQs, user DSQs in the scheduler's hash).
 
-use super::fields::{Field, FieldPlan, RAW, Raw, req};
+use super::fields::{Field, FieldPlan, RAW_ZERO, Raw, req};
 use super::records::{DsqOrigin, DsqRecord, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::layout::{DsqLayout, DsqListNodeLayout, Layout, ListHeadLayout};
@@ -59,7 +59,7 @@ impl DsqReader {
                 req(node.node.saturating_add(lh.prev), 8),
                 req(node.flags, 4),
             ]),
-            raw: [0; RAW],
+            raw: RAW_ZERO,
         })
     }
 }

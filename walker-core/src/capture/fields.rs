@@ -10,12 +10,16 @@ use crate::translate::{TranslateError, Translator};
 /// separate chunks.
 pub const CHUNK: usize = 512;
 
-/// Size of a [`Raw`] buffer.
+/// Bytes of a [`Raw`] buffer a plan may fill.
 pub const RAW: usize = 1024;
 
 /// The bytes one [`FieldPlan::read_into`] fetched, for
-/// [`FieldPlan::get`] to decode. Reused from object to object.
-pub type Raw = [u8; RAW];
+/// [`FieldPlan::get`] to decode. Reused from object to object. 8 bytes
+/// past [`RAW`] let a field's 8-byte load stay in bounds after one mask.
+pub type Raw = [u8; RAW + 8];
+
+/// A zeroed [`Raw`] buffer.
+pub const RAW_ZERO: Raw = [0; RAW + 8];
 
 /// One scalar member: byte offset and width (1, 2, 4 or 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +173,7 @@ impl<const N: usize> FieldPlan<N> {
         tr: &mut Translator,
         base: u64,
     ) -> Result<[Option<u64>; N], TranslateError> {
-        let mut raw = [0u8; RAW];
+        let mut raw = RAW_ZERO;
         self.read_into(mem, tr, base, &mut raw)?;
         Ok(self.values(&raw))
     }
@@ -209,9 +213,9 @@ impl<const N: usize> FieldPlan<N> {
         let (Some(&at), Some(&mask)) = (self.at.get(i), self.mask.get(i)) else {
             return 0;
         };
-        // Plans keep every field below RAW - 8 (see `new`): the clamp
-        // never moves one, and spares a bounds check per field.
-        let at = (at as usize).min(RAW - 8);
+        // Plans keep every field below RAW - 8 (see `new`): the mask never
+        // moves one, and the slack past RAW spares a bounds check.
+        let at = at as usize & (RAW - 1);
         let bytes = raw.get(at..).and_then(<[u8]>::first_chunk::<8>);
         u64::from_le_bytes(bytes.copied().unwrap_or_default()) & mask
     }
@@ -314,7 +318,7 @@ mod tests {
         assert!(mem.bytes() < RAW as u64, "{} bytes", mem.bytes());
         // Absent fields stay absent whatever the buffer holds.
         let sparse = FieldPlan::new([None, Some(Field::new(0, 8)), None]);
-        let mut raw = [0xffu8; RAW];
+        let mut raw = [0xffu8; RAW + 8];
         sparse
             .read_into(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE, &mut raw)
             .unwrap();

@@ -1,6 +1,6 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{Field, FieldPlan, RAW, Raw, opt, req};
+use super::fields::{Field, FieldPlan, RAW_ZERO, Raw, opt, req};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::layout::{ListHeadLayout, SchedExtEntityLayout, TaskLayout};
@@ -125,7 +125,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     }
     let plan = FieldPlan::new(fields);
     let tasks = &mut buf.tasks;
-    let mut raw = [0u8; RAW];
+    let mut raw = RAW_ZERO;
     let walk = walk_list_with(
         cx.mem,
         tr,
