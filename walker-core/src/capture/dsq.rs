@@ -112,19 +112,28 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
     head: Option<Head>,
 ) -> Result<Option<u32>, Fault> {
     let r = reader.as_mut().map_err(|f| *f)?;
-    let (d, lh, node, to_task) = (r.d, r.lh, r.node, r.to_task);
     let ([id, nr, seq], head_next) = match head {
         Some(h) => h,
         None => r.read_head(cx.mem, tr, addr)?,
     };
+    // Borrowed, not copied: a copy of the layouts per DSQ showed up.
+    let DsqReader {
+        d,
+        lh,
+        node,
+        to_task,
+        link: plan,
+        raw,
+        ..
+    } = r;
+    let (lh, node, to_task) = (&*lh, &*node, &*to_task);
     let start = buf.queued.len() as u32;
     let cursor_flag = cx.target.consts.dsq_iter_cursor;
     let queued = &mut buf.queued;
-    let (plan, raw) = (&r.link, &mut r.raw);
     let walk = walk_list_with(
         cx.mem,
         tr,
-        &lh,
+        lh,
         addr.wrapping_add(u64::from(d.list)),
         head_next,
         cx.limits.max_list,
@@ -137,7 +146,7 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
                 }
                 // Read the links alone; unreadable flags count as 0.
                 Err(_) => (
-                    read_link(cx.mem, tr, &lh, n)?,
+                    read_link(cx.mem, tr, lh, n)?,
                     tr.read_virt_pod(cx.mem, lnode.wrapping_add(u64::from(node.flags)))
                         .unwrap_or(0),
                 ),
@@ -145,7 +154,7 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
             if flags & cursor_flag != 0 {
                 return Ok((Step::Skip, link));
             }
-            match queued.push(container_of(lnode, &to_task)) {
+            match queued.push(container_of(lnode, to_task)) {
                 Some(_) => Ok((Step::Continue, link)),
                 None => Ok((Step::Stop, link)),
             }
