@@ -90,15 +90,14 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         };
         let rq = per_cpu_addr(runqueues, off);
         rec.rq = rq;
-        match rq_plan
-            .read_into(cx.mem, tr, rq, &mut raw)
-            .map(|()| rq_plan.values(&raw))
-        {
-            Ok([nr, curr, clock, idle]) => {
-                rec.nr_running = nr.unwrap_or(0) as u32;
-                rec.curr = curr.unwrap_or(0);
-                rec.clock = clock.unwrap_or(0);
-                rec.idle = idle;
+        match rq_plan.read_into(cx.mem, tr, rq, &mut raw) {
+            Ok(()) => {
+                // Required fields are always planned: zero never stands in.
+                let v = |i| rq_plan.get_or_zero(&raw, i);
+                rec.nr_running = v(0) as u32;
+                rec.curr = v(1);
+                rec.clock = v(2);
+                rec.idle = rq_plan.get(&raw, 3);
             }
             Err(_) => rec.fault = Fault::Unreadable(rq),
         }
