@@ -199,20 +199,10 @@ impl Translator {
         mem: &M,
         va: u64,
     ) -> Result<(u64, u64), TranslateError> {
-        let c = &self.config;
-        if let Some(off) = va
-            .checked_sub(START_KERNEL_MAP)
-            .filter(|o| *o < c.kernel_image_size)
-        {
-            return Ok((off.wrapping_add(c.phys_base), c.kernel_image_size - off));
+        if let Some(span) = self.linear_span(va) {
+            return Ok(span);
         }
-        if let Some(off) = va
-            .checked_sub(c.page_offset_base)
-            .filter(|o| *o < c.direct_map_size)
-        {
-            return Ok((off, c.direct_map_size - off));
-        }
-        let root = c.root.ok_or(TranslateError::NoRoot(va))?;
+        let root = self.config.root.ok_or(TranslateError::NoRoot(va))?;
         if let Some(e) = self
             .tlb
             .iter()
@@ -251,26 +241,28 @@ impl Translator {
         if buf.is_empty() {
             return Ok(());
         }
-        if let Some(pa) = self.linear(va, buf.len() as u64) {
+        if let Some((pa, left)) = self.linear_span(va)
+            && left >= buf.len() as u64
+        {
             return Ok(mem.read(pa, buf)?);
         }
         self.read_virt_paged(mem, va, buf)
     }
 
-    /// The guest-physical address of `va` when `va..va + len` lies in one
-    /// of the linear mappings (checked in the order `translate_span` tries
-    /// them).
+    /// `(guest-physical address, bytes left in the mapping)` of `va` when it
+    /// lies in the kernel image or the direct map; no page-table walk.
     #[inline]
-    fn linear(&self, va: u64, len: u64) -> Option<u64> {
+    fn linear_span(&self, va: u64) -> Option<(u64, u64)> {
         let c = &self.config;
         if let Some(off) = va
             .checked_sub(START_KERNEL_MAP)
             .filter(|o| *o < c.kernel_image_size)
         {
-            return (c.kernel_image_size - off >= len).then(|| off.wrapping_add(c.phys_base));
+            return Some((off.wrapping_add(c.phys_base), c.kernel_image_size - off));
         }
         va.checked_sub(c.page_offset_base)
-            .filter(|o| *o < c.direct_map_size && c.direct_map_size - *o >= len)
+            .filter(|o| *o < c.direct_map_size)
+            .map(|off| (off, c.direct_map_size - off))
     }
 
     /// [`Translator::read_virt`] one physically contiguous piece at a time.
