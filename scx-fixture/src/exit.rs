@@ -1,6 +1,8 @@
 //! How the scheduler ended, as the BPF side recorded it in ops.exit()
 //! (`UEI_RECORD`): the kernel's `struct scx_exit_info`, copied.
 
+use ktstr_walker::render::names::Names;
+
 use crate::bpf_skel::types::user_exit_info;
 
 /// A copy of the BPF side's exit record.
@@ -36,22 +38,6 @@ impl ExitInfo {
         }
     }
 
-    /// The kernel's name for `kind` (`enum scx_exit_kind`).
-    pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            0 => "SCX_EXIT_NONE",
-            1 => "SCX_EXIT_DONE",
-            64 => "SCX_EXIT_UNREG",
-            65 => "SCX_EXIT_UNREG_BPF",
-            66 => "SCX_EXIT_UNREG_KERN",
-            67 => "SCX_EXIT_SYSRQ",
-            1024 => "SCX_EXIT_ERROR",
-            1025 => "SCX_EXIT_ERROR_BPF",
-            1026 => "SCX_EXIT_ERROR_STALL",
-            _ => "SCX_EXIT_?",
-        }
-    }
-
     /// An error exit (`SCX_EXIT_ERROR` and up), not an unregistration.
     pub fn is_error(&self) -> bool {
         self.kind >= 1024
@@ -63,7 +49,7 @@ impl std::fmt::Display for ExitInfo {
         write!(
             f,
             "exited: {} ({}), exit code {}, reason {:?}, message {:?}",
-            self.kind_name(),
+            Names::default().exit_kind(self.kind as u32),
             self.kind,
             self.exit_code,
             self.reason,

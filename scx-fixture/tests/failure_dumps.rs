@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
-use ktstr::agent::proto::Work;
+use ktstr::agent::proto::{Work, WorkerResult};
 use ktstr::checks::Thresholds;
 use ktstr::run::RunReport;
 use ktstr::scenario::{CgroupSpec, Count, Cpuset, Scenario, Workers};
 use ktstr::testing::KtstrTest;
-use ktstr_walker::render::{Placement, Report};
+use ktstr_walker::render::{DsqReport, Placement, Report};
 use scx_fixture::intf;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_scx_fixture");
@@ -47,6 +47,23 @@ fn check<'a>(r: &'a RunReport, name: &str) -> &'a ktstr::checks::Check {
         .iter()
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no check {name:?}: {:#?}", r.checks))
+}
+
+/// The fixture's DSQ `id` in the dump.
+fn dsq(dump: &Report, id: u32) -> &DsqReport {
+    dump.dsqs
+        .iter()
+        .find(|d| d.id == u64::from(id))
+        .unwrap_or_else(|| panic!("no DSQ {id:#x} in the dump:\n{}", dump.to_text()))
+}
+
+/// The pids of the workers `which` picks.
+fn pids(r: &RunReport, which: impl Fn(&WorkerResult) -> bool) -> Vec<i32> {
+    r.workers
+        .iter()
+        .filter(|w| which(w))
+        .map(|w| w.pid)
+        .collect()
 }
 
 #[test]
@@ -119,22 +136,13 @@ fn a_task_the_scheduler_never_dispatches_is_caught_as_a_stall_on_its_dsq() {
             .is_some_and(|ms| ms > threshold.as_millis() as u64),
         "{task:?}"
     );
-    let stall_dsq = dump
-        .dsqs
-        .iter()
-        .find(|d| d.id == u64::from(intf::FIXTURE_STALL_DSQ))
-        .expect("the fixture's stall DSQ");
+    let stall_dsq = dsq(dump, intf::FIXTURE_STALL_DSQ);
     assert!(
         stall_dsq.tasks.iter().any(|t| t.pid == Some(stuck.pid)),
         "{stall_dsq:?}"
     );
     // Meanwhile the spinners run.
-    let spinners: Vec<i32> = r
-        .workers
-        .iter()
-        .filter(|w| w.name == "ktstr-spin")
-        .map(|w| w.pid)
-        .collect();
+    let spinners = pids(&r, |w| w.name == "ktstr-spin");
     assert!(
         dump.tasks
             .iter()
@@ -261,17 +269,8 @@ fn a_cpu_the_scheduler_stops_serving_leaves_its_tasks_on_the_vtime_dsq() {
     let dump = frozen_once(&r);
     let cpu1 = dump.cpus.iter().find(|c| c.cpu == 1).expect("cpu 1");
     assert!(cpu1.curr_is_idle, "{}", dump.to_text());
-    let vtime = dump
-        .dsqs
-        .iter()
-        .find(|d| d.id == u64::from(intf::FIXTURE_VTIME_DSQ))
-        .expect("the fixture's vtime DSQ");
-    let duty: Vec<i32> = r
-        .workers
-        .iter()
-        .filter(|w| w.cgroup == "duty")
-        .map(|w| w.pid)
-        .collect();
+    let vtime = dsq(dump, intf::FIXTURE_VTIME_DSQ);
+    let duty = pids(&r, |w| w.cgroup == "duty");
     assert!(
         vtime
             .tasks
