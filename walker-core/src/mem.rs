@@ -192,6 +192,7 @@ impl<M: GuestMem> CountingMem<M> {
 }
 
 impl<M: GuestMem> GuestMem for CountingMem<M> {
+    #[inline]
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.reads.set(self.reads.get().saturating_add(1));
         let after = self.bytes.get().saturating_add(buf.len() as u64);

@@ -61,11 +61,30 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         .map_or([None; 4], |r| r.head_fields(scx_l.local_dsq));
     let scx_plan = FieldPlan::new([a, b, c, d, e, req(runnable_next, 8), f, g, h, i]);
     let scx_alone = FieldPlan::new(scx_fields);
+    // Version-gated members, decided once rather than per CPU.
+    let has_idle = rq_l.idle.is_some();
+    let has_head = dsqs.is_ok();
+    let has = [
+        scx_l.cpu_released.is_some(),
+        scx_l.ops_qseq.is_some(),
+        scx_l.clock.is_some(),
+    ];
     let mut raw = RAW_ZERO;
     // `__per_cpu_offset` a batch at a time; a batch that cannot be read
     // whole is read entry by entry, so a bad entry faults only its CPU.
     let mut batch = [0u64; OFFSET_BATCH];
     let mut batch_ok = false;
+    let CaptureBuf {
+        cpus,
+        dsqs: dsq_slots,
+        queued,
+        runnable,
+        ..
+    } = buf;
+    let mut sink = dsq::Sink {
+        dsqs: dsq_slots,
+        queued,
+    };
     for cpu in 0..cx.target.nr_cpus {
         let slot = cpu as usize % OFFSET_BATCH;
         if slot == 0 {
@@ -75,87 +94,64 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             batch_ok = tr.read_virt(cx.mem, at, bytes).is_ok();
         }
         let batched = batch.get(slot).copied().filter(|_| batch_ok);
-        let mut rec = CpuRecord {
-            cpu,
-            ..CpuRecord::default()
-        };
         let one = |tr: &mut Translator| tr.read_per_cpu_offset(cx.mem, offsets, cpu);
-        let off = match batched.map_or_else(|| one(tr), Ok) {
-            Ok(o) => o,
-            Err(_) => {
-                rec.fault = Fault::Unreadable(offsets.wrapping_add(u64::from(cpu) * 8));
-                buf.cpus.push(rec);
-                continue;
+        let Ok(off) = batched.map_or_else(|| one(tr), Ok) else {
+            let fault = Fault::Unreadable(offsets.wrapping_add(u64::from(cpu) * 8));
+            if let Some(rec) = cpus.next_free() {
+                *rec = CpuRecord {
+                    cpu,
+                    fault,
+                    ..CpuRecord::default()
+                };
             }
+            cpus.commit();
+            continue;
         };
+        let mut fault = Fault::None;
         let rq = per_cpu_addr(runqueues, off);
-        rec.rq = rq;
-        match rq_plan.read_into(cx.mem, tr, rq, &mut raw) {
-            Ok(()) => {
-                // Required fields are always planned: zero never stands in.
-                let v = |i| rq_plan.get_or_zero(&raw, i);
-                rec.nr_running = v(0) as u32;
-                rec.curr = v(1);
-                rec.clock = v(2);
-                rec.idle = rq_plan.get(&raw, 3);
-            }
-            Err(_) => rec.fault = Fault::Unreadable(rq),
+        let rq_ok = rq_plan.read_into(cx.mem, tr, rq, &mut raw).is_ok();
+        if !rq_ok {
+            fault = Fault::Unreadable(rq);
         }
-        let scx = rq.wrapping_add(u64::from(rq_l.scx));
-        let scx_values = match scx_plan.read_into(cx.mem, tr, scx, &mut raw) {
-            Ok(()) => Ok(scx_plan.values(&raw)),
-            Err(_) => scx_alone.read_into(cx.mem, tr, scx, &mut raw).map(|()| {
-                let [a, b, c, d, e] = scx_alone.values(&raw);
-                [a, b, c, d, e, None, None, None, None, None]
-            }),
+        // Required fields are always planned: zero never stands in.
+        let [nr_running, curr, clock, idle] = match rq_ok {
+            true => rq_plan.decode(&raw),
+            false => [0; 4],
         };
-        let (mut runnable_next, mut local_head) = (None, None);
-        match scx_values {
-            Ok(
-                [
-                    nr,
-                    flags,
-                    released,
-                    qseq,
-                    clock,
-                    next,
-                    id,
-                    dsq_nr,
-                    seq,
-                    dsq_next,
-                ],
-            ) => {
-                runnable_next = next;
-                local_head = id.map(|id| {
-                    let u = |v: Option<u64>| v.unwrap_or(0);
-                    ([id, u(dsq_nr), u(seq)], dsq_next)
-                });
-                rec.scx_nr_running = nr.unwrap_or(0) as u32;
-                rec.scx_flags = flags.unwrap_or(0) as u32;
-                rec.cpu_released = released.map(|v| v != 0);
-                rec.ops_qseq = qseq;
-                rec.scx_clock = clock;
-            }
-            Err(_) => rec.fault = Fault::Unreadable(scx),
-        }
-        let local = (
-            scx.wrapping_add(u64::from(scx_l.local_dsq)),
-            DsqOrigin::Local(cpu),
+        let scx = rq.wrapping_add(u64::from(rq_l.scx));
+        // `Some(runnable_next, local_head)` when the wide read worked.
+        let (scx_values, wide) = if scx_plan.read_into(cx.mem, tr, scx, &mut raw).is_ok() {
+            let v = scx_plan.decode(&raw);
+            let [.., next, id, dsq_nr, seq, dsq_next] = v;
+            // The DSQ head fields are planned when the reader exists.
+            let head = has_head.then_some(([id, dsq_nr, seq], Some(dsq_next)));
+            (Some(v), Some((next, head)))
+        } else if scx_alone.read_into(cx.mem, tr, scx, &mut raw).is_ok() {
+            let [a, b, c, d, e] = scx_alone.decode(&raw);
+            (Some([a, b, c, d, e, 0, 0, 0, 0, 0]), None)
+        } else {
+            fault = Fault::Unreadable(scx);
+            (None, None)
+        };
+        let [scx_nr, scx_flags, released, qseq, scx_clock, ..] = scx_values.unwrap_or([0; 10]);
+        let known = scx_values.is_some();
+        let (runnable_next, local_head) = match wide {
+            Some((next, head)) => (Some(next), head),
+            None => (None, None),
+        };
+        let local = scx.wrapping_add(u64::from(scx_l.local_dsq));
+        let origin = DsqOrigin::Local(cpu);
+        let local_dsq = dsq::capture_one(
+            cx, tr, &mut sink, dsqs, local, origin, local_head, &mut fault,
         );
-        match dsq::capture_one(cx, tr, buf, dsqs, local, local_head) {
-            Ok(i) => rec.local_dsq = i,
-            Err(f) => rec.fault = f,
-        }
         let bypass = sched_pcpu
             .map(|(pcpu, inner)| per_cpu_addr(pcpu, off).wrapping_add(u64::from(inner)))
             .or(scx_l.bypass_dsq.map(|b| scx.wrapping_add(u64::from(b))));
         if let Some(b) = bypass {
-            if let Err(f) = dsq::capture_one(cx, tr, buf, dsqs, (b, DsqOrigin::Bypass(cpu)), None) {
-                rec.fault = f;
-            }
+            let origin = DsqOrigin::Bypass(cpu);
+            dsq::capture_one(cx, tr, &mut sink, dsqs, b, origin, None, &mut fault);
         }
-        let start = buf.runnable.len() as u32;
-        let runnable = &mut buf.runnable;
+        let start = runnable.len() as u32;
         let walk = walk_list_with(
             cx.mem,
             tr,
@@ -171,12 +167,28 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
                 }
             },
         );
-        rec.runnable = Span {
-            start,
-            len: buf.runnable.len() as u32 - start,
-        };
-        rec.runnable_walk = list_health(&walk);
-        buf.cpus.push(rec);
+        let len = runnable.len() as u32 - start;
+        // Built in its slot: a copy of the record per CPU showed up.
+        if let Some(rec) = cpus.next_free() {
+            *rec = CpuRecord {
+                cpu,
+                rq,
+                nr_running: nr_running as u32,
+                clock,
+                curr,
+                idle: (rq_ok && has_idle).then_some(idle),
+                scx_nr_running: scx_nr as u32,
+                scx_flags: scx_flags as u32,
+                cpu_released: (known && has[0]).then_some(released != 0),
+                ops_qseq: (known && has[1]).then_some(qseq),
+                scx_clock: (known && has[2]).then_some(scx_clock),
+                local_dsq,
+                runnable: Span { start, len },
+                runnable_walk: list_health(&walk),
+                fault,
+            };
+        }
+        cpus.commit();
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! Dispatch queues: one DSQ with its tasks in order, and the pass over the
 //! shared ones (per-node global DSQs, user DSQs in the scheduler's hash).
 
+use super::buf::Slots;
 use super::fields::{Field, FieldPlan, RAW_ZERO, Raw, req};
-use super::records::{DsqOrigin, DsqRecord, Fault, Span};
+use super::records::{DsqOrigin, DsqRecord, Fault, ListHealth, Span};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::layout::{DsqLayout, DsqListNodeLayout, Layout, ListHeadLayout};
 use crate::mem::GuestMem;
@@ -67,6 +68,13 @@ impl DsqReader {
 /// A DSQ's `id`, `nr`, `seq`, and its list head's `next` when known.
 pub(super) type Head = ([u64; 3], Option<u64>);
 
+/// Where DSQs are recorded: the parts of [`CaptureBuf`] a DSQ fills, so
+/// that a caller can hold another part (the CPU record being built).
+pub(super) struct Sink<'s, 'a> {
+    pub(super) dsqs: &'s mut Slots<'a, DsqRecord>,
+    pub(super) queued: &'s mut Slots<'a, u64>,
+}
+
 impl DsqReader {
     /// The fields of [`Head`] for a DSQ embedded `at` bytes into another
     /// object, so that the object's plan reads them with its own.
@@ -88,91 +96,71 @@ impl DsqReader {
         addr: u64,
     ) -> Result<Head, Fault> {
         if self.head.read_into(mem, tr, addr, &mut self.raw).is_ok() {
-            let v = |i| self.head.get_or_zero(&self.raw, i);
-            return Ok(([v(0), v(1), v(2)], self.head.get(&self.raw, 3)));
+            let [id, nr, seq, next] = self.head.decode(&self.raw);
+            return Ok(([id, nr, seq], Some(next)));
         }
         // As if the list head were not part of the plan: the walk reads it.
         self.head_alone
             .read_into(mem, tr, addr, &mut self.raw)
             .map_err(|_| Fault::Unreadable(addr))?;
-        let v = |i| self.head_alone.get_or_zero(&self.raw, i);
-        Ok(([v(0), v(1), v(2)], None))
+        Ok((self.head_alone.decode(&self.raw), None))
     }
 }
 
-/// Record the DSQ at `addr` with `reader` (or its fault); returns its index
-/// in `buf.dsqs`. `head`: the DSQ's head fields when the caller read them
-/// (see [`DsqReader::head_fields`]); `None` reads them here.
+/// Record the DSQ at `addr` with `reader`; returns its index in
+/// `sink.dsqs`, or `None` when there was no slot left or it could not be
+/// read (then `fault` says why). `head`: the DSQ's head fields when the
+/// caller read them (see [`DsqReader::head_fields`]); `None` reads them
+/// here. The fault is an out-parameter, and `origin` a parameter of its
+/// own, so that neither goes through memory in pieces: reading such a
+/// value whole right after it was written in parts stalled every call.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn capture_one<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
-    buf: &mut CaptureBuf<'_>,
+    sink: &mut Sink<'_, '_>,
     reader: &mut Result<DsqReader, Fault>,
-    (addr, origin): (u64, DsqOrigin),
+    addr: u64,
+    origin: DsqOrigin,
     head: Option<Head>,
-) -> Result<Option<u32>, Fault> {
-    let r = reader.as_mut().map_err(|f| *f)?;
-    let ([id, nr, seq], head_next) = match head {
-        Some(h) => h,
-        None => r.read_head(cx.mem, tr, addr)?,
+    fault: &mut Fault,
+) -> Option<u32> {
+    let r = match reader {
+        Ok(r) => r,
+        Err(f) => {
+            *fault = *f;
+            return None;
+        }
     };
-    // Borrowed, not copied: a copy of the layouts per DSQ showed up.
-    let DsqReader {
-        d,
-        lh,
-        node,
-        to_task,
-        link: plan,
-        raw,
-        ..
-    } = r;
-    let (lh, node, to_task) = (&*lh, &*node, &*to_task);
-    let start = buf.queued.len() as u32;
-    let cursor_flag = cx.target.consts.dsq_iter_cursor;
-    let queued = &mut buf.queued;
-    let walk = walk_list_with(
-        cx.mem,
-        tr,
-        lh,
-        addr.wrapping_add(u64::from(d.list)),
-        head_next,
-        cx.limits.max_list,
-        |tr, n| {
-            let lnode = container_of(n, &[node.node]);
-            let (link, flags) = match plan.read_into(cx.mem, tr, lnode, raw) {
-                Ok(()) => {
-                    let v = |i| plan.get_or_zero(raw, i);
-                    ((v(0), v(1)), v(2) as u32)
-                }
-                // Read the links alone; unreadable flags count as 0.
-                Err(_) => (
-                    read_link(cx.mem, tr, lh, n)?,
-                    tr.read_virt_pod(cx.mem, lnode.wrapping_add(u64::from(node.flags)))
-                        .unwrap_or(0),
-                ),
-            };
-            if flags & cursor_flag != 0 {
-                return Ok((Step::Skip, link));
-            }
-            match queued.push(container_of(lnode, to_task)) {
-                Some(_) => Ok((Step::Continue, link)),
-                None => Ok((Step::Stop, link)),
-            }
-        },
-    );
-    let rec = DsqRecord {
-        addr,
-        origin,
-        id,
-        nr: nr as u32,
-        seq: seq as u32,
-        tasks: Span {
-            start,
-            len: buf.queued.len() as u32 - start,
-        },
-        walk: list_health(&walk),
+    let ([id, nr, seq], head_next) = match head.map_or_else(|| r.read_head(cx.mem, tr, addr), Ok) {
+        Ok(h) => h,
+        Err(f) => {
+            *fault = f;
+            return None;
+        }
     };
-    Ok(buf.dsqs.push(rec).map(|i| i as u32))
+    let start = sink.queued.len() as u32;
+    let list = addr.wrapping_add(u64::from(r.d.list));
+    // Most DSQs are empty: their record needs no walk, and the walk's
+    // code stays out of this path.
+    let walk = match head_next {
+        Some(next) if next == list => ListHealth::default(),
+        _ => walk_queue(cx, tr, r, sink.queued, list, head_next),
+    };
+    let len = sink.queued.len() as u32 - start;
+    // Built in its slot: a copy per DSQ showed up.
+    if let Some(slot) = sink.dsqs.next_free() {
+        *slot = DsqRecord {
+            addr,
+            origin,
+            id,
+            nr: nr as u32,
+            seq: seq as u32,
+            tasks: Span { start, len },
+            walk,
+        };
+    }
+    sink.dsqs.commit().map(|i| i as u32)
 }
 
 /// The global DSQ of every node and every user DSQ.
@@ -212,7 +200,13 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                         Ok(p) if p != 0 => {
                             let dsq = p.wrapping_add(u64::from(inner));
                             let origin = DsqOrigin::Global(node);
-                            if let Err(f) = capture_one(cx, tr, buf, reader, (dsq, origin), None) {
+                            let mut sink = Sink {
+                                dsqs: &mut buf.dsqs,
+                                queued: &mut buf.queued,
+                            };
+                            let mut f = Fault::None;
+                            capture_one(cx, tr, &mut sink, reader, dsq, origin, None, &mut f);
+                            if f.is_fault() {
                                 note(f);
                             }
                         }
@@ -226,6 +220,10 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
         }
     }
     // User DSQs from the scheduler's hash table.
+    let mut sink = Sink {
+        dsqs: &mut buf.dsqs,
+        queued: &mut buf.queued,
+    };
     match (
         s.dsq_hash,
         l.rhashtable,
@@ -242,11 +240,22 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                 cx.limits.hash,
                 |tr, e| {
                     let dsq = container_of(e, &[hash_node]);
-                    match capture_one(cx, tr, buf, reader, (dsq, DsqOrigin::User), None) {
-                        Ok(Some(_)) => Step::Continue,
+                    let mut f = Fault::None;
+                    let at = capture_one(
+                        cx,
+                        tr,
+                        &mut sink,
+                        reader,
+                        dsq,
+                        DsqOrigin::User,
+                        None,
+                        &mut f,
+                    );
+                    match (at, f) {
+                        (Some(_), _) => Step::Continue,
                         // Out of DSQ slots: the rest would be dropped anyway.
-                        Ok(None) => Step::Stop,
-                        Err(f) => {
+                        (None, Fault::None) => Step::Stop,
+                        (None, f) => {
                             note(f);
                             Step::Continue
                         }
@@ -262,4 +271,59 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
     } else {
         Ok(())
     }
+}
+
+/// The tasks queued on the DSQ whose list head is at `list`, into
+/// `queued`, in order; iterator cursors skipped.
+#[inline(never)]
+fn walk_queue<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    r: &mut DsqReader,
+    queued: &mut Slots<'_, u64>,
+    list: u64,
+    head_next: Option<u64>,
+) -> ListHealth {
+    // Borrowed, not copied: a copy of the layouts per DSQ showed up.
+    let DsqReader {
+        lh,
+        node,
+        to_task,
+        link: plan,
+        raw,
+        ..
+    } = r;
+    let (lh, node, to_task) = (&*lh, &*node, &*to_task);
+    let cursor_flag = cx.target.consts.dsq_iter_cursor;
+    let walk = walk_list_with(
+        cx.mem,
+        tr,
+        lh,
+        list,
+        head_next,
+        cx.limits.max_list,
+        |tr, n| {
+            let lnode = container_of(n, &[node.node]);
+            let (link, flags) = match plan.read_into(cx.mem, tr, lnode, raw) {
+                Ok(()) => {
+                    let [next, prev, flags] = plan.decode(raw);
+                    ((next, prev), flags as u32)
+                }
+                // Read the links alone; unreadable flags count as 0.
+                Err(_) => (
+                    read_link(cx.mem, tr, lh, n)?,
+                    tr.read_virt_pod(cx.mem, lnode.wrapping_add(u64::from(node.flags)))
+                        .unwrap_or(0),
+                ),
+            };
+            if flags & cursor_flag != 0 {
+                return Ok((Step::Skip, link));
+            }
+            match queued.push(container_of(lnode, to_task)) {
+                Some(_) => Ok((Step::Continue, link)),
+                None => Ok((Step::Stop, link)),
+            }
+        },
+    );
+    list_health(&walk)
 }

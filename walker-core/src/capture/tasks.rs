@@ -1,6 +1,6 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{Field, FieldPlan, RAW_ZERO, Raw, opt, req};
+use super::fields::{Field, FieldPlan, RAW_ZERO, opt, req};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::layout::{ListHeadLayout, SchedExtEntityLayout, TaskLayout};
@@ -124,6 +124,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         }
     }
     let plan = FieldPlan::new(fields);
+    let present = fields.map(|f| f.is_some());
     let tasks = &mut buf.tasks;
     let mut raw = RAW_ZERO;
     let walk = walk_list_with(
@@ -140,13 +141,14 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
                 // entity): the links alone decide whether the walk goes on.
                 return Ok((Step::Skip, read_link(cx.mem, tr, &lh, node)?));
             }
-            let u = |m: Member| plan.get_or_zero(&raw, m as usize);
+            let values = plan.decode(&raw);
+            let u = |m: Member| values.get(m as usize).copied().unwrap_or(0);
             let link = (u(Member::Next), u(Member::Prev));
             let flags = u(Member::Flags) as u32;
             if flags & cursor != 0 {
                 return Ok((Step::Skip, link));
             }
-            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, &plan, &raw);
+            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, &present, &values);
             let step = match tasks.push_with(fill) {
                 Some(_) => Step::Continue,
                 None => Step::Stop,
@@ -158,11 +160,23 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     Ok(())
 }
 
-/// The record of the task at `task` from its members in `raw`.
+/// The record of the task at `task` from its members' `values` (0 for
+/// an absent one) and which of them the kernel has.
 #[inline(always)]
-fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw) -> TaskRecord {
-    let v = |m: Member| plan.get(raw, m as usize);
-    let u = |m: Member| plan.get_or_zero(raw, m as usize);
+fn record(
+    task: u64,
+    scx_flags: u32,
+    present: &[bool; ALL.len()],
+    values: &[u64; ALL.len()],
+) -> TaskRecord {
+    let u = |m: Member| values.get(m as usize).copied().unwrap_or(0);
+    let v = |m: Member| {
+        present
+            .get(m as usize)
+            .copied()
+            .unwrap_or(false)
+            .then(|| u(m))
+    };
     let mut comm = [0u8; 16];
     let (lo, hi) = comm.split_at_mut(8);
     lo.copy_from_slice(&u(Member::Comm0).to_le_bytes());
