@@ -115,6 +115,7 @@ impl DsqReader {
 /// own, so that neither goes through memory in pieces: reading such a
 /// value whole right after it was written in parts stalled every call.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(super) fn capture_one<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
@@ -144,11 +145,13 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
     // Most DSQs are empty: their record needs no walk, and the walk's
     // code stays out of this path.
     let walk = match head_next {
-        Some(next) if next == list => ListHealth::default(),
-        _ => walk_queue(cx, tr, r, sink.queued, list, head_next),
+        Some(next) if next == list => None,
+        _ => Some(walk_queue(cx, tr, r, sink.queued, list, head_next)),
     };
     let len = sink.queued.len() as u32 - start;
-    // Built in its slot: a copy per DSQ showed up.
+    // Built in its slot, an empty DSQ's health from constants: a copy of
+    // the record through the stack, in pieces of other sizes than it was
+    // written in, stalled every DSQ.
     if let Some(slot) = sink.dsqs.next_free() {
         *slot = DsqRecord {
             addr,
@@ -157,8 +160,11 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
             nr: nr as u32,
             seq: seq as u32,
             tasks: Span { start, len },
-            walk,
+            walk: ListHealth::default(),
         };
+        if let Some(w) = walk {
+            slot.walk = w;
+        }
     }
     sink.dsqs.commit().map(|i| i as u32)
 }
