@@ -110,35 +110,42 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         let mut fault = Fault::None;
         let rq = per_cpu_addr(runqueues, off);
         let rq_ok = rq_plan.read_into(cx.mem, tr, rq, &mut raw).is_ok();
-        if !rq_ok {
-            fault = Fault::Unreadable(rq);
-        }
         // Required fields are always planned: zero never stands in.
-        let [nr_running, curr, clock, idle] = match rq_ok {
-            true => rq_plan.decode(&raw),
-            false => [0; 4],
+        let [nr_running, curr, clock, idle] = if rq_ok {
+            rq_plan.decode(&raw)
+        } else {
+            fault = Fault::Unreadable(rq);
+            [0; 4]
         };
         let scx = rq.wrapping_add(u64::from(rq_l.scx));
-        // `Some(runnable_next, local_head)` when the wide read worked.
-        let (scx_values, wide) = if scx_plan.read_into(cx.mem, tr, scx, &mut raw).is_ok() {
-            let v = scx_plan.decode(&raw);
-            let [.., next, id, dsq_nr, seq, dsq_next] = v;
-            // The DSQ head fields are planned when the reader exists.
-            let head = has_head.then_some(([id, dsq_nr, seq], Some(dsq_next)));
-            (Some(v), Some((next, head)))
+        // The wide plan's last five fields (runnable `next`, local DSQ
+        // head) are known only when its read worked.
+        let (mut known, mut wide) = (true, false);
+        let mut v = [0u64; 10];
+        if scx_plan.read_into(cx.mem, tr, scx, &mut raw).is_ok() {
+            (v, wide) = (scx_plan.decode(&raw), true);
         } else if scx_alone.read_into(cx.mem, tr, scx, &mut raw).is_ok() {
             let [a, b, c, d, e] = scx_alone.decode(&raw);
-            (Some([a, b, c, d, e, 0, 0, 0, 0, 0]), None)
+            v = [a, b, c, d, e, 0, 0, 0, 0, 0];
         } else {
             fault = Fault::Unreadable(scx);
-            (None, None)
-        };
-        let [scx_nr, scx_flags, released, qseq, scx_clock, ..] = scx_values.unwrap_or([0; 10]);
-        let known = scx_values.is_some();
-        let (runnable_next, local_head) = match wide {
-            Some((next, head)) => (Some(next), head),
-            None => (None, None),
-        };
+            known = false;
+        }
+        let [
+            scx_nr,
+            scx_flags,
+            released,
+            qseq,
+            scx_clock,
+            next,
+            id,
+            dsq_nr,
+            seq,
+            dsq_next,
+        ] = v;
+        let runnable_next = wide.then_some(next);
+        // The DSQ head fields are planned when the reader exists.
+        let local_head = (wide && has_head).then_some(([id, dsq_nr, seq], Some(dsq_next)));
         let local = scx.wrapping_add(u64::from(scx_l.local_dsq));
         let origin = DsqOrigin::Local(cpu);
         let local_dsq = dsq::capture_one(
