@@ -4,7 +4,8 @@
 //! recorded once, copied again in the same order. Targets on these
 //! machines: <= 3x that memcpy, <= 100 ns per task, <= 2 us per CPU; read
 //! the per-element throughput of the `capture_per_task` and
-//! `capture_per_cpu` groups.
+//! `capture_per_cpu` groups. A capture here is one of many by a
+//! [`Capturer`] planned once; `capture_plan` is that one-time planning.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use std::cell::RefCell;
 
-use ktstr_walker::capture::{Limits, capture};
+use ktstr_walker::capture::{Capturer, Limits};
 use ktstr_walker::mem::{GuestMem, MemError};
 use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
@@ -50,25 +51,24 @@ impl<M: GuestMem> GuestMem for Recording<'_, M> {
 }
 
 /// The (address, length) of every read one capture does.
-fn reads_of(k: &SyntheticKernel, storage: &mut CaptureStorage) -> Vec<(u64, usize)> {
+fn reads_of(
+    c: &Capturer<'_>,
+    k: &SyntheticKernel,
+    storage: &mut CaptureStorage,
+) -> Vec<(u64, usize)> {
     let mem = k.mem();
     let rec = Recording {
         inner: &mem,
         reads: RefCell::new(Vec::new()),
     };
-    run_on(k, &rec, storage);
+    run_on(c, &rec, storage);
     rec.reads.into_inner()
 }
 
-fn run(k: &SyntheticKernel, storage: &mut CaptureStorage) -> u64 {
-    run_on(k, &k.mem(), storage)
-}
-
-fn run_on(k: &SyntheticKernel, mem: &impl GuestMem, storage: &mut CaptureStorage) -> u64 {
-    let target = k.target();
+fn run_on(c: &Capturer<'_>, mem: &impl GuestMem, storage: &mut CaptureStorage) -> u64 {
     let mut tr = Translator::default();
     let mut buf = storage.buf();
-    capture(mem, &mut tr, &target, &Limits::default(), &mut buf);
+    c.capture(mem, &mut tr, &Limits::default(), &mut buf);
     buf.health.bytes
 }
 
@@ -81,13 +81,15 @@ fn bench(c: &mut Criterion) {
                     continue; // per task: vary tasks on 8 CPUs; per CPU: vary CPUs with 100 tasks
                 }
                 let k = kernel(cpus, tasks);
+                let target = k.target();
+                let c = Capturer::new(target);
                 let mut storage = CaptureStorage::new(Capacity::for_guest(cpus, tasks + 16));
-                let reads = reads_of(&k, &mut storage);
+                let reads = reads_of(&c, &k, &mut storage);
                 let total: usize = reads.iter().map(|r| r.1).sum();
                 let id = format!("{cpus}cpus_{tasks}tasks");
                 g.throughput(Throughput::Elements(if per { tasks } else { cpus } as u64));
                 g.bench_with_input(BenchmarkId::new("capture", &id), &id, |b, _| {
-                    b.iter(|| run(black_box(&k), &mut storage))
+                    b.iter(|| run_on(black_box(&c), &k.mem(), &mut storage))
                 });
                 // Baseline: the same reads as plain copies out of the same memory.
                 let src = k.bytes();
@@ -106,6 +108,12 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    // Once per kernel, not per capture: the same for every size.
+    let k = kernel(8, 0);
+    let target = k.target();
+    c.bench_function("capture_plan", |b| {
+        b.iter(|| Capturer::new(black_box(target)))
+    });
 }
 
 criterion_group! {

@@ -7,7 +7,9 @@
 use ktstr_tests::{Need, skip};
 use ktstr_walker::Layout;
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
-use ktstr_walker::capture::{CaptureBuf, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture};
+use ktstr_walker::capture::{
+    CaptureBuf, Capturer, Consts, DsqOrigin, DsqRecord, Fault, Limits, Target, TaskRecord, capture,
+};
 use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::testkit::{DIRECT_MAP, PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
@@ -171,6 +173,71 @@ fn a_busy_scheduler_is_captured_as_laid_out() {
                 "{ctx}"
             );
             assert!(buf.health.tasks_walk.fault == Fault::None && !buf.health.tasks_walk.truncated);
+        }
+    }
+}
+
+/// Everything a capture recorded, for comparing two captures whole.
+fn dump(buf: &CaptureBuf<'_>) -> String {
+    format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        buf.cpus.as_slice(),
+        buf.dsqs.as_slice(),
+        buf.queued.as_slice(),
+        buf.runnable.as_slice(),
+        buf.tasks.as_slice(),
+        buf.cgroups.as_slice(),
+        buf.sched,
+        buf.jiffies,
+        buf.health
+    )
+}
+
+#[test]
+fn a_capturer_planned_once_reads_what_memory_holds_at_each_capture() {
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 3, PerCpuStyle::Absolute).unwrap();
+        let sched = k.attach_scheduler("fixture_sched", 4).unwrap();
+        let user = k.add_user_dsq(sched, 0x10);
+        let first = k.add_task(100, "first");
+        k.make_runnable(first, 1, 5);
+        k.enqueue(user, first);
+        // Planned from copies, so that the kernel's memory can change
+        // between captures.
+        let (layout, symbols) = (k.layout, *k.target().symbols);
+        let target = Target {
+            layout: &layout,
+            symbols: &symbols,
+            nr_cpus: 3,
+            nr_nodes: 1,
+            consts: Consts::default(),
+        };
+        let capturer = Capturer::new(target);
+        let (mut planned, mut fresh) = (Store::new(8), Store::new(8));
+        for round in 0..2 {
+            let mut buf = planned.buf();
+            capturer.capture(
+                &k.mem(),
+                &mut Translator::default(),
+                &Limits::default(),
+                &mut buf,
+            );
+            // The same as a capture that plans anew, round after round.
+            assert_eq!(
+                dump(&buf),
+                dump(&run(&k, &mut fresh)),
+                "{name} round {round}"
+            );
+            let user_dsq = buf.dsqs.as_slice().iter().find(|d| d.id == 0x10).unwrap();
+            assert_eq!(user_dsq.nr as usize, round + 1, "{name} round {round}");
+            assert_eq!(
+                dsq_tasks(&buf, user_dsq).len(),
+                round + 1,
+                "{name} round {round}"
+            );
+            let second = k.add_task(200, "second");
+            k.make_runnable(second, 2, 6);
+            k.enqueue(user, second);
         }
     }
 }

@@ -41,29 +41,16 @@ impl<'a, T: Copy> Slots<'a, T> {
     /// place spares a copy of it per push.
     #[inline]
     pub fn push_with(&mut self, fill: impl FnOnce(&mut T)) -> Option<usize> {
-        if let Some(slot) = self.next_free() {
-            fill(slot);
-        }
-        self.commit()
-    }
-
-    /// The next free slot, for building an item in place (over whatever it
-    /// held before); [`Slots::commit`] then appends it. `None` when full.
-    #[inline]
-    pub fn next_free(&mut self) -> Option<&mut T> {
-        self.items.get_mut(self.len)
-    }
-
-    /// Append the item built in [`Slots::next_free`]; returns its index,
-    /// or `None` (and counts a drop) when full.
-    #[inline]
-    pub fn commit(&mut self) -> Option<usize> {
-        if self.len < self.items.len() {
-            self.len += 1;
-            Some(self.len - 1)
-        } else {
-            self.dropped = self.dropped.saturating_add(1);
-            None
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                fill(slot);
+                self.len += 1;
+                Some(self.len - 1)
+            }
+            None => {
+                self.dropped = self.dropped.saturating_add(1);
+                None
+            }
         }
     }
 
@@ -120,13 +107,5 @@ mod tests {
         let mut z = Slots::new(&mut none);
         assert_eq!(z.push(1), None);
         assert_eq!(z.as_slice(), &[] as &[u32]);
-        assert_eq!(z.next_free(), None);
-        assert_eq!((z.commit(), z.dropped()), (None, 2));
-        let mut one = [0u32; 1];
-        let mut o = Slots::new(&mut one);
-        *o.next_free().unwrap() = 7;
-        assert_eq!(o.commit(), Some(0));
-        assert_eq!(o.as_slice(), &[7][..]);
-        assert_eq!(o.next_free(), None);
     }
 }

@@ -4,6 +4,7 @@
 use super::fields::{FieldPlan, RAW_ZERO, opt, req};
 use super::records::{CpuRecord, DsqOrigin, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, dsq, list_health};
+use crate::layout::{Layout, ListHeadLayout, RqLayout, ScxRqLayout};
 use crate::mem::GuestMem;
 use crate::translate::{Translator, per_cpu_addr};
 use crate::walk::{Step, read_link, walk_list_with};
@@ -12,8 +13,77 @@ use zerocopy::IntoBytes;
 /// `__per_cpu_offset` entries read at once.
 const OFFSET_BATCH: usize = 64;
 
+/// The pass's layouts and plans, made once per kernel.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plans {
+    rq_l: RqLayout,
+    scx_l: ScxRqLayout,
+    lh: ListHeadLayout,
+    /// `scx_entity.runnable_node` -> task: `runnable_node` within the
+    /// entity, `scx` within the task.
+    to_task: [u32; 2],
+    rq: FieldPlan<4>,
+    /// The rq->scx scalars, with the runnable list head's `next` and the
+    /// local DSQ's head, so that one read starts the CPU's walks.
+    scx: FieldPlan<10>,
+    /// The scalars alone, for when that wider read fails: read as if the
+    /// rest were not there (the walks read them).
+    scx_alone: FieldPlan<5>,
+    /// The local DSQ's head is part of `scx` (there is a DSQ reader).
+    has_head: bool,
+    /// `rq->idle`, `cpu_released`, `ops_qseq`, `clock`: version-gated
+    /// members this kernel has.
+    has: [bool; 4],
+}
+
+impl Plans {
+    /// The plans for `l`, or the first group it lacks; `dsqs` plans the
+    /// local DSQ's head.
+    pub(super) fn new(l: &Layout, dsqs: &Result<dsq::DsqReader, Fault>) -> Result<Self, Fault> {
+        let rq_l = l.rq.ok_or(Fault::MissingGroup("rq"))?;
+        let scx_l = l.scx_rq.ok_or(Fault::MissingGroup("scx_rq"))?;
+        let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
+        let task = l.task.ok_or(Fault::MissingGroup("task_struct"))?;
+        let entity = l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?;
+        let scx_fields = [
+            req(scx_l.nr_running, 4),
+            req(scx_l.flags, 4),
+            opt(scx_l.cpu_released, 1),
+            opt(scx_l.ops_qseq, 8),
+            opt(scx_l.clock, 8),
+        ];
+        let [a, b, c, d, e] = scx_fields;
+        let runnable_next = scx_l.runnable_list.saturating_add(lh.next);
+        let [f, g, h, i] = dsqs
+            .as_ref()
+            .map_or([None; 4], |r| r.head_fields(scx_l.local_dsq));
+        Ok(Self {
+            rq_l,
+            scx_l,
+            lh,
+            to_task: [entity.runnable_node, task.scx],
+            rq: FieldPlan::new([
+                req(rq_l.nr_running, 4),
+                req(rq_l.curr, 8),
+                req(rq_l.clock, 8),
+                opt(rq_l.idle, 8),
+            ]),
+            scx: FieldPlan::new([a, b, c, d, e, req(runnable_next, 8), f, g, h, i]),
+            scx_alone: FieldPlan::new(scx_fields),
+            has_head: dsqs.is_ok(),
+            has: [
+                rq_l.idle.is_some(),
+                scx_l.cpu_released.is_some(),
+                scx_l.ops_qseq.is_some(),
+                scx_l.clock.is_some(),
+            ],
+        })
+    }
+}
+
 pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
+    plans: &Result<Plans, Fault>,
     tr: &mut Translator,
     buf: &mut CaptureBuf<'_>,
     dsqs: &mut Result<dsq::DsqReader, Fault>,
@@ -23,11 +93,17 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let offsets = syms
         .per_cpu_offset
         .ok_or(Fault::MissingSymbol("__per_cpu_offset"))?;
-    let rq_l = l.rq.ok_or(Fault::MissingGroup("rq"))?;
-    let scx_l = l.scx_rq.ok_or(Fault::MissingGroup("scx_rq"))?;
-    let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
-    let task = l.task.ok_or(Fault::MissingGroup("task_struct"))?;
-    let entity = l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?;
+    let &Plans {
+        rq_l,
+        scx_l,
+        lh,
+        to_task,
+        rq: ref rq_plan,
+        scx: ref scx_plan,
+        ref scx_alone,
+        has_head,
+        has,
+    } = plans.as_ref().map_err(|f| *f)?;
     // The scheduler's per-CPU part (bypass DSQs), when there is one.
     let sched_pcpu = match (l.sched.and_then(|s| s.pcpu), l.sched_pcpu, buf.sched.root) {
         (Some(off), Some(pc), root) if root != 0 && syms.scx_root.is_some() => tr
@@ -37,38 +113,6 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             .map(|p| (p, pc.bypass_dsq)),
         _ => None,
     };
-    // Planned once for every CPU.
-    let rq_plan = FieldPlan::new([
-        req(rq_l.nr_running, 4),
-        req(rq_l.curr, 8),
-        req(rq_l.clock, 8),
-        opt(rq_l.idle, 8),
-    ]);
-    let scx_fields = [
-        req(scx_l.nr_running, 4),
-        req(scx_l.flags, 4),
-        opt(scx_l.cpu_released, 1),
-        opt(scx_l.ops_qseq, 8),
-        opt(scx_l.clock, 8),
-    ];
-    // With the runnable list head's `next` and the local DSQ's head, so
-    // that one read starts the CPU's walks; alone when that wider read
-    // fails, as if they were not there (the walks read them).
-    let [a, b, c, d, e] = scx_fields;
-    let runnable_next = scx_l.runnable_list.saturating_add(lh.next);
-    let [f, g, h, i] = dsqs
-        .as_ref()
-        .map_or([None; 4], |r| r.head_fields(scx_l.local_dsq));
-    let scx_plan = FieldPlan::new([a, b, c, d, e, req(runnable_next, 8), f, g, h, i]);
-    let scx_alone = FieldPlan::new(scx_fields);
-    // Version-gated members, decided once rather than per CPU.
-    let has_idle = rq_l.idle.is_some();
-    let has_head = dsqs.is_ok();
-    let has = [
-        scx_l.cpu_released.is_some(),
-        scx_l.ops_qseq.is_some(),
-        scx_l.clock.is_some(),
-    ];
     let mut raw = RAW_ZERO;
     // `__per_cpu_offset` a batch at a time; a batch that cannot be read
     // whole is read entry by entry, so a bad entry faults only its CPU.
@@ -97,14 +141,11 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         let one = |tr: &mut Translator| tr.read_per_cpu_offset(cx.mem, offsets, cpu);
         let Ok(off) = batched.map_or_else(|| one(tr), Ok) else {
             let fault = Fault::Unreadable(offsets.wrapping_add(u64::from(cpu) * 8));
-            if let Some(rec) = cpus.next_free() {
-                *rec = CpuRecord {
-                    cpu,
-                    fault,
-                    ..CpuRecord::default()
-                };
-            }
-            cpus.commit();
+            cpus.push(CpuRecord {
+                cpu,
+                fault,
+                ..CpuRecord::default()
+            });
             continue;
         };
         let mut fault = Fault::None;
@@ -168,7 +209,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             cx.limits.max_list,
             |tr, node| {
                 let link = read_link(cx.mem, tr, &lh, node)?;
-                match runnable.push(container_of(node, &[entity.runnable_node, task.scx])) {
+                match runnable.push(container_of(node, &to_task)) {
                     Some(_) => Ok((Step::Continue, link)),
                     None => Ok((Step::Stop, link)),
                 }
@@ -176,26 +217,25 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         );
         let len = runnable.len() as u32 - start;
         // Built in its slot: a copy of the record per CPU showed up.
-        if let Some(rec) = cpus.next_free() {
+        cpus.push_with(|rec| {
             *rec = CpuRecord {
                 cpu,
                 rq,
                 nr_running: nr_running as u32,
                 clock,
                 curr,
-                idle: (rq_ok && has_idle).then_some(idle),
+                idle: (rq_ok && has[0]).then_some(idle),
                 scx_nr_running: scx_nr as u32,
                 scx_flags: scx_flags as u32,
-                cpu_released: (known && has[0]).then_some(released != 0),
-                ops_qseq: (known && has[1]).then_some(qseq),
-                scx_clock: (known && has[2]).then_some(scx_clock),
+                cpu_released: (known && has[1]).then_some(released != 0),
+                ops_qseq: (known && has[2]).then_some(qseq),
+                scx_clock: (known && has[3]).then_some(scx_clock),
                 local_dsq,
                 runnable: Span { start, len },
                 runnable_walk: list_health(&walk),
                 fault,
             };
-        }
-        cpus.commit();
+        });
     }
     Ok(())
 }

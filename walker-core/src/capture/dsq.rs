@@ -10,8 +10,9 @@ use crate::mem::GuestMem;
 use crate::translate::Translator;
 use crate::walk::{Step, read_link, walk_list_with, walk_rhashtable};
 
-/// Reads DSQs: the layouts and field plans, prepared once per pass rather
-/// than per DSQ.
+/// Reads DSQs: the layouts and field plans, made once per kernel rather
+/// than per DSQ, and scratch space for the reads.
+#[derive(Debug, Clone)]
 pub(super) struct DsqReader {
     d: DsqLayout,
     lh: ListHeadLayout,
@@ -152,7 +153,7 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
     // Built in its slot, an empty DSQ's health from constants: a copy of
     // the record through the stack, in pieces of other sizes than it was
     // written in, stalled every DSQ.
-    if let Some(slot) = sink.dsqs.next_free() {
+    let fill = |slot: &mut DsqRecord| {
         *slot = DsqRecord {
             addr,
             origin,
@@ -165,8 +166,8 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
         if let Some(w) = walk {
             slot.walk = w;
         }
-    }
-    sink.dsqs.commit().map(|i| i as u32)
+    };
+    sink.dsqs.push_with(fill).map(|i| i as u32)
 }
 
 /// The global DSQ of every node and every user DSQ.

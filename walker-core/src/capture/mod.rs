@@ -164,7 +164,8 @@ impl<'a> CaptureBuf<'a> {
     }
 }
 
-/// Capture the sched_ext state of the (paused) guest into `buf`.
+/// Capture the sched_ext state of the (paused) guest into `buf`. Plans
+/// the reads anew; [`Capturer`] plans them once for many captures.
 pub fn capture<M: GuestMem + ?Sized>(
     mem: &M,
     tr: &mut Translator,
@@ -172,36 +173,80 @@ pub fn capture<M: GuestMem + ?Sized>(
     limits: &Limits,
     buf: &mut CaptureBuf<'_>,
 ) {
-    buf.reset();
-    let counted = CountingMem::new(mem, u64::MAX);
-    let cx = Cx {
-        mem: &counted,
-        target,
-        limits,
-    };
-    buf.jiffies = target
-        .symbols
-        .jiffies_64
-        .and_then(|j| tr.read_virt_pod(&counted, j).ok());
-    if let Err(f) = sched::capture(&cx, tr, &mut buf.sched) {
-        buf.health.sched = f;
+    Capturer::new(*target).capture(mem, tr, limits, buf);
+}
+
+/// Captures of one guest kernel: what its layout decides (each pass's
+/// field plans) is worked out once, here, rather than in every capture,
+/// where it was the largest fixed cost of a small one.
+#[derive(Debug, Clone)]
+pub struct Capturer<'k> {
+    target: Target<'k>,
+    sched: sched::Plans,
+    cpus: Result<cpus::Plans, Fault>,
+    dsqs: Result<dsq::DsqReader, Fault>,
+    tasks: Result<tasks::Plans, Fault>,
+}
+
+impl<'k> Capturer<'k> {
+    /// Plan the captures of `target`.
+    pub fn new(target: Target<'k>) -> Self {
+        let l = target.layout;
+        let dsqs = dsq::DsqReader::new(l);
+        Self {
+            target,
+            sched: sched::Plans::new(l),
+            cpus: cpus::Plans::new(l, &dsqs),
+            dsqs,
+            tasks: tasks::Plans::new(l),
+        }
     }
-    // Prepared once for the per-CPU and the shared DSQs.
-    let mut dsqs = dsq::DsqReader::new(target.layout);
-    if let Err(f) = cpus::capture(&cx, tr, buf, &mut dsqs) {
-        buf.health.cpus = f;
+
+    /// The kernel these captures read.
+    pub fn target(&self) -> &Target<'k> {
+        &self.target
     }
-    if let Err(f) = dsq::capture_shared(&cx, tr, buf, &mut dsqs) {
-        buf.health.dsqs = f;
+
+    /// Capture the sched_ext state of the (paused) guest into `buf`.
+    pub fn capture<M: GuestMem + ?Sized>(
+        &self,
+        mem: &M,
+        tr: &mut Translator,
+        limits: &Limits,
+        buf: &mut CaptureBuf<'_>,
+    ) {
+        buf.reset();
+        let target = &self.target;
+        let counted = CountingMem::new(mem, u64::MAX);
+        let cx = Cx {
+            mem: &counted,
+            target,
+            limits,
+        };
+        buf.jiffies = target
+            .symbols
+            .jiffies_64
+            .and_then(|j| tr.read_virt_pod(&counted, j).ok());
+        if let Err(f) = sched::capture(&cx, &self.sched, tr, &mut buf.sched) {
+            buf.health.sched = f;
+        }
+        // Shared by the per-CPU and the shared DSQs; its scratch is per capture.
+        let mut dsqs = self.dsqs.clone();
+        if let Err(f) = cpus::capture(&cx, &self.cpus, tr, buf, &mut dsqs) {
+            buf.health.cpus = f;
+        }
+        if let Err(f) = dsq::capture_shared(&cx, tr, buf, &mut dsqs) {
+            buf.health.dsqs = f;
+        }
+        if let Err(f) = tasks::capture(&cx, &self.tasks, tr, buf) {
+            buf.health.tasks = f;
+        }
+        if let Err(f) = cgroups::capture(&cx, tr, buf) {
+            buf.health.cgroups = f;
+        }
+        buf.health.reads = counted.reads();
+        buf.health.bytes = counted.bytes();
     }
-    if let Err(f) = tasks::capture(&cx, tr, buf) {
-        buf.health.tasks = f;
-    }
-    if let Err(f) = cgroups::capture(&cx, tr, buf) {
-        buf.health.cgroups = f;
-    }
-    buf.health.reads = counted.reads();
-    buf.health.bytes = counted.bytes();
 }
 
 /// What every pass reads with.

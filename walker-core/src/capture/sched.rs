@@ -1,12 +1,48 @@
 //! The scheduler pass: `*scx_root` (or, before 6.16, the static `scx_ops`).
 
-use super::fields::{gather, opt, req};
+use super::fields::{FieldPlan, opt, req};
 use super::{Cx, Fault, SchedRecord};
+use crate::layout::Layout;
 use crate::mem::GuestMem;
 use crate::translate::Translator;
 
+/// The pass's field plans, when the layout has their groups.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plans {
+    /// `exit_kind`, `exit_info`, `bypass_depth`, `aborting` and
+    /// `watchdog_timeout` of `scx_sched`.
+    root: Option<FieldPlan<5>>,
+    /// `kind`, `exit_code`, `reason` and `msg` of `scx_exit_info`.
+    exit_info: Option<FieldPlan<4>>,
+}
+
+impl Plans {
+    pub(super) fn new(l: &Layout) -> Self {
+        Self {
+            root: l.sched.map(|s| {
+                FieldPlan::new([
+                    req(s.exit_kind, 4),
+                    req(s.exit_info, 8),
+                    opt(s.bypass_depth, 4),
+                    opt(s.aborting, 1),
+                    opt(s.watchdog_timeout, 8),
+                ])
+            }),
+            exit_info: l.exit_info.map(|ei| {
+                FieldPlan::new([
+                    req(ei.kind, 4),
+                    opt(ei.exit_code, 8),
+                    req(ei.reason, 8),
+                    req(ei.msg, 8),
+                ])
+            }),
+        }
+    }
+}
+
 pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
+    plans: &Plans,
     tr: &mut Translator,
     rec: &mut SchedRecord,
 ) -> Result<(), Fault> {
@@ -31,20 +67,12 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     if root == 0 {
         return Ok(()); // no scheduler attached: a state, not an error
     }
-    let s = layout.sched.ok_or(Fault::MissingGroup("scx_sched"))?;
-    let [exit_kind, exit_info, bypass_depth, aborting, watchdog] = gather(
-        cx.mem,
-        tr,
-        root,
-        [
-            req(s.exit_kind, 4),
-            req(s.exit_info, 8),
-            opt(s.bypass_depth, 4),
-            opt(s.aborting, 1),
-            opt(s.watchdog_timeout, 8),
-        ],
-    )
-    .map_err(|_| Fault::Unreadable(root))?;
+    let (Some(s), Some(plan)) = (layout.sched, plans.root) else {
+        return Err(Fault::MissingGroup("scx_sched"));
+    };
+    let [exit_kind, exit_info, bypass_depth, aborting, watchdog] = plan
+        .read(cx.mem, tr, root)
+        .map_err(|_| Fault::Unreadable(root))?;
     rec.exit_kind = exit_kind.unwrap_or(0) as u32;
     rec.bypass_depth = bypass_depth.map(|v| v as u32 as i32);
     rec.aborting = aborting.map(|v| v != 0);
@@ -56,19 +84,10 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         &mut rec.ops_name,
     );
     let info = exit_info.unwrap_or(0);
-    if let (Some(ei), true) = (layout.exit_info, info != 0) {
-        let [kind, code, reason, msg] = gather(
-            cx.mem,
-            tr,
-            info,
-            [
-                req(ei.kind, 4),
-                opt(ei.exit_code, 8),
-                req(ei.reason, 8),
-                req(ei.msg, 8),
-            ],
-        )
-        .map_err(|_| Fault::Unreadable(info))?;
+    if let (Some(plan), true) = (plans.exit_info, info != 0) {
+        let [kind, code, reason, msg] = plan
+            .read(cx.mem, tr, info)
+            .map_err(|_| Fault::Unreadable(info))?;
         // Once the disable work has taken the exit, newer kernels set
         // `exit_kind` to SCX_EXIT_DONE; the kind that ended the scheduler
         // stays in its exit info.

@@ -3,7 +3,7 @@
 use super::fields::{Field, FieldPlan, RAW_ZERO, opt, req};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
-use crate::layout::{ListHeadLayout, SchedExtEntityLayout, TaskLayout};
+use crate::layout::{Layout, ListHeadLayout, SchedExtEntityLayout, TaskLayout};
 use crate::mem::GuestMem;
 use crate::translate::Translator;
 use crate::walk::{Step, read_link, walk_list_with};
@@ -102,35 +102,64 @@ fn member(
     }
 }
 
+/// The pass's layouts and its plan of every task's members.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plans {
+    t: TaskLayout,
+    e: SchedExtEntityLayout,
+    lh: ListHeadLayout,
+    plan: FieldPlan<{ ALL.len() }>,
+    /// Which members this kernel has.
+    present: [bool; ALL.len()],
+}
+
+impl Plans {
+    /// The plans for `l`, or the first group it lacks.
+    pub(super) fn new(l: &Layout) -> Result<Self, Fault> {
+        let t = l.task.ok_or(Fault::MissingGroup("task_struct"))?;
+        let e = l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?;
+        let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
+        let mut fields = [None; ALL.len()];
+        for m in ALL {
+            if let Some(slot) = fields.get_mut(m as usize) {
+                *slot = member(m, &t, &e, &lh);
+            }
+        }
+        Ok(Self {
+            t,
+            e,
+            lh,
+            plan: FieldPlan::new(fields),
+            present: fields.map(|f| f.is_some()),
+        })
+    }
+}
+
 pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
+    plans: &Result<Plans, Fault>,
     tr: &mut Translator,
     buf: &mut CaptureBuf<'_>,
 ) -> Result<(), Fault> {
-    let l = cx.target.layout;
     let head = cx
         .target
         .symbols
         .scx_tasks
         .ok_or(Fault::MissingSymbol("scx_tasks"))?;
-    let t = l.task.ok_or(Fault::MissingGroup("task_struct"))?;
-    let e = l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?;
-    let lh = l.list_head.ok_or(Fault::MissingGroup("list_head"))?;
+    let Plans {
+        t,
+        e,
+        lh,
+        plan,
+        present,
+    } = plans.as_ref().map_err(|f| *f)?;
     let cursor = cx.target.consts.task_cursor;
-    let mut fields = [None; ALL.len()];
-    for m in ALL {
-        if let Some(slot) = fields.get_mut(m as usize) {
-            *slot = member(m, &t, &e, &lh);
-        }
-    }
-    let plan = FieldPlan::new(fields);
-    let present = fields.map(|f| f.is_some());
     let tasks = &mut buf.tasks;
     let mut raw = RAW_ZERO;
     let walk = walk_list_with(
         cx.mem,
         tr,
-        &lh,
+        lh,
         head,
         None,
         cx.limits.max_tasks,
@@ -139,7 +168,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             if plan.read_into(cx.mem, tr, task, &mut raw).is_err() {
                 // Not a readable task (e.g. an iterator cursor, which is a bare
                 // entity): the links alone decide whether the walk goes on.
-                return Ok((Step::Skip, read_link(cx.mem, tr, &lh, node)?));
+                return Ok((Step::Skip, read_link(cx.mem, tr, lh, node)?));
             }
             let values = plan.decode(&raw);
             let u = |m: Member| values.get(m as usize).copied().unwrap_or(0);
@@ -148,7 +177,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             if flags & cursor != 0 {
                 return Ok((Step::Skip, link));
             }
-            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, &present, &values);
+            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, present, &values);
             let step = match tasks.push_with(fill) {
                 Some(_) => Step::Continue,
                 None => Step::Stop,
