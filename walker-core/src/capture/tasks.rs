@@ -1,6 +1,6 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{Field, FieldPlan, RAW_ZERO, opt, req};
+use super::fields::{Field, FieldPlan, RAW_ZERO, Raw, opt, req};
 use super::records::{Fault, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::layout::{Layout, ListHeadLayout, SchedExtEntityLayout, TaskLayout};
@@ -109,8 +109,6 @@ pub(super) struct Plans {
     e: SchedExtEntityLayout,
     lh: ListHeadLayout,
     plan: FieldPlan<{ ALL.len() }>,
-    /// Which members this kernel has.
-    present: [bool; ALL.len()],
 }
 
 impl Plans {
@@ -130,7 +128,6 @@ impl Plans {
             e,
             lh,
             plan: FieldPlan::new(fields),
-            present: fields.map(|f| f.is_some()),
         })
     }
 }
@@ -146,13 +143,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         .symbols
         .scx_tasks
         .ok_or(Fault::MissingSymbol("scx_tasks"))?;
-    let Plans {
-        t,
-        e,
-        lh,
-        plan,
-        present,
-    } = plans.as_ref().map_err(|f| *f)?;
+    let Plans { t, e, lh, plan } = plans.as_ref().map_err(|f| *f)?;
     let cursor = cx.target.consts.task_cursor;
     let tasks = &mut buf.tasks;
     let mut raw = RAW_ZERO;
@@ -170,14 +161,13 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
                 // entity): the links alone decide whether the walk goes on.
                 return Ok((Step::Skip, read_link(cx.mem, tr, lh, node)?));
             }
-            let values = plan.decode(&raw);
-            let u = |m: Member| values.get(m as usize).copied().unwrap_or(0);
+            let u = |m: Member| plan.get_or_zero(&raw, m as usize);
             let link = (u(Member::Next), u(Member::Prev));
             let flags = u(Member::Flags) as u32;
             if flags & cursor != 0 {
                 return Ok((Step::Skip, link));
             }
-            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, present, &values);
+            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, plan, &raw);
             let step = match tasks.push_with(fill) {
                 Some(_) => Step::Continue,
                 None => Step::Stop,
@@ -189,23 +179,11 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     Ok(())
 }
 
-/// The record of the task at `task` from its members' `values` (0 for
-/// an absent one) and which of them the kernel has.
+/// The record of the task at `task` from its members in `raw`.
 #[inline(always)]
-fn record(
-    task: u64,
-    scx_flags: u32,
-    present: &[bool; ALL.len()],
-    values: &[u64; ALL.len()],
-) -> TaskRecord {
-    let u = |m: Member| values.get(m as usize).copied().unwrap_or(0);
-    let v = |m: Member| {
-        present
-            .get(m as usize)
-            .copied()
-            .unwrap_or(false)
-            .then(|| u(m))
-    };
+fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw) -> TaskRecord {
+    let v = |m: Member| plan.get(raw, m as usize);
+    let u = |m: Member| plan.get_or_zero(raw, m as usize);
     let mut comm = [0u8; 16];
     let (lo, hi) = comm.split_at_mut(8);
     lo.copy_from_slice(&u(Member::Comm0).to_le_bytes());
