@@ -180,7 +180,7 @@ impl<const N: usize> FieldPlan<N> {
 
     /// Fetch the planned fields of the object at `base` into `raw`, for
     /// [`FieldPlan::get`]; fails if any chunk cannot be read.
-    #[inline]
+    #[inline(always)]
     pub fn read_into<M: GuestMem + ?Sized>(
         &self,
         mem: &M,
