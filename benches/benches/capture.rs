@@ -51,24 +51,25 @@ impl<M: GuestMem> GuestMem for Recording<'_, M> {
 }
 
 /// The (address, length) of every read one capture does.
-fn reads_of(
-    c: &Capturer<'_>,
-    k: &SyntheticKernel,
-    storage: &mut CaptureStorage,
-) -> Vec<(u64, usize)> {
+fn reads_of(c: &Capturer, k: &SyntheticKernel, storage: &mut CaptureStorage) -> Vec<(u64, usize)> {
     let mem = k.mem();
     let rec = Recording {
         inner: &mem,
         reads: RefCell::new(Vec::new()),
     };
-    run_on(c, &rec, storage);
+    run_on(c, k, &rec, storage);
     rec.reads.into_inner()
 }
 
-fn run_on(c: &Capturer<'_>, mem: &impl GuestMem, storage: &mut CaptureStorage) -> u64 {
+fn run_on(
+    c: &Capturer,
+    k: &SyntheticKernel,
+    mem: &impl GuestMem,
+    storage: &mut CaptureStorage,
+) -> u64 {
     let mut tr = Translator::default();
     let mut buf = storage.buf();
-    c.capture(mem, &mut tr, &Limits::default(), &mut buf);
+    c.capture(mem, &mut tr, &k.target(), &Limits::default(), &mut buf);
     buf.health.bytes
 }
 
@@ -81,15 +82,14 @@ fn bench(c: &mut Criterion) {
                     continue; // per task: vary tasks on 8 CPUs; per CPU: vary CPUs with 100 tasks
                 }
                 let k = kernel(cpus, tasks);
-                let target = k.target();
-                let c = Capturer::new(target);
+                let c = Capturer::new(&k.layout);
                 let mut storage = CaptureStorage::new(Capacity::for_guest(cpus, tasks + 16));
                 let reads = reads_of(&c, &k, &mut storage);
                 let total: usize = reads.iter().map(|r| r.1).sum();
                 let id = format!("{cpus}cpus_{tasks}tasks");
                 g.throughput(Throughput::Elements(if per { tasks } else { cpus } as u64));
                 g.bench_with_input(BenchmarkId::new("capture", &id), &id, |b, _| {
-                    b.iter(|| run_on(black_box(&c), &k.mem(), &mut storage))
+                    b.iter(|| run_on(black_box(&c), &k, &k.mem(), &mut storage))
                 });
                 // Baseline: the same reads as plain copies out of the same memory.
                 let src = k.bytes();
@@ -109,10 +109,9 @@ fn bench(c: &mut Criterion) {
         g.finish();
     }
     // Once per kernel, not per capture: the same for every size.
-    let k = kernel(8, 0);
-    let target = k.target();
+    let layout = kernel(8, 0).layout;
     c.bench_function("capture_plan", |b| {
-        b.iter(|| Capturer::new(black_box(target)))
+        b.iter(|| Capturer::new(black_box(&layout)))
     });
 }
 

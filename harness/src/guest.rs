@@ -8,7 +8,7 @@
 
 use anyhow::{Result, bail};
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
-use ktstr_walker::capture::{CaptureBuf, Consts, Limits, Target, capture};
+use ktstr_walker::capture::{CaptureBuf, Capturer, Consts, Limits, Target};
 use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::layout::Layout;
 use ktstr_walker::render::{Names, RenderContext, Report};
@@ -27,6 +27,9 @@ const CR4_LA57: u64 = 1 << 12;
 /// A kernel's layout and names, from its BTF and config.
 pub struct GuestKernel {
     layout: Layout,
+    /// The capture's reads, planned once for the monitor's many samples
+    /// and the frozen capture.
+    capturer: Capturer,
     consts: Consts,
     names: Names,
 }
@@ -41,8 +44,10 @@ impl GuestKernel {
             .as_ref()
             .and_then(|c| c.get("CONFIG_HZ"))
             .and_then(|v| v.parse().ok());
+        let layout = btf.layout();
         Ok(GuestKernel {
-            layout: btf.layout(),
+            capturer: Capturer::new(&layout),
+            layout,
             consts: btf.consts(),
             names: Names::from_btf(&btf, hz),
         })
@@ -90,7 +95,8 @@ impl GuestKernel {
             _ => storage.insert(CaptureStorage::new(capacity)),
         };
         let mut buf = storage.buf();
-        capture(mem, tr, &target, &Limits::default(), &mut buf);
+        self.capturer
+            .capture(mem, tr, &target, &Limits::default(), &mut buf);
         Ok(buf)
     }
 

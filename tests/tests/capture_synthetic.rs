@@ -8,7 +8,7 @@ use ktstr_tests::{Need, skip};
 use ktstr_walker::Layout;
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use ktstr_walker::capture::{
-    CaptureBuf, Capturer, Consts, DsqOrigin, DsqRecord, Fault, Limits, Target, TaskRecord, capture,
+    CaptureBuf, Capturer, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture,
 };
 use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::testkit::{DIRECT_MAP, PerCpuStyle, SyntheticKernel, compact_layout};
@@ -202,26 +202,14 @@ fn a_capturer_planned_once_reads_what_memory_holds_at_each_capture() {
         let first = k.add_task(100, "first");
         k.make_runnable(first, 1, 5);
         k.enqueue(user, first);
-        // Planned from copies, so that the kernel's memory can change
-        // between captures.
-        let (layout, symbols) = (k.layout, *k.target().symbols);
-        let target = Target {
-            layout: &layout,
-            symbols: &symbols,
-            nr_cpus: 3,
-            nr_nodes: 1,
-            consts: Consts::default(),
-        };
-        let capturer = Capturer::new(target);
+        // Planned once, before the memory changes.
+        let capturer = Capturer::new(&k.layout);
         let (mut planned, mut fresh) = (Store::new(8), Store::new(8));
         for round in 0..2 {
             let mut buf = planned.buf();
-            capturer.capture(
-                &k.mem(),
-                &mut Translator::default(),
-                &Limits::default(),
-                &mut buf,
-            );
+            let mut tr = Translator::default();
+            let limits = Limits::default();
+            capturer.capture(&k.mem(), &mut tr, &k.target(), &limits, &mut buf);
             // The same as a capture that plans anew, round after round.
             assert_eq!(
                 dump(&buf),

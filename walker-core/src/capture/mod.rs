@@ -165,7 +165,7 @@ impl<'a> CaptureBuf<'a> {
 }
 
 /// Capture the sched_ext state of the (paused) guest into `buf`. Plans
-/// the reads anew; [`Capturer`] plans them once for many captures.
+/// the reads anew; a [`Capturer`] kept for the kernel plans them once.
 pub fn capture<M: GuestMem + ?Sized>(
     mem: &M,
     tr: &mut Translator,
@@ -173,28 +173,26 @@ pub fn capture<M: GuestMem + ?Sized>(
     limits: &Limits,
     buf: &mut CaptureBuf<'_>,
 ) {
-    Capturer::new(*target).capture(mem, tr, limits, buf);
+    Capturer::new(target.layout).capture(mem, tr, target, limits, buf);
 }
 
-/// Captures of one guest kernel: what its layout decides (each pass's
+/// Captures of one kernel layout: what the layout decides (each pass's
 /// field plans) is worked out once, here, rather than in every capture,
-/// where it was the largest fixed cost of a small one.
+/// where it was the largest fixed cost of a small one. Keep one per
+/// kernel, next to its [`Layout`].
 #[derive(Debug, Clone)]
-pub struct Capturer<'k> {
-    target: Target<'k>,
+pub struct Capturer {
     sched: sched::Plans,
     cpus: Result<cpus::Plans, Fault>,
     dsqs: Result<dsq::DsqReader, Fault>,
     tasks: Result<tasks::Plans, Fault>,
 }
 
-impl<'k> Capturer<'k> {
-    /// Plan the captures of `target`.
-    pub fn new(target: Target<'k>) -> Self {
-        let l = target.layout;
+impl Capturer {
+    /// Plan the captures of a kernel with layout `l`.
+    pub fn new(l: &Layout) -> Self {
         let dsqs = dsq::DsqReader::new(l);
         Self {
-            target,
             sched: sched::Plans::new(l),
             cpus: cpus::Plans::new(l, &dsqs),
             dsqs,
@@ -202,21 +200,19 @@ impl<'k> Capturer<'k> {
         }
     }
 
-    /// The kernel these captures read.
-    pub fn target(&self) -> &Target<'k> {
-        &self.target
-    }
-
     /// Capture the sched_ext state of the (paused) guest into `buf`.
+    /// `target.layout` must be the layout this was planned for: with
+    /// another, members are read at the planned offsets (wrong values,
+    /// never a panic).
     pub fn capture<M: GuestMem + ?Sized>(
         &self,
         mem: &M,
         tr: &mut Translator,
+        target: &Target<'_>,
         limits: &Limits,
         buf: &mut CaptureBuf<'_>,
     ) {
         buf.reset();
-        let target = &self.target;
         let counted = CountingMem::new(mem, u64::MAX);
         let cx = Cx {
             mem: &counted,
