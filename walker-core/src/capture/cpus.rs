@@ -29,8 +29,6 @@ pub(super) struct Plans {
     /// The scalars alone, for when that wider read fails: read as if the
     /// rest were not there (the walks read them).
     scx_alone: FieldPlan<5>,
-    /// The local DSQ's head is part of `scx` (there is a DSQ reader).
-    has_head: bool,
     /// `rq->idle`, `cpu_released`, `ops_qseq`, `clock`: version-gated
     /// members this kernel has.
     has: [bool; 4],
@@ -70,7 +68,6 @@ impl Plans {
             ]),
             scx: FieldPlan::new([a, b, c, d, e, req(runnable_next, 8), f, g, h, i]),
             scx_alone: FieldPlan::new(scx_fields),
-            has_head: dsqs.is_ok(),
             has: [
                 rq_l.idle.is_some(),
                 scx_l.cpu_released.is_some(),
@@ -101,7 +98,6 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         rq: ref rq_plan,
         scx: ref scx_plan,
         ref scx_alone,
-        has_head,
         has,
     } = plans.as_ref().map_err(|f| *f)?;
     // The scheduler's per-CPU part (bypass DSQs), when there is one.
@@ -186,7 +182,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         ] = v;
         let runnable_next = wide.then_some(next);
         // The DSQ head fields are planned when the reader exists.
-        let local_head = (wide && has_head).then_some(([id, dsq_nr, seq], Some(dsq_next)));
+        let local_head = (wide && dsqs.is_ok()).then_some(([id, dsq_nr, seq], Some(dsq_next)));
         let local = scx.wrapping_add(u64::from(scx_l.local_dsq));
         let origin = DsqOrigin::Local(cpu);
         let local_dsq = dsq::capture_one(

@@ -44,18 +44,14 @@ impl DsqReader {
             l.task.ok_or(Fault::MissingGroup("task_struct"))?,
             l.entity.ok_or(Fault::MissingGroup("sched_ext_entity"))?,
         );
+        let [id, nr, seq, next] = head_fields(&d, &lh, 0);
         Ok(Self {
             d,
             lh,
             node,
             to_task: [entity.dsq_list, task.scx],
-            head: FieldPlan::new([
-                req(d.id, 8),
-                req(d.nr, 4),
-                req(d.seq, 4),
-                req(d.list.saturating_add(lh.next), 8),
-            ]),
-            head_alone: FieldPlan::new([req(d.id, 8), req(d.nr, 4), req(d.seq, 4)]),
+            head: FieldPlan::new([id, nr, seq, next]),
+            head_alone: FieldPlan::new([id, nr, seq]),
             link: FieldPlan::new([
                 req(node.node.saturating_add(lh.next), 8),
                 req(node.node.saturating_add(lh.prev), 8),
@@ -64,6 +60,17 @@ impl DsqReader {
             raw: RAW_ZERO,
         })
     }
+}
+
+/// `id`, `nr`, `seq` and the list head's `next` of a DSQ `at` bytes into
+/// an object: the members of a [`Head`].
+fn head_fields(d: &DsqLayout, lh: &ListHeadLayout, at: u32) -> [Option<Field>; 4] {
+    [
+        req(at.saturating_add(d.id), 8),
+        req(at.saturating_add(d.nr), 4),
+        req(at.saturating_add(d.seq), 4),
+        req(at.saturating_add(d.list).saturating_add(lh.next), 8),
+    ]
 }
 
 /// A DSQ's `id`, `nr`, `seq`, and its list head's `next` when known.
@@ -80,13 +87,7 @@ impl DsqReader {
     /// The fields of [`Head`] for a DSQ embedded `at` bytes into another
     /// object, so that the object's plan reads them with its own.
     pub(super) fn head_fields(&self, at: u32) -> [Option<Field>; 4] {
-        let (d, lh) = (self.d, self.lh);
-        [
-            req(at.saturating_add(d.id), 8),
-            req(at.saturating_add(d.nr), 4),
-            req(at.saturating_add(d.seq), 4),
-            req(at.saturating_add(d.list).saturating_add(lh.next), 8),
-        ]
+        head_fields(&self.d, &self.lh, at)
     }
 
     /// The [`Head`] of the DSQ at `addr`, in one read when it can.
@@ -191,6 +192,10 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
             first_fault = f;
         }
     };
+    let mut sink = Sink {
+        dsqs: &mut buf.dsqs,
+        queued: &mut buf.queued,
+    };
     // Per-node global DSQs: `pnode[node]->global_dsq` (7.x) or
     // `global_dsqs[node]` (6.16-era).
     let per_node = match (s.pnode, l.sched_pnode, s.global_dsqs) {
@@ -207,10 +212,6 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                         Ok(p) if p != 0 => {
                             let dsq = p.wrapping_add(u64::from(inner));
                             let origin = DsqOrigin::Global(node);
-                            let mut sink = Sink {
-                                dsqs: &mut buf.dsqs,
-                                queued: &mut buf.queued,
-                            };
                             let mut f = Fault::None;
                             capture_one(cx, tr, &mut sink, reader, dsq, origin, None, &mut f);
                             if f.is_fault() {
@@ -227,10 +228,6 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
         }
     }
     // User DSQs from the scheduler's hash table.
-    let mut sink = Sink {
-        dsqs: &mut buf.dsqs,
-        queued: &mut buf.queued,
-    };
     match (
         s.dsq_hash,
         l.rhashtable,

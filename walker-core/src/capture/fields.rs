@@ -210,14 +210,10 @@ impl<const N: usize> FieldPlan<N> {
     /// a chunk's end are masked off.
     #[inline]
     pub fn get_or_zero(&self, raw: &Raw, i: usize) -> u64 {
-        let (Some(&at), Some(&mask)) = (self.at.get(i), self.mask.get(i)) else {
-            return 0;
-        };
-        // Plans keep every field below RAW - 8 (see `new`): the mask never
-        // moves one, and the slack past RAW spares a bounds check.
-        let at = at as usize & (RAW - 1);
-        let bytes = raw.get(at..).and_then(<[u8]>::first_chunk::<8>);
-        u64::from_le_bytes(bytes.copied().unwrap_or_default()) & mask
+        match (self.at.get(i), self.mask.get(i)) {
+            (Some(&at), Some(&mask)) => load(raw, at, mask),
+            _ => 0,
+        }
     }
 
     /// Every field from `raw` as [`FieldPlan::get_or_zero`] gives it, in
@@ -226,9 +222,7 @@ impl<const N: usize> FieldPlan<N> {
     pub fn decode(&self, raw: &Raw) -> [u64; N] {
         let mut out = [0; N];
         for ((o, &at), &mask) in out.iter_mut().zip(&self.at).zip(&self.mask) {
-            let at = at as usize & (RAW - 1);
-            let bytes = raw.get(at..).and_then(<[u8]>::first_chunk::<8>);
-            *o = u64::from_le_bytes(bytes.copied().unwrap_or_default()) & mask;
+            *o = load(raw, at, mask);
         }
         out
     }
@@ -238,6 +232,16 @@ impl<const N: usize> FieldPlan<N> {
     pub fn values(&self, raw: &Raw) -> [Option<u64>; N] {
         core::array::from_fn(|i| self.get(raw, i))
     }
+}
+
+/// The field at `at` of `raw` under `mask`: one 8-byte load and a mask.
+/// Plans keep every field below RAW - 8 (see [`FieldPlan::new`]): masking
+/// `at` never moves one, and the slack past RAW spares a bounds check.
+#[inline(always)]
+fn load(raw: &Raw, at: u32, mask: u64) -> u64 {
+    let at = at as usize & (RAW - 1);
+    let bytes = raw.get(at..).and_then(<[u8]>::first_chunk::<8>);
+    u64::from_le_bytes(bytes.copied().unwrap_or_default()) & mask
 }
 
 /// Read the present fields among `fields` (any order) of the object at
