@@ -1,14 +1,16 @@
 //! Capture cost on a synthetic kernel (walker-core's testkit with the
 //! compact layout) for 8/64/256 CPUs x 100/10k tasks, next to a plain
 //! memcpy of the same bytes: every (address, length) the capture read,
-//! recorded once, copied again in the same order. Targets on these
-//! machines: <= 3x that memcpy, <= 100 ns per task, <= 2 us per CPU; read
-//! the per-element throughput of the `capture_per_task` and
+//! recorded once, copied again in the same order. `capture` is the part
+//! done while the guest is paused ([`Capturer::capture_raw`]); `decode` is
+//! the rest, done after the thaw ([`Capturer::decode`]). Targets on these
+//! machines, for `capture`: <= 3x that memcpy, <= 100 ns per task, <= 2 us
+//! per CPU; read the per-element throughput of the `capture_per_task` and
 //! `capture_per_cpu` groups. A capture here is one of many by a
 //! [`Capturer`] planned once; `capture_plan` is that one-time planning.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
@@ -69,8 +71,27 @@ fn run_on(
 ) -> u64 {
     let mut tr = Translator::default();
     let mut buf = storage.buf();
-    c.capture(mem, &mut tr, &k.target(), &Limits::default(), &mut buf);
+    c.capture_raw(mem, &mut tr, &k.target(), &Limits::default(), &mut buf);
     buf.health.bytes
+}
+
+/// Time `iters` decodes, each of a fresh [`Capturer::capture_raw`].
+fn time_decode(
+    c: &Capturer,
+    k: &SyntheticKernel,
+    storage: &mut CaptureStorage,
+    iters: u64,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let mut tr = Translator::default();
+        let mut buf = storage.buf();
+        c.capture_raw(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
+        let t = Instant::now();
+        c.decode(black_box(&mut buf));
+        total += t.elapsed();
+    }
+    total
 }
 
 fn bench(c: &mut Criterion) {
@@ -90,6 +111,9 @@ fn bench(c: &mut Criterion) {
                 g.throughput(Throughput::Elements(if per { tasks } else { cpus } as u64));
                 g.bench_with_input(BenchmarkId::new("capture", &id), &id, |b, _| {
                     b.iter(|| run_on(black_box(&c), &k, &k.mem(), &mut storage))
+                });
+                g.bench_with_input(BenchmarkId::new("decode", &id), &id, |b, _| {
+                    b.iter_custom(|iters| time_decode(&c, &k, &mut storage, iters))
                 });
                 // Baseline: the same reads as plain copies out of the same memory.
                 let src = k.bytes();

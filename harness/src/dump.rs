@@ -71,8 +71,8 @@ pub fn dump(opts: &DumpOptions) -> Result<Report> {
         .map(|cr3| root(cr3, cpu.and_then(|c| c.cr4)));
     let mut tr = translator(&core, &symbols, root);
     let mut storage = None;
-    let buf = guest
+    let mut buf = guest
         .capture_into(&mut storage, &core, &mut tr, &symbols)
         .context("pass --kallsyms from the same boot as the core")?;
-    Ok(guest.render(&buf, &symbols, None))
+    Ok(guest.render(&mut buf, &symbols, None))
 }

@@ -3,8 +3,9 @@
 //!
 //! [`GuestKernel`] is loaded once per kernel (BTF layout, enum names, HZ);
 //! [`GuestKernel::capture_into`] reads the few counts a capture needs
-//! (`nr_cpu_ids`, `nr_node_ids`) from memory and captures (while the guest
-//! is paused); [`GuestKernel::render`] formats, once it runs again.
+//! (`nr_cpu_ids`, `nr_node_ids`) from memory and copies what the capture
+//! reads (while the guest is paused); [`GuestKernel::render`] decodes and
+//! formats, once it runs again.
 
 use anyhow::{Result, bail};
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
@@ -61,7 +62,7 @@ impl GuestKernel {
     /// Capture the sched_ext state of the (paused) guest into `storage`
     /// (made or remade to fit the guest; a monitor samples ten times a
     /// second, so buffers are reused). `symbols` are runtime addresses of
-    /// this boot. Nothing is formatted: see [`GuestKernel::render`].
+    /// this boot. Nothing is decoded or formatted: see [`GuestKernel::render`].
     pub fn capture_into<'s>(
         &self,
         storage: &'s mut Option<CaptureStorage>,
@@ -96,13 +97,19 @@ impl GuestKernel {
         };
         let mut buf = storage.buf();
         self.capturer
-            .capture(mem, tr, &target, &Limits::default(), &mut buf);
+            .capture_raw(mem, tr, &target, &Limits::default(), &mut buf);
         Ok(buf)
     }
 
-    /// The report of a capture; `pause_ns` is how long the guest was
-    /// paused for it, when known.
-    pub fn render(&self, buf: &CaptureBuf<'_>, symbols: &Symbols, pause_ns: Option<u64>) -> Report {
+    /// The report of a capture, decoded first; `pause_ns` is how long the
+    /// guest was paused for it, when known.
+    pub fn render(
+        &self,
+        buf: &mut CaptureBuf<'_>,
+        symbols: &Symbols,
+        pause_ns: Option<u64>,
+    ) -> Report {
+        self.capturer.decode(buf);
         let ctx = RenderContext {
             layout: &self.layout,
             symbols,

@@ -350,8 +350,8 @@ impl Session {
         let mut tr = self.translator()?;
         let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
         let r = self.vm.with_live_mem(|mem| {
-            let buf = guest.capture_into(storage, &mem, &mut tr, symbols)?;
-            Ok(guest.render(&buf, symbols, None))
+            let mut buf = guest.capture_into(storage, &mem, &mut tr, symbols)?;
+            Ok(guest.render(&mut buf, symbols, None))
         });
         self.tr = Some(tr);
         r
@@ -378,7 +378,7 @@ impl Session {
         });
         self.tr = Some(tr);
         let (buf, paused) = frozen?;
-        Ok(guest.render(&buf?, symbols, Some(paused.as_nanos() as u64)))
+        Ok(guest.render(&mut buf?, symbols, Some(paused.as_nanos() as u64)))
     }
 
     /// Which backend runs the guest.

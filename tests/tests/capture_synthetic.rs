@@ -11,6 +11,7 @@ use ktstr_walker::capture::{
     CaptureBuf, Capturer, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture,
 };
 use ktstr_walker::kernel::btf::KernelBtf;
+use ktstr_walker::render::{Names, RenderContext, Report};
 use ktstr_walker::testkit::{DIRECT_MAP, PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
 
@@ -52,6 +53,18 @@ fn layouts() -> Vec<(&'static str, Layout)> {
 fn comm(t: &TaskRecord) -> &str {
     let end = t.comm.iter().position(|&b| b == 0).unwrap_or(16);
     std::str::from_utf8(&t.comm[..end]).unwrap()
+}
+
+/// The report of `buf`, a capture of `k`, with default names.
+fn report(k: &SyntheticKernel, buf: &CaptureBuf<'_>, pause_ns: Option<u64>) -> Report {
+    let names = Names::default();
+    let ctx = RenderContext {
+        layout: &k.layout,
+        symbols: &k.symbols,
+        names: &names,
+        pause_ns,
+    };
+    Report::from_capture(buf, &ctx)
 }
 
 fn dsq_tasks<'a>(buf: &'a CaptureBuf<'_>, d: &DsqRecord) -> &'a [u64] {
@@ -193,15 +206,22 @@ fn dump(buf: &CaptureBuf<'_>) -> String {
     )
 }
 
+/// A kernel of 3 CPUs with a scheduler whose user DSQ 0x10 holds task
+/// 100, runnable on CPU 1: the kernel, the DSQ and the task.
+fn one_queued_task(layout: Layout) -> (SyntheticKernel, u64, u64) {
+    let mut k = SyntheticKernel::new(layout, 3, PerCpuStyle::Absolute).unwrap();
+    let sched = k.attach_scheduler("fixture_sched", 4).unwrap();
+    let user = k.add_user_dsq(sched, 0x10);
+    let task = k.add_task(100, "first");
+    k.make_runnable(task, 1, 5);
+    k.enqueue(user, task);
+    (k, user, task)
+}
+
 #[test]
 fn a_capturer_planned_once_reads_what_memory_holds_at_each_capture() {
     for (name, layout) in layouts() {
-        let mut k = SyntheticKernel::new(layout, 3, PerCpuStyle::Absolute).unwrap();
-        let sched = k.attach_scheduler("fixture_sched", 4).unwrap();
-        let user = k.add_user_dsq(sched, 0x10);
-        let first = k.add_task(100, "first");
-        k.make_runnable(first, 1, 5);
-        k.enqueue(user, first);
+        let (mut k, user, _) = one_queued_task(layout);
         // Planned once, before the memory changes.
         let capturer = Capturer::new(&k.layout);
         let (mut planned, mut fresh) = (Store::new(8), Store::new(8));
@@ -228,6 +248,78 @@ fn a_capturer_planned_once_reads_what_memory_holds_at_each_capture() {
             k.enqueue(user, second);
         }
     }
+}
+
+#[test]
+fn values_decoded_after_the_thaw_are_those_of_the_pause() {
+    for (name, layout) in layouts() {
+        let (mut k, _, task) = one_queued_task(layout);
+        let capturer = Capturer::new(&k.layout);
+        let mut whole = Store::new(8);
+        let expected = dump(&run(&k, &mut whole));
+        let mut store = Store::new(8);
+        let mut buf = store.buf();
+        let (mut tr, limits) = (Translator::default(), Limits::default());
+        capturer.capture_raw(&k.mem(), &mut tr, &k.target(), &limits, &mut buf);
+        assert!(!buf.is_decoded(), "{name}");
+        // Not yet decoded: a report says so instead of showing zeros.
+        let undecoded = report(&k, &buf, None);
+        assert!(
+            undecoded
+                .health
+                .faults
+                .iter()
+                .any(|f| f.contains("not decoded")),
+            "{name}: {:?}",
+            undecoded.health.faults
+        );
+        // The guest runs on: its task and rq change before the decode.
+        let t = k.layout.task.unwrap();
+        let rq = k.layout.rq.unwrap();
+        k.write_u32(task + u64::from(t.pid), 999);
+        k.write_u32(k.rq(1) + u64::from(rq.nr_running), 77);
+        capturer.decode(&mut buf);
+        assert!(buf.is_decoded(), "{name}");
+        assert_eq!(buf.tasks.as_slice()[0].pid, 100, "{name}");
+        assert_ne!(buf.cpus.as_slice()[1].nr_running, 77, "{name}");
+        // Exactly what a capture in one go records; decoding twice changes
+        // nothing.
+        assert_eq!(dump(&buf), expected, "{name}");
+        capturer.decode(&mut buf);
+        assert_eq!(dump(&buf), expected, "{name}");
+    }
+}
+
+#[test]
+fn records_beyond_the_bytes_kept_for_them_are_dropped_and_counted() {
+    use ktstr_walker::capture::{CPU_BYTES, CgroupRecord, CpuRecord, TASK_BYTES};
+    let mut k = SyntheticKernel::new(compact_layout(), 3, PerCpuStyle::Absolute).unwrap();
+    k.attach_scheduler("s", 2).unwrap();
+    for pid in 1..=5 {
+        k.add_task(pid, "w");
+    }
+    // Room for 3 CPU and 5 task records, but bytes for 2 and 3 of them.
+    let (mut cpus, mut dsqs) = ([CpuRecord::default(); 3], [DsqRecord::default(); 16]);
+    let (mut queued, mut runnable) = ([0u64; 16], [0u64; 16]);
+    let (mut tasks, mut cgroups) = ([TaskRecord::default(); 5], [CgroupRecord::default(); 4]);
+    let (mut cpu_bytes, mut task_bytes) = (vec![0u8; 2 * CPU_BYTES], vec![0u8; 3 * TASK_BYTES]);
+    let mut buf = CaptureBuf::new(
+        &mut cpus,
+        &mut cpu_bytes,
+        &mut dsqs,
+        &mut queued,
+        &mut runnable,
+        &mut tasks,
+        &mut task_bytes,
+        &mut cgroups,
+    );
+    let mut tr = Translator::default();
+    capture(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
+    assert_eq!((buf.cpus.len(), buf.cpus.dropped()), (2, 1));
+    assert_eq!((buf.tasks.len(), buf.tasks.dropped()), (3, 1));
+    assert!(buf.health.tasks_walk.truncated);
+    let pids: Vec<i32> = buf.tasks.as_slice().iter().map(|t| t.pid).collect();
+    assert_eq!(pids, [1, 2, 3]);
 }
 
 #[test]
@@ -338,7 +430,7 @@ fn capacity_truncation_cycles_and_missing_groups_are_reported() {
 
 #[test]
 fn render_places_every_task_decodes_exit_and_round_trips_through_json() {
-    use ktstr_walker::render::{Names, Placement, RenderContext, Report};
+    use ktstr_walker::render::Placement;
     for (name, layout) in layouts() {
         let mut k = SyntheticKernel::new(layout, 2, PerCpuStyle::Absolute).unwrap();
         let sched = k.attach_scheduler("fixture_sched", 4).unwrap();
@@ -365,14 +457,7 @@ fn render_places_every_task_decodes_exit_and_round_trips_through_json() {
 
         let mut store = Store::new(64);
         let buf = run(&k, &mut store);
-        let names = Names::default();
-        let ctx = RenderContext {
-            layout: &k.layout,
-            symbols: &k.symbols,
-            names: &names,
-            pause_ns: Some(123_000),
-        };
-        let report = Report::from_capture(&buf, &ctx);
+        let report = report(&k, &buf, Some(123_000));
 
         let place = |i: usize| {
             report
@@ -464,14 +549,7 @@ fn counters_that_disagree_with_queues_are_reported_not_asserted() {
     k.write_u32(nr, 2);
     let mut store = Store::new(8);
     let buf = run(&k, &mut store);
-    let names = ktstr_walker::render::Names::default();
-    let ctx = ktstr_walker::render::RenderContext {
-        layout: &k.layout,
-        symbols: &k.symbols,
-        names: &names,
-        pause_ns: None,
-    };
-    let report = ktstr_walker::render::Report::from_capture(&buf, &ctx);
+    let report = report(&k, &buf, None);
     assert_eq!(
         report.health.inconsistencies.len(),
         1,
@@ -510,7 +588,6 @@ fn a_vtime_dsq_is_captured_in_vtime_order_with_its_vtimes() {
 
 #[test]
 fn cgroup_paths_are_read_once_per_css_set_and_rendered_per_task() {
-    use ktstr_walker::render::{Names, RenderContext, Report};
     for (name, layout) in layouts() {
         let mut k = SyntheticKernel::new(layout, 2, PerCpuStyle::Absolute).unwrap();
         k.attach_scheduler("fixture_sched", 4).unwrap();
@@ -552,14 +629,7 @@ fn cgroup_paths_are_read_once_per_css_set_and_rendered_per_task() {
         );
         assert_eq!(p, "/x".repeat(16), "{name}: the innermost 16 levels kept");
 
-        let names = Names::default();
-        let ctx = RenderContext {
-            layout: &k.layout,
-            symbols: &k.symbols,
-            names: &names,
-            pause_ns: None,
-        };
-        let report = Report::from_capture(&buf, &ctx);
+        let report = report(&k, &buf, None);
         let of = |t: u64| {
             report
                 .tasks

@@ -69,7 +69,7 @@ impl Topology {
         if numa_nodes == 0 || llcs == 0 || cores_per_llc == 0 || threads_per_core == 0 {
             return Err(TopologyError::Zero(t));
         }
-        if llcs % numa_nodes != 0 {
+        if !llcs.is_multiple_of(numa_nodes) {
             return Err(TopologyError::UnevenNodes(t));
         }
         if t.nr_cpus_wide() > u64::from(MAX_CPUS) {

@@ -35,10 +35,10 @@ impl<'a, T: Copy> Slots<'a, T> {
         }
     }
 
-    /// Append the value `fill` writes into the next slot (over whatever it
-    /// held before: `fill` must write all of it); returns its index, or
-    /// `None` (and counts a drop) when full. Building a large record in
-    /// place spares a copy of it per push.
+    /// Append the value `fill` writes into the next slot, over whatever it
+    /// held before (what `fill` leaves alone stays as it was); returns its
+    /// index, or `None` (and counts a drop) when full. Building a large
+    /// record in place spares a copy of it per push.
     #[inline]
     pub fn push_with(&mut self, fill: impl FnOnce(&mut T)) -> Option<usize> {
         match self.items.get_mut(self.len) {

@@ -1,8 +1,8 @@
 //! The per-CPU pass: each CPU's rq and rq->scx scalars, its local and
 //! bypass DSQs and its runnable list.
 
-use super::fields::{FieldPlan, RAW_ZERO, opt, req};
-use super::records::{CpuRecord, DsqOrigin, Fault, Span};
+use super::fields::{FieldPlan, opt, req};
+use super::records::{CPU_BYTES, CpuRecord, DsqOrigin, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, dsq, list_health};
 use crate::layout::{Layout, ListHeadLayout, RqLayout, ScxRqLayout};
 use crate::mem::GuestMem;
@@ -12,6 +12,17 @@ use zerocopy::IntoBytes;
 
 /// `__per_cpu_offset` entries read at once.
 const OFFSET_BATCH: usize = 64;
+
+/// A CPU's bytes (see [`CpuRecord`]'s slot in `CaptureBuf::cpu_bytes`):
+/// which reads worked, then the rq plan's bytes from [`RQ_AT`], then the
+/// rq->scx plan's (the wide one's or, when that failed, the narrow one's).
+const STATE: usize = 0;
+/// Where the rq plan's bytes start.
+const RQ_AT: usize = 8;
+/// [`STATE`] bits.
+const RQ_READ: u8 = 1;
+const WIDE_READ: u8 = 2;
+const ALONE_READ: u8 = 4;
 
 /// The pass's layouts and plans, made once per kernel.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +34,8 @@ pub(super) struct Plans {
     /// entity, `scx` within the task.
     to_task: [u32; 2],
     rq: FieldPlan<4>,
+    /// Where the rq->scx plan's bytes start in a CPU's bytes.
+    scx_at: usize,
     /// The rq->scx scalars, with the runnable list head's `next` and the
     /// local DSQ's head, so that one read starts the CPU's walks.
     scx: FieldPlan<10>,
@@ -55,19 +68,26 @@ impl Plans {
         let [f, g, h, i] = dsqs
             .as_ref()
             .map_or([None; 4], |r| r.head_fields(scx_l.local_dsq));
+        // Each plan within half of a CPU's bytes, past the state word.
+        let half = CPU_BYTES / 2 - RQ_AT;
+        let rq = FieldPlan::within(
+            [
+                req(rq_l.nr_running, 4),
+                req(rq_l.curr, 8),
+                req(rq_l.clock, 8),
+                opt(rq_l.idle, 8),
+            ],
+            half,
+        );
         Ok(Self {
             rq_l,
             scx_l,
             lh,
             to_task: [entity.runnable_node, task.scx],
-            rq: FieldPlan::new([
-                req(rq_l.nr_running, 4),
-                req(rq_l.curr, 8),
-                req(rq_l.clock, 8),
-                opt(rq_l.idle, 8),
-            ]),
-            scx: FieldPlan::new([a, b, c, d, e, req(runnable_next, 8), f, g, h, i]),
-            scx_alone: FieldPlan::new(scx_fields),
+            scx_at: RQ_AT + rq.len(),
+            rq,
+            scx: FieldPlan::within([a, b, c, d, e, req(runnable_next, 8), f, g, h, i], half),
+            scx_alone: FieldPlan::within(scx_fields, half),
             has: [
                 rq_l.idle.is_some(),
                 scx_l.cpu_released.is_some(),
@@ -96,9 +116,10 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         lh,
         to_task,
         rq: ref rq_plan,
+        scx_at,
         scx: ref scx_plan,
         ref scx_alone,
-        has,
+        ..
     } = plans.as_ref().map_err(|f| *f)?;
     // The scheduler's per-CPU part (bypass DSQs), when there is one.
     let sched_pcpu = match (l.sched.and_then(|s| s.pcpu), l.sched_pcpu, buf.sched.root) {
@@ -109,13 +130,13 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             .map(|p| (p, pc.bypass_dsq)),
         _ => None,
     };
-    let mut raw = RAW_ZERO;
     // `__per_cpu_offset` a batch at a time; a batch that cannot be read
     // whole is read entry by entry, so a bad entry faults only its CPU.
     let mut batch = [0u64; OFFSET_BATCH];
     let mut batch_ok = false;
     let CaptureBuf {
         cpus,
+        cpu_bytes,
         dsqs: dsq_slots,
         queued,
         runnable,
@@ -125,7 +146,13 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         dsqs: dsq_slots,
         queued,
     };
+    // For a CPU past the last slot (whose record is then dropped).
+    let mut spare = None;
     for cpu in 0..cx.target.nr_cpus {
+        let bytes = match cpu_bytes.get_mut(cpus.len()) {
+            Some(slot) => slot,
+            None => spare.get_or_insert([0u8; CPU_BYTES]),
+        };
         let slot = cpu as usize % OFFSET_BATCH;
         if slot == 0 {
             let n = ((cx.target.nr_cpus - cpu) as usize).min(OFFSET_BATCH);
@@ -137,6 +164,10 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         let one = |tr: &mut Translator| tr.read_per_cpu_offset(cx.mem, offsets, cpu);
         let Ok(off) = batched.map_or_else(|| one(tr), Ok) else {
             let fault = Fault::Unreadable(offsets.wrapping_add(u64::from(cpu) * 8));
+            // Nothing in the bytes is this CPU's.
+            if let Some(state) = bytes.get_mut(STATE) {
+                *state = 0;
+            }
             cpus.push(CpuRecord {
                 cpu,
                 fault,
@@ -146,40 +177,39 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         };
         let mut fault = Fault::None;
         let rq = per_cpu_addr(runqueues, off);
-        let rq_ok = rq_plan.read_into(cx.mem, tr, rq, &mut raw).is_ok();
-        // Required fields are always planned: zero never stands in.
-        let [nr_running, curr, clock, idle] = if rq_ok {
-            rq_plan.decode(&raw)
+        let (rq_bytes, scx_bytes) = bytes.split_at_mut(scx_at.min(CPU_BYTES));
+        let mut state = 0;
+        if rq_plan
+            .read_into(
+                cx.mem,
+                tr,
+                rq,
+                rq_bytes.get_mut(RQ_AT..).unwrap_or_default(),
+            )
+            .is_ok()
+        {
+            state |= RQ_READ;
         } else {
             fault = Fault::Unreadable(rq);
-            [0; 4]
-        };
+        }
         let scx = rq.wrapping_add(u64::from(rq_l.scx));
         // The wide plan's last five fields (runnable `next`, local DSQ
         // head) are known only when its read worked.
-        let (mut known, mut wide) = (true, false);
-        let mut v = [0u64; 10];
-        if scx_plan.read_into(cx.mem, tr, scx, &mut raw).is_ok() {
-            (v, wide) = (scx_plan.decode(&raw), true);
-        } else if scx_alone.read_into(cx.mem, tr, scx, &mut raw).is_ok() {
-            let [a, b, c, d, e] = scx_alone.decode(&raw);
-            v = [a, b, c, d, e, 0, 0, 0, 0, 0];
+        if scx_plan.read_into(cx.mem, tr, scx, scx_bytes).is_ok() {
+            state |= WIDE_READ;
+        } else if scx_alone.read_into(cx.mem, tr, scx, scx_bytes).is_ok() {
+            state |= ALONE_READ;
         } else {
             fault = Fault::Unreadable(scx);
-            known = false;
         }
-        let [
-            scx_nr,
-            scx_flags,
-            released,
-            qseq,
-            scx_clock,
-            next,
-            id,
-            dsq_nr,
-            seq,
-            dsq_next,
-        ] = v;
+        let wide = state & WIDE_READ != 0;
+        let [next, id, dsq_nr, seq, dsq_next] = core::array::from_fn(|k| match wide {
+            true => scx_plan.get_or_zero(scx_bytes, 5 + k),
+            false => 0,
+        });
+        if let Some(s) = rq_bytes.get_mut(STATE) {
+            *s = state;
+        }
         let runnable_next = wide.then_some(next);
         // The DSQ head fields are planned when the reader exists.
         let local_head = (wide && dsqs.is_ok()).then_some(([id, dsq_nr, seq], Some(dsq_next)));
@@ -212,26 +242,52 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             },
         );
         let len = runnable.len() as u32 - start;
-        // Built in its slot: a copy of the record per CPU showed up.
+        // Built in its slot: a copy of the record per CPU showed up. The
+        // rest is `decode`'s.
         cpus.push_with(|rec| {
-            *rec = CpuRecord {
-                cpu,
-                rq,
-                nr_running: nr_running as u32,
-                clock,
-                curr,
-                idle: (rq_ok && has[0]).then_some(idle),
-                scx_nr_running: scx_nr as u32,
-                scx_flags: scx_flags as u32,
-                cpu_released: (known && has[1]).then_some(released != 0),
-                ops_qseq: (known && has[2]).then_some(qseq),
-                scx_clock: (known && has[3]).then_some(scx_clock),
-                local_dsq,
-                runnable: Span { start, len },
-                runnable_walk: list_health(&walk),
-                fault,
-            };
+            rec.cpu = cpu;
+            rec.rq = rq;
+            rec.local_dsq = local_dsq;
+            rec.runnable = Span { start, len };
+            rec.runnable_walk = list_health(&walk);
+            rec.fault = fault;
         });
     }
     Ok(())
+}
+
+/// Every CPU record's rq and rq->scx scalars from the bytes [`capture`]
+/// copied.
+pub(super) fn decode(plans: &Plans, buf: &mut CaptureBuf<'_>) {
+    let Plans { has, .. } = *plans;
+    for i in 0..buf.cpus.len() {
+        let (Some(rec), Some(bytes)) = (buf.cpus.get_mut(i), buf.cpu_bytes.get(i)) else {
+            continue;
+        };
+        let state = bytes.get(STATE).copied().unwrap_or(0);
+        let (rq_ok, wide) = (state & RQ_READ != 0, state & WIDE_READ != 0);
+        let known = wide || state & ALONE_READ != 0;
+        let (rq_bytes, scx_bytes) = bytes.split_at(plans.scx_at.min(CPU_BYTES));
+        let [nr_running, curr, clock, idle] = match rq_ok {
+            true => plans.rq.decode(rq_bytes.get(RQ_AT..).unwrap_or_default()),
+            false => [0; 4],
+        };
+        let [scx_nr, scx_flags, released, qseq, scx_clock] = if wide {
+            let v = plans.scx.decode(scx_bytes);
+            [v[0], v[1], v[2], v[3], v[4]]
+        } else if known {
+            plans.scx_alone.decode(scx_bytes)
+        } else {
+            [0; 5]
+        };
+        rec.nr_running = nr_running as u32;
+        rec.clock = clock;
+        rec.curr = curr;
+        rec.idle = (rq_ok && has[0]).then_some(idle);
+        rec.scx_nr_running = scx_nr as u32;
+        rec.scx_flags = scx_flags as u32;
+        rec.cpu_released = (known && has[1]).then_some(released != 0);
+        rec.ops_qseq = (known && has[2]).then_some(qseq);
+        rec.scx_clock = (known && has[3]).then_some(scx_clock);
+    }
 }

@@ -2,7 +2,7 @@
 //! shared ones (per-node global DSQs, user DSQs in the scheduler's hash).
 
 use super::buf::Slots;
-use super::fields::{Field, FieldPlan, RAW_ZERO, Raw, req};
+use super::fields::{Field, FieldPlan, req};
 use super::records::{DsqOrigin, DsqRecord, Fault, ListHealth, Span};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::layout::{DsqLayout, DsqListNodeLayout, Layout, ListHeadLayout};
@@ -29,8 +29,12 @@ pub(super) struct DsqReader {
     /// A node's links and cursor flags, from the `scx_dsq_list_node`: one
     /// read per queued task.
     link: FieldPlan<3>,
-    raw: Raw,
+    /// Scratch for those reads: small, as a reader is copied per capture.
+    raw: [u8; SCRATCH],
 }
+
+/// Bytes of [`DsqReader`]'s scratch: its plans are made to fit.
+const SCRATCH: usize = 128;
 
 impl DsqReader {
     /// A reader for `l`, or the first group it lacks.
@@ -50,14 +54,17 @@ impl DsqReader {
             lh,
             node,
             to_task: [entity.dsq_list, task.scx],
-            head: FieldPlan::new([id, nr, seq, next]),
-            head_alone: FieldPlan::new([id, nr, seq]),
-            link: FieldPlan::new([
-                req(node.node.saturating_add(lh.next), 8),
-                req(node.node.saturating_add(lh.prev), 8),
-                req(node.flags, 4),
-            ]),
-            raw: RAW_ZERO,
+            head: FieldPlan::within([id, nr, seq, next], SCRATCH),
+            head_alone: FieldPlan::within([id, nr, seq], SCRATCH),
+            link: FieldPlan::within(
+                [
+                    req(node.node.saturating_add(lh.next), 8),
+                    req(node.node.saturating_add(lh.prev), 8),
+                    req(node.flags, 4),
+                ],
+                SCRATCH,
+            ),
+            raw: [0; SCRATCH],
         })
     }
 }
@@ -143,17 +150,6 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
         }
     };
     let start = sink.queued.len() as u32;
-    let list = addr.wrapping_add(u64::from(r.d.list));
-    // Most DSQs are empty: their record needs no walk, and the walk's
-    // code stays out of this path.
-    let walk = match head_next {
-        Some(next) if next == list => None,
-        _ => Some(walk_queue(cx, tr, r, sink.queued, list, head_next)),
-    };
-    let len = sink.queued.len() as u32 - start;
-    // Built in its slot, an empty DSQ's health from constants: a copy of
-    // the record through the stack, in pieces of other sizes than it was
-    // written in, stalled every DSQ.
     let fill = |slot: &mut DsqRecord| {
         *slot = DsqRecord {
             addr,
@@ -161,14 +157,23 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
             id,
             nr: nr as u32,
             seq: seq as u32,
-            tasks: Span { start, len },
+            tasks: Span { start, len: 0 },
             walk: ListHealth::default(),
         };
-        if let Some(w) = walk {
-            slot.walk = w;
-        }
     };
-    sink.dsqs.push_with(fill).map(|i| i as u32)
+    let at = sink.dsqs.push_with(fill)?;
+    // Most DSQs are empty: their record needs no walk, and the walk's
+    // code stays out of this path. The walk writes its health into the
+    // record: returned, it was read back whole right after being written
+    // in parts, which stalled every walked DSQ.
+    let list = addr.wrapping_add(u64::from(r.d.list));
+    if head_next != Some(list)
+        && let Some(rec) = sink.dsqs.get_mut(at)
+    {
+        walk_queue(cx, tr, r, sink.queued, list, head_next, &mut rec.walk);
+        rec.tasks.len = sink.queued.len() as u32 - start;
+    }
+    Some(at as u32)
 }
 
 /// The global DSQ of every node and every user DSQ.
@@ -278,7 +283,8 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
 }
 
 /// The tasks queued on the DSQ whose list head is at `list`, into
-/// `queued`, in order; iterator cursors skipped.
+/// `queued`, in order; iterator cursors skipped. How the walk ended goes
+/// to `health`.
 #[inline(never)]
 fn walk_queue<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
@@ -287,7 +293,8 @@ fn walk_queue<M: GuestMem + ?Sized>(
     queued: &mut Slots<'_, u64>,
     list: u64,
     head_next: Option<u64>,
-) -> ListHealth {
+    health: &mut ListHealth,
+) {
     // Borrowed, not copied: a copy of the layouts per DSQ showed up.
     let DsqReader {
         lh,
@@ -329,5 +336,5 @@ fn walk_queue<M: GuestMem + ?Sized>(
             }
         },
     );
-    list_health(&walk)
+    *health = list_health(&walk);
 }

@@ -1,25 +1,19 @@
 //! Reading several scalar members of one kernel object with as few guest
 //! reads as possible: members close together are fetched in one chunk, and
-//! all of an object's chunks land back to back in one [`Raw`] buffer, from
-//! which each member is decoded with one load and a mask.
+//! all of an object's chunks land back to back in one byte buffer, from
+//! which each member is decoded with one load and a mask, then or later
+//! (a capture keeps the bytes and decodes after the thaw).
 
-use crate::mem::GuestMem;
+use crate::mem::{GuestMem, MemError};
 use crate::translate::{TranslateError, Translator};
 
 /// Largest chunk read at once (bytes); members further apart are read in
 /// separate chunks.
 pub const CHUNK: usize = 512;
 
-/// Bytes of a [`Raw`] buffer a plan may fill.
+/// Most bytes a plan's reads fill, with the 8 past them that decoding the
+/// last field loads.
 pub const RAW: usize = 1024;
-
-/// The bytes one [`FieldPlan::read_into`] fetched, for
-/// [`FieldPlan::get`] to decode. Reused from object to object. 8 bytes
-/// past [`RAW`] let a field's 8-byte load stay in bounds after one mask.
-pub type Raw = [u8; RAW + 8];
-
-/// A zeroed [`Raw`] buffer.
-pub const RAW_ZERO: Raw = [0; RAW + 8];
 
 /// One scalar member: byte offset and width (1, 2, 4 or 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +42,7 @@ pub fn opt(offset: Option<u32>, width: u8) -> Option<Field> {
 }
 
 /// One guest read of a plan: `offset..offset + len` of the object, into
-/// `at..at + len` of the [`Raw`] buffer.
+/// `at..at + len` of the buffer.
 #[derive(Debug, Clone, Copy, Default)]
 struct Run {
     offset: u32,
@@ -62,7 +56,7 @@ struct Run {
 pub struct FieldPlan<const N: usize> {
     runs: [Run; N],
     nruns: usize,
-    /// Where each field (in the caller's order) starts in the [`Raw`] buffer.
+    /// Where each field (in the caller's order) starts in the buffer.
     at: [u32; N],
     /// Each field's width as a mask of its low bytes; 0 for an absent field.
     mask: [u64; N],
@@ -71,27 +65,43 @@ pub struct FieldPlan<const N: usize> {
 impl<const N: usize> FieldPlan<N> {
     /// Plan the present fields among `fields` (any order).
     pub fn new(fields: [Option<Field>; N]) -> Self {
+        Self::within(fields, RAW)
+    }
+
+    /// [`FieldPlan::new`] for a buffer of `room` bytes (at most [`RAW`]):
+    /// the plan's bytes ([`FieldPlan::len`]) and 8 bytes past them, for
+    /// the last field's load, fit in `room` when `8 * N + 8 <= room`.
+    pub fn within(fields: [Option<Field>; N], room: usize) -> Self {
         // Read one by one, N fields of at most 8 bytes fit, with room for
         // the 8-byte load that decodes the last one.
-        const { assert!(8 * N + 8 <= RAW, "too many fields for one Raw buffer") };
+        const { assert!(8 * N + 8 <= RAW, "too many fields for one plan") };
+        let room = room.min(RAW);
         // Chunks of up to CHUNK bytes read the fewest times; if the gaps
         // they carry would overflow the buffer, read smaller chunks. The
         // window halves down to 8, where every chunk is at most 8 bytes.
         let mut window = CHUNK as u32;
         loop {
             let plan = Self::grouped(&fields, window);
-            let end = plan
-                .runs
-                .iter()
-                .take(plan.nruns)
-                .map(|r| r.at + r.len)
-                .max()
-                .unwrap_or(0);
-            if end as usize + 8 <= RAW || window <= 8 {
+            if plan.len() + 8 <= room || window <= 8 {
                 return plan;
             }
             window /= 2;
         }
+    }
+
+    /// Bytes one object's planned reads fill, back to back.
+    pub fn len(&self) -> usize {
+        self.runs
+            .iter()
+            .take(self.nruns)
+            .map(|r| (r.at + r.len) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether the plan reads nothing (no field is present).
+    pub fn is_empty(&self) -> bool {
+        self.nruns == 0
     }
 
     /// Greedy grouping in offset order: a run grows while it stays within
@@ -173,75 +183,73 @@ impl<const N: usize> FieldPlan<N> {
         tr: &mut Translator,
         base: u64,
     ) -> Result<[Option<u64>; N], TranslateError> {
-        let mut raw = RAW_ZERO;
-        self.read_into(mem, tr, base, &mut raw)?;
-        Ok(self.values(&raw))
+        let mut bytes = [0; RAW];
+        self.read_into(mem, tr, base, &mut bytes)?;
+        Ok(self.values(&bytes))
     }
 
-    /// Fetch the planned fields of the object at `base` into `raw`, for
-    /// [`FieldPlan::get`]; fails if any chunk cannot be read.
+    /// Fetch the planned fields of the object at `base` into `bytes`, for
+    /// [`FieldPlan::get`]; fails if any chunk cannot be read, or if
+    /// `bytes` is shorter than [`FieldPlan::len`].
     #[inline(always)]
     pub fn read_into<M: GuestMem + ?Sized>(
         &self,
         mem: &M,
         tr: &mut Translator,
         base: u64,
-        raw: &mut Raw,
+        bytes: &mut [u8],
     ) -> Result<(), TranslateError> {
         for r in self.runs.iter().take(self.nruns) {
-            let dst = raw
+            let at = base.wrapping_add(u64::from(r.offset));
+            let chunk = bytes
                 .get_mut(r.at as usize..(r.at + r.len) as usize)
-                .unwrap_or_default();
-            tr.read_virt(mem, base.wrapping_add(u64::from(r.offset)), dst)?;
+                .ok_or(MemError::Unmapped {
+                    gpa: at,
+                    len: u64::from(r.len),
+                })?;
+            tr.read_virt(mem, at, chunk)?;
         }
         Ok(())
     }
 
-    /// Field `i` (the caller's order) from a `raw` that
+    /// Whether field `i` (the caller's order) is present.
+    #[inline]
+    pub fn has(&self, i: usize) -> bool {
+        self.mask.get(i).is_some_and(|&m| m != 0)
+    }
+
+    /// Field `i` (the caller's order) from `bytes` that
     /// [`FieldPlan::read_into`] filled; `None` when it is absent.
     #[inline]
-    pub fn get(&self, raw: &Raw, i: usize) -> Option<u64> {
-        (*self.mask.get(i)? != 0).then(|| self.get_or_zero(raw, i))
+    pub fn get(&self, bytes: &[u8], i: usize) -> Option<u64> {
+        self.has(i).then(|| self.get_or_zero(bytes, i))
     }
 
-    /// [`FieldPlan::get`], with 0 for an absent field, and no branch: one
-    /// 8-byte load and a mask (0 for an absent field). A copy of the
-    /// field's width instead would cost a libc call per field. Bytes past
-    /// a chunk's end are masked off.
+    /// [`FieldPlan::get`], with 0 for an absent field: one 8-byte load
+    /// and a mask (0 for an absent field), so `bytes` needs 8 to spare
+    /// past [`FieldPlan::len`] (0 without them). A copy of the field's
+    /// width instead would cost a libc call per field.
     #[inline]
-    pub fn get_or_zero(&self, raw: &Raw, i: usize) -> u64 {
-        match (self.at.get(i), self.mask.get(i)) {
-            (Some(&at), Some(&mask)) => load(raw, at, mask),
-            _ => 0,
-        }
+    pub fn get_or_zero(&self, bytes: &[u8], i: usize) -> u64 {
+        let (Some(&at), Some(&mask)) = (self.at.get(i), self.mask.get(i)) else {
+            return 0;
+        };
+        let word = bytes.get(at as usize..).and_then(<[u8]>::first_chunk::<8>);
+        u64::from_le_bytes(word.copied().unwrap_or_default()) & mask
     }
 
-    /// Every field from `raw` as [`FieldPlan::get_or_zero`] gives it, in
-    /// the caller's order: one pass over the plan, no per-field lookups.
+    /// Every field as [`FieldPlan::get_or_zero`] gives it, in the caller's
+    /// order.
     #[inline]
-    pub fn decode(&self, raw: &Raw) -> [u64; N] {
-        let mut out = [0; N];
-        for ((o, &at), &mask) in out.iter_mut().zip(&self.at).zip(&self.mask) {
-            *o = load(raw, at, mask);
-        }
-        out
+    pub fn decode(&self, bytes: &[u8]) -> [u64; N] {
+        core::array::from_fn(|i| self.get_or_zero(bytes, i))
     }
 
-    /// Every field from `raw`, in the caller's order.
+    /// Every field as [`FieldPlan::get`] gives it, in the caller's order.
     #[inline]
-    pub fn values(&self, raw: &Raw) -> [Option<u64>; N] {
-        core::array::from_fn(|i| self.get(raw, i))
+    pub fn values(&self, bytes: &[u8]) -> [Option<u64>; N] {
+        core::array::from_fn(|i| self.get(bytes, i))
     }
-}
-
-/// The field at `at` of `raw` under `mask`: one 8-byte load and a mask.
-/// Plans keep every field below RAW - 8 (see [`FieldPlan::new`]): masking
-/// `at` never moves one, and the slack past RAW spares a bounds check.
-#[inline(always)]
-fn load(raw: &Raw, at: u32, mask: u64) -> u64 {
-    let at = at as usize & (RAW - 1);
-    let bytes = raw.get(at..).and_then(<[u8]>::first_chunk::<8>);
-    u64::from_le_bytes(bytes.copied().unwrap_or_default()) & mask
 }
 
 /// Read the present fields among `fields` (any order) of the object at
@@ -335,7 +343,7 @@ mod tests {
         assert!(mem.bytes() < RAW as u64, "{} bytes", mem.bytes());
         // Absent fields stay absent whatever the buffer holds.
         let sparse = FieldPlan::new([None, Some(Field::new(0, 8)), None]);
-        let mut raw = [0xffu8; RAW + 8];
+        let mut raw = [0xffu8; RAW];
         sparse
             .read_into(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE, &mut raw)
             .unwrap();

@@ -2,7 +2,9 @@
 //! caller-provided fixed-capacity storage ([`CaptureBuf`]), no allocation,
 //! no formatting, only the reads that are needed. Each pass (scheduler,
 //! CPUs, DSQs, tasks) runs whatever the others' failures; what a pass could
-//! not do is recorded as a [`Fault`] in [`Health`].
+//! not do is recorded as a [`Fault`] in [`Health`]. The members of CPUs
+//! and tasks are kept as the bytes read and decoded once the guest runs
+//! again ([`Capturer::capture_raw`], then [`Capturer::decode`]).
 
 pub mod buf;
 mod cgroups;
@@ -17,8 +19,10 @@ mod tasks;
 
 pub use buf::Slots;
 pub use records::{
-    CgroupRecord, CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span, TaskRecord,
+    CPU_BYTES, CgroupRecord, CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span,
+    TASK_BYTES, TaskRecord,
 };
+use records::{CpuBytes, TaskBytes};
 
 use crate::layout::Layout;
 use crate::mem::{CountingMem, GuestMem};
@@ -126,19 +130,39 @@ pub struct CaptureBuf<'a> {
     pub jiffies: Option<u64>,
     /// Cost and health.
     pub health: Health,
+    /// The bytes of each CPU's rq reads, by CPU record (see [`Capturer::decode`]).
+    cpu_bytes: &'a mut [CpuBytes],
+    /// The bytes of each task, by task record.
+    task_bytes: &'a mut [TaskBytes],
+    /// Whether the records hold every value (see [`Capturer::decode`]).
+    decoded: bool,
 }
 
 impl<'a> CaptureBuf<'a> {
     /// Storage over the given slices; their capacities bound the capture.
+    /// A CPU or task record needs [`CPU_BYTES`] of `cpu_bytes` or
+    /// [`TASK_BYTES`] of `task_bytes` too, for its object's bytes between
+    /// [`Capturer::capture_raw`] and [`Capturer::decode`]: records beyond
+    /// them are not used.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cpus: &'a mut [CpuRecord],
+        cpu_bytes: &'a mut [u8],
         dsqs: &'a mut [DsqRecord],
         queued: &'a mut [u64],
         runnable: &'a mut [u64],
         tasks: &'a mut [TaskRecord],
+        task_bytes: &'a mut [u8],
         cgroups: &'a mut [CgroupRecord],
     ) -> Self {
+        let cpu_bytes = cpu_bytes.as_chunks_mut().0;
+        let task_bytes = task_bytes.as_chunks_mut().0;
+        let cpus = cpus.split_at_mut(cpu_bytes.len().min(cpus.len())).0;
+        let tasks = tasks.split_at_mut(task_bytes.len().min(tasks.len())).0;
         Self {
+            cpu_bytes,
+            task_bytes,
+            decoded: true,
             cpus: Slots::new(cpus),
             dsqs: Slots::new(dsqs),
             queued: Slots::new(queued),
@@ -161,6 +185,13 @@ impl<'a> CaptureBuf<'a> {
         self.sched = SchedRecord::default();
         self.jiffies = None;
         self.health = Health::default();
+        self.decoded = false;
+    }
+
+    /// Whether every record holds its values: false between
+    /// [`Capturer::capture_raw`] and [`Capturer::decode`].
+    pub fn is_decoded(&self) -> bool {
+        self.decoded
     }
 }
 
@@ -200,11 +231,31 @@ impl Capturer {
         }
     }
 
-    /// Capture the sched_ext state of the (paused) guest into `buf`.
+    /// Capture the sched_ext state of the guest into `buf`: both phases,
+    /// [`Capturer::capture_raw`] then [`Capturer::decode`]. With a paused
+    /// guest, call them apart, with the thaw between them.
+    pub fn capture<M: GuestMem + ?Sized>(
+        &self,
+        mem: &M,
+        tr: &mut Translator,
+        target: &Target<'_>,
+        limits: &Limits,
+        buf: &mut CaptureBuf<'_>,
+    ) {
+        self.capture_raw(mem, tr, target, limits, buf);
+        self.decode(buf);
+    }
+
+    /// The part of a capture that reads guest memory, for while the guest
+    /// is paused: the walks, and each CPU's and task's bytes copied as
+    /// read. Until [`Capturer::decode`], a CPU record holds only its CPU,
+    /// rq address, DSQ and runnable-list entries, walk health and fault,
+    /// and a task record its address and `css_set`; their other fields
+    /// are left as they were.
     /// `target.layout` must be the layout this was planned for: with
     /// another, members are read at the planned offsets (wrong values,
     /// never a panic).
-    pub fn capture<M: GuestMem + ?Sized>(
+    pub fn capture_raw<M: GuestMem + ?Sized>(
         &self,
         mem: &M,
         tr: &mut Translator,
@@ -242,6 +293,23 @@ impl Capturer {
         }
         buf.health.reads = counted.reads();
         buf.health.bytes = counted.bytes();
+    }
+
+    /// The rest of a capture, once the guest runs again: each CPU's and
+    /// task's values decoded from the bytes [`Capturer::capture_raw`] of
+    /// this capturer copied (no guest reads). Once per capture; later
+    /// calls do nothing.
+    pub fn decode(&self, buf: &mut CaptureBuf<'_>) {
+        if buf.decoded {
+            return;
+        }
+        if let Ok(p) = &self.cpus {
+            cpus::decode(p, buf);
+        }
+        if let Ok(p) = &self.tasks {
+            tasks::decode(p, buf);
+        }
+        buf.decoded = true;
     }
 }
 

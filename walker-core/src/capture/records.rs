@@ -242,3 +242,16 @@ impl Default for SchedRecord {
         }
     }
 }
+
+/// Bytes of a CPU's rq and rq->scx reads kept between the two phases of a
+/// capture: room for two reads planned within half of it each.
+pub const CPU_BYTES: usize = 1024;
+
+/// Bytes of a task's reads kept between the two phases of a capture.
+pub const TASK_BYTES: usize = 512;
+
+/// One CPU's bytes between the two phases of a capture.
+pub(crate) type CpuBytes = [u8; CPU_BYTES];
+
+/// One task's bytes between the two phases of a capture.
+pub(crate) type TaskBytes = [u8; TASK_BYTES];

@@ -4,7 +4,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{CaptureBuf, CgroupRecord, CpuRecord, DsqRecord, TaskRecord};
+use super::{CPU_BYTES, CaptureBuf, CgroupRecord, CpuRecord, DsqRecord, TASK_BYTES, TaskRecord};
 
 /// Capacities of a capture's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +42,14 @@ impl Capacity {
 #[derive(Debug, Clone)]
 pub struct CaptureStorage {
     cpus: Vec<CpuRecord>,
+    /// [`CPU_BYTES`] per CPU record: zeroed pages, committed as used.
+    cpu_bytes: Vec<u8>,
     dsqs: Vec<DsqRecord>,
     queued: Vec<u64>,
     runnable: Vec<u64>,
     tasks: Vec<TaskRecord>,
+    /// [`TASK_BYTES`] per task record.
+    task_bytes: Vec<u8>,
     cgroups: Vec<CgroupRecord>,
 }
 
@@ -66,10 +70,12 @@ impl CaptureStorage {
     pub fn new(c: Capacity) -> Self {
         Self {
             cpus: vec![CpuRecord::default(); c.cpus],
+            cpu_bytes: vec![0; c.cpus.saturating_mul(CPU_BYTES)],
             dsqs: vec![DsqRecord::default(); c.dsqs],
             queued: vec![0; c.queued],
             runnable: vec![0; c.runnable],
             tasks: vec![TaskRecord::default(); c.tasks],
+            task_bytes: vec![0; c.tasks.saturating_mul(TASK_BYTES)],
             cgroups: vec![CgroupRecord::default(); c.cgroups],
         }
     }
@@ -78,10 +84,12 @@ impl CaptureStorage {
     pub fn buf(&mut self) -> CaptureBuf<'_> {
         CaptureBuf::new(
             &mut self.cpus,
+            &mut self.cpu_bytes,
             &mut self.dsqs,
             &mut self.queued,
             &mut self.runnable,
             &mut self.tasks,
+            &mut self.task_bytes,
             &mut self.cgroups,
         )
     }

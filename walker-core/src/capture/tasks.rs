@@ -1,7 +1,7 @@
 //! The task pass: every task on `scx_tasks`.
 
-use super::fields::{Field, FieldPlan, RAW_ZERO, Raw, opt, req};
-use super::records::{Fault, TaskRecord};
+use super::fields::{Field, FieldPlan, opt, req};
+use super::records::{Fault, TASK_BYTES, TaskRecord};
 use super::{CaptureBuf, Cx, container_of, list_health};
 use crate::layout::{Layout, ListHeadLayout, SchedExtEntityLayout, TaskLayout};
 use crate::mem::GuestMem;
@@ -123,15 +123,19 @@ impl Plans {
                 *slot = member(m, &t, &e, &lh);
             }
         }
+        const { assert!(8 * ALL.len() + 8 <= TASK_BYTES) };
         Ok(Self {
             t,
             e,
             lh,
-            plan: FieldPlan::new(fields),
+            plan: FieldPlan::within(fields, TASK_BYTES),
         })
     }
 }
 
+/// Walk `scx_tasks`, copying each task's members into its slot of
+/// `buf.task_bytes`; its record gets its address and the `css_set` the
+/// cgroup pass needs, [`decode`] the rest.
 pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     plans: &Result<Plans, Fault>,
@@ -145,8 +149,10 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         .ok_or(Fault::MissingSymbol("scx_tasks"))?;
     let Plans { t, e, lh, plan } = plans.as_ref().map_err(|f| *f)?;
     let cursor = cx.target.consts.task_cursor;
-    let tasks = &mut buf.tasks;
-    let mut raw = RAW_ZERO;
+    let (tasks, bytes) = (&mut buf.tasks, &mut *buf.task_bytes);
+    // For a task past the last slot: read, to tell a cursor (skipped)
+    // from a task (dropped, and counted).
+    let mut spare = None;
     let walk = walk_list_with(
         cx.mem,
         tr,
@@ -156,18 +162,26 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         cx.limits.max_tasks,
         |tr, node| {
             let task = container_of(node, &[e.tasks_node, t.scx]);
-            if plan.read_into(cx.mem, tr, task, &mut raw).is_err() {
+            let dst = match bytes.get_mut(tasks.len()) {
+                Some(slot) => slot,
+                None => spare.get_or_insert([0u8; TASK_BYTES]),
+            };
+            if plan.read_into(cx.mem, tr, task, dst).is_err() {
                 // Not a readable task (e.g. an iterator cursor, which is a bare
                 // entity): the links alone decide whether the walk goes on.
                 return Ok((Step::Skip, read_link(cx.mem, tr, lh, node)?));
             }
-            let u = |m: Member| plan.get_or_zero(&raw, m as usize);
+            let u = |m: Member| plan.get_or_zero(dst, m as usize);
             let link = (u(Member::Next), u(Member::Prev));
-            let flags = u(Member::Flags) as u32;
-            if flags & cursor != 0 {
+            let scx_flags = u(Member::Flags) as u32;
+            if scx_flags & cursor != 0 {
                 return Ok((Step::Skip, link));
             }
-            let fill = |rec: &mut TaskRecord| *rec = record(task, flags, plan, &raw);
+            let css_set = u(Member::CssSet);
+            let fill = |rec: &mut TaskRecord| {
+                rec.addr = task;
+                rec.css_set = css_set;
+            };
             let step = match tasks.push_with(fill) {
                 Some(_) => Step::Continue,
                 None => Step::Stop,
@@ -179,11 +193,19 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     Ok(())
 }
 
-/// The record of the task at `task` from its members in `raw`.
-#[inline(always)]
-fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw) -> TaskRecord {
-    let v = |m: Member| plan.get(raw, m as usize);
-    let u = |m: Member| plan.get_or_zero(raw, m as usize);
+/// Every task record's members from the bytes [`capture`] copied.
+pub(super) fn decode(plans: &Plans, buf: &mut CaptureBuf<'_>) {
+    for i in 0..buf.tasks.len() {
+        if let (Some(rec), Some(bytes)) = (buf.tasks.get_mut(i), buf.task_bytes.get(i)) {
+            *rec = record(rec.addr, &plans.plan, bytes);
+        }
+    }
+}
+
+/// The record of the task at `task` from its members in `bytes`.
+fn record(task: u64, plan: &FieldPlan<{ ALL.len() }>, bytes: &[u8]) -> TaskRecord {
+    let u = |m: Member| plan.get_or_zero(bytes, m as usize);
+    let v = |m: Member| plan.get(bytes, m as usize);
     let mut comm = [0u8; 16];
     let (lo, hi) = comm.split_at_mut(8);
     lo.copy_from_slice(&u(Member::Comm0).to_le_bytes());
@@ -198,7 +220,7 @@ fn record(task: u64, scx_flags: u32, plan: &FieldPlan<{ ALL.len() }>, raw: &Raw)
         on_cpu: v(Member::OnCpu).map(|v| v as u8),
         cpu: v(Member::Cpu).map(|v| v as u32),
         sched_class: u(Member::Class),
-        scx_flags,
+        scx_flags: u(Member::Flags) as u32,
         ops_state: u(Member::OpsState),
         dsq: u(Member::Dsq),
         weight: u(Member::Weight) as u32,

@@ -319,7 +319,9 @@ fn ops_state(v: u64) -> String {
 }
 
 impl Report {
-    /// Decode `buf` into a report.
+    /// Decode `buf` into a report. `buf` should be a whole capture
+    /// ([`crate::capture::Capturer::capture`], or `capture_raw` then
+    /// `decode`); an undecoded one is reported as a fault.
     pub fn from_capture(buf: &CaptureBuf<'_>, ctx: &RenderContext<'_>) -> Self {
         let tasks = buf.tasks.as_slice();
         let by_addr: HashMap<u64, &TaskRecord> = tasks.iter().map(|t| (t.addr, t)).collect();
@@ -379,6 +381,14 @@ impl Report {
             if let Some(t) = fault_text(f) {
                 health.faults.push(format!("{pass}: {t}"));
             }
+        }
+        if !buf.is_decoded() {
+            // Capturer::capture_raw without Capturer::decode: CPU and task
+            // values are missing, and the report must not pass them as zeros.
+            health.faults.push(
+                "capture: CPU and task values were not decoded (Capturer::decode after capture_raw)"
+                    .to_string(),
+            );
         }
         for c in buf.cgroups.as_slice() {
             if let Some(t) = fault_text(c.fault) {

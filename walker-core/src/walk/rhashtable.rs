@@ -60,7 +60,7 @@ where
             return s;
         }
     };
-    if tbl == 0 || tbl % 8 != 0 {
+    if tbl == 0 || !tbl.is_multiple_of(8) {
         fail(
             &mut s,
             tbl_at,
@@ -99,13 +99,12 @@ where
             }
         }
     }
-    if let Some(f) = bt.future_tbl {
-        if tr
+    if let Some(f) = bt.future_tbl
+        && tr
             .read_virt_pod::<u64, M>(mem, tbl.wrapping_add(f as u64))
             .is_ok_and(|p| p != 0)
-        {
-            s.truncated = true;
-        }
+    {
+        s.truncated = true;
     }
     let buckets = tbl.wrapping_add(bt.buckets as u64);
     let mut batch = [0u64; BUCKET_BATCH];
@@ -123,8 +122,12 @@ where
         }
         for (i, &bucket) in slots.iter().enumerate() {
             // Bit 0 of a bucket pointer is its lock; a NULL bucket or an odd
-            // (nulls-marker) pointer is an empty chain.
+            // (nulls-marker) pointer is an empty chain. Most buckets are
+            // empty: they cost a test, no chain set-up.
             let mut node = bucket & !1;
+            if node == 0 {
+                continue;
+            }
             let mut brent = Brent::new(at.wrapping_add(i as u64 * 8));
             let mut chain = 0u32;
             while node != 0 && node & 1 == 0 {

@@ -385,12 +385,11 @@ impl KernelBtf {
                 }
                 return Some((m.bit_offset(), m.clone()));
             }
-            if mname.is_empty() {
-                if let Some(inner) = self.struct_of(m) {
-                    if let Some((bits, found)) = self.find_member(&inner, name, depth + 1) {
-                        return Some((m.bit_offset().checked_add(bits)?, found));
-                    }
-                }
+            if mname.is_empty()
+                && let Some(inner) = self.struct_of(m)
+                && let Some((bits, found)) = self.find_member(&inner, name, depth + 1)
+            {
+                return Some((m.bit_offset().checked_add(bits)?, found));
             }
         }
         None
