@@ -350,4 +350,27 @@ mod tests {
         assert_eq!(sparse.values(&raw), [None, Some(1), None]);
         assert_eq!(sparse.decode(&raw), [0, 1, 0]);
     }
+
+    #[test]
+    fn a_plan_fits_the_room_it_is_made_for_and_a_short_buffer_fails() {
+        let mut bytes = [0u8; 4096];
+        bytes[300] = 0x5a;
+        let mem = SliceMem::new(0, &bytes);
+        let mut tr = Translator::default();
+        let fields = [Some(Field::new(0, 8)), Some(Field::new(300, 1))];
+        // One 301-byte chunk would not leave room for the last load in 64.
+        let plan = FieldPlan::within(fields, 64);
+        assert!(plan.len() + 8 <= 64, "{}", plan.len());
+        let mut room = [0u8; 64];
+        plan.read_into(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE, &mut room)
+            .unwrap();
+        assert_eq!(plan.values(&room), [Some(0), Some(0x5a)]);
+        let wide = FieldPlan::new(fields);
+        assert_eq!(wide.len(), 301);
+        let mut short = [0u8; 64];
+        assert!(
+            wide.read_into(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE, &mut short)
+                .is_err()
+        );
+    }
 }
