@@ -16,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use std::cell::RefCell;
 
-use ktstr_walker::capture::{Capturer, Limits};
+use ktstr_walker::capture::{CaptureBuf, Capturer, Limits};
 use ktstr_walker::mem::{GuestMem, MemError};
 use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
@@ -63,16 +63,26 @@ fn reads_of(c: &Capturer, k: &SyntheticKernel, storage: &mut CaptureStorage) -> 
     rec.reads.into_inner()
 }
 
+/// The paused part of a capture of `k` over `mem`, into `storage`.
+fn capture_raw<'s>(
+    c: &Capturer,
+    k: &SyntheticKernel,
+    mem: &impl GuestMem,
+    storage: &'s mut CaptureStorage,
+) -> CaptureBuf<'s> {
+    let mut tr = Translator::default();
+    let mut buf = storage.buf();
+    c.capture_raw(mem, &mut tr, &k.target(), &Limits::default(), &mut buf);
+    buf
+}
+
 fn run_on(
     c: &Capturer,
     k: &SyntheticKernel,
     mem: &impl GuestMem,
     storage: &mut CaptureStorage,
 ) -> u64 {
-    let mut tr = Translator::default();
-    let mut buf = storage.buf();
-    c.capture_raw(mem, &mut tr, &k.target(), &Limits::default(), &mut buf);
-    buf.health.bytes
+    capture_raw(c, k, mem, storage).health.bytes
 }
 
 /// Time `iters` decodes, each of a fresh [`Capturer::capture_raw`].
@@ -84,9 +94,7 @@ fn time_decode(
 ) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
-        let mut tr = Translator::default();
-        let mut buf = storage.buf();
-        c.capture_raw(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
+        let mut buf = capture_raw(c, k, &k.mem(), storage);
         let t = Instant::now();
         c.decode(black_box(&mut buf));
         total += t.elapsed();

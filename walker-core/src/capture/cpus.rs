@@ -42,9 +42,6 @@ pub(super) struct Plans {
     /// The scalars alone, for when that wider read fails: read as if the
     /// rest were not there (the walks read them).
     scx_alone: FieldPlan<5>,
-    /// `rq->idle`, `cpu_released`, `ops_qseq`, `clock`: version-gated
-    /// members this kernel has.
-    has: [bool; 4],
 }
 
 impl Plans {
@@ -88,12 +85,6 @@ impl Plans {
             rq,
             scx: FieldPlan::within([a, b, c, d, e, req(runnable_next, 8), f, g, h, i], half),
             scx_alone: FieldPlan::within(scx_fields, half),
-            has: [
-                rq_l.idle.is_some(),
-                scx_l.cpu_released.is_some(),
-                scx_l.ops_qseq.is_some(),
-                scx_l.clock.is_some(),
-            ],
         })
     }
 }
@@ -259,35 +250,35 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
 /// Every CPU record's rq and rq->scx scalars from the bytes [`capture`]
 /// copied.
 pub(super) fn decode(plans: &Plans, buf: &mut CaptureBuf<'_>) {
-    let Plans { has, .. } = *plans;
     for i in 0..buf.cpus.len() {
         let (Some(rec), Some(bytes)) = (buf.cpus.get_mut(i), buf.cpu_bytes.get(i)) else {
             continue;
         };
         let state = bytes.get(STATE).copied().unwrap_or(0);
-        let (rq_ok, wide) = (state & RQ_READ != 0, state & WIDE_READ != 0);
-        let known = wide || state & ALONE_READ != 0;
         let (rq_bytes, scx_bytes) = bytes.split_at(plans.scx_at.min(CPU_BYTES));
-        let [nr_running, curr, clock, idle] = match rq_ok {
-            true => plans.rq.decode(rq_bytes.get(RQ_AT..).unwrap_or_default()),
-            false => [0; 4],
+        // A version-gated member is `None` when the kernel lacks it or
+        // when its read failed; a required one is then 0.
+        let [nr_running, curr, clock, idle] = match state & RQ_READ != 0 {
+            true => plans.rq.values(rq_bytes.get(RQ_AT..).unwrap_or_default()),
+            false => [None; 4],
         };
-        let [scx_nr, scx_flags, released, qseq, scx_clock] = if wide {
-            let v = plans.scx.decode(scx_bytes);
+        // Both rq->scx plans start with the same five members.
+        let [scx_nr, scx_flags, released, qseq, scx_clock] = if state & WIDE_READ != 0 {
+            let v = plans.scx.values(scx_bytes);
             [v[0], v[1], v[2], v[3], v[4]]
-        } else if known {
-            plans.scx_alone.decode(scx_bytes)
+        } else if state & ALONE_READ != 0 {
+            plans.scx_alone.values(scx_bytes)
         } else {
-            [0; 5]
+            [None; 5]
         };
-        rec.nr_running = nr_running as u32;
-        rec.clock = clock;
-        rec.curr = curr;
-        rec.idle = (rq_ok && has[0]).then_some(idle);
-        rec.scx_nr_running = scx_nr as u32;
-        rec.scx_flags = scx_flags as u32;
-        rec.cpu_released = (known && has[1]).then_some(released != 0);
-        rec.ops_qseq = (known && has[2]).then_some(qseq);
-        rec.scx_clock = (known && has[3]).then_some(scx_clock);
+        rec.nr_running = nr_running.unwrap_or(0) as u32;
+        rec.clock = clock.unwrap_or(0);
+        rec.curr = curr.unwrap_or(0);
+        rec.idle = idle;
+        rec.scx_nr_running = scx_nr.unwrap_or(0) as u32;
+        rec.scx_flags = scx_flags.unwrap_or(0) as u32;
+        rec.cpu_released = released.map(|r| r != 0);
+        rec.ops_qseq = qseq;
+        rec.scx_clock = scx_clock;
     }
 }

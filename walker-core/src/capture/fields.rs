@@ -252,17 +252,6 @@ impl<const N: usize> FieldPlan<N> {
     }
 }
 
-/// Read the present fields among `fields` (any order) of the object at
-/// `base`, chunked as [`FieldPlan`] does; absent fields give `None`.
-pub fn gather<M: GuestMem + ?Sized, const N: usize>(
-    mem: &M,
-    tr: &mut Translator,
-    base: u64,
-    fields: [Option<Field>; N],
-) -> Result<[Option<u64>; N], TranslateError> {
-    FieldPlan::new(fields).read(mem, tr, base)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,17 +266,13 @@ mod tests {
         }
         let mem = SliceMem::new(0, &bytes);
         let mut tr = Translator::default();
-        let got = gather(
-            &mem,
-            &mut tr,
-            DEFAULT_PAGE_OFFSET_BASE,
-            [
-                Some(Field::new(40, 1)),
-                None,
-                Some(Field::new(2, 2)),
-                Some(Field::new(16, 4)),
-            ],
-        )
+        let got = FieldPlan::new([
+            Some(Field::new(40, 1)),
+            None,
+            Some(Field::new(2, 2)),
+            Some(Field::new(16, 4)),
+        ])
+        .read(&mem, &mut tr, DEFAULT_PAGE_OFFSET_BASE)
         .unwrap();
         assert_eq!(got, [Some(40), None, Some(0x0302), Some(0x1312_1110)]);
     }
