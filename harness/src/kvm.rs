@@ -16,7 +16,7 @@ use ktstr_walker::translate::PageTableRoot;
 
 use crate::agent::proto::Msg;
 use crate::channel::AgentLog;
-use crate::machine::VmError;
+use crate::machine::{PauseWindow, VmDir, VmError};
 
 /// How long a freeze waits for every vCPU to park: generous, a busy host
 /// may not run a vCPU thread at once.
@@ -28,7 +28,7 @@ pub struct KvmVm {
     agent: AgentLog,
     /// Bytes of the agent channel already fed to `agent`.
     seen: u64,
-    _dir: tempfile::TempDir,
+    _dir: VmDir,
 }
 
 impl KvmVm {
@@ -40,7 +40,7 @@ impl KvmVm {
         cmdline: &str,
         topology: Topology,
         memory_mib: u64,
-        dir: tempfile::TempDir,
+        dir: VmDir,
     ) -> Result<KvmVm, VmError> {
         let mut cfg = VmConfig::kernel(topology, vmlinux, cmdline);
         cfg.memory_mib = memory_mib;
@@ -107,27 +107,36 @@ impl KvmVm {
         Ok(crate::guest::root(regs.cr3, Some(regs.cr4)))
     }
 
-    /// Freeze, run `f` over guest memory, thaw; `f`'s result and the pause.
+    /// Freeze, run `f` over guest memory, thaw; `f`'s result and where
+    /// the pause went.
     pub fn frozen<R>(
         &mut self,
         f: impl FnOnce(&dyn GuestMem) -> R,
-    ) -> Result<(R, Duration), VmError> {
+    ) -> Result<(R, PauseWindow), VmError> {
         let (report, r) = self.vm.freeze(|frozen| f(frozen.mem))?;
         if report.degraded() {
             tracing::warn!(not_parked = ?report.not_parked, "freeze: some vCPUs did not park; the capture may be torn");
         }
-        Ok((r, report.pause))
+        let pause = PauseWindow::new(report.park, report.capture, report.resume, report.pause);
+        Ok((r, pause))
     }
 
-    /// Wait for the guest to power off (or reset: `panic=-1`).
+    /// Wait for the guest to power off (a reset means the agent fell back
+    /// to a kernel panic with `panic=-1`).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
         match self.vm.wait(timeout) {
+            ExitReason::PowerOff | ExitReason::Reset => Ok(()),
             ExitReason::Timeout => Err(VmError::Timeout {
                 waiting: "the guest to power off".into(),
                 secs: timeout.as_secs(),
                 console: self.console_tail(),
             }),
-            _ => Ok(()),
+            other => Err(VmError::Exited {
+                status: other.to_string(),
+                waiting: "the guest to power off".into(),
+                stderr: String::new(),
+                console: self.console_tail(),
+            }),
         }
     }
 }

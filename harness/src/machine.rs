@@ -3,7 +3,8 @@
 //! messages, reads guest memory (live, or frozen), and powers off; the
 //! session above it does not know which backend it has.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ktstr_walker::GuestMem;
@@ -73,6 +74,50 @@ pub enum VmError {
     Unsupported(String),
 }
 
+/// Where a freeze's time went, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PauseWindow {
+    /// Stopping the guest: QMP `stop` until it answered (QEMU), the first
+    /// kick until every vCPU had parked (KVM).
+    pub stop_us: u64,
+    /// Reading guest memory (and writing a core file, when asked).
+    pub capture_us: u64,
+    /// Letting it run again: QMP `cont` until it answered (QEMU), the
+    /// capture's end until the vCPUs were released (KVM).
+    pub resume_us: u64,
+    /// The whole pause as the host saw it (an upper bound of the guest's).
+    pub total_us: u64,
+}
+
+impl PauseWindow {
+    pub(crate) fn new(
+        stop: Duration,
+        capture: Duration,
+        resume: Duration,
+        total: Duration,
+    ) -> PauseWindow {
+        let us = |d: Duration| d.as_micros() as u64;
+        PauseWindow {
+            stop_us: us(stop),
+            capture_us: us(capture),
+            resume_us: us(resume),
+            total_us: us(total),
+        }
+    }
+
+    /// `stop 0.21 ms, capture 0.05 ms, resume 0.19 ms (0.47 ms in all)`.
+    pub fn to_text(&self) -> String {
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "stop {:.2} ms, capture {:.2} ms, resume {:.2} ms ({:.2} ms in all)",
+            ms(self.stop_us),
+            ms(self.capture_us),
+            ms(self.resume_us),
+            ms(self.total_us)
+        )
+    }
+}
+
 /// Console lines quoted in errors.
 const TAIL_LINES: usize = 40;
 
@@ -88,14 +133,41 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmEr
     move |err| VmError::Io { what, err }
 }
 
-/// A directory for a VM's files (initramfs, logs, sockets), whatever the
-/// backend, named `ktstr-<pid>-vm-*` so what a process leaves can be told
-/// apart.
-pub fn vm_dir() -> Result<tempfile::TempDir, VmError> {
-    tempfile::Builder::new()
+/// Directories of this process's live VMs, for [`kill_all`].
+static LIVE_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live_dirs() -> MutexGuard<'static, Vec<PathBuf>> {
+    LIVE_DIRS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A VM's directory (initramfs, logs, sockets), whatever the backend:
+/// removed when dropped, or by [`kill_all`] when a signal ends the process.
+#[derive(Debug)]
+pub struct VmDir(tempfile::TempDir);
+
+impl VmDir {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for VmDir {
+    fn drop(&mut self) {
+        let me = self.0.path();
+        live_dirs().retain(|d| d != me);
+    }
+}
+
+/// A directory for a VM's files, named `ktstr-<pid>-vm-*` so what a
+/// process leaves can be told apart.
+pub fn vm_dir() -> Result<VmDir, VmError> {
+    let dir = tempfile::Builder::new()
         .prefix(&format!("ktstr-{}-vm-", std::process::id()))
         .tempdir()
-        .map_err(io("creating the VM's temporary directory"))
+        .map_err(io("creating the VM's temporary directory"))?;
+    live_dirs().push(dir.path().to_path_buf());
+    Ok(VmDir(dir))
 }
 
 /// Which VMM runs the guest.
@@ -120,6 +192,26 @@ impl std::str::FromStr for Backend {
             "kvm" => Ok(Backend::Kvm),
             _ => Err(format!("backend {s:?}: use auto, qemu or kvm")),
         }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Qemu => "qemu",
+            Backend::Kvm => "kvm",
+        })
+    }
+}
+
+/// Stop every VM this process started, whatever runs it, and remove its
+/// files: for a signal handler (Ctrl-C, SIGTERM) about to exit the
+/// process, when no destructor will run.
+pub fn kill_all() {
+    crate::qemu::kill_all();
+    for dir in live_dirs().drain(..) {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -270,22 +362,26 @@ impl Machine {
     }
 
     /// Freeze every vCPU, run `f` over guest memory, write an ELF core to
-    /// `core` when asked (QEMU only), thaw; returns `f`'s result and how
-    /// long the guest was paused.
+    /// `core` when asked (QEMU only), thaw; returns `f`'s result and where
+    /// the pause's time went.
     pub fn frozen<R>(
         &mut self,
         core: Option<&Path>,
         f: impl FnOnce(&dyn GuestMem) -> R,
-    ) -> Result<(R, Duration), VmError> {
+    ) -> Result<(R, PauseWindow), VmError> {
         match &mut self.vm {
             Vm::Qemu(q) => {
                 let ram = q.ram();
                 let mut frozen = q.freeze()?;
+                let t = Instant::now();
                 let r = f(&*ram);
                 if let Some(core) = core {
                     frozen.dump_core(core)?;
                 }
-                Ok((r, frozen.thaw()?))
+                let capture = t.elapsed();
+                let stop = frozen.stop_time();
+                let (resume, total) = frozen.thaw()?;
+                Ok((r, PauseWindow::new(stop, capture, resume, total)))
             }
             Vm::Kvm(k) => {
                 if core.is_some() {

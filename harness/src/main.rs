@@ -313,11 +313,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Ctrl-C: no destructor runs when the process exits from the handler, so
-/// kill the VMs and remove their files there.
+/// Ctrl-C, SIGTERM, SIGHUP: no destructor runs when the process exits from
+/// the handler, so stop the VMs and remove their files there.
 fn install_interrupt_handler() -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
-        ktstr::qemu::kill_all();
+        ktstr::machine::kill_all();
         // stderr may be gone with the terminal: no panic over it.
         let _ = writeln!(std::io::stderr(), "ktstr: interrupted");
         std::process::exit(130);

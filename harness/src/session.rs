@@ -19,7 +19,7 @@ use crate::guest::{GuestKernel, translator};
 use crate::initramfs::{self, Initramfs};
 use crate::kernel::Kernel;
 use crate::kvm::KvmVm;
-use crate::machine::{Backend, Machine, Vm};
+use crate::machine::{Backend, Machine, PauseWindow, Vm};
 use crate::qemu::{QemuConfig, QemuVm};
 use crate::scenario::{Resolved, Scenario, ScenarioError};
 
@@ -368,8 +368,9 @@ impl Session {
     }
 
     /// Freeze the guest, capture its sched_ext state (and write an ELF core
-    /// to `core` while still frozen, when given), thaw, and render.
-    pub fn capture(&mut self, core: Option<&Path>) -> Result<Report> {
+    /// to `core` while still frozen, when given), thaw, and render; the
+    /// report and where the pause went.
+    pub fn capture(&mut self, core: Option<&Path>) -> Result<(Report, PauseWindow)> {
         let mut tr = self.translator()?;
         let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
         // Capture while frozen; render once the guest runs again.
@@ -377,8 +378,9 @@ impl Session {
             guest.capture_into(storage, &mem, &mut tr, symbols)
         });
         self.tr = Some(tr);
-        let (buf, paused) = frozen?;
-        Ok(guest.render(&mut buf?, symbols, Some(paused.as_nanos() as u64)))
+        let (buf, pause) = frozen?;
+        let report = guest.render(&mut buf?, symbols, Some(pause.total_us * 1000));
+        Ok((report, pause))
     }
 
     /// Which backend runs the guest.

@@ -85,9 +85,13 @@ fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bo
     let core = tmp.path().join("core");
     // Only QEMU writes ELF cores.
     let with_core = backend == Backend::Qemu;
-    let report = s.capture(with_core.then_some(core.as_path())).unwrap();
+    let (report, pause) = s.capture(with_core.then_some(core.as_path())).unwrap();
     assert_eq!(s.backend(), backend);
-    eprintln!("{test}:\n{}", report.to_text());
+    eprintln!("{test}:\n{}\npause: {}", report.to_text(), pause.to_text());
+    assert!(
+        pause.stop_us + pause.capture_us + pause.resume_us <= pause.total_us,
+        "the parts of the pause fit in the whole: {pause:?}"
+    );
 
     // What the guest said just before the freeze.
     match &s.attached {

@@ -76,14 +76,14 @@ pub fn kill_all() {
 /// A running QEMU.
 pub struct QemuVm {
     child: Child,
-    dir: tempfile::TempDir,
+    dir: VmDir,
     qmp: Qmp,
     ram: Arc<SharedRam>,
     ram_files: Vec<PathBuf>,
     agent: AgentLog,
 }
 
-use crate::machine::io;
+use crate::machine::{VmDir, io};
 
 /// Remove RAM files left by ktstr processes that no longer exist.
 fn sweep_stale_ram_files() {
@@ -108,7 +108,7 @@ fn sweep_stale_ram_files() {
 impl QemuVm {
     /// Start QEMU and connect to it; the guest is running when this returns.
     /// `dir` (from [`crate::machine::vm_dir`]) holds the VM's files and goes with it.
-    pub fn start(cfg: &QemuConfig, dir: tempfile::TempDir) -> Result<QemuVm, VmError> {
+    pub fn start(cfg: &QemuConfig, dir: VmDir) -> Result<QemuVm, VmError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         sweep_stale_ram_files();
         let t = cfg.topology;
@@ -284,9 +284,11 @@ impl QemuVm {
     /// Pause every vCPU. The returned guard thaws on [`Frozen::thaw`] or
     /// when dropped, so no error path leaves the guest frozen.
     pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
+        let asked = Instant::now();
         self.qmp.execute("stop", serde_json::json!({}))?;
         Ok(Frozen {
-            at: Instant::now(),
+            asked,
+            stopped: asked.elapsed(),
             vm: self,
             thawed: false,
         })
@@ -382,7 +384,10 @@ pub(crate) fn tail(path: &Path) -> String {
 /// A paused guest.
 pub struct Frozen<'a> {
     vm: &'a mut QemuVm,
-    at: Instant,
+    /// When `stop` was sent: the guest stopped between then and its answer.
+    asked: Instant,
+    /// How long `stop` took to answer.
+    stopped: Duration,
     thawed: bool,
 }
 
@@ -396,11 +401,18 @@ impl Frozen<'_> {
         Ok(())
     }
 
-    /// Resume the guest; returns how long it was paused.
-    pub fn thaw(mut self) -> Result<Duration, VmError> {
+    /// How long QMP's `stop` took to answer.
+    pub fn stop_time(&self) -> Duration {
+        self.stopped
+    }
+
+    /// Resume the guest; returns how long `cont` took to answer and the
+    /// whole pause (from sending `stop` to `cont`'s answer: an upper bound).
+    pub fn thaw(mut self) -> Result<(Duration, Duration), VmError> {
         self.thawed = true;
+        let t = Instant::now();
         self.vm.qmp.execute("cont", serde_json::json!({}))?;
-        Ok(self.at.elapsed())
+        Ok((t.elapsed(), self.asked.elapsed()))
     }
 }
 
