@@ -116,7 +116,7 @@ struct VmArgs {
     /// Which VMM: `auto` (the built-in KVM VMM with VT-x/AMD-V, else
     /// QEMU), `qemu` or `kvm`.
     #[arg(long, default_value = "auto")]
-    backend: ktstr::machine::Backend,
+    backend: ktstr::vm::Backend,
 }
 
 impl VmArgs {
@@ -317,7 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// the handler, so stop the VMs and remove their files there.
 fn install_interrupt_handler() -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
-        ktstr::machine::kill_all();
+        ktstr::vm::kill_all();
         // stderr may be gone with the terminal: no panic over it.
         let _ = writeln!(std::io::stderr(), "ktstr: interrupted");
         std::process::exit(130);

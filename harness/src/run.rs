@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::proto::{SchedExtState, WorkerResult};
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
-use crate::machine::PauseWindow;
 use crate::monitor::{Monitor, MonitorConfig};
 use crate::scenario::Scenario;
 use crate::session::{Session, SessionConfig};
+use crate::vm::PauseWindow;
 
 /// How long past the scenario's duration the guest may take to report
 /// its end (stopping workers, collecting results) before the run is
@@ -193,7 +193,7 @@ pub fn run_with(
                 "timed out after {} s waiting for the workload to finish (the scenario lasts {} s)\n--- console tail ---\n{}",
                 running.elapsed().as_secs(),
                 cfg.duration.as_secs(),
-                crate::machine::last_lines(&session.console())
+                crate::vm::backend::last_lines(&session.console())
             );
         }
         phase(&format!(

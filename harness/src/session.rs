@@ -18,10 +18,9 @@ use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResul
 use crate::guest::{GuestKernel, translator};
 use crate::initramfs::{self, Initramfs};
 use crate::kernel::Kernel;
-use crate::kvm::KvmVm;
-use crate::machine::{Backend, Machine, PauseWindow, Vm};
-use crate::qemu::{QemuConfig, QemuVm};
+use crate::machine::Machine;
 use crate::scenario::{Resolved, Scenario, ScenarioError};
+use crate::vm::{Backend, BootSpec, PauseWindow};
 
 /// The guest kernel's command line. `panic=-1` with QEMU's `-no-reboot`
 /// turns a kernel panic into QEMU exiting, not a hang.
@@ -193,7 +192,7 @@ impl Session {
             .clone()
             .ok_or_else(|| anyhow!("no release string in {}", kernel.image.source().display()))?;
         let guest = GuestKernel::load(&kernel)?;
-        let files = crate::machine::vm_dir()?;
+        let files = crate::vm::vm_dir()?;
 
         phase("building the initramfs");
         let mut ramfs = Initramfs::new();
@@ -232,28 +231,16 @@ impl Session {
         initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
 
         let vmlinux = vmlinux_file(&kernel, files.path())?;
-        let mut vm = Machine::new(match backend {
-            Backend::Kvm => Vm::Kvm(KvmVm::start(
-                vmlinux,
-                initrd,
-                CMDLINE,
-                cfg.topology,
-                cfg.memory_mib,
-                files,
-            )?),
-            _ => Vm::Qemu(QemuVm::start(
-                &QemuConfig {
-                    vmlinux,
-                    initrd,
-                    topology: cfg.topology,
-                    memory_mib: cfg.memory_mib,
-                    cmdline: CMDLINE.into(),
-                    start_timeout: Duration::from_secs(30),
-                    console_stdio: cfg.shell,
-                },
-                files,
-            )?),
-        });
+        let spec = BootSpec {
+            vmlinux,
+            initrd,
+            topology: cfg.topology,
+            memory_mib: cfg.memory_mib,
+            cmdline: CMDLINE.into(),
+            start_timeout: Duration::from_secs(30),
+            console_stdio: cfg.shell,
+        };
+        let mut vm = Machine::new(crate::vm::start(backend, &spec, files)?);
 
         phase("booting");
         let hello = vm.wait_for("the guest agent's hello", cfg.boot_timeout, |m| {

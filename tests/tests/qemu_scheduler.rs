@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use ktstr::agent::proto::{CgroupJob, Work, WorkerSpec};
 use ktstr::dump::{DumpOptions, dump};
-use ktstr::machine::Backend;
 use ktstr::session::{SchedulerConfig, Session, SessionConfig};
+use ktstr::vm::Backend;
 use ktstr_tests::{Need, have_tool, skip};
 use ktstr_vmm::Topology;
 use ktstr_walker::render::{Placement, Report};

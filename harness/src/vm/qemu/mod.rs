@@ -9,47 +9,26 @@
 //! behind; stale files of dead ktstr processes are swept at start.
 
 pub mod mem;
-pub mod qmp;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ktstr_vmm::Topology;
+use ktstr_walker::GuestMem;
 use ktstr_walker::translate::PageTableRoot;
 
 use crate::agent::proto::Msg;
 use crate::channel::AgentLog;
-use crate::machine::VmError;
+use crate::vm::backend::{Backend, BootSpec, GuestVm, PauseWindow, VmDir, VmError, io};
+use crate::vm::qmp::{self, Qmp, QmpError};
 use mem::SharedRam;
-use qmp::{Qmp, QmpError};
 
 /// Where guest RAM files go.
 const SHM: &str = "/dev/shm";
 const SHM_PREFIX: &str = "ktstr-";
-
-/// What a VM should be.
-#[derive(Debug, Clone)]
-pub struct QemuConfig {
-    /// The vmlinux ELF (PVH entry).
-    pub vmlinux: PathBuf,
-    /// The initramfs.
-    pub initrd: PathBuf,
-    /// CPUs, LLCs and NUMA nodes.
-    pub topology: Topology,
-    /// Guest RAM in MiB (split evenly over NUMA nodes).
-    pub memory_mib: u64,
-    /// Kernel command line.
-    pub cmdline: String,
-    /// How long QEMU may take to come up (QMP answering).
-    pub start_timeout: Duration,
-    /// The console on this process's stdin/stdout (an interactive shell)
-    /// instead of a log file.
-    pub console_stdio: bool,
-}
 
 /// Every live VM of this process, for [`kill_all`].
 static LIVE: std::sync::Mutex<Vec<(u32, PathBuf, Vec<PathBuf>)>> =
@@ -83,8 +62,6 @@ pub struct QemuVm {
     agent: AgentLog,
 }
 
-use crate::machine::{VmDir, io};
-
 /// Remove RAM files left by ktstr processes that no longer exist.
 fn sweep_stale_ram_files() {
     let Ok(dir) = std::fs::read_dir(SHM) else {
@@ -107,8 +84,8 @@ fn sweep_stale_ram_files() {
 
 impl QemuVm {
     /// Start QEMU and connect to it; the guest is running when this returns.
-    /// `dir` (from [`crate::machine::vm_dir`]) holds the VM's files and goes with it.
-    pub fn start(cfg: &QemuConfig, dir: VmDir) -> Result<QemuVm, VmError> {
+    /// `dir` (from [`crate::vm::vm_dir`]) holds the VM's files and goes with it.
+    pub fn start(cfg: &BootSpec, dir: VmDir) -> Result<QemuVm, VmError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         sweep_stale_ram_files();
         let t = cfg.topology;
@@ -240,47 +217,6 @@ impl QemuVm {
         Arc::clone(&self.ram)
     }
 
-    /// The last lines of the guest console.
-    pub fn console_tail(&self) -> String {
-        tail(&self.dir.path().join("console.log"))
-    }
-
-    /// The whole guest console so far.
-    pub fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
-    }
-
-    /// Why QEMU is gone, if it is.
-    pub fn exited(&mut self, waiting: &str) -> Option<VmError> {
-        let status = self.child.try_wait().ok().flatten()?;
-        Some(VmError::Exited {
-            status: status.to_string(),
-            waiting: waiting.to_string(),
-            stderr: std::fs::read_to_string(self.dir.path().join("qemu.stderr"))
-                .unwrap_or_default(),
-            console: self.console_tail(),
-        })
-    }
-
-    /// Agent messages completed since the last call.
-    pub fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
-        Ok(self.agent.poll()?)
-    }
-
-    /// Kill QEMU now.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-    }
-
-    /// The page-table root of the first vCPU (`info registers`; the guest
-    /// may be running).
-    pub fn root(&mut self) -> Result<PageTableRoot, VmError> {
-        let info = self.qmp.hmp("info registers")?;
-        let cr3 = qmp::register(&info, "CR3")
-            .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
-        Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
-    }
-
     /// Pause every vCPU. The returned guard thaws on [`Frozen::thaw`] or
     /// when dropped, so no error path leaves the guest frozen.
     pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
@@ -293,13 +229,81 @@ impl QemuVm {
             thawed: false,
         })
     }
+}
 
-    /// Wait for QEMU to exit (the guest powered off).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
+impl GuestVm for QemuVm {
+    fn backend(&self) -> Backend {
+        Backend::Qemu
+    }
+
+    fn console_tail(&self) -> String {
+        tail(&self.dir.path().join("console.log"))
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    fn exited(&mut self, waiting: &str) -> Option<VmError> {
+        let status = self.child.try_wait().ok().flatten()?;
+        Some(VmError::Exited {
+            status: status.to_string(),
+            waiting: waiting.to_string(),
+            stderr: std::fs::read_to_string(self.dir.path().join("qemu.stderr"))
+                .unwrap_or_default(),
+            console: self.console_tail(),
+        })
+    }
+
+    fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
+        Ok(self.agent.poll()?)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// From `info registers`; the guest may be running.
+    fn root(&mut self) -> Result<PageTableRoot, VmError> {
+        let info = self.qmp.hmp("info registers")?;
+        let cr3 = qmp::register(&info, "CR3")
+            .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
+        Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
+    }
+
+    fn live_mem(&self) -> &dyn GuestMem {
+        &*self.ram
+    }
+
+    fn frozen(
+        &mut self,
+        core: Option<&Path>,
+        capture: &mut dyn FnMut(&dyn GuestMem),
+    ) -> Result<PauseWindow, VmError> {
+        let ram = self.ram();
+        let mut frozen = self.freeze()?;
+        let t = Instant::now();
+        capture(&*ram);
+        if let Some(core) = core {
+            frozen.dump_core(core)?;
+        }
+        let capture = t.elapsed();
+        let stop = frozen.stop_time();
+        let (resume, total) = frozen.thaw()?;
+        Ok(PauseWindow::new(stop, capture, resume, total))
+    }
+
+    /// QEMU exits when the guest powers off (`-no-reboot`: or resets).
+    fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(s) = self.child.try_wait().map_err(io("waiting for QEMU"))? {
-                return Ok(s);
+            if self
+                .child
+                .try_wait()
+                .map_err(io("waiting for QEMU"))?
+                .is_some()
+            {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
@@ -378,7 +382,7 @@ fn connect(
 }
 
 pub(crate) fn tail(path: &Path) -> String {
-    crate::machine::last_lines(&std::fs::read_to_string(path).unwrap_or_default())
+    crate::vm::backend::last_lines(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// A paused guest.
