@@ -312,7 +312,14 @@ pub enum FrameError {
     /// The JSON is not a message.
     #[error("frame JSON: {0}")]
     Json(String),
+    /// A line grew past [`MAX_FRAME`] without ending.
+    #[error("a line of more than {0} bytes from the agent channel: not the agent speaking")]
+    TooLong(usize),
 }
+
+/// The longest frame a host accepts. The agent's largest (the results,
+/// with the scheduler's output tail) are kilobytes.
+pub const MAX_FRAME: usize = 8 << 20;
 
 /// `msg` as one framed line, newline included.
 pub fn encode(msg: &Msg) -> String {

@@ -15,6 +15,8 @@ use crate::vm::{Backend, GuestVm, PauseWindow, VmError};
 
 /// How often a wait polls the agent channel.
 const POLL: Duration = Duration::from_millis(20);
+/// Most agent messages one run keeps: the agent sends about ten.
+const MAX_MESSAGES: usize = 10_000;
 
 /// A running VM and what its agent said so far.
 pub struct Machine {
@@ -53,6 +55,10 @@ impl Machine {
     /// Read what the agent sent since the last look.
     fn receive(&mut self) -> Result<(), VmError> {
         let new = self.vm.poll_agent()?;
+        if self.messages.len() + new.len() > MAX_MESSAGES {
+            self.vm.kill();
+            return Err(VmError::AgentFlood(MAX_MESSAGES));
+        }
         self.taken.extend(new.iter().map(|_| false));
         self.messages.extend(new);
         Ok(())
@@ -290,6 +296,16 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_flood_of_messages_ends_the_run() {
+        let flood: Vec<u8> = (0..MAX_MESSAGES + 1)
+            .flat_map(|_| frame(&running()))
+            .collect();
+        let mut m = Machine::new(ScriptedVm::new(vec![flood]));
+        let err = m.poll_for("anything", is_error).unwrap_err();
+        assert!(matches!(err, VmError::AgentFlood(MAX_MESSAGES)), "{err}");
     }
 
     #[test]

@@ -254,6 +254,11 @@ impl Session {
             } => (nr_cpus, numa_nodes),
             other => bail!("guest agent: {other:?}"),
         };
+        // Sizes host-side tables: the VM's own count bounds what it may say.
+        let vm_cpus = cfg.topology.nr_cpus();
+        if nr_cpus == 0 || nr_cpus > vm_cpus {
+            bail!("the guest agent reports {nr_cpus} CPUs, but the VM has {vm_cpus}");
+        }
         let text = match vm.wait_for("kallsyms from the agent", cfg.boot_timeout, |m| {
             matches!(m, Msg::Kallsyms { .. } | Msg::Error { .. })
         })? {

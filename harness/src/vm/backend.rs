@@ -102,6 +102,9 @@ pub enum VmError {
     /// The agent speaks another protocol.
     #[error("agent channel: {0}")]
     Channel(#[from] FrameError),
+    /// The agent sent more messages than a run can have.
+    #[error("the guest sent more than {0} agent messages: not the agent speaking")]
+    AgentFlood(usize),
     /// This backend cannot do that.
     #[error("{0}")]
     Unsupported(String),

@@ -10,11 +10,12 @@
 
 pub mod mem;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ktstr_walker::GuestMem;
@@ -31,22 +32,62 @@ const SHM: &str = "/dev/shm";
 const SHM_PREFIX: &str = "ktstr-";
 
 /// Every live VM of this process, for [`kill_all`].
-static LIVE: std::sync::Mutex<Vec<(u32, PathBuf, Vec<PathBuf>)>> =
-    std::sync::Mutex::new(Vec::new());
+/// A QEMU this process started and has not reaped.
+struct Live {
+    pid: u32,
+    /// A handle on that very process: signals through it cannot reach
+    /// another process that later gets the same pid. `None` on kernels
+    /// before 5.3.
+    pidfd: Option<OwnedFd>,
+    dir: PathBuf,
+    ram_files: Vec<PathBuf>,
+}
 
-fn live() -> std::sync::MutexGuard<'static, Vec<(u32, PathBuf, Vec<PathBuf>)>> {
+static LIVE: Mutex<Vec<Live>> = Mutex::new(Vec::new());
+
+fn live() -> MutexGuard<'static, Vec<Live>> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    // SAFETY: `fd` was just returned by pidfd_open and nothing else owns it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// SIGKILL the process behind `pidfd`; false if it is gone (reaped).
+fn pidfd_kill(pidfd: &OwnedFd) -> bool {
+    // SAFETY: a plain syscall on an fd we own.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
 /// Kill every VM this process started and remove its files: for a signal
-/// handler (Ctrl-C) that is about to exit the process, when no destructor
-/// will run.
+/// handler (Ctrl-C, SIGTERM) that is about to exit the process, when no
+/// destructor will run.
 pub fn kill_all() {
-    for (pid, dir, files) in live().drain(..) {
-        // SAFETY: signalling a child we started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        let _ = std::fs::remove_dir_all(dir);
-        for f in files {
+    for l in live().drain(..) {
+        match &l.pidfd {
+            Some(fd) => {
+                pidfd_kill(fd);
+            }
+            // SAFETY: signalling a child we started; without pidfds this is
+            // the best there is.
+            None => unsafe {
+                libc::kill(l.pid as i32, libc::SIGKILL);
+            },
+        }
+        let _ = std::fs::remove_dir_all(l.dir);
+        for f in l.ram_files {
             let _ = std::fs::remove_file(f);
         }
     }
@@ -60,6 +101,42 @@ pub struct QemuVm {
     ram: Arc<SharedRam>,
     ram_files: Vec<PathBuf>,
     agent: AgentLog,
+}
+
+/// Guest RAM files, made by us before QEMU opens them: exclusive (no file
+/// another user planted is ever used), mode 0600, under names no one can
+/// guess; removed on drop (they are unlinked anyway once mapped).
+struct RamFiles(Vec<PathBuf>);
+
+impl RamFiles {
+    fn create(dir: &Path, nodes: u64) -> Result<RamFiles, VmError> {
+        let mut files = RamFiles(Vec::new());
+        for n in 0..nodes {
+            let file = tempfile::Builder::new()
+                .prefix(&format!("{SHM_PREFIX}{}-", std::process::id()))
+                .suffix(&format!("-node{n}"))
+                .rand_bytes(16)
+                .permissions(std::fs::Permissions::from_mode(0o600))
+                .tempfile_in(dir)
+                .map_err(io(format!(
+                    "creating a guest RAM file in {}",
+                    dir.display()
+                )))?;
+            let (_, path) = file
+                .keep()
+                .map_err(|e| io("keeping a guest RAM file")(e.error))?;
+            files.0.push(path);
+        }
+        Ok(files)
+    }
+}
+
+impl Drop for RamFiles {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
 }
 
 /// Remove RAM files left by ktstr processes that no longer exist.
@@ -86,18 +163,13 @@ impl QemuVm {
     /// Start QEMU and connect to it; the guest is running when this returns.
     /// `dir` (from [`crate::vm::vm_dir`]) holds the VM's files and goes with it.
     pub fn start(cfg: &BootSpec, dir: VmDir) -> Result<QemuVm, VmError> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
         sweep_stale_ram_files();
         let t = cfg.topology;
         let nodes = t.numa_nodes as u64;
         // Each node's RAM, rounded to 2 MiB so backends stay hugepage-aligned.
         let node_mib = (cfg.memory_mib / nodes).div_ceil(2) * 2;
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let ram_files: Vec<PathBuf> = (0..nodes)
-            .map(|n| {
-                PathBuf::from(SHM).join(format!("{SHM_PREFIX}{}-{seq}-node{n}", std::process::id()))
-            })
-            .collect();
+        let ram_guard = RamFiles::create(Path::new(SHM), nodes)?;
+        let ram_files = ram_guard.0.clone();
         let qmp_path = dir.path().join("qmp.sock");
         let accel = if ktstr_vmm::hardware_virt() {
             ["-accel", "kvm", "-cpu", "host"]
@@ -190,7 +262,12 @@ impl QemuVm {
             bin: "qemu-system-x86_64".into(),
             err,
         })?;
-        live().push((child.id(), dir.path().to_path_buf(), ram_files.clone()));
+        live().push(Live {
+            pid: child.id(),
+            pidfd: pidfd_open(child.id()),
+            dir: dir.path().to_path_buf(),
+            ram_files: ram_files.clone(),
+        });
         let mut starting = Starting {
             child: Some(child),
             ram_files: &ram_files,
@@ -221,7 +298,7 @@ impl QemuVm {
     /// when dropped, so no error path leaves the guest frozen.
     pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
         let asked = Instant::now();
-        self.qmp.execute("stop", serde_json::json!({}))?;
+        self.qmp.stop()?;
         Ok(Frozen {
             asked,
             stopped: asked.elapsed(),
@@ -241,7 +318,7 @@ impl GuestVm for QemuVm {
     }
 
     fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+        read_tail(&self.dir.path().join("console.log"))
     }
 
     fn exited(&mut self, waiting: &str) -> Option<VmError> {
@@ -321,7 +398,7 @@ impl GuestVm for QemuVm {
 /// Kill and reap QEMU, forget it in [`LIVE`], remove its RAM files.
 fn reap(child: &mut Child, ram_files: &[PathBuf]) {
     let pid = child.id();
-    live().retain(|(p, ..)| *p != pid);
+    live().retain(|l| l.pid != pid);
     let _ = child.kill();
     let _ = child.wait();
     for f in ram_files {
@@ -381,8 +458,34 @@ fn connect(
     }
 }
 
+/// Bytes of a console log read back: the guest decides how much it writes.
+const CONSOLE_READ_LIMIT: u64 = 1 << 20;
+
+/// The last [`CONSOLE_READ_LIMIT`] bytes of a log, as text, saying how
+/// much came before them.
+fn read_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let skip = len.saturating_sub(CONSOLE_READ_LIMIT);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(skip)).is_err()
+        || f.take(CONSOLE_READ_LIMIT).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    if skip > 0 {
+        format!("[{skip} earlier bytes not shown]\n{text}")
+    } else {
+        text.into_owned()
+    }
+}
+
 pub(crate) fn tail(path: &Path) -> String {
-    crate::vm::backend::last_lines(&std::fs::read_to_string(path).unwrap_or_default())
+    crate::vm::backend::last_lines(&read_tail(path))
 }
 
 /// A paused guest.
@@ -425,5 +528,68 @@ impl Drop for Frozen<'_> {
         if !self.thawed {
             let _ = self.vm.qmp.execute("cont", serde_json::json!({}));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_pidfd_kills_its_process_and_nothing_after_it_is_reaped() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let fd = pidfd_open(child.id()).expect("pidfd_open (Linux 5.3+)");
+        assert!(pidfd_kill(&fd));
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        // Reaped: its pid may belong to anyone now, the pidfd to no one.
+        assert!(!pidfd_kill(&fd));
+    }
+
+    #[test]
+    fn console_reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut text = "a\n".repeat(CONSOLE_READ_LIMIT as usize);
+        text.push_str("last line\n");
+        std::fs::write(&log, &text).unwrap();
+        let read = read_tail(&log);
+        assert!(
+            read.len() < CONSOLE_READ_LIMIT as usize + 64,
+            "{}",
+            read.len()
+        );
+        assert!(read.starts_with(&format!(
+            "[{} earlier bytes not shown]",
+            text.len() as u64 - CONSOLE_READ_LIMIT
+        )));
+        assert!(tail(&log).ends_with("last line"));
+        assert_eq!(read_tail(&dir.path().join("none")), "");
+    }
+
+    #[test]
+    fn ram_files_are_private_unguessable_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RamFiles::create(dir.path(), 2).unwrap();
+        let paths = files.0.clone();
+        assert_eq!(paths.len(), 2);
+        for (n, p) in paths.iter().enumerate() {
+            let meta = std::fs::metadata(p).unwrap();
+            assert_eq!(meta.mode() & 0o777, 0o600, "{}", p.display());
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let pid = format!("{SHM_PREFIX}{}-", std::process::id());
+            let random = name
+                .strip_prefix(&pid)
+                .and_then(|r| r.strip_suffix(&format!("-node{n}")))
+                .unwrap_or_else(|| panic!("{name}"));
+            assert!(random.len() >= 16, "{name}: a guessable name");
+        }
+        assert_ne!(paths[0], paths[1]);
+        drop(files);
+        assert!(paths.iter().all(|p| !p.exists()), "removed on drop");
     }
 }
