@@ -164,8 +164,8 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
 
+    use crate::agent::proto::FrameReader;
     use crate::agent::proto::{self, SchedExtState};
-    use crate::channel::AgentLog;
     use ktstr_walker::mem::SliceMem;
 
     /// No guest memory at all.
@@ -175,7 +175,7 @@ mod tests {
     /// poll, through the real frame decoder; it "ends" once `ended` is set.
     struct ScriptedVm {
         chunks: VecDeque<Vec<u8>>,
-        log: AgentLog,
+        log: FrameReader,
         ended: bool,
     }
 
@@ -183,7 +183,7 @@ mod tests {
         fn new(chunks: Vec<Vec<u8>>) -> Box<ScriptedVm> {
             Box::new(ScriptedVm {
                 chunks: chunks.into(),
-                log: AgentLog::new(Default::default()),
+                log: FrameReader::new(),
                 ended: false,
             })
         }

@@ -7,15 +7,14 @@
 //! early boot (ENVIRONMENT.md), which this backend reports as the VM's end
 //! with the console's tail.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ktstr_vmm::{Boot, ExitReason, Vm, VmConfig};
 use ktstr_walker::GuestMem;
 use ktstr_walker::translate::PageTableRoot;
 
-use crate::agent::proto::Msg;
-use crate::channel::AgentLog;
+use crate::agent::proto::{FrameReader, Msg};
 use crate::vm::backend::{Backend, BootSpec, GuestVm, PauseWindow, VmDir, VmError};
 
 /// How long a freeze waits for every vCPU to park: generous, a busy host
@@ -25,7 +24,7 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A VM of the built-in VMM.
 pub struct KvmVm {
     vm: Vm,
-    agent: AgentLog,
+    agent: FrameReader,
     /// Bytes of the agent channel already fed to `agent`.
     seen: u64,
     _dir: VmDir,
@@ -47,7 +46,7 @@ impl KvmVm {
         }
         Ok(KvmVm {
             vm: Vm::boot(cfg)?,
-            agent: AgentLog::new(PathBuf::new()),
+            agent: FrameReader::new(),
             seen: 0,
             _dir: dir,
         })
