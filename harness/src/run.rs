@@ -9,6 +9,8 @@ use ktstr_walker::render::Report;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::proto::{SchedExtState, WorkerResult};
+#[cfg(test)]
+use crate::checks::CheckKind;
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
 use crate::monitor::{Monitor, MonitorConfig};
 use crate::scenario::Scenario;
@@ -333,11 +335,13 @@ mod tests {
             }],
             checks: vec![
                 Check {
+                    kind: CheckKind::SchedulerSurvived,
                     name: "scheduler attached to the end".into(),
                     passed: false,
                     detail: "sched_ext is disabled".into(),
                 },
                 Check {
+                    kind: CheckKind::EveryWorkerRan,
                     name: "every worker ran".into(),
                     passed: true,
                     detail: "1 workers".into(),
