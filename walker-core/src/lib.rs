@@ -20,6 +20,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod capture;
+pub mod discover;
+pub mod kallsyms;
 pub mod layout;
 pub mod mem;
 pub mod symbols;
