@@ -4,20 +4,24 @@
 //!
 //! A stripped vmlinux (no `.symtab`) still carries these tables in
 //! `.rodata`: they are what `/proc/kallsyms` prints. Since Linux 6.4
-//! `scripts/kallsyms` emits, each label 8-byte aligned:
-//! `kallsyms_num_syms` (u32), `kallsyms_names`, `kallsyms_markers`
-//! (u32 per 256 symbols), `kallsyms_token_table` (256 NUL-terminated
-//! strings), `kallsyms_token_index` (256 u16), `kallsyms_offsets` (u32 per
-//! symbol), `kallsyms_relative_base` (u64). Before 6.4 the offsets and the
-//! relative base came first; both orders are recognised.
+//! `scripts/kallsyms` emits, in this order: `kallsyms_num_syms` (u32),
+//! `kallsyms_names`, `kallsyms_markers` (u32 per 256 symbols),
+//! `kallsyms_token_table` (256 NUL-terminated strings),
+//! `kallsyms_token_index` (256 u16), `kallsyms_offsets` (i32 per symbol),
+//! then up to 6.x `kallsyms_relative_base` (u64). Labels were 8-byte
+//! aligned up to 6.x and are packed in 7.x. Three address encodings are
+//! recognised: base-relative (`relative_base + offset`), base-relative with
+//! absolute per-CPU symbols (x86-64 before 6.15), and 7.x's PC-relative
+//! offsets (`&kallsyms_offsets[i] + offset`, no relative base). Before 6.4
+//! the offsets and relative base came first; that order is recognised too.
 //!
 //! [`Kallsyms::find`] locates the token table by the run of single-digit
 //! tokens `"0"`..`"9"` (every kernel has digits in its symbol names, and a
 //! byte that occurs in names keeps its own token), then checks every table
 //! against the others: the token index against the token table, the
-//! markers against the names they index, the symbol count against both.
-//! Every scan and loop is bounded by the slice; nothing panics on
-//! arbitrary bytes.
+//! markers against the names they index, the symbol count against both,
+//! and the decoded addresses for order. Every scan and loop is bounded by
+//! the slice; nothing panics on arbitrary bytes.
 
 use core::ops::ControlFlow;
 
@@ -31,6 +35,8 @@ pub const MAX_SYMS: u32 = 1 << 22;
 const MAX_CANDIDATES: usize = 64;
 /// Tokens 48..=57 are `"0"` .. `"9"`.
 const DIGITS: &[u8; 20] = b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00";
+/// Most padding between two tables.
+const MAX_PAD: usize = 8;
 
 /// Why the kallsyms tables could not be found or read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,8 +57,8 @@ pub enum KallsymsError {
         /// Number of markers.
         markers: u32,
     },
-    /// Neither order of the offsets and relative base fits.
-    #[error("kallsyms_offsets/kallsyms_relative_base not found next to the token index at {0:#x}")]
+    /// No encoding of `kallsyms_offsets` gives sorted kernel addresses.
+    #[error("kallsyms_offsets not found, or in no known encoding, next to the token index at {0:#x}")]
     NoOffsets(u64),
     /// A name entry runs past the table or expands past `KSYM_NAME_LEN`.
     #[error("kallsyms name {index} at {at:#x} is malformed")]
@@ -62,6 +68,18 @@ pub enum KallsymsError {
         /// Address of its entry.
         at: u64,
     },
+}
+
+/// How `kallsyms_offsets` encode addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `relative_base + offset` (6.x).
+    RelativeBase(u64),
+    /// Non-negative offsets are absolute (per-CPU symbols), negative ones
+    /// `relative_base - 1 - offset` (`CONFIG_KALLSYMS_ABSOLUTE_PERCPU`).
+    AbsolutePercpu(u64),
+    /// `&kallsyms_offsets[i] + offset` (7.x).
+    PcRelative,
 }
 
 /// Where each table is (kernel virtual addresses in the address space the
@@ -80,8 +98,8 @@ pub struct KallsymsLocations {
     pub token_index: u64,
     /// `kallsyms_offsets`.
     pub offsets: u64,
-    /// `kallsyms_relative_base`.
-    pub relative_base: u64,
+    /// `kallsyms_relative_base`, when the encoding has one.
+    pub relative_base: Option<u64>,
 }
 
 /// The kallsyms tables inside `data`, whose first byte is at kernel
@@ -98,31 +116,21 @@ pub struct Kallsyms<'a> {
     offsets: usize,
     markers: usize,
     num_syms_at: usize,
-    relative_base_at: usize,
-    /// `kallsyms_relative_base`'s value.
-    relative_base: u64,
-    /// Negative offsets are `relative_base - 1 - offset`, others absolute
-    /// (`CONFIG_KALLSYMS_ABSOLUTE_PERCPU`, x86-64 before 6.15).
-    absolute_percpu: bool,
+    relative_base_at: Option<usize>,
+    encoding: Encoding,
 }
 
 fn u16_at(d: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        d.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_le_bytes(d.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
 fn u32_at(d: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        d.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_le_bytes(d.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 fn u64_at(d: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        d.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
+    Some(u64::from_le_bytes(d.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
-/// Where a token or name entry of `data` ends.
+/// Length of the NUL-terminated string at `at` (at most `KSYM_NAME_LEN`).
 fn strlen(d: &[u8], at: usize) -> Option<usize> {
     d.get(at..)?
         .iter()
@@ -158,15 +166,15 @@ impl<'a> Kallsyms<'a> {
         Err(last)
     }
 
-    /// Offset of `va`'s 8-byte aligned successor, as an offset of `data`.
-    fn align8(base: u64, at: usize) -> usize {
-        let va = base.wrapping_add(at as u64);
-        at.wrapping_add((va.wrapping_neg() & 7) as usize)
+    /// Whether offset `at` of `data` is `align`-aligned in the kernel's
+    /// address space.
+    fn aligned(base: u64, at: usize, align: u64) -> bool {
+        base.wrapping_add(at as u64) % align == 0
     }
 
     /// The token table and index around the digit tokens at `digit0`.
     fn token_tables(d: &[u8], base: u64, digit0: usize) -> Option<(usize, usize)> {
-        // Tokens 48..=255 run from `digit0`; the index follows, aligned.
+        // Tokens 48..=255 run from `digit0`; the index follows, maybe padded.
         let mut end = digit0;
         for _ in 48..256 {
             let n = strlen(d, end)?;
@@ -175,29 +183,38 @@ impl<'a> Kallsyms<'a> {
             }
             end = end.checked_add(n + 1)?;
         }
-        let index = Self::align8(base, end);
-        let table = digit0.checked_sub(usize::from(u16_at(d, index.checked_add(96)?)?))?;
-        // Every index entry starts its token, and token i+1 follows token i.
+        (end..end + MAX_PAD)
+            .filter(|i| Self::aligned(base, *i, 2))
+            .find_map(|index| {
+                let off48 = usize::from(u16_at(d, index.checked_add(96)?)?);
+                let table = digit0.checked_sub(off48)?;
+                Self::index_fits(d, table, index, end).then_some((table, index))
+            })
+    }
+
+    /// Whether every index entry starts its token, token i+1 follows token
+    /// i, and the last ends at `end`.
+    fn index_fits(d: &[u8], table: usize, index: usize, end: usize) -> bool {
         let mut at = table;
         for i in 0..256usize {
-            if table.checked_add(usize::from(u16_at(d, index + 2 * i)?))? != at {
-                return None;
+            let Some(off) = u16_at(d, index + 2 * i) else {
+                return false;
+            };
+            if table + usize::from(off) != at {
+                return false;
             }
-            let n = strlen(d, at)?;
-            if n == 0 {
-                return None;
+            match strlen(d, at) {
+                Some(n) if n > 0 => at += n + 1,
+                _ => return false,
             }
-            at += n + 1;
         }
-        (at == end && Self::align8(base, table) == table).then_some((table, index))
+        at == end
     }
 
     fn around(d: &'a [u8], base: u64, table: usize, index: usize) -> Result<Self, KallsymsError> {
-        let va = |at: usize| base.wrapping_add(at as u64);
-        // Markers: increasing u32s ending at the token table, maybe
-        // followed by 4 bytes of padding; the first is 0.
-        // With a single marker, both are 0: try either end.
-        let mut last = KallsymsError::NoMarkers(va(table));
+        // The markers end right at the token table or a padding word
+        // before it; with a single marker both are 0: try either end.
+        let mut last = KallsymsError::NoMarkers(base.wrapping_add(table as u64));
         for end in [table, table.wrapping_sub(4)] {
             match Self::from_markers(d, base, table, index, end) {
                 Ok(k) => return Ok(k),
@@ -217,9 +234,10 @@ impl<'a> Kallsyms<'a> {
     ) -> Result<Self, KallsymsError> {
         let va = |at: usize| base.wrapping_add(at as u64);
         let no_markers = KallsymsError::NoMarkers(va(table));
-        if end > table || table - end > 4 {
+        if end > table || table - end > 4 || !Self::aligned(base, end, 4) {
             return Err(no_markers);
         }
+        // Increasing u32s, the first 0.
         let mut markers = end;
         let mut next = u32::MAX;
         for _ in 0..(MAX_SYMS / 256) {
@@ -239,30 +257,31 @@ impl<'a> Kallsyms<'a> {
         }
         let nr_markers = ((end - markers) / 4) as u32;
         let last_marker = u32_at(d, end - 4).ok_or(no_markers)? as usize;
-        // kallsyms_names ends (aligned) at the markers, and starts 8 bytes
-        // after kallsyms_num_syms, whose count fits the markers.
+        // kallsyms_names ends (maybe padded) at the markers, and starts
+        // after kallsyms_num_syms (maybe padded to 8), whose count fits the
+        // markers: scan back from the last marked name.
         let no_names = KallsymsError::NoNames {
             at: va(markers),
             markers: nr_markers,
         };
-        let lo = (nr_markers - 1).saturating_mul(256);
-        let hi = nr_markers.saturating_mul(256);
+        let lo = u64::from((nr_markers - 1).saturating_mul(256));
+        let hi = u64::from(nr_markers.saturating_mul(256).min(MAX_SYMS));
         let mut names = markers.checked_sub(last_marker).ok_or(no_names)?;
-        names -= (va(names) & 7) as usize;
-        let found = loop {
-            let Some(count_at) = names.checked_sub(8) else {
-                return Err(no_names);
+        names -= (va(names) & 3) as usize;
+        let (num_syms_at, num_syms) = loop {
+            let fits = |count_at: usize| {
+                let n = u64::from(u32_at(d, count_at)?);
+                (n > lo && n <= hi && Self::names_fit(d, names, n as u32, markers, end))
+                    .then_some((count_at, n as u32))
             };
-            let n = u64_at(d, count_at).ok_or(no_names)?;
-            if n > u64::from(lo) && n <= u64::from(hi) && n <= u64::from(MAX_SYMS) {
-                let n = n as u32;
-                if Self::names_fit(d, base, names, n, markers, end) {
-                    break (count_at, n);
-                }
+            let padded = names
+                .checked_sub(8)
+                .filter(|c| u32_at(d, c + 4) == Some(0) && Self::aligned(base, *c, 8));
+            if let Some(found) = names.checked_sub(4).and_then(fits).or_else(|| padded.and_then(fits)) {
+                break found;
             }
-            names = count_at;
+            names = names.checked_sub(4).ok_or(no_names)?;
         };
-        let (num_syms_at, num_syms) = found;
         let mut k = Self {
             data: d,
             base,
@@ -273,31 +292,32 @@ impl<'a> Kallsyms<'a> {
             offsets: 0,
             markers,
             num_syms_at,
-            relative_base_at: 0,
-            relative_base: 0,
-            absolute_percpu: false,
+            relative_base_at: None,
+            encoding: Encoding::PcRelative,
         };
-        // 6.4+: offsets right after the index, then the relative base.
-        // Before: offsets, relative base, then num_syms.
-        let offsets_len = (num_syms as usize) * 4;
-        let after_index = Self::align8(base, index + 512);
-        let newer = (after_index, Self::align8(base, after_index + offsets_len));
-        let older_base = num_syms_at.wrapping_sub(8);
-        let older = (
-            older_base.wrapping_sub(offsets_len + (offsets_len & 4)),
-            older_base,
-        );
-        for (offsets, rb) in [newer, older] {
-            if k.offsets_fit(offsets, rb) {
-                return Ok(k);
-            }
+        let no_offsets = KallsymsError::NoOffsets(va(index));
+        // 6.4+: offsets right after the index (maybe padded), then in 6.x
+        // the relative base, 8-byte aligned. Before 6.4: offsets, relative
+        // base, num_syms.
+        let len = num_syms as usize * 4;
+        let align8 = |at: usize| at + (va(at).wrapping_neg() & 7) as usize;
+        // The offsets start at the first 4-byte boundary (any later one
+        // would decode as the same sorted list shifted by one).
+        let offsets = index + 512 + (va(index + 512).wrapping_neg() & 3) as usize;
+        if k.try_offsets(offsets, Some(align8(offsets + len))) {
+            return Ok(k);
         }
-        Err(KallsymsError::NoOffsets(va(index)))
+        let older_rb = num_syms_at.checked_sub(8).ok_or(no_offsets)?;
+        let older = older_rb.checked_sub(len + (len & 4)).ok_or(no_offsets)?;
+        if k.try_offsets(older, Some(older_rb)) {
+            return Ok(k);
+        }
+        Err(no_offsets)
     }
 
-    /// Whether `n` names from `names` match the markers and end, aligned,
-    /// at them.
-    fn names_fit(d: &[u8], base: u64, names: usize, n: u32, markers: usize, end: usize) -> bool {
+    /// Whether `n` names from `names` match the markers and end, padded by
+    /// less than 8 bytes, at them.
+    fn names_fit(d: &[u8], names: usize, n: u32, markers: usize, end: usize) -> bool {
         let mut at = names;
         for i in 0..n {
             if i % 256 == 0 {
@@ -311,7 +331,7 @@ impl<'a> Kallsyms<'a> {
                 None => return false,
             }
         }
-        Self::align8(base, at) == markers && markers + (n.div_ceil(256) as usize) * 4 == end
+        at <= markers && markers - at < MAX_PAD && markers + (n.div_ceil(256) as usize) * 4 == end
     }
 
     /// The token bytes of the name entry at `at`, and where the next starts.
@@ -330,38 +350,51 @@ impl<'a> Kallsyms<'a> {
         Some((d.get(start..end)?, end))
     }
 
-    /// Whether `offsets` and the relative base at `rb` are plausible, and
-    /// if so take them.
-    fn offsets_fit(&mut self, offsets: usize, rb: usize) -> bool {
+    /// Take the offsets at `offsets` (and the relative base at `rb`) in the
+    /// first encoding whose addresses are sorted kernel addresses.
+    fn try_offsets(&mut self, offsets: usize, rb: Option<usize>) -> bool {
         let d = self.data;
         let n = self.num_syms as usize;
-        let Some(relative_base) = u64_at(d, rb) else {
-            return false;
-        };
-        // Kernel addresses are in the upper half on every 64-bit Linux.
-        if relative_base >> 63 == 0 || d.get(offsets..offsets + n * 4).is_none() {
+        if !Self::aligned(self.base, offsets, 4) || d.get(offsets..offsets + n * 4).is_none() {
             return false;
         }
-        let Some(last) = u32_at(d, offsets + (n - 1) * 4) else {
-            return false;
-        };
         self.offsets = offsets;
-        self.relative_base_at = rb;
-        self.relative_base = relative_base;
-        // The last symbol is a kernel address, never a per-CPU one: negative
-        // only in the absolute-per-CPU encoding.
-        self.absolute_percpu = (last as i32) < 0;
-        // Symbols are sorted by address.
+        let first = u32_at(d, offsets).unwrap_or(1);
+        let relative_base = rb.and_then(|at| u64_at(d, at)).filter(|b| b >> 63 == 1);
+        let mut candidates = [None; 3];
+        if let Some(b) = relative_base {
+            // The relative base is the lowest relative symbol: offset 0,
+            // or -1 when per-CPU symbols are absolute.
+            candidates[0] = (first == 0).then_some(Encoding::RelativeBase(b));
+            let first_negative = (0..n).find_map(|i| u32_at(d, offsets + 4 * i).filter(|o| (*o as i32) < 0));
+            candidates[1] = (first_negative == Some(u32::MAX)).then_some(Encoding::AbsolutePercpu(b));
+        }
+        candidates[2] = Some(Encoding::PcRelative);
+        for e in candidates.into_iter().flatten() {
+            self.encoding = e;
+            self.relative_base_at = rb.filter(|_| e != Encoding::PcRelative);
+            if self.sorted() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether every address decodes, kernel ones in the upper half, in
+    /// ascending order (absolute per-CPU ones first).
+    fn sorted(&self) -> bool {
         let mut prev = 0u64;
-        let mut sorted = true;
-        for i in (0..n).step_by(n.div_ceil(64).max(1)) {
-            let a = self.address(i as u32).unwrap_or(0);
-            if a < prev && !self.absolute_percpu {
-                sorted = false;
+        for i in 0..self.num_syms {
+            let Some(a) = self.address(i) else {
+                return false;
+            };
+            let percpu = matches!(self.encoding, Encoding::AbsolutePercpu(_)) && a >> 63 == 0;
+            if (a < prev || a >> 63 == 0) && !percpu {
+                return false;
             }
             prev = a;
         }
-        sorted
+        true
     }
 
     /// Number of symbols.
@@ -374,6 +407,11 @@ impl<'a> Kallsyms<'a> {
         self.num_syms == 0
     }
 
+    /// How the offsets encode addresses.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
     /// Where the tables are.
     pub fn locations(&self) -> KallsymsLocations {
         let va = |at: usize| self.base.wrapping_add(at as u64);
@@ -384,27 +422,21 @@ impl<'a> Kallsyms<'a> {
             token_table: va(self.token_table),
             token_index: va(self.token_index),
             offsets: va(self.offsets),
-            relative_base: va(self.relative_base_at),
+            relative_base: self.relative_base_at.map(va),
         }
-    }
-
-    /// `kallsyms_relative_base`.
-    pub fn relative_base(&self) -> u64 {
-        self.relative_base
     }
 
     /// The address of symbol `i`, as the tables give it.
     pub fn address(&self, i: u32) -> Option<u64> {
-        let off = u32_at(self.data, self.offsets.checked_add(i as usize * 4)?)?;
-        Some(if !self.absolute_percpu {
-            self.relative_base.wrapping_add(u64::from(off))
-        } else if (off as i32) >= 0 {
-            u64::from(off)
-        } else {
+        let at = self.offsets.checked_add(i as usize * 4)?;
+        let off = u32_at(self.data, at)?;
+        let signed = off as i32 as i64 as u64;
+        Some(match self.encoding {
+            Encoding::RelativeBase(b) => b.wrapping_add(u64::from(off)),
+            Encoding::AbsolutePercpu(_) if (off as i32) >= 0 => u64::from(off),
             // offset = relative_base - addr - 1
-            self.relative_base
-                .wrapping_sub(1)
-                .wrapping_sub(off as i32 as i64 as u64)
+            Encoding::AbsolutePercpu(b) => b.wrapping_sub(1).wrapping_sub(signed),
+            Encoding::PcRelative => self.base.wrapping_add(at as u64).wrapping_add(signed),
         })
     }
 

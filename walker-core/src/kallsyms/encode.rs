@@ -3,12 +3,22 @@
 
 use std::vec::Vec;
 
+/// Which kernel's layout to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// 6.4 to 6.x: labels 8-byte aligned, `relative_base + offset`.
+    Aligned,
+    /// 7.x: labels at their natural alignment, PC-relative offsets, no
+    /// relative base.
+    Packed,
+}
+
 /// Symbols `(type, name, address)` sorted by address, encoded at kernel
 /// virtual address `base` (8-byte aligned): the bytes of `.rodata` from
 /// `kallsyms_num_syms` to `kallsyms_relative_base`. Two byte values that
 /// no name uses become multi-character tokens, so that decoding expands
 /// tokens rather than copying bytes.
-pub fn encode(base: u64, syms: &[(u8, &str, u64)]) -> Vec<u8> {
+pub fn encode(base: u64, syms: &[(u8, &str, u64)], style: Style) -> Vec<u8> {
     let mut used = [false; 256];
     for b in b"0123456789" {
         used[usize::from(*b)] = true;
@@ -56,14 +66,16 @@ pub fn encode(base: u64, syms: &[(u8, &str, u64)]) -> Vec<u8> {
         }
         out
     };
-    let align = |v: &mut Vec<u8>| {
-        while (base as usize + v.len()) % 8 != 0 {
+    // Up to 8 (Aligned) or to the next table's natural alignment (Packed).
+    let align_to = |v: &mut Vec<u8>, natural: usize| {
+        let a = if style == Style::Aligned { 8 } else { natural };
+        while (base as usize + v.len()) % a != 0 {
             v.push(0);
         }
     };
     let mut d = Vec::new();
     d.extend_from_slice(&(syms.len() as u32).to_le_bytes());
-    align(&mut d);
+    align_to(&mut d, 1);
     let names_at = d.len();
     let mut markers = Vec::new();
     for (i, (t, n, _)) in syms.iter().enumerate() {
@@ -79,11 +91,11 @@ pub fn encode(base: u64, syms: &[(u8, &str, u64)]) -> Vec<u8> {
         }
         d.extend_from_slice(&e);
     }
-    align(&mut d);
+    align_to(&mut d, 4);
     for m in markers {
         d.extend_from_slice(&m.to_le_bytes());
     }
-    align(&mut d);
+    align_to(&mut d, 1);
     let table_at = d.len();
     let mut index = Vec::new();
     for t in &tokens {
@@ -91,16 +103,25 @@ pub fn encode(base: u64, syms: &[(u8, &str, u64)]) -> Vec<u8> {
         d.extend_from_slice(t);
         d.push(0);
     }
-    align(&mut d);
+    align_to(&mut d, 2);
     for i in index {
         d.extend_from_slice(&i.to_le_bytes());
     }
-    align(&mut d);
+    align_to(&mut d, 4);
     let relative_base = syms.first().map_or(0, |s| s.2);
     for (_, _, a) in syms {
-        d.extend_from_slice(&((a - relative_base) as u32).to_le_bytes());
+        let off = match style {
+            Style::Aligned => a.wrapping_sub(relative_base),
+            Style::Packed => a.wrapping_sub(base + d.len() as u64),
+        };
+        d.extend_from_slice(&(off as u32).to_le_bytes());
     }
-    align(&mut d);
-    d.extend_from_slice(&relative_base.to_le_bytes());
+    if style == Style::Aligned {
+        align_to(&mut d, 8);
+        d.extend_from_slice(&relative_base.to_le_bytes());
+    } else {
+        // kallsyms_seqs_of_names follows in 7.x: 3 bytes per symbol.
+        d.extend(core::iter::repeat_n(0x01, syms.len() * 3));
+    }
     d
 }

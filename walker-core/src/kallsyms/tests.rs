@@ -2,7 +2,7 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
-use super::encode::encode;
+use super::encode::{Style, encode};
 use super::*;
 
 const BASE: u64 = 0xffff_ffff_8220_0000;
@@ -26,19 +26,32 @@ fn names(n: usize) -> Vec<(u8, String, u64)> {
 }
 
 fn table(n: usize, pad: usize) -> (Vec<u8>, Vec<(u8, String, u64)>) {
+    table_in(n, pad, Style::Aligned)
+}
+
+fn table_in(n: usize, pad: usize, style: Style) -> (Vec<u8>, Vec<(u8, String, u64)>) {
     let syms = names(n);
     let refs: Vec<(u8, &str, u64)> = syms.iter().map(|(t, s, a)| (*t, s.as_str(), *a)).collect();
     // Unrelated data around the tables, as in .rodata.
     let mut d = std::vec![0x5au8; pad];
-    d.extend(encode(BASE + pad as u64, &refs));
+    d.extend(encode(BASE + pad as u64, &refs, style));
     d.extend(std::vec![0xa5u8; 100]);
     (d, syms)
 }
 
 #[test]
 fn finds_and_decodes_every_symbol() {
-    for n in [1, 255, 256, 257, 1000] {
-        let (d, syms) = table(n, 4096);
+    for (n, style, pad) in [
+        (1, Style::Aligned, 4096),
+        (255, Style::Aligned, 4096),
+        (256, Style::Aligned, 4096),
+        (257, Style::Aligned, 4096),
+        (1000, Style::Aligned, 4096),
+        (1, Style::Packed, 4100),
+        (257, Style::Packed, 4100),
+        (1000, Style::Packed, 4096),
+    ] {
+        let (d, syms) = table_in(n, pad, style);
         let k = Kallsyms::find(&d, BASE).unwrap_or_else(|e| panic!("{n} symbols: {e}"));
         assert_eq!(k.len() as usize, n);
         let mut seen = Vec::new();
@@ -48,7 +61,11 @@ fn finds_and_decodes_every_symbol() {
         })
         .unwrap();
         assert_eq!(seen, syms);
-        assert_eq!(k.locations().num_syms, BASE + 4096);
+        assert_eq!(k.locations().num_syms, BASE + pad as u64);
+        match style {
+            Style::Aligned => assert_eq!(k.encoding(), Encoding::RelativeBase(syms[0].2)),
+            Style::Packed => assert_eq!(k.encoding(), Encoding::PcRelative),
+        }
     }
 }
 
@@ -98,3 +115,4 @@ fn a_misaligned_base_finds_nothing_rather_than_garbage() {
     let (d, _) = table(300, 64);
     assert!(Kallsyms::find(&d, BASE + 4).is_err());
 }
+

@@ -5,3 +5,4 @@ pub mod btf;
 pub mod elfcore;
 pub mod image;
 pub mod ksyms;
+pub mod vmlinux;

@@ -63,6 +63,11 @@ pub(super) fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
 
 /// File bytes of the section called `name`, if there is one.
 pub(crate) fn section<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    section_at(bytes, name).map(|(_, b)| b)
+}
+
+/// The link-time address and file bytes of the section called `name`.
+pub(crate) fn section_at<'a>(bytes: &'a [u8], name: &str) -> Option<(u64, &'a [u8])> {
     let h = goblin::elf::Elf::parse_header(bytes).ok()?;
     let shoff = usize::try_from(h.e_shoff).ok()?;
     let shdrs = SectionHeader::parse(bytes, shoff, usize::from(h.e_shnum), CTX).ok()?;
@@ -75,6 +80,22 @@ pub(crate) fn section<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
         if found.first() != Some(&0) {
             return None;
         }
-        file_range(bytes, s.sh_offset, s.sh_size)
+        Some((s.sh_addr, file_range(bytes, s.sh_offset, s.sh_size)?))
     })
+}
+
+/// `(p_vaddr, file bytes)` of every `PT_LOAD` segment.
+pub(crate) fn loads(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+    let Ok(h) = goblin::elf::Elf::parse_header(bytes) else {
+        return Vec::new();
+    };
+    let Ok(phoff) = usize::try_from(h.e_phoff) else {
+        return Vec::new();
+    };
+    let phdrs = ProgramHeader::parse(bytes, phoff, usize::from(h.e_phnum), CTX).unwrap_or_default();
+    phdrs
+        .iter()
+        .filter(|p| p.p_type == goblin::elf::program_header::PT_LOAD)
+        .filter_map(|p| Some((p.p_vaddr, file_range(bytes, p.p_offset, p.p_filesz)?)))
+        .collect()
 }
