@@ -9,13 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use ktstr_vmm::Topology;
 use ktstr_walker::Symbols;
-use ktstr_walker::capture::storage::CaptureStorage;
+use ktstr_walker::embed::{Dumper, Pause};
 use ktstr_walker::kernel::ksyms::SymbolTable;
 use ktstr_walker::render::Report;
-use ktstr_walker::translate::Translator;
 
 use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResult};
-use crate::guest::{GuestKernel, translator};
+use crate::guest::GuestKernel;
 use crate::initramfs::{self, Initramfs};
 use crate::kernel::Kernel;
 use crate::kvm::KvmVm;
@@ -122,9 +121,11 @@ pub struct Finished {
 /// A booted VM whose workload is running.
 pub struct Session {
     vm: Machine,
-    tr: Option<Translator>,
-    storage: Option<CaptureStorage>,
+    /// Found on first use (from guest memory and the first vCPU's CR3).
+    dumper: Option<Dumper>,
     guest: GuestKernel,
+    /// The guest's own `/proc/kallsyms` (for `ktstr dump` users and as a
+    /// check of what discovery finds).
     symbols: Symbols,
     duration: Duration,
     /// `uname -r` in the guest.
@@ -311,8 +312,7 @@ impl Session {
             };
         Ok(Session {
             vm,
-            tr: None,
-            storage: None,
+            dumper: None,
             guest,
             symbols,
             duration: cfg.duration,
@@ -326,35 +326,42 @@ impl Session {
         })
     }
 
-    /// The translator for this boot, set up once (CR3 from the first vCPU,
-    /// then the kernel's own page tables); its TLB is emptied for each use,
-    /// as the guest may have changed its mappings since.
-    fn translator(&mut self) -> Result<Translator> {
-        let tr = match self.tr.take() {
-            Some(mut tr) => {
-                tr.flush();
-                tr
-            }
-            None => {
-                let root = self.vm.root()?;
-                self.vm
-                    .with_live_mem(|mem| translator(&mem, &self.symbols, Some(root)))
-            }
-        };
-        Ok(tr)
+    /// The dumper for this boot, found once (KASLR, page tables, symbols
+    /// from guest memory and the first vCPU's CR3) and reused: a monitor
+    /// samples ten times a second.
+    fn dumper(&mut self) -> Result<Dumper> {
+        if let Some(d) = self.dumper.take() {
+            return Ok(d);
+        }
+        let root = self.vm.root()?;
+        let guest = &self.guest;
+        self.vm.with_live_mem(|mem| guest.dumper(mem, root))
+    }
+
+    /// The symbols the guest's own `/proc/kallsyms` gave (discovery
+    /// finds them without the guest; this is the guest's word, to check
+    /// against).
+    pub fn kallsyms_symbols(&self) -> &Symbols {
+        &self.symbols
+    }
+
+    /// What discovery found in this guest (it runs on first use).
+    pub fn discovered(&mut self) -> Result<ktstr_walker::discover::Discovered> {
+        let d = self.dumper()?;
+        let found = *d.discovered();
+        self.dumper = Some(d);
+        Ok(found)
     }
 
     /// Read the sched_ext state while the guest runs (for the monitor):
     /// no pause, and values may be caught mid-update.
     pub fn sample(&mut self) -> Result<Report> {
-        let mut tr = self.translator()?;
-        let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
-        let r = self.vm.with_live_mem(|mem| {
-            let mut buf = guest.capture_into(storage, &mem, &mut tr, symbols)?;
-            Ok(guest.render(&mut buf, symbols, None))
-        });
-        self.tr = Some(tr);
-        r
+        let mut dumper = self.dumper()?;
+        let report = self
+            .vm
+            .with_live_mem(|mem| dumper.capture(mem).report(None));
+        self.dumper = Some(dumper);
+        Ok(report)
     }
 
     /// The run's end, if the guest reported it already (no waiting).
@@ -368,17 +375,28 @@ impl Session {
     }
 
     /// Freeze the guest, capture its sched_ext state (and write an ELF core
-    /// to `core` while still frozen, when given), thaw, and render.
+    /// to `core` while still frozen, when given), thaw, and render. A
+    /// capture that ran out of room tells the dumper how much it needs;
+    /// the room is made after the thaw, for the next capture.
     pub fn capture(&mut self, core: Option<&Path>) -> Result<Report> {
-        let mut tr = self.translator()?;
-        let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
-        // Capture while frozen; render once the guest runs again.
-        let frozen = self.vm.frozen(core, |mem| {
-            guest.capture_into(storage, &mem, &mut tr, symbols)
-        });
-        self.tr = Some(tr);
-        let (buf, paused) = frozen?;
-        Ok(guest.render(&mut buf?, symbols, Some(paused.as_nanos() as u64)))
+        let mut dumper = self.dumper()?;
+        let d = &mut dumper;
+        let (captured, paused) = match self.vm.frozen(core, move |mem| Dumper::capture(d, mem)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.dumper = Some(dumper);
+                return Err(e.into());
+            }
+        };
+        let needed = captured.needed();
+        // Decoding reads no guest memory: done after the thaw.
+        let report = captured.report(Some(Pause {
+            total_ns: Some(paused.as_nanos() as u64),
+            ..Pause::default()
+        }));
+        grow(&mut dumper, needed);
+        self.dumper = Some(dumper);
+        Ok(report)
     }
 
     /// Which backend runs the guest.
@@ -446,4 +464,19 @@ fn link_time_text(kernel: &Kernel) -> Option<u64> {
         .iter()
         .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".text"))
         .map(|s| s.sh_addr)
+}
+
+/// Make room for what the last capture saw, for the next one.
+fn grow(dumper: &mut Dumper, needed: ktstr_walker::capture::storage::Capacity) {
+    let have = dumper.capacity();
+    let more = |need: usize, have: usize| if need > have { need.next_power_of_two() } else { have };
+    let want = ktstr_walker::capture::storage::Capacity {
+        cpus: more(needed.cpus, have.cpus),
+        dsqs: more(needed.dsqs, have.dsqs),
+        queued: more(needed.queued, have.queued),
+        runnable: more(needed.runnable, have.runnable),
+        tasks: more(needed.tasks, have.tasks),
+        cgroups: more(needed.cgroups, have.cgroups),
+    };
+    dumper.reserve(want);
 }

@@ -29,6 +29,8 @@ pub mod translate;
 pub mod walk;
 
 #[cfg(feature = "std")]
+pub mod embed;
+#[cfg(feature = "std")]
 pub mod kernel;
 #[cfg(feature = "std")]
 pub mod render;

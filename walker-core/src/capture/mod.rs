@@ -20,7 +20,7 @@ mod tasks;
 pub use buf::Slots;
 pub use records::{
     CPU_BYTES, CgroupRecord, CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span,
-    TASK_BYTES, TaskRecord,
+    TASK_BYTES, TaskRecord, kernel_bytes, kernel_str,
 };
 use records::{CpuBytes, TaskBytes};
 
@@ -74,6 +74,10 @@ pub struct Limits {
     pub max_tasks: u32,
     /// Bounds of the user-DSQ hash-table walk.
     pub hash: HashLimits,
+    /// Bytes of guest memory one capture may read; reads past it fail
+    /// (and show as faults), so a hostile guest cannot make a capture
+    /// read without end.
+    pub max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -82,6 +86,8 @@ impl Default for Limits {
             max_list: 1 << 14,
             max_tasks: 1 << 17,
             hash: HashLimits::default(),
+            // ~1 KiB per task at the task bound, plus the CPUs and DSQs.
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -264,7 +270,7 @@ impl Capturer {
         buf: &mut CaptureBuf<'_>,
     ) {
         buf.reset();
-        let counted = CountingMem::new(mem, u64::MAX);
+        let counted = CountingMem::new(mem, limits.max_bytes);
         let cx = Cx {
             mem: &counted,
             target,
