@@ -65,7 +65,9 @@ pub fn dump(opts: &DumpOptions) -> Result<Report> {
         found = discover(&core, regs, &image).context("finding the kernel with the System.map")?;
     }
     let mut dumper = Dumper::new(guest.kernel().clone(), found);
-    dumper.check(&core).context("the translation does not read the kernel's banner")?;
+    dumper
+        .check(&core)
+        .context("the translation does not read the kernel's banner")?;
     let captured = dumper.capture(&core);
     Ok(captured.report(None))
 }

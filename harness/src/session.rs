@@ -62,6 +62,11 @@ pub struct SessionConfig {
     pub shell: bool,
     /// Which VMM runs the guest.
     pub backend: Backend,
+    /// Boot the bzImage itself (QEMU only) instead of its vmlinux's PVH
+    /// entry: its decompressor applies KASLR, which PVH entry never does.
+    pub boot_bzimage: bool,
+    /// Appended to the kernel command line (e.g. `no5lvl`, `pti=on`).
+    pub kernel_args: Vec<String>,
 }
 
 impl SessionConfig {
@@ -81,6 +86,8 @@ impl SessionConfig {
             files: Vec::new(),
             shell: false,
             backend: Backend::Auto,
+            boot_bzimage: false,
+            kernel_args: Vec::new(),
         }
     }
 }
@@ -232,12 +239,27 @@ impl Session {
         let initrd = files.path().join("initrd");
         initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
 
-        let vmlinux = vmlinux_file(&kernel, files.path())?;
+        let vmlinux = match (cfg.boot_bzimage, kernel.image.kind()) {
+            (false, _) => vmlinux_file(&kernel, files.path())?,
+            (true, ktstr_walker::kernel::image::ImageKind::BzImage { .. })
+                if backend != Backend::Kvm =>
+            {
+                kernel.image.source().to_path_buf()
+            }
+            (true, _) => bail!(
+                "booting the bzImage needs a bzImage kernel (got {}) and the QEMU backend",
+                kernel.image.source().display()
+            ),
+        };
+        let cmdline = std::iter::once(CMDLINE)
+            .chain(cfg.kernel_args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut vm = Machine::new(match backend {
             Backend::Kvm => Vm::Kvm(KvmVm::start(
                 vmlinux,
                 initrd,
-                CMDLINE,
+                &cmdline,
                 cfg.topology,
                 cfg.memory_mib,
                 files,
@@ -248,7 +270,7 @@ impl Session {
                     initrd,
                     topology: cfg.topology,
                     memory_mib: cfg.memory_mib,
-                    cmdline: CMDLINE.into(),
+                    cmdline,
                     start_timeout: Duration::from_secs(30),
                     console_stdio: cfg.shell,
                 },
@@ -469,7 +491,13 @@ fn link_time_text(kernel: &Kernel) -> Option<u64> {
 /// Make room for what the last capture saw, for the next one.
 fn grow(dumper: &mut Dumper, needed: ktstr_walker::capture::storage::Capacity) {
     let have = dumper.capacity();
-    let more = |need: usize, have: usize| if need > have { need.next_power_of_two() } else { have };
+    let more = |need: usize, have: usize| {
+        if need > have {
+            need.next_power_of_two()
+        } else {
+            have
+        }
+    };
     let want = ktstr_walker::capture::storage::Capacity {
         cpus: more(needed.cpus, have.cpus),
         dsqs: more(needed.dsqs, have.dsqs),

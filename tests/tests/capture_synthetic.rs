@@ -63,6 +63,7 @@ fn report(k: &SyntheticKernel, buf: &CaptureBuf<'_>, pause_ns: Option<u64>) -> R
         symbols: &k.symbols,
         names: &names,
         pause_ns,
+        pause: None,
     };
     Report::from_capture(buf, &ctx)
 }

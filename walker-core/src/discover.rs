@@ -147,6 +147,12 @@ pub struct Discovered {
     pub nr_cpu_ids: u32,
     /// `nr_node_ids` (1 when the kernel has no such symbol).
     pub nr_node_ids: u32,
+    /// Bytes of the direct map the translator takes without a walk:
+    /// `max_pfn` pages. KASLR puts vmalloc and vmemmap right after the
+    /// RAM's part of the direct map region, so its nominal size would
+    /// claim their addresses; 0 (every direct-map address walked) when
+    /// `max_pfn` is unknown.
+    pub direct_map_size: u64,
     /// Guest reads discovery made.
     pub reads: u64,
 }
@@ -158,10 +164,7 @@ impl Discovered {
         TranslatorConfig {
             phys_base: self.phys_base,
             page_offset_base: self.page_offset_base,
-            direct_map_size: match self.root.levels {
-                Levels::Four => DIRECT_MAP_SIZE_L4,
-                Levels::Five => DIRECT_MAP_SIZE_L5,
-            },
+            direct_map_size: self.direct_map_size,
             kernel_image_size: KERNEL_IMAGE_SIZE,
             root: Some(self.root),
         }
@@ -329,14 +332,38 @@ pub fn discover<M: GuestMem + ?Sized>(
         symbols,
         nr_cpu_ids: 0,
         nr_node_ids: 1,
+        direct_map_size: 0,
         reads: 0,
     };
+    // Direct-map validation below needs the banner's page in the shortcut.
+    let nominal = match vcpu_root.levels {
+        Levels::Four => DIRECT_MAP_SIZE_L4,
+        Levels::Five => DIRECT_MAP_SIZE_L5,
+    };
+    if let Some(va) = symbols.max_pfn {
+        let max_pfn: u64 =
+            image_tr
+                .read_virt_pod(mem, va)
+                .map_err(|source| DiscoverError::Read {
+                    what: "max_pfn",
+                    source,
+                })?;
+        d.direct_map_size = max_pfn
+            .checked_mul(4096)
+            .filter(|b| (1..=nominal).contains(b) && *b > banner_pa)
+            .ok_or(DiscoverError::Implausible {
+                what: "max_pfn",
+                value: max_pfn,
+                why: "no direct map of that many pages holds the kernel",
+            })?;
+    }
     let mut tr = d.translator();
     // Every way of reaching the banner agrees, or nothing is returned.
     if !reads_back(mem, &mut walk_only(d.root), banner_rt, banner) {
         return Err(DiscoverError::Mismatch("page tables"));
     }
     let direct = page_offset_base.wrapping_add(banner_pa);
+    // Without max_pfn the direct map is walked: check it the same way.
     if !reads_back(mem, &mut tr, direct, banner) {
         return Err(DiscoverError::Mismatch("direct map"));
     }

@@ -76,7 +76,13 @@ impl Kernel {
 
     /// From parts: `link` are link-time addresses, `banner` the vmlinux's
     /// `linux_banner` without its NUL.
-    pub fn new(layout: Layout, consts: Consts, names: Names, link: Symbols, banner: Vec<u8>) -> Self {
+    pub fn new(
+        layout: Layout,
+        consts: Consts,
+        names: Names,
+        link: Symbols,
+        banner: Vec<u8>,
+    ) -> Self {
         Self {
             capturer: Capturer::new(&layout),
             layout,

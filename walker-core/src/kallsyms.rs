@@ -58,7 +58,9 @@ pub enum KallsymsError {
         markers: u32,
     },
     /// No encoding of `kallsyms_offsets` gives sorted kernel addresses.
-    #[error("kallsyms_offsets not found, or in no known encoding, next to the token index at {0:#x}")]
+    #[error(
+        "kallsyms_offsets not found, or in no known encoding, next to the token index at {0:#x}"
+    )]
     NoOffsets(u64),
     /// A name entry runs past the table or expands past `KSYM_NAME_LEN`.
     #[error("kallsyms name {index} at {at:#x} is malformed")]
@@ -121,13 +123,19 @@ pub struct Kallsyms<'a> {
 }
 
 fn u16_at(d: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(d.get(at..at.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        d.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn u32_at(d: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        d.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(d: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        d.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// Length of the NUL-terminated string at `at` (at most `KSYM_NAME_LEN`).
@@ -277,7 +285,11 @@ impl<'a> Kallsyms<'a> {
             let padded = names
                 .checked_sub(8)
                 .filter(|c| u32_at(d, c + 4) == Some(0) && Self::aligned(base, *c, 8));
-            if let Some(found) = names.checked_sub(4).and_then(fits).or_else(|| padded.and_then(fits)) {
+            if let Some(found) = names
+                .checked_sub(4)
+                .and_then(fits)
+                .or_else(|| padded.and_then(fits))
+            {
                 break found;
             }
             names = names.checked_sub(4).ok_or(no_names)?;
@@ -366,8 +378,10 @@ impl<'a> Kallsyms<'a> {
             // The relative base is the lowest relative symbol: offset 0,
             // or -1 when per-CPU symbols are absolute.
             candidates[0] = (first == 0).then_some(Encoding::RelativeBase(b));
-            let first_negative = (0..n).find_map(|i| u32_at(d, offsets + 4 * i).filter(|o| (*o as i32) < 0));
-            candidates[1] = (first_negative == Some(u32::MAX)).then_some(Encoding::AbsolutePercpu(b));
+            let first_negative =
+                (0..n).find_map(|i| u32_at(d, offsets + 4 * i).filter(|o| (*o as i32) < 0));
+            candidates[1] =
+                (first_negative == Some(u32::MAX)).then_some(Encoding::AbsolutePercpu(b));
         }
         candidates[2] = Some(Encoding::PcRelative);
         for e in candidates.into_iter().flatten() {

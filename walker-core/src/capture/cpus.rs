@@ -97,9 +97,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     dsqs: &mut Result<dsq::DsqReader, Fault>,
 ) -> Result<(), Fault> {
     let (l, syms) = (cx.target.layout, cx.target.symbols);
-    let runqueues = syms
-        .runqueues
-        .ok_or(Fault::MissingSymbol("runqueues"))?;
+    let runqueues = syms.runqueues.ok_or(Fault::MissingSymbol("runqueues"))?;
     let offsets = syms
         .per_cpu_offset
         .filter(|a| *a != 0)
@@ -200,7 +198,11 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
                     .read_virt_pod::<u32, _>(cx.mem, curr.wrapping_add(u64::from(task.pid)))
                     .ok()
                     .map(|p| p as i32);
-                let _ = tr.read_virt(cx.mem, curr.wrapping_add(u64::from(task.comm)), &mut curr_comm);
+                let _ = tr.read_virt(
+                    cx.mem,
+                    curr.wrapping_add(u64::from(task.comm)),
+                    &mut curr_comm,
+                );
                 curr_class = tr
                     .read_virt_pod(cx.mem, curr.wrapping_add(u64::from(task.sched_class)))
                     .unwrap_or(0);

@@ -63,6 +63,7 @@ impl Guest {
         g.set(LOAD + 0x1008, POB);
         g.mem[img + 0x1010..img + 0x1014].copy_from_slice(&4u32.to_le_bytes());
         g.mem[img + 0x1014..img + 0x1018].copy_from_slice(&2u32.to_le_bytes());
+        g.set(LOAD + 0x1018, (MEM / 4096) as u64);
         // init_top_pgt: a copy of the root's top table.
         let top = g.mem[g.root as usize..g.root as usize + 4096].to_vec();
         g.mem[img + 0x2000..img + 0x3000].copy_from_slice(&top);
@@ -73,6 +74,7 @@ impl Guest {
             ("page_offset_base", 0x1008),
             ("nr_cpu_ids", 0x1010),
             ("nr_node_ids", 0x1014),
+            ("max_pfn", 0x1018),
             ("init_top_pgt", 0x2000),
         ] {
             g.link.set(name, TEXT + off);
@@ -113,6 +115,7 @@ fn finds_slide_phys_base_and_kernel_root_at_both_depths() {
             );
             assert_eq!(d.page_offset_base, POB);
             assert_eq!((d.nr_cpu_ids, d.nr_node_ids), (4, 2));
+            assert_eq!(d.direct_map_size, MEM as u64);
             assert!(d.kernel_root, "init_top_pgt maps the kernel");
             assert_eq!(d.root.cr3, LOAD + 0x2000);
             assert_eq!(d.root.levels, levels);

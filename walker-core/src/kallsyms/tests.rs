@@ -115,4 +115,3 @@ fn a_misaligned_base_finds_nothing_rather_than_garbage() {
     let (d, _) = table(300, 64);
     assert!(Kallsyms::find(&d, BASE + 4).is_err());
 }
-

@@ -150,7 +150,8 @@ impl Report {
             )),
         )?;
         if let Some(p) = &h.pause {
-            let ms = |v: Option<u64>| v.map_or("-".into(), |v| std::format!("{:.3}", v as f64 / 1e6));
+            let ms =
+                |v: Option<u64>| v.map_or("-".into(), |v| std::format!("{:.3}", v as f64 / 1e6));
             writeln!(
                 s,
                 "  pause split (ms): stop {}, capture {}, resume {}",
