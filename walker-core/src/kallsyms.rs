@@ -177,7 +177,7 @@ impl<'a> Kallsyms<'a> {
     /// Whether offset `at` of `data` is `align`-aligned in the kernel's
     /// address space.
     fn aligned(base: u64, at: usize, align: u64) -> bool {
-        base.wrapping_add(at as u64) % align == 0
+        base.wrapping_add(at as u64).is_multiple_of(align)
     }
 
     /// The token table and index around the digit tokens at `digit0`.

@@ -69,7 +69,7 @@ pub fn encode(base: u64, syms: &[(u8, &str, u64)], style: Style) -> Vec<u8> {
     // Up to 8 (Aligned) or to the next table's natural alignment (Packed).
     let align_to = |v: &mut Vec<u8>, natural: usize| {
         let a = if style == Style::Aligned { 8 } else { natural };
-        while (base as usize + v.len()) % a != 0 {
+        while !(base as usize + v.len()).is_multiple_of(a) {
             v.push(0);
         }
     };
