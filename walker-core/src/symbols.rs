@@ -9,7 +9,7 @@ macro_rules! symbols {
     ($( $(#[$doc:meta])* $field:ident = $sym:literal ),* $(,)?) => {
         /// Addresses of the kernel symbols the walkers know about.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-        #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "embed", derive(serde::Serialize, serde::Deserialize))]
         pub struct Symbols {
             $( $(#[$doc])* pub $field: Option<u64>, )*
         }

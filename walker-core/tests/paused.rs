@@ -184,7 +184,8 @@ fn null_or_unreadable_roots_are_faults_not_empty_states() {
     let mem = k.mem();
     // Far past the synthetic kernel's memory.
     let nowhere = 0xffff_ffff_bfff_0000;
-    let cases: [(&str, u64, fn(&Health) -> Fault); 5] = [
+    type Pass = fn(&Health) -> Fault;
+    let cases: [(&str, u64, Pass); 5] = [
         ("scx_tasks", 0, |h| h.tasks),
         ("scx_tasks", nowhere, |h| h.tasks),
         ("scx_root", nowhere, |h| h.sched),

@@ -11,7 +11,7 @@ use crate::Symbols;
 use crate::discover::KernelImage;
 use crate::kallsyms::{Kallsyms, KallsymsError};
 use crate::kernel::btf::{BtfError, KernelBtf};
-use crate::kernel::image::elf;
+use crate::kernel::elf;
 use crate::kernel::ksyms::SymbolTable;
 
 /// Longest banner read.

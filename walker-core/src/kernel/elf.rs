@@ -6,9 +6,10 @@ use std::vec::Vec;
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64};
-use goblin::elf::program_header::{PT_NOTE, ProgramHeader};
+use goblin::elf::program_header::ProgramHeader;
 use goblin::elf::section_header::SectionHeader;
 
+#[cfg(feature = "images")]
 use crate::kernel::elfcore::note::{Note, Notes};
 
 const CTX: Ctx = Ctx {
@@ -45,6 +46,7 @@ fn file_range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
 
 /// Every well-formed note of the `PT_NOTE` segments (malformed note areas
 /// end their segment's walk).
+#[cfg(feature = "images")]
 pub(super) fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
     let Ok(h) = goblin::elf::Elf::parse_header(bytes) else {
         return Vec::new();
@@ -55,7 +57,7 @@ pub(super) fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
     let phdrs = ProgramHeader::parse(bytes, phoff, usize::from(h.e_phnum), CTX).unwrap_or_default();
     phdrs
         .iter()
-        .filter(|p| p.p_type == PT_NOTE)
+        .filter(|p| p.p_type == goblin::elf::program_header::PT_NOTE)
         .filter_map(|p| file_range(bytes, p.p_offset, p.p_filesz))
         .flat_map(|area| Notes::new(area).map_while(Result::ok))
         .collect()
