@@ -206,3 +206,35 @@ fn null_or_unreadable_roots_are_faults_not_empty_states() {
         assert!(!r.health.faults.is_empty(), "{name}: in the report too");
     }
 }
+
+#[test]
+fn discover_once_then_capture_through_the_public_entry_point() {
+    let (mut k, t) = busy_kernel(5);
+    let (regs, banner) = k.discoverable();
+    let kernel = Kernel::new(
+        k.layout,
+        Consts::default(),
+        Names::default(),
+        k.symbols,
+        banner,
+    );
+    let mem = k.mem();
+    let mut d = Dumper::discover(kernel, &mem, regs).unwrap();
+    let found = *d.discovered();
+    assert_eq!((found.slide, found.phys_base), (0, 0));
+    assert!(found.kernel_root);
+    assert_eq!(found.nr_cpu_ids as usize, k.nr_cpus());
+    d.check(&mem).unwrap();
+    let r = d.capture(&mem).report(None);
+    assert!(r.health.faults.is_empty(), "{:?}", r.health);
+    assert_eq!(r.tasks.len(), t.len());
+    // Another kernel's banner: discovery refuses rather than guess.
+    let other = Kernel::new(
+        k.layout,
+        Consts::default(),
+        Names::default(),
+        k.symbols,
+        b"Linux version 9.9.9-other".to_vec(),
+    );
+    assert!(Dumper::discover(other, &mem, regs).is_err());
+}
