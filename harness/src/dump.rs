@@ -7,8 +7,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
-use ktstr_walker::discover::{KernelImage, VcpuRegs, discover};
+use anyhow::{Context, Result, bail};
+use ktstr_walker::discover::{KernelImage, VcpuRegs, discover, discover_from_symbols};
 use ktstr_walker::embed::Dumper;
 use ktstr_walker::kernel::elfcore::ElfCore;
 use ktstr_walker::kernel::ksyms::SymbolTable;
@@ -41,33 +41,54 @@ pub fn dump(opts: &DumpOptions) -> Result<Report> {
         .with_context(|| format!("reading core file {}", opts.core.display()))?;
     // --cr3, else the first vCPU's CR3 in the core's notes.
     let cpu = core.cpus().iter().find(|c| c.cr3.is_some());
-    let regs = VcpuRegs {
-        cr3: opts.cr3.or(cpu.and_then(|c| c.cr3)).ok_or_else(|| {
-            anyhow!("the core's notes hold no CR3 (not a QEMU dump-guest-memory core?): pass --cr3")
-        })?,
-        cr4: cpu.and_then(|c| c.cr4).unwrap_or(0),
+    let cr3 = opts.cr3.or(cpu.and_then(|c| c.cr3));
+    let runtime = match &opts.kallsyms {
+        Some(p) => Some(SymbolTable::open_kallsyms(p)?.symbols()),
+        None => None,
     };
-    let mut found = guest
-        .kernel()
-        .discover(&core, regs)
-        .context("finding the kernel in the core")?;
-    // Runtime symbols from a kallsyms file replace the discovered ones;
-    // link-time ones (System.map) are rediscovered with them.
-    if let Some(p) = &opts.kallsyms {
-        found.symbols = SymbolTable::open_kallsyms(p)?.symbols();
-    } else if let Some(p) = &opts.system_map {
-        let link = SymbolTable::open_system_map(p)?.symbols();
-        let banner = guest_banner(&kernel)?;
-        let image = KernelImage {
-            symbols: &link,
-            banner: &banner,
-        };
-        found = discover(&core, regs, &image).context("finding the kernel with the System.map")?;
-    }
+    let found = match (cr3, &runtime) {
+        (Some(cr3), _) => {
+            let regs = VcpuRegs {
+                cr3,
+                cr4: cpu.and_then(|c| c.cr4).unwrap_or(0),
+            };
+            let mut found = match &opts.system_map {
+                // Link-time symbols from the System.map instead of the vmlinux's.
+                Some(p) => {
+                    let link = SymbolTable::open_system_map(p)?.symbols();
+                    let banner = guest_banner(&kernel)?;
+                    let image = KernelImage {
+                        symbols: &link,
+                        banner: &banner,
+                    };
+                    discover(&core, regs, &image)
+                }
+                None => guest.kernel().discover(&core, regs),
+            }
+            .context("finding the kernel in the core")?;
+            // A kallsyms file of the same boot has the last word on symbols.
+            if let Some(r) = runtime {
+                found.symbols = r;
+            }
+            found
+        }
+        (None, Some(runtime)) => {
+            tracing::warn!(
+                "no CR3 in the core or on the command line: reading the kernel image and direct map only"
+            );
+            discover_from_symbols(&core, runtime)
+                .context("finding the kernel in the core with the kallsyms file")?
+        }
+        (None, None) => bail!(
+            "the core's notes hold no CR3 (not a QEMU dump-guest-memory core?): pass --cr3, or --kallsyms with the guest's /proc/kallsyms"
+        ),
+    };
     let mut dumper = Dumper::new(guest.kernel().clone(), found);
-    dumper
-        .check(&core)
-        .context("the translation does not read the kernel's banner")?;
+    if found.symbols.linux_banner.is_some() {
+        dumper
+            .check(&core)
+            .context("the translation does not read the kernel's banner")?;
+    }
     let captured = dumper.capture(&core);
     Ok(captured.report(None))
 }

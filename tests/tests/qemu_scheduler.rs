@@ -152,13 +152,17 @@ fn run_booted(
     use ktstr_walker::translate::Levels;
     match boot {
         Boot::Pvh => {
-            assert_eq!(found.root.levels, Levels::Four, "PVH entry");
+            assert_eq!(found.root.unwrap().levels, Levels::Four, "PVH entry");
             assert_eq!(found.slide, 0, "PVH entry");
         }
         Boot::BzImageKaslrPti => {
             // `-cpu max` under TCG has LA57, which the decompressor uses.
             if !ktstr_vmm::hardware_virt() {
-                assert_eq!(found.root.levels, Levels::Five, "LA57 under -cpu max");
+                assert_eq!(
+                    found.root.unwrap().levels,
+                    Levels::Five,
+                    "LA57 under -cpu max"
+                );
             }
             if offset == 0 {
                 eprintln!("{test}: KASLR chose slide 0 this boot (1 in ~500)");

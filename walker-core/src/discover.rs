@@ -135,8 +135,10 @@ pub struct Discovered {
     /// `page_offset_base`.
     pub page_offset_base: u64,
     /// The root walks start from: the kernel's `init_top_pgt` when it
-    /// maps the kernel, else the vCPU's (kernel half under PTI).
-    pub root: PageTableRoot,
+    /// maps the kernel, else the vCPU's (kernel half under PTI); `None`
+    /// when no CR3 was known ([`discover_from_symbols`]): then only the
+    /// kernel image and the direct map can be read.
+    pub root: Option<PageTableRoot>,
     /// Whether `root` is the kernel's `init_top_pgt` (else the vCPU's).
     pub kernel_root: bool,
     /// The vCPU's CR3 held the user half of a PTI pair.
@@ -166,7 +168,7 @@ impl Discovered {
             page_offset_base: self.page_offset_base,
             direct_map_size: self.direct_map_size,
             kernel_image_size: KERNEL_IMAGE_SIZE,
-            root: Some(self.root),
+            root: self.root,
         }
     }
 
@@ -326,7 +328,7 @@ pub fn discover<M: GuestMem + ?Sized>(
         slide,
         phys_base,
         page_offset_base,
-        root: kernel_root.unwrap_or(root),
+        root: Some(kernel_root.unwrap_or(root)),
         kernel_root: kernel_root.is_some(),
         user_pti_root: root.pti,
         symbols,
@@ -359,7 +361,12 @@ pub fn discover<M: GuestMem + ?Sized>(
     }
     let mut tr = d.translator();
     // Every way of reaching the banner agrees, or nothing is returned.
-    if !reads_back(mem, &mut walk_only(d.root), banner_rt, banner) {
+    if !reads_back(
+        mem,
+        &mut walk_only(kernel_root.unwrap_or(root)),
+        banner_rt,
+        banner,
+    ) {
         return Err(DiscoverError::Mismatch("page tables"));
     }
     let direct = page_offset_base.wrapping_add(banner_pa);
@@ -392,6 +399,96 @@ pub fn discover<M: GuestMem + ?Sized>(
     }
     d.reads = counted.reads.get();
     Ok(d)
+}
+
+/// Most physical load offsets tried by [`discover_from_symbols`]: 64 GiB
+/// of guest memory in 2 MiB steps.
+pub const PHYS_BASE_CANDIDATES: u64 = (64 << 30) / SLIDE_STEP;
+
+/// The translation for a guest whose runtime symbols are known (a kallsyms
+/// file of the same boot) but no vCPU register is: `phys_base` is the
+/// offset at which the `phys_base` variable, read through the kernel-image
+/// mapping, holds itself (tried at 0 first, then every 2 MiB step, at
+/// most [`PHYS_BASE_CANDIDATES`]); `page_offset_base`, `nr_cpu_ids` and
+/// `max_pfn` are then read through that mapping. Without a root, what is
+/// neither in the image nor in the direct map (vmalloc'ed memory) cannot
+/// be read, and faults say so.
+pub fn discover_from_symbols<M: GuestMem + ?Sized>(
+    mem: &M,
+    symbols: &Symbols,
+) -> Result<Discovered, DiscoverError> {
+    let counted = Counted {
+        mem,
+        reads: core::cell::Cell::new(0),
+    };
+    let mem = &counted;
+    let var = symbols
+        .phys_base
+        .ok_or(DiscoverError::MissingSymbol("phys_base"))?;
+    let image = |phys_base| {
+        Translator::new(TranslatorConfig {
+            phys_base,
+            page_offset_base: 0,
+            direct_map_size: 0,
+            kernel_image_size: KERNEL_IMAGE_SIZE,
+            root: None,
+        })
+    };
+    // The variable's physical address moves with phys_base by the same
+    // amount, so only the right candidate reads back as itself.
+    let phys_base = (0..PHYS_BASE_CANDIDATES)
+        .map(|k| k * SLIDE_STEP)
+        .chain((1..PHYS_BASE_CANDIDATES).map(|k| (k * SLIDE_STEP).wrapping_neg()))
+        .find(|p| image(*p).read_virt_pod::<u64, _>(mem, var).ok() == Some(*p))
+        .ok_or(DiscoverError::Implausible {
+            what: "phys_base",
+            value: 0,
+            why: "no 2 MiB load offset reads the phys_base variable back as itself",
+        })?;
+    let mut tr = image(phys_base);
+    let mut read = |what: &'static str, sym: Option<u64>| -> Result<u64, DiscoverError> {
+        let va = sym.ok_or(DiscoverError::MissingSymbol(what))?;
+        tr.read_virt_pod::<u64, _>(mem, va)
+            .map_err(|source| DiscoverError::Read { what, source })
+    };
+    let page_offset_base = read("page_offset_base", symbols.page_offset_base)?;
+    if page_offset_base >> 63 == 0 || page_offset_base & ((1 << 30) - 1) != 0 {
+        return Err(DiscoverError::Implausible {
+            what: "page_offset_base",
+            value: page_offset_base,
+            why: "not a 1 GiB-aligned kernel address",
+        });
+    }
+    let nr_cpu_ids = read("nr_cpu_ids", symbols.nr_cpu_ids)? as u32;
+    if !(1..=MAX_CPUS).contains(&nr_cpu_ids) {
+        return Err(DiscoverError::Implausible {
+            what: "nr_cpu_ids",
+            value: u64::from(nr_cpu_ids),
+            why: "not between 1 and NR_CPUS (8192)",
+        });
+    }
+    let nr_node_ids = match symbols.nr_node_ids {
+        Some(_) => (read("nr_node_ids", symbols.nr_node_ids)? as u32).clamp(1, MAX_NODES),
+        None => 1,
+    };
+    let direct_map_size = match symbols.max_pfn {
+        Some(_) => read("max_pfn", symbols.max_pfn)?.saturating_mul(4096),
+        // Without KASLR the direct map's nominal size holds nothing else.
+        None => DIRECT_MAP_SIZE_L4,
+    };
+    Ok(Discovered {
+        slide: 0,
+        phys_base,
+        page_offset_base,
+        root: None,
+        kernel_root: false,
+        user_pti_root: false,
+        symbols: *symbols,
+        nr_cpu_ids,
+        nr_node_ids,
+        direct_map_size,
+        reads: counted.reads.get(),
+    })
 }
 
 /// Move link-time kernel-image addresses by `slide`; per-CPU offsets of

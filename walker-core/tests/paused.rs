@@ -13,9 +13,7 @@ use ktstr_walker::discover::Discovered;
 use ktstr_walker::embed::{Dumper, Kernel};
 use ktstr_walker::render::Names;
 use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
-use ktstr_walker::translate::{
-    DEFAULT_PAGE_OFFSET_BASE, DIRECT_MAP_SIZE_L4, Levels, PageTableRoot,
-};
+use ktstr_walker::translate::{DEFAULT_PAGE_OFFSET_BASE, DIRECT_MAP_SIZE_L4};
 
 /// Counts this thread's allocations (tests run on several threads).
 struct Counting;
@@ -56,11 +54,7 @@ fn found(k: &SyntheticKernel, symbols: ktstr_walker::Symbols) -> Discovered {
         slide: 0,
         phys_base: 0,
         page_offset_base: DEFAULT_PAGE_OFFSET_BASE,
-        root: PageTableRoot {
-            cr3: 0,
-            levels: Levels::Four,
-            pti: false,
-        },
+        root: None,
         kernel_root: false,
         user_pti_root: false,
         symbols,

@@ -117,8 +117,9 @@ fn finds_slide_phys_base_and_kernel_root_at_both_depths() {
             assert_eq!((d.nr_cpu_ids, d.nr_node_ids), (4, 2));
             assert_eq!(d.direct_map_size, MEM as u64);
             assert!(d.kernel_root, "init_top_pgt maps the kernel");
-            assert_eq!(d.root.cr3, LOAD + 0x2000);
-            assert_eq!(d.root.levels, levels);
+            let root = d.root.unwrap();
+            assert_eq!(root.cr3, LOAD + 0x2000);
+            assert_eq!(root.levels, levels);
             assert_eq!(d.symbols.nr_cpu_ids, Some(TEXT + 0x1010 + slide));
             assert_eq!(d.symbols.runqueues, Some(0x3_4000), "per-CPU offsets stay");
             // The translator it describes reads the kernel's variables.
@@ -208,5 +209,25 @@ fn arbitrary_memory_is_an_error_not_a_panic() {
         for levels in [Levels::Four, Levels::Five] {
             assert!(discover(&mem, regs(cr3, levels), &g.image()).is_err());
         }
+    }
+}
+
+#[test]
+fn runtime_symbols_alone_find_phys_base_by_its_own_value() {
+    for slide in [0, 0x1e00_0000] {
+        let g = Guest::new(Levels::Four, slide);
+        let mem = SliceMem::new(0, &g.mem);
+        let mut runtime = g.link;
+        slide_image_symbols(&mut runtime, slide);
+        let d = discover_from_symbols(&mem, &runtime).unwrap();
+        assert_eq!(
+            d.phys_base,
+            LOAD.wrapping_sub(TEXT + slide - START_KERNEL_MAP)
+        );
+        assert_eq!((d.page_offset_base, d.nr_cpu_ids, d.root), (POB, 4, None));
+        // Symbols of another boot: nothing reads back as itself.
+        let mut other = runtime;
+        slide_image_symbols(&mut other, 0x40_0000);
+        assert!(discover_from_symbols(&mem, &other).is_err());
     }
 }
