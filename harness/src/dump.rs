@@ -83,6 +83,26 @@ pub fn dump(opts: &DumpOptions) -> Result<Report> {
             "the core's notes hold no CR3 (not a QEMU dump-guest-memory core?): pass --cr3, or --kallsyms with the guest's /proc/kallsyms"
         ),
     };
+    // A core's VMCOREINFO (kdump, or QEMU with -device vmcoreinfo) is the
+    // kernel's own word: what discovery found must agree with it.
+    if let Some(info) = core.vmcoreinfo() {
+        if let Some(offset) = info.kernel_offset().filter(|_| found.root.is_some())
+            && offset != found.slide
+        {
+            bail!(
+                "VMCOREINFO says KERNELOFFSET={offset:#x}, discovery found a slide of {:#x}",
+                found.slide
+            );
+        }
+        let theirs = info.symbols();
+        for name in ktstr_walker::Symbols::NAMES {
+            if let (Some(a), Some(b)) = (theirs.get(name), found.symbols.get(name))
+                && a != b
+            {
+                bail!("VMCOREINFO says {name} is at {a:#x}, discovery found {b:#x}");
+            }
+        }
+    }
     let mut dumper = Dumper::new(guest.kernel().clone(), found);
     if found.symbols.linux_banner.is_some() {
         dumper

@@ -232,3 +232,34 @@ fn discover_once_then_capture_through_the_public_entry_point() {
     );
     assert!(Dumper::discover(other, &mem, regs).is_err());
 }
+
+#[test]
+fn a_target_with_another_layout_is_refused_not_misread() {
+    use ktstr_walker::capture::storage::CaptureStorage;
+    use ktstr_walker::capture::{Capturer, Limits};
+    use ktstr_walker::translate::Translator;
+    let (k, _) = busy_kernel(3);
+    let mut other = k.layout;
+    if let Some(t) = other.task.as_mut() {
+        t.pid += 8;
+    }
+    let capturer = Capturer::new(&other);
+    let mut storage = CaptureStorage::new(Capacity::for_guest(k.nr_cpus(), 16));
+    let mut buf = storage.buf();
+    let mut tr = Translator::default();
+    capturer.capture_raw(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
+    let h = buf.health;
+    assert_eq!(h.reads, 0);
+    for f in [h.sched, h.cpus, h.dsqs, h.tasks, h.cgroups] {
+        assert_eq!(f, Fault::LayoutMismatch);
+    }
+    // The capturer of the target's own layout reads it.
+    Capturer::new(&k.layout).capture_raw(
+        &k.mem(),
+        &mut tr,
+        &k.target(),
+        &Limits::default(),
+        &mut buf,
+    );
+    assert_eq!(buf.health.tasks, Fault::None);
+}

@@ -219,6 +219,9 @@ pub fn capture<M: GuestMem + ?Sized>(
 /// kernel, next to its [`Layout`].
 #[derive(Debug, Clone)]
 pub struct Capturer {
+    /// The layout the plans were made for: a target with another is
+    /// refused, since its offsets would be read at the planned ones.
+    layout: Layout,
     sched: sched::Plans,
     cpus: Result<cpus::Plans, Fault>,
     dsqs: Result<dsq::DsqReader, Fault>,
@@ -230,6 +233,7 @@ impl Capturer {
     pub fn new(l: &Layout) -> Self {
         let dsqs = dsq::DsqReader::new(l);
         Self {
+            layout: *l,
             sched: sched::Plans::new(l),
             cpus: cpus::Plans::new(l, &dsqs),
             dsqs,
@@ -259,8 +263,8 @@ impl Capturer {
     /// and a task record its address and `css_set`; their other fields
     /// are left as they were.
     /// `target.layout` must be the layout this was planned for: with
-    /// another, members are read at the planned offsets (wrong values,
-    /// never a panic).
+    /// another, nothing is read and every pass faults with
+    /// [`Fault::LayoutMismatch`].
     pub fn capture_raw<M: GuestMem + ?Sized>(
         &self,
         mem: &M,
@@ -270,6 +274,12 @@ impl Capturer {
         buf: &mut CaptureBuf<'_>,
     ) {
         buf.reset();
+        if *target.layout != self.layout {
+            let f = Fault::LayoutMismatch;
+            let h = &mut buf.health;
+            (h.sched, h.cpus, h.dsqs, h.tasks, h.cgroups) = (f, f, f, f, f);
+            return;
+        }
         let counted = CountingMem::new(mem, limits.max_bytes);
         let cx = Cx {
             mem: &counted,

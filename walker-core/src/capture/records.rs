@@ -32,6 +32,9 @@ pub enum Fault {
     /// A value read from the guest is impossible (e.g. a bucket count that
     /// is not a power of two).
     Corrupt(u64),
+    /// The capture's target has another layout than the one its
+    /// [`super::Capturer`] was planned for: nothing was read.
+    LayoutMismatch,
 }
 
 impl Fault {

@@ -293,6 +293,9 @@ fn fault_text(f: Fault) -> Option<String> {
         Fault::MissingGroup(g) => Some(format!("layout group {g} missing from this kernel's BTF")),
         Fault::Unreadable(a) => Some(format!("cannot read guest memory at {a:#x}")),
         Fault::Corrupt(a) => Some(format!("impossible value at {a:#x}")),
+        Fault::LayoutMismatch => Some(
+            "the target's layout is not the one the capturer was planned for: nothing read".into(),
+        ),
     }
 }
 
