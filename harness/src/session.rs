@@ -367,6 +367,16 @@ impl Session {
         &self.symbols
     }
 
+    /// Discovery from the given registers, over live memory, without
+    /// touching this session's dumper (tests try other vCPU states).
+    pub fn discover_with(
+        &self,
+        regs: ktstr_walker::discover::VcpuRegs,
+    ) -> Result<ktstr_walker::discover::Discovered> {
+        let kernel = self.guest.kernel();
+        Ok(self.vm.with_live_mem(|mem| kernel.discover(mem, regs))?)
+    }
+
     /// What discovery found in this guest (it runs on first use).
     pub fn discovered(&mut self) -> Result<ktstr_walker::discover::Discovered> {
         let d = self.dumper()?;

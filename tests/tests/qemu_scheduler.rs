@@ -167,6 +167,22 @@ fn run_booted(
             if offset == 0 {
                 eprintln!("{test}: KASLR chose slide 0 this boot (1 in ~500)");
             }
+            // A vCPU frozen in user mode under PTI holds the user half of
+            // a PGD pair, which maps no kernel data: discovery from it must
+            // find the same kernel through the kernel half.
+            let kernel_pgd = found.root.unwrap().cr3;
+            let user = ktstr_walker::discover::VcpuRegs {
+                cr3: kernel_pgd | 0x1000,
+                cr4: ktstr_walker::discover::CR4_LA57,
+            };
+            let from_user = s
+                .discover_with(user)
+                .expect("discovery from a user PTI root");
+            assert!(from_user.user_pti_root, "the user half was the one given");
+            assert_eq!(
+                (from_user.slide, from_user.phys_base, from_user.symbols),
+                (found.slide, found.phys_base, found.symbols)
+            );
         }
     }
 
