@@ -389,9 +389,12 @@ impl Session {
     /// no pause, and values may be caught mid-update.
     pub fn sample(&mut self) -> Result<Report> {
         let mut dumper = self.dumper()?;
-        let report = self
-            .vm
-            .with_live_mem(|mem| dumper.capture(mem).report(None));
+        let (report, needed) = self.vm.with_live_mem(|mem| {
+            let c = dumper.capture(mem);
+            let needed = c.needed();
+            (c.report(None), needed)
+        });
+        grow(&mut dumper, needed);
         self.dumper = Some(dumper);
         Ok(report)
     }
