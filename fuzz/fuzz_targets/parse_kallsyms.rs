@@ -21,6 +21,8 @@ struct Input {
     flips: Vec<(u32, u8)>,
     /// Or arbitrary bytes instead of a table.
     raw: Option<Vec<u8>>,
+    /// Where the bytes are said to be (any alignment).
+    base_skew: u8,
 }
 
 const BASE: u64 = 0xffff_ffff_8220_0000;
@@ -57,7 +59,8 @@ fuzz_target!(|inp: Input| {
             d
         }
     };
-    if let Ok(k) = Kallsyms::find(&data, BASE) {
+    let base = BASE.wrapping_add(u64::from(inp.base_skew % 8));
+    if let Ok(k) = Kallsyms::find(&data, base) {
         let mut n = 0u32;
         let _ = k.for_each(|_, name, _| {
             assert!(!name.is_empty() || n < k.len());

@@ -275,7 +275,9 @@ impl<'a> Kallsyms<'a> {
         let lo = u64::from((nr_markers - 1).saturating_mul(256));
         let hi = u64::from(nr_markers.saturating_mul(256).min(MAX_SYMS));
         let mut names = markers.checked_sub(last_marker).ok_or(no_names)?;
-        names -= (va(names) & 3) as usize;
+        names = names
+            .checked_sub((va(names) & 3) as usize)
+            .ok_or(no_names)?;
         let (num_syms_at, num_syms) = loop {
             let fits = |count_at: usize| {
                 let n = u64::from(u32_at(d, count_at)?);
