@@ -78,7 +78,7 @@ enum Command {
         /// directory, or cached release (its BTF gives the layout).
         #[arg(long)]
         vmlinux: String,
-        /// /proc/kallsyms of the same boot (needed for stripped kernels).
+        /// /proc/kallsyms of the same boot (optional: symbols come from the kernel's own kallsyms tables in the vmlinux otherwise).
         #[arg(long, conflicts_with = "system_map")]
         kallsyms: Option<std::path::PathBuf>,
         /// System.map of the same build.

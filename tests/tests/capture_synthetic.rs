@@ -63,6 +63,7 @@ fn report(k: &SyntheticKernel, buf: &CaptureBuf<'_>, pause_ns: Option<u64>) -> R
         symbols: &k.symbols,
         names: &names,
         pause_ns,
+        pause: None,
     };
     Report::from_capture(buf, &ctx)
 }
@@ -316,8 +317,10 @@ fn records_beyond_the_bytes_kept_for_them_are_dropped_and_counted() {
     let mut tr = Translator::default();
     capture(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
     assert_eq!((buf.cpus.len(), buf.cpus.dropped()), (2, 1));
-    assert_eq!((buf.tasks.len(), buf.tasks.dropped()), (3, 1));
-    assert!(buf.health.tasks_walk.truncated);
+    // The walk goes on past the last slot, counting: 5 tasks, 3 kept.
+    assert_eq!((buf.tasks.len(), buf.tasks.dropped()), (3, 2));
+    assert!(!buf.health.tasks_walk.truncated);
+    assert_eq!(buf.health.tasks_walk.entries, 5);
     let pids: Vec<i32> = buf.tasks.as_slice().iter().map(|t| t.pid).collect();
     assert_eq!(pids, [1, 2, 3]);
 }
@@ -384,11 +387,12 @@ fn capacity_truncation_cycles_and_missing_groups_are_reported() {
     for &x in &t {
         k.enqueue(user, x);
     }
-    // Too few task slots: 3 recorded, the walk reports truncation, no panic.
+    // Too few task slots: 3 recorded, the other 2 counted as dropped (the
+    // caller learns the room it needs), no panic.
     let mut store = Store::new(3);
     let buf = run(&k, &mut store);
-    assert_eq!(buf.tasks.len(), 3);
-    assert!(buf.health.tasks_walk.truncated);
+    assert_eq!((buf.tasks.len(), buf.tasks.dropped()), (3, 2));
+    assert!(!buf.health.tasks_walk.truncated);
 
     // A cycle inside the user DSQ's list (node 3 -> node 1).
     let l = k.layout;

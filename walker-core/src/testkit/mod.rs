@@ -251,6 +251,40 @@ impl SyntheticKernel {
         va
     }
 
+    /// Give the kernel what [`crate::discover`] looks for: 4-level page
+    /// tables (`init_top_pgt`, mapping the image's first 8 MiB with 2 MiB
+    /// pages; the direct map is not in them), `linux_banner`, `phys_base`,
+    /// `page_offset_base`, `nr_node_ids` and `max_pfn`. Returns the
+    /// registers of a vCPU running on those tables and the banner (the
+    /// vmlinux's bytes, without the NUL).
+    pub fn discoverable(&mut self) -> (crate::discover::VcpuRegs, Vec<u8>) {
+        let banner = b"Linux version 0.0.0-testkit (ktstr@testkit) #1 SMP".to_vec();
+        let at = self.global("linux_banner", banner.len() as u64 + 1);
+        self.write(at, &banner);
+        let nodes = self.global("nr_node_ids", 8);
+        self.write_u32(nodes, 1);
+        let max_pfn = self.global("max_pfn", 8);
+        // 4 GiB: any later allocation stays inside the direct map.
+        self.write_u64(max_pfn, 1 << 20);
+        // Three 4 KiB tables in the image area, page-aligned.
+        let raw = self.global("init_top_pgt", 4 * 4096);
+        let pgd = raw.next_multiple_of(4096);
+        self.symbols.init_top_pgt = Some(pgd);
+        let (pud, pmd) = (pgd + 4096, pgd + 2 * 4096);
+        let entry = |va: u64| Self::pa(va) | 0x3; // present, writable
+        self.write_u64(pgd + 8 * ((KERNEL_MAP >> 39) & 0x1ff), entry(pud));
+        self.write_u64(pud + 8 * ((KERNEL_MAP >> 30) & 0x1ff), entry(pmd));
+        for i in 0..4u64 {
+            // 2 MiB leaves: present, writable, PS.
+            self.write_u64(pmd + 8 * i, (i << 21) | 0x83);
+        }
+        let regs = crate::discover::VcpuRegs {
+            cr3: Self::pa(pgd),
+            cr4: 0,
+        };
+        (regs, banner)
+    }
+
     /// Allocate per-CPU memory (`alloc_percpu`): returns the per-CPU pointer
     /// to which `__per_cpu_offset[cpu]` is added.
     pub fn percpu_alloc(&mut self, size: u64) -> u64 {

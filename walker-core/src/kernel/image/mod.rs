@@ -8,7 +8,7 @@
 
 mod bzimage;
 mod decompress;
-pub(crate) mod elf;
+use super::elf;
 
 use std::path::{Path, PathBuf};
 use std::string::{String, ToString};
