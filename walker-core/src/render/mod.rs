@@ -476,6 +476,7 @@ impl Report {
             })
             .collect();
 
+        let queued_flag = names.task_flag("SCX_TASK_QUEUED").unwrap_or(1);
         let mut running: HashMap<u64, u32> = HashMap::new();
         let cpus: Vec<CpuReport> = buf
             .cpus
@@ -488,14 +489,32 @@ impl Report {
                     &c.runnable_walk,
                     &mut health,
                 );
-                if c.runnable_walk.fault == Fault::None
-                    && !c.runnable_walk.truncated
-                    && c.scx_nr_running != c.runnable.len
-                {
-                    health.inconsistencies.push(format!(
-                        "cpu {}: rq->scx.nr_running={} but {} tasks on its runnable list",
-                        c.cpu, c.scx_nr_running, c.runnable.len
-                    ));
+                if c.runnable_walk.fault == Fault::None && !c.runnable_walk.truncated {
+                    // set_next_task_scx takes the running task off
+                    // rq->scx.runnable_list (put_prev_task_scx puts it
+                    // back) while rq->scx.nr_running still counts it, as
+                    // long as it is queued (SCX_TASK_QUEUED, cleared by
+                    // dequeue_task_scx when it blocks).
+                    let curr_queued_ext = ctx.symbols.ext_sched_class.is_some()
+                        && by_addr.get(&c.curr).is_some_and(|t| {
+                            Some(t.sched_class) == ctx.symbols.ext_sched_class
+                                && i64::from(t.scx_flags) & queued_flag != 0
+                        });
+                    let expected = c.scx_nr_running.saturating_sub(u32::from(curr_queued_ext));
+                    if c.runnable.len != expected {
+                        health.inconsistencies.push(format!(
+                            "cpu {}: rq->scx.nr_running={} {} so {} should be on its runnable list (set_next_task_scx keeps the running task off it), but {} are",
+                            c.cpu,
+                            c.scx_nr_running,
+                            if curr_queued_ext {
+                                "with a queued sched_ext task running,"
+                            } else {
+                                "with no queued sched_ext task running,"
+                            },
+                            expected,
+                            c.runnable.len
+                        ));
+                    }
                 }
                 CpuReport {
                     cpu: c.cpu,
