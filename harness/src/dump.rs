@@ -37,8 +37,7 @@ pub struct DumpOptions {
 pub fn dump(opts: &DumpOptions) -> Result<Report> {
     let kernel = Kernel::resolve(&opts.vmlinux)?;
     let guest = GuestKernel::load(&kernel)?;
-    let core = ElfCore::open(&opts.core)
-        .with_context(|| format!("reading core file {}", opts.core.display()))?;
+    let core = ElfCore::open(&opts.core)?;
     // --cr3, else the first vCPU's CR3 in the core's notes.
     let cpu = core.cpus().iter().find(|c| c.cr3.is_some());
     let cr3 = opts.cr3.or(cpu.and_then(|c| c.cr3));

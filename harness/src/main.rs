@@ -197,7 +197,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ktstr: error: {}", terminal_safe(&format!("{e:#}")));
+            eprintln!("ktstr: error: {}", terminal_safe(&error_text(&e)));
             ExitCode::from(2)
         }
     }
@@ -313,6 +313,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// An error and its causes, each said once: errors that print their source
+/// and also chain it would otherwise repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// `text` with the control characters a guest or a file may have put in
 /// it (escape sequences that would drive the terminal) shown as `\xNN`;
 /// newlines and tabs stay.
@@ -377,6 +394,18 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::other("is a FIFO");
+        let e = anyhow::Error::new(io)
+            .context("cannot read core file x: is a FIFO")
+            .context("dumping");
+        assert_eq!(
+            error_text(&e),
+            "dumping: cannot read core file x: is a FIFO"
+        );
+    }
 
     #[test]
     fn guest_text_cannot_drive_the_terminal() {

@@ -94,11 +94,7 @@ impl Vmlinux<memmap2::Mmap> {
             path: name.clone(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: read-only map of a kernel image nobody rewrites while
-        // it is in use; a truncation under us would be a SIGBUS, not UB in
-        // safe code that reads it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map = crate::kernel::map_file(path).map_err(io)?;
         Self::from_bytes(map, &name)
     }
 }

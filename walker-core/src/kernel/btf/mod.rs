@@ -153,11 +153,7 @@ impl KernelBtf {
             path: name.clone(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // Mapped, not read: of a 62 MB vmlinux only the 5 MB .BTF section
-        // is touched. SAFETY: a read-only map of a kernel file nobody
-        // rewrites while it is read.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map = crate::kernel::map_file(path).map_err(io)?;
         Self::from_bytes(&map, &name)
     }
 
