@@ -64,7 +64,8 @@ step "build"
 cargo build --workspace --all-targets
 
 step "fetch the default sched_ext kernel"
-kernel_dir=$(./target/debug/ktstr kernel fetch | tail -n 1)
+# --kvm-modules: the L1 guest of the nested-virtualization tier loads them.
+kernel_dir=$(./target/debug/ktstr kernel fetch --kvm-modules | tail -n 1)
 
 step "what ktstr reads from it"
 ./target/debug/ktstr kernel info "$kernel_dir"

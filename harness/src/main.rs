@@ -170,6 +170,11 @@ enum KernelCommand {
         /// Do not contact the archive; use the newest cached kernel.
         #[arg(long)]
         offline: bool,
+        /// Also fetch the kernel's KVM modules (irqbypass, kvm, kvm-amd
+        /// from its linux-modules package), for booting it as the L1 guest
+        /// of the nested-virtualization tier (README: backends).
+        #[arg(long)]
+        kvm_modules: bool,
     },
     /// Show what ktstr knows about a kernel: release, image, required config
     /// options, and the struct layout its BTF gives.
@@ -290,8 +295,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Kernel { command } => match command {
-            KernelCommand::Fetch { release, offline } => {
+            KernelCommand::Fetch {
+                release,
+                offline,
+                kvm_modules,
+            } => {
                 let dir = fetch(&FetchOptions { release, offline })?;
+                if kvm_modules {
+                    for m in ktstr::kernel::modules::fetch_kvm_modules(&dir, offline)? {
+                        tracing::info!("KVM module {}", m.display());
+                    }
+                }
                 println!("{}", dir.display());
                 Ok(ExitCode::SUCCESS)
             }

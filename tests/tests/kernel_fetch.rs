@@ -76,3 +76,54 @@ fn fetch_is_idempotent_and_leaves_a_complete_release() {
     .expect("pinned cached release");
     assert_eq!(pinned, dir);
 }
+
+#[test]
+fn kvm_modules_of_the_fetched_kernel_are_decompressed_elf_modules_cached_once() {
+    const TEST: &str = "kvm_modules_of_the_fetched_kernel_are_decompressed_elf_modules_cached_once";
+    if which("apt-get").is_none() {
+        return skip(TEST, Need::Tool, "apt-get not found (not Debian/Ubuntu)");
+    }
+    let dir = match ktstr_tests::cached_kernel_dir() {
+        Ok(d) => d,
+        Err(e) => return skip(TEST, Need::Kernel, &e),
+    };
+    // ./setup.sh fetched them (`ktstr kernel fetch --kvm-modules`); on a
+    // cold cache this downloads the package once.
+    let files = match ktstr::kernel::modules::fetch_kvm_modules(&dir, false) {
+        Ok(f) => f,
+        Err(e) => return skip(TEST, Need::Kernel, &format!("fetch failed: {e}")),
+    };
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["irqbypass.ko", "kvm.ko", "kvm-amd.ko"]);
+    let release = dir.file_name().unwrap().to_string_lossy().into_owned();
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let elf =
+            goblin::elf::Elf::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert_eq!(
+            elf.header.e_type,
+            goblin::elf::header::ET_REL,
+            "{}",
+            f.display()
+        );
+        // The module's vermagic names the kernel it was built for.
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains(&format!("vermagic={release} ")),
+            "{} is not for {release}",
+            f.display()
+        );
+    }
+    let marker = dir
+        .join(ktstr::kernel::modules::KVM_MODULES_DIR)
+        .join(COMPLETE_MARKER);
+    let before = mtime(&marker);
+    assert_eq!(
+        ktstr::kernel::modules::fetch_kvm_modules(&dir, true).unwrap(),
+        files
+    );
+    assert_eq!(mtime(&marker), before, "a second fetch rewrote the modules");
+}

@@ -61,6 +61,9 @@ pub enum FetchError {
         "cannot reach the package archive ({0}) and no kernel is cached under the kernel cache; connect to the network and run `ktstr kernel fetch` again"
     )]
     OfflineEmpty(String),
+    /// Offline, and what is asked for was never downloaded.
+    #[error("{0}")]
+    Offline(String),
     /// A file operation in the cache failed.
     #[error("{path}: {source}")]
     Io {
@@ -80,7 +83,7 @@ pub enum FetchError {
     Cache(#[from] crate::cache::NoCacheDir),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Io {
         path: path.to_path_buf(),
         source,
@@ -143,11 +146,11 @@ fn offline_fallback(kernels: &Path, err: FetchError) -> Result<PathBuf, FetchErr
 }
 
 /// `7.3.4+deb13-cloud-amd64` or `7.3.4+deb13` -> `7.3.4+deb13`.
-fn version_of(v: &str) -> String {
+pub(super) fn version_of(v: &str) -> String {
     v.strip_suffix(FLAVOUR_SUFFIX).unwrap_or(v).to_string()
 }
 
-fn release_of(version: &str) -> String {
+pub(super) fn release_of(version: &str) -> String {
     format!("{version}{FLAVOUR_SUFFIX}")
 }
 
@@ -179,13 +182,13 @@ pub fn binary_versions<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Stri
 }
 
 /// apt with a private state directory.
-struct Apt {
+pub(super) struct Apt {
     root: PathBuf,
     mirror: String,
 }
 
 impl Apt {
-    fn prepare() -> Result<Self, FetchError> {
+    pub(super) fn prepare() -> Result<Self, FetchError> {
         for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
             if which(tool).is_none() {
                 return Err(FetchError::MissingTool(tool));
@@ -226,7 +229,7 @@ impl Apt {
         c
     }
 
-    fn update(&self) -> Result<(), FetchError> {
+    pub(super) fn update(&self) -> Result<(), FetchError> {
         tracing::info!("updating the package list of {SUITE} from {}", self.mirror);
         run(self.cmd("apt-get").args(["-q", "update"]))?;
         Ok(())
@@ -244,8 +247,14 @@ impl Apt {
 
     /// Download the binary and base packages of `version` (once).
     fn download(&self, version: &str) -> Result<Vec<PathBuf>, FetchError> {
-        let dir = self.root.join("debs");
         let pkgs = [BINARY_PREFIX, BASE_PREFIX].map(|p| format!("{p}{version}{FLAVOUR_SUFFIX}"));
+        self.download_packages(&pkgs)
+    }
+
+    /// Download `pkgs` of the suite into the private `debs/` directory,
+    /// those not there yet; returns their files in the order asked.
+    pub(super) fn download_packages(&self, pkgs: &[String]) -> Result<Vec<PathBuf>, FetchError> {
+        let dir = self.root.join("debs");
         let missing: Vec<&String> = pkgs
             .iter()
             .filter(|p| find_deb(&dir, p).is_none())
@@ -257,7 +266,7 @@ impl Apt {
             run(&mut c).map_err(|e| match e {
                 FetchError::Command { stderr, .. } if stderr.contains("Unable to locate") => {
                     FetchError::NoPackage {
-                        what: format!("no package {}", pkgs[0]),
+                        what: format!("no package {}", missing[0]),
                         mirror: self.mirror.clone(),
                     }
                 }
@@ -275,6 +284,13 @@ impl Apt {
             })
             .collect()
     }
+}
+
+/// A downloaded package already in the private `debs/` directory, without
+/// contacting the archive (offline use of what was fetched before).
+pub(super) fn cached_deb(pkg: &str) -> Option<PathBuf> {
+    let root = crate::cache::root().ok()?.join("apt").join("debs");
+    find_deb(&root, pkg)
 }
 
 fn find_deb(dir: &Path, pkg: &str) -> Option<PathBuf> {
@@ -341,7 +357,7 @@ fn first_existing(paths: &[PathBuf]) -> Option<PathBuf> {
 }
 
 /// Run a command, returning stdout; failure carries the stderr tail.
-fn run(cmd: &mut Command) -> Result<String, FetchError> {
+pub(super) fn run(cmd: &mut Command) -> Result<String, FetchError> {
     let line = format!("{cmd:?}").replace('"', "");
     let out = cmd.output().map_err(|e| FetchError::Command {
         cmd: line.clone(),

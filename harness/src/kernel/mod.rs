@@ -4,6 +4,7 @@
 pub mod config;
 pub mod fetch;
 pub mod info;
+pub mod modules;
 pub mod sources;
 pub mod store;
 
