@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod kvm;
 pub mod machine;
 pub mod monitor;
+pub mod nested;
 pub mod qemu;
 pub mod run;
 pub mod scenario;
