@@ -325,6 +325,7 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/shm /root
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+set -o pipefail
 R=/dev/ttyS1
 say() {{ echo "{MARK} $*" >$R; }}
 up() {{ cut -d' ' -f1 /proc/uptime; }}
@@ -365,7 +366,9 @@ say modules "$(up)"
     mkdir -p $o
     say job-begin $n "$(up)"
     echo "ktstr-nested: job $n starts" >/dev/console
-    ( cd $o && exec timeout -s KILL $t "$@" ) >/tmp/$n.log 2>&1 </dev/null
+    # The output goes to the console too: if L1 is cut off mid-job, the
+    # host still has what the job said so far.
+    ( cd $o && exec timeout -s KILL $t "$@" ) 2>&1 </dev/null | tee /tmp/$n.log >/dev/console
     rc=$?
     say job-end $n $rc "$(up)"
     echo "ktstr-nested: job $n exited $rc" >/dev/console
