@@ -17,11 +17,12 @@ step "system packages"
 # debian-archive-keyring: verifies the kernel packages; libc6-dev: the
 # static libc the guest agent links; clang-19, libelf-dev, zlib1g-dev,
 # pkg-config: building scx_bpfland and the workspace's fixture scheduler
-# (scx-fixture/; BPF C needs a recent clang).
+# (scx-fixture/; BPF C needs a recent clang); acpica-tools (iasl): an
+# independent AML disassembler the VMM's ACPI tests read the DSDT with.
 # --no-install-recommends: qemu's recommends pull hundreds of packages.
 pkgs=(qemu-system-x86 busybox-static dwarves bpftool zstd xz-utils lz4 gzip
       ca-certificates debian-archive-keyring libc6-dev
-      clang-19 libelf-dev zlib1g-dev pkg-config)
+      clang-19 libelf-dev zlib1g-dev pkg-config acpica-tools)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -312,7 +312,14 @@ pub enum FrameError {
     /// The JSON is not a message.
     #[error("frame JSON: {0}")]
     Json(String),
+    /// A line grew past [`MAX_FRAME`] without ending.
+    #[error("a line of more than {0} bytes from the agent channel: not the agent speaking")]
+    TooLong(usize),
 }
+
+/// The longest frame a host accepts. The agent's largest (the results,
+/// with the scheduler's output tail) are kilobytes.
+pub const MAX_FRAME: usize = 8 << 20;
 
 /// `msg` as one framed line, newline included.
 pub fn encode(msg: &Msg) -> String {
@@ -348,9 +355,94 @@ pub fn decode(line: &str) -> Result<Msg, FrameError> {
     serde_json::from_str(json).map_err(|e| FrameError::Json(e.to_string()))
 }
 
+/// Noise lines a [`FrameReader`] keeps for error reports; later ones are
+/// only counted.
+const MAX_NOISE_LINES: usize = 50;
+/// Bytes of a noise line kept.
+const MAX_NOISE_LINE: usize = 200;
+
+/// Frames out of a byte stream that may carry anything (a serial port
+/// the kernel also writes to, a hostile guest): lines that are not frames
+/// are kept as noise up to a bound, and no line is buffered past
+/// [`MAX_FRAME`].
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    partial: Vec<u8>,
+    /// The first lines that were not frames.
+    pub noise: Vec<String>,
+    /// Noise lines not kept.
+    pub noise_dropped: u64,
+}
+
+impl FrameReader {
+    /// A reader at the start of a stream.
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// Messages completed by `bytes`, the stream's next output. A frame of
+    /// another protocol version is an error (nothing the agent says can be
+    /// trusted), and so is a line longer than [`MAX_FRAME`] (the guest is
+    /// not speaking the protocol).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Msg>, FrameError> {
+        self.partial.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            match decode(&line) {
+                Ok(m) => out.push(m),
+                Err(e @ FrameError::Version(_)) => return Err(e),
+                Err(_) if line.trim().is_empty() => {}
+                Err(e) if self.noise.len() < MAX_NOISE_LINES => {
+                    let text: String = line.trim_end().chars().take(MAX_NOISE_LINE).collect();
+                    self.noise.push(format!("{text}: {e}"));
+                }
+                Err(_) => self.noise_dropped += 1,
+            }
+        }
+        if self.partial.len() > MAX_FRAME {
+            self.partial = Vec::new();
+            return Err(FrameError::TooLong(MAX_FRAME));
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_stream_cannot_grow_memory() {
+        let mut r = FrameReader::new();
+        // Endless noise: kept up to a bound, counted past it, each line cut.
+        let line = format!("{}\n", "x".repeat(10_000));
+        for _ in 0..1000 {
+            assert!(r.feed(line.as_bytes()).unwrap().is_empty());
+        }
+        assert_eq!(r.noise.len(), MAX_NOISE_LINES);
+        assert_eq!(r.noise_dropped, 1000 - MAX_NOISE_LINES as u64);
+        assert!(r.noise.iter().all(|l| l.len() < MAX_NOISE_LINE + 100));
+        // A line that never ends.
+        let chunk = vec![b'y'; 1 << 20];
+        let mut fed = 0;
+        let err = loop {
+            match r.feed(&chunk) {
+                Ok(_) => fed += chunk.len(),
+                Err(e) => break e,
+            }
+            assert!(fed <= MAX_FRAME, "buffered past the bound");
+        };
+        assert!(matches!(err, FrameError::TooLong(_)), "{err}");
+        // The next frame still decodes.
+        let msg = Msg::Error {
+            message: "after".into(),
+        };
+        let mut bytes = b"\n".to_vec();
+        bytes.extend(encode(&msg).into_bytes());
+        assert_eq!(r.feed(&bytes).unwrap(), vec![msg]);
+    }
 
     fn sample() -> Msg {
         Msg::Running {

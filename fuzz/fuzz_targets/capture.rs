@@ -9,14 +9,20 @@ use ktstr_walker::capture::{Consts, Limits, Target, capture};
 use ktstr_walker::layout::Layout;
 use ktstr_walker::mem::SliceMem;
 use ktstr_walker::symbols::Symbols;
-use ktstr_walker::translate::{DEFAULT_PAGE_OFFSET_BASE, Levels, PageTableRoot, Translator, TranslatorConfig};
+use ktstr_walker::translate::{
+    DEFAULT_PAGE_OFFSET_BASE, Levels, PageTableRoot, Translator, TranslatorConfig,
+};
 use ktstr_walker::walk::HashLimits;
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: Limits = Limits {
     max_list: 16,
     max_tasks: 32,
-    hash: HashLimits { max_buckets: 64, max_entries: 8, max_chain: 8 },
+    hash: HashLimits {
+        max_buckets: 64,
+        max_entries: 8,
+        max_chain: 8,
+    },
 };
 const MAX_CPUS: u32 = 4;
 const MAX_NODES: u32 = 2;
@@ -47,8 +53,11 @@ fn read_bound() -> u64 {
     // the runnable list.
     let per_cpu = 2 + 4 + 10 + 5 + 2 * dsq + list(LIMITS.max_list);
     let cpus = 1 + u64::from(MAX_CPUS) * per_cpu;
-    let shared = 1 + u64::from(MAX_NODES) * (1 + dsq)
-        + 4 + u64::from(LIMITS.hash.max_buckets) / 64 + 1
+    let shared = 1
+        + u64::from(MAX_NODES) * (1 + dsq)
+        + 4
+        + u64::from(LIMITS.hash.max_buckets) / 64
+        + 1
         + u64::from(LIMITS.hash.max_entries) * (1 + dsq);
     // Per task: its plan (up to 22 chunks, links included), then its
     // links alone (2).
@@ -70,19 +79,30 @@ struct Setup {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let Ok(setup) = Setup::arbitrary(&mut u) else { return };
+    let Ok(setup) = Setup::arbitrary(&mut u) else {
+        return;
+    };
     // Offsets inside 4 KiB structs, drawn from the input.
     let layout = Layout::build(|_, _, out| {
         for o in out.iter_mut() {
-            *o = u.arbitrary::<Option<u16>>().ok().flatten().map(|v| u32::from(v % 4096));
+            *o = u
+                .arbitrary::<Option<u16>>()
+                .ok()
+                .flatten()
+                .map(|v| u32::from(v % 4096));
         }
         Some(4096)
     });
-    let Ok(mem) = u.arbitrary::<&[u8]>() else { return };
+    let Ok(mem) = u.arbitrary::<&[u8]>() else {
+        return;
+    };
     // Symbols point into the direct map over the fuzzed memory.
     let mut symbols = Symbols::default();
     for (name, off) in Symbols::NAMES.iter().zip(setup.symbols) {
-        symbols.set(name, DEFAULT_PAGE_OFFSET_BASE + u64::from(off) % (mem.len() as u64 + 1));
+        symbols.set(
+            name,
+            DEFAULT_PAGE_OFFSET_BASE + u64::from(off) % (mem.len() as u64 + 1),
+        );
     }
     let target = Target {
         layout: &layout,
@@ -99,9 +119,20 @@ fuzz_target!(|data: &[u8]| {
         }),
         ..TranslatorConfig::default()
     });
-    let mut storage = CaptureStorage::new(Capacity { cpus: 4, dsqs: 16, queued: 32, runnable: 32, tasks: 16, cgroups: CGROUPS as usize });
+    let mut storage = CaptureStorage::new(Capacity {
+        cpus: 4,
+        dsqs: 16,
+        queued: 32,
+        runnable: 32,
+        tasks: 16,
+        cgroups: CGROUPS as usize,
+    });
     let mut buf = storage.buf();
     capture(&SliceMem::new(0, mem), &mut tr, &target, &LIMITS, &mut buf);
     let bound = read_bound();
-    assert!(buf.health.reads <= bound, "{} reads > bound {bound}", buf.health.reads);
+    assert!(
+        buf.health.reads <= bound,
+        "{} reads > bound {bound}",
+        buf.health.reads
+    );
 });

@@ -33,7 +33,11 @@ fuzz_target!(|inp: Input| {
         page_offset_base: inp.page_offset_base,
         root: Some(PageTableRoot {
             cr3: u64::from(inp.cr3) << 12,
-            levels: if inp.five_level { Levels::Five } else { Levels::Four },
+            levels: if inp.five_level {
+                Levels::Five
+            } else {
+                Levels::Four
+            },
             pti: inp.pti,
         }),
         ..TranslatorConfig::default()
@@ -46,30 +50,78 @@ fuzz_target!(|inp: Input| {
     }
 
     let o = |i: usize| u32::from(inp.offsets[i]);
-    let lh = ListHeadLayout { struct_size: 16, next: o(0), prev: o(1) };
+    let lh = ListHeadLayout {
+        struct_size: 16,
+        next: o(0),
+        prev: o(1),
+    };
     let steps = u64::from(inp.max_steps);
     let mem = CountingMem::new(raw, u64::MAX);
     let mut visited = 0u64;
-    let s = walk_list(&mem, &mut tr, &lh, inp.addrs[0], u32::from(inp.max_steps), |tr, node| {
-        visited += 1;
-        let mut b = [0u8; 4];
-        let _ = tr.read_virt(&raw, node, &mut b);
-        if b[0] & 1 == 1 { Step::Skip } else { Step::Continue }
-    });
+    let s = walk_list(
+        &mem,
+        &mut tr,
+        &lh,
+        inp.addrs[0],
+        u32::from(inp.max_steps),
+        |tr, node| {
+            visited += 1;
+            let mut b = [0u8; 4];
+            let _ = tr.read_virt(&raw, node, &mut b);
+            if b[0] & 1 == 1 {
+                Step::Skip
+            } else {
+                Step::Continue
+            }
+        },
+    );
     assert!(u64::from(s.visited + s.skipped) == visited && visited <= steps);
     // Per step: next and prev (two reads at most), each translated.
-    assert!(mem.reads() <= (steps + 1) * 2 * (1 + WALK_READS), "list: {} reads", mem.reads());
+    assert!(
+        mem.reads() <= (steps + 1) * 2 * (1 + WALK_READS),
+        "list: {} reads",
+        mem.reads()
+    );
 
-    let limits = HashLimits { max_buckets: 256, max_entries: 64, max_chain: 16 };
-    let rht = RhashtableLayout { struct_size: 160, tbl: o(2), nelems: None, key_len: None };
-    let bt = BucketTableLayout { struct_size: 64, size: o(3), buckets: o(4), nest: Some(o(5)), future_tbl: Some(o(6)) };
-    let rh = RhashHeadLayout { struct_size: 8, next: o(7) };
+    let limits = HashLimits {
+        max_buckets: 256,
+        max_entries: 64,
+        max_chain: 16,
+    };
+    let rht = RhashtableLayout {
+        struct_size: 160,
+        tbl: o(2),
+        nelems: None,
+        key_len: None,
+    };
+    let bt = BucketTableLayout {
+        struct_size: 64,
+        size: o(3),
+        buckets: o(4),
+        nest: Some(o(5)),
+        future_tbl: Some(o(6)),
+    };
+    let rh = RhashHeadLayout {
+        struct_size: 8,
+        next: o(7),
+    };
     let mem = CountingMem::new(raw, u64::MAX);
-    let s = walk_rhashtable(&mem, &mut tr, (&rht, &bt, &rh), inp.addrs[1], limits, |_, _| Step::Continue);
+    let s = walk_rhashtable(
+        &mem,
+        &mut tr,
+        (&rht, &bt, &rh),
+        inp.addrs[1],
+        limits,
+        |_, _| Step::Continue,
+    );
     assert!(s.visited <= limits.max_entries);
     // tbl, size, nest, future_tbl; the bucket array in batches of 64
     // (each may cross pages: one translation per page); one per entry.
     let batches = u64::from(limits.max_buckets) / 64 * 3;
     let bound = (4 + batches + u64::from(limits.max_entries)) * (1 + WALK_READS);
-    assert!(mem.reads() <= bound, "rhashtable: {} reads > {bound}", mem.reads());
+    assert!(
+        mem.reads() <= bound,
+        "rhashtable: {} reads > {bound}",
+        mem.reads()
+    );
 });

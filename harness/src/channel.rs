@@ -1,18 +1,21 @@
-//! The host's side of the agent channel: the guest's second serial port,
-//! as a file QEMU writes (read as it grows) or bytes a VMM hands over.
+//! The host's side of the agent channel when QEMU writes it: the guest's
+//! second serial port as a file, read as it grows.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
-use crate::agent::proto::{self, FrameError, Msg};
+use crate::agent::proto::{FrameError, FrameReader, Msg};
+
+/// Bytes read from the file per poll: the guest decides how fast it
+/// grows, the host how much it takes at once.
+const READ_CHUNK: u64 = 1 << 20;
 
 /// Reads agent frames from a growing file.
 pub struct AgentLog {
     path: PathBuf,
     pos: u64,
-    partial: Vec<u8>,
-    /// Lines that were not frames (kept for error reports).
-    pub noise: Vec<String>,
+    /// The frames in what was read so far.
+    pub frames: FrameReader,
 }
 
 impl AgentLog {
@@ -21,13 +24,12 @@ impl AgentLog {
         AgentLog {
             path,
             pos: 0,
-            partial: Vec::new(),
-            noise: Vec::new(),
+            frames: FrameReader::new(),
         }
     }
 
-    /// Messages completed since the last call. A frame from an agent of
-    /// another protocol version is an error: nothing it says can be trusted.
+    /// Messages completed since the last call (at most [`READ_CHUNK`] new
+    /// bytes are read; the rest waits for the next call).
     pub fn poll(&mut self) -> Result<Vec<Msg>, FrameError> {
         let mut f = match std::fs::File::open(&self.path) {
             Ok(f) => f,
@@ -37,32 +39,16 @@ impl AgentLog {
             return Ok(Vec::new());
         }
         let mut new = Vec::new();
-        let n = f.read_to_end(&mut new).unwrap_or(0);
+        let n = f.take(READ_CHUNK).read_to_end(&mut new).unwrap_or(0);
         self.pos += n as u64;
-        self.feed(&new[..n])
-    }
-
-    /// Messages completed by `bytes`, the channel's next output.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Msg>, FrameError> {
-        self.partial.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line);
-            match proto::decode(&line) {
-                Ok(m) => out.push(m),
-                Err(e @ FrameError::Version(_)) => return Err(e),
-                Err(_) if line.trim().is_empty() => {}
-                Err(e) => self.noise.push(format!("{}: {e}", line.trim_end())),
-            }
-        }
-        Ok(out)
+        self.frames.feed(&new[..n])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::proto;
     use std::io::Write;
 
     #[test]
@@ -81,7 +67,7 @@ mod tests {
         assert!(log.poll().unwrap().is_empty(), "half a frame");
         write!(f, "{b}").unwrap();
         assert_eq!(log.poll().unwrap(), vec![msg]);
-        assert_eq!(log.noise.len(), 1);
+        assert_eq!(log.frames.noise.len(), 1);
         writeln!(f, "KTSTR 9 2 {{}}").unwrap();
         assert!(matches!(log.poll(), Err(FrameError::Version(9))));
     }

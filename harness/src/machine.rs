@@ -1,7 +1,8 @@
-//! One running VM, whatever runs it: QEMU, or the built-in KVM VMM where
-//! the host has VT-x/AMD-V. A [`Machine`] follows the guest agent's
-//! messages, reads guest memory (live, or frozen), and powers off; the
-//! session above it does not know which backend it has.
+//! One running VM, whatever runs it, and the guest agent's messages. A
+//! [`Machine`] keeps every message the agent sent, in order, and hands each
+//! to the first wait that asks for it: a message that arrives early (before
+//! anyone waits for it), together with others, or split over reads is
+//! neither lost nor taken twice.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,204 +10,70 @@ use std::time::{Duration, Instant};
 use ktstr_walker::GuestMem;
 use ktstr_walker::translate::PageTableRoot;
 
-use crate::agent::proto::{FrameError, Msg};
-use crate::kvm::KvmVm;
-use crate::qemu::QemuVm;
-use crate::qemu::qmp::QmpError;
+use crate::agent::proto::Msg;
+use crate::vm::{Backend, GuestVm, PauseWindow, VmError};
 
-/// What went wrong with a VM.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    /// QEMU could not be started.
-    #[error(
-        "cannot start {bin}: {err} (install QEMU: ./setup.sh, or apt-get install qemu-system-x86)"
-    )]
-    Spawn {
-        /// The binary.
-        bin: String,
-        /// Why.
-        err: std::io::Error,
-    },
-    /// A host-side file operation failed.
-    #[error("{what}: {err}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Why.
-        err: std::io::Error,
-    },
-    /// QMP failed.
-    #[error("{0}")]
-    Qmp(#[from] QmpError),
-    /// The KVM VMM failed.
-    #[error("KVM VMM: {0}")]
-    Kvm(#[from] ktstr_vmm::VmError),
-    /// The VM ended when it should not have.
-    #[error(
-        "the VM exited ({status}) while {waiting}\n--- VMM stderr ---\n{stderr}\n--- console tail ---\n{console}"
-    )]
-    Exited {
-        /// How.
-        status: String,
-        /// What the host was waiting for.
-        waiting: String,
-        /// The VMM's own complaints.
-        stderr: String,
-        /// The guest console's last lines.
-        console: String,
-    },
-    /// Something did not happen in time; the VM was killed.
-    #[error("timed out after {secs} s waiting for {waiting}\n--- console tail ---\n{console}")]
-    Timeout {
-        /// What.
-        waiting: String,
-        /// How long.
-        secs: u64,
-        /// The guest console's last lines.
-        console: String,
-    },
-    /// The agent speaks another protocol.
-    #[error("agent channel: {0}")]
-    Channel(#[from] FrameError),
-    /// This backend cannot do that.
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-/// Console lines quoted in errors.
-const TAIL_LINES: usize = 40;
-
-/// The last lines of a console, for error messages.
-pub(crate) fn last_lines(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
-}
-
-/// [`VmError::Io`] for `what`.
-pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
-    let what = what.into();
-    move |err| VmError::Io { what, err }
-}
-
-/// A directory for a VM's files (initramfs, logs, sockets), whatever the
-/// backend, named `ktstr-<pid>-vm-*` so what a process leaves can be told
-/// apart.
-pub fn vm_dir() -> Result<tempfile::TempDir, VmError> {
-    tempfile::Builder::new()
-        .prefix(&format!("ktstr-{}-vm-", std::process::id()))
-        .tempdir()
-        .map_err(io("creating the VM's temporary directory"))
-}
-
-/// Which VMM runs the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// KVM with VT-x/AMD-V: the built-in VMM; else QEMU.
-    #[default]
-    Auto,
-    /// QEMU (KVM acceleration when the host has it, TCG otherwise).
-    Qemu,
-    /// The built-in KVM VMM (needs VT-x/AMD-V to boot a kernel).
-    Kvm,
-}
-
-impl std::str::FromStr for Backend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Backend, String> {
-        match s {
-            "auto" => Ok(Backend::Auto),
-            "qemu" => Ok(Backend::Qemu),
-            "kvm" => Ok(Backend::Kvm),
-            _ => Err(format!("backend {s:?}: use auto, qemu or kvm")),
-        }
-    }
-}
-
-impl Backend {
-    /// The backend `self` means on this host.
-    pub fn resolve(self) -> Backend {
-        match self {
-            Backend::Auto if ktstr_vmm::hardware_virt() => Backend::Kvm,
-            Backend::Auto => Backend::Qemu,
-            b => b,
-        }
-    }
-}
-
-/// The VM behind a machine.
-pub enum Vm {
-    /// A QEMU process.
-    Qemu(QemuVm),
-    /// The built-in VMM.
-    Kvm(KvmVm),
-}
+/// How often a wait polls the agent channel.
+const POLL: Duration = Duration::from_millis(20);
+/// Most agent messages one run keeps: the agent sends about ten.
+const MAX_MESSAGES: usize = 10_000;
 
 /// A running VM and what its agent said so far.
 pub struct Machine {
-    vm: Vm,
+    vm: Box<dyn GuestVm>,
     /// Every agent message so far, in order.
     pub messages: Vec<Msg>,
+    /// Which of [`Self::messages`] a wait has taken.
+    taken: Vec<bool>,
 }
 
 impl Machine {
     /// Follow `vm`.
-    pub fn new(vm: Vm) -> Machine {
+    pub fn new(vm: Box<dyn GuestVm>) -> Machine {
         Machine {
             vm,
             messages: Vec::new(),
+            taken: Vec::new(),
         }
     }
 
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
-        match self.vm {
-            Vm::Qemu(_) => Backend::Qemu,
-            Vm::Kvm(_) => Backend::Kvm,
-        }
-    }
-
-    fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
-        match &mut self.vm {
-            Vm::Qemu(q) => q.poll_agent(),
-            Vm::Kvm(k) => k.poll_agent(),
-        }
-    }
-
-    fn exited(&mut self, waiting: &str) -> Option<VmError> {
-        match &mut self.vm {
-            Vm::Qemu(q) => q.exited(waiting),
-            Vm::Kvm(k) => k.exited(waiting),
-        }
-    }
-
-    fn kill(&mut self) {
-        match &mut self.vm {
-            Vm::Qemu(q) => q.kill(),
-            Vm::Kvm(k) => k.kill(),
-        }
+        self.vm.backend()
     }
 
     /// The last lines of the guest console.
     pub fn console_tail(&self) -> String {
-        match &self.vm {
-            Vm::Qemu(q) => q.console_tail(),
-            Vm::Kvm(k) => k.console_tail(),
-        }
+        self.vm.console_tail()
     }
 
     /// The guest console so far.
     pub fn console(&self) -> String {
-        match &self.vm {
-            Vm::Qemu(q) => q.console(),
-            Vm::Kvm(k) => k.console(),
-        }
+        self.vm.console()
     }
 
-    /// Wait up to `timeout` for an agent message `pred` accepts; every
-    /// message is also kept in [`Self::messages`]. The VM ending first, or
-    /// the timeout (which kills it), is an error carrying the console's
-    /// tail.
+    /// Read what the agent sent since the last look.
+    fn receive(&mut self) -> Result<(), VmError> {
+        let new = self.vm.poll_agent()?;
+        if self.messages.len() + new.len() > MAX_MESSAGES {
+            self.vm.kill();
+            return Err(VmError::AgentFlood(MAX_MESSAGES));
+        }
+        self.taken.extend(new.iter().map(|_| false));
+        self.messages.extend(new);
+        Ok(())
+    }
+
+    /// Take the oldest message not yet taken that `pred` accepts.
+    fn take(&mut self, pred: &mut impl FnMut(&Msg) -> bool) -> Option<Msg> {
+        let i = (0..self.messages.len()).find(|&i| !self.taken[i] && pred(&self.messages[i]))?;
+        self.taken[i] = true;
+        Some(self.messages[i].clone())
+    }
+
+    /// Wait up to `timeout` for an agent message `pred` accepts and take
+    /// it. The VM ending first, or the timeout (which kills it), is an
+    /// error carrying the console's tail.
     pub fn wait_for(
         &mut self,
         waiting: &str,
@@ -219,32 +86,30 @@ impl Machine {
                 return Ok(m);
             }
             if Instant::now() >= deadline {
-                self.kill();
+                self.vm.kill();
                 return Err(VmError::Timeout {
                     waiting: waiting.to_string(),
                     secs: timeout.as_secs(),
                     console: self.console_tail(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
     }
 
-    /// A message `pred` accepts if one has arrived, without waiting; the
-    /// VM having ended without one is an error.
+    /// Take a message `pred` accepts if one has arrived, without waiting;
+    /// the VM having ended without one is an error.
     pub fn poll_for(
         &mut self,
         waiting: &str,
         mut pred: impl FnMut(&Msg) -> bool,
     ) -> Result<Option<Msg>, VmError> {
-        let seen = self.messages.len();
         // Whether it ended is asked first, so lines written just before the
         // end are still read below.
-        let exited = self.exited(waiting);
-        let new = self.poll_agent()?;
-        self.messages.extend(new);
-        if let Some(m) = self.messages[seen..].iter().find(|m| pred(m)) {
-            return Ok(Some(m.clone()));
+        let exited = self.vm.exited(waiting);
+        self.receive()?;
+        if let Some(m) = self.take(&mut pred) {
+            return Ok(Some(m));
         }
         match exited {
             Some(e) => Err(e),
@@ -255,58 +120,201 @@ impl Machine {
     /// The first vCPU's page-table root (the guest keeps running, or runs
     /// again at once).
     pub fn root(&mut self) -> Result<PageTableRoot, VmError> {
-        match &mut self.vm {
-            Vm::Qemu(q) => q.root(),
-            Vm::Kvm(k) => k.root(),
-        }
+        self.vm.root()
     }
 
     /// `f` over guest memory while the guest runs.
     pub fn with_live_mem<R>(&self, f: impl FnOnce(&dyn GuestMem) -> R) -> R {
-        match &self.vm {
-            Vm::Qemu(q) => f(&*q.ram()),
-            Vm::Kvm(k) => f(k.mem()),
-        }
+        f(self.vm.live_mem())
     }
 
     /// Freeze every vCPU, run `f` over guest memory, write an ELF core to
-    /// `core` when asked (QEMU only), thaw; returns `f`'s result and how
-    /// long the guest was paused.
+    /// `core` when asked (QEMU only), thaw; returns `f`'s result and where
+    /// the pause's time went.
     pub fn frozen<R>(
         &mut self,
         core: Option<&Path>,
         f: impl FnOnce(&dyn GuestMem) -> R,
-    ) -> Result<(R, Duration), VmError> {
-        match &mut self.vm {
-            Vm::Qemu(q) => {
-                let ram = q.ram();
-                let mut frozen = q.freeze()?;
-                let r = f(&*ram);
-                if let Some(core) = core {
-                    frozen.dump_core(core)?;
-                }
-                Ok((r, frozen.thaw()?))
+    ) -> Result<(R, PauseWindow), VmError> {
+        let mut f = Some(f);
+        let mut out = None;
+        let pause = self.vm.frozen(core, &mut |mem| {
+            if let Some(f) = f.take() {
+                out = Some(f(mem));
             }
-            Vm::Kvm(k) => {
-                if core.is_some() {
-                    return Err(VmError::Unsupported(
-                        "the KVM backend writes no core files; use the QEMU backend for them"
-                            .into(),
-                    ));
-                }
-                k.frozen(f)
-            }
+        })?;
+        let out = out.ok_or_else(|| {
+            VmError::Unsupported(format!(
+                "the {} backend froze the guest but ran no capture",
+                self.vm.backend()
+            ))
+        })?;
+        Ok((out, pause))
+    }
+
+    /// Wait for the guest to power off, then read what the agent sent last.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
+        self.vm.wait_exit(timeout)?;
+        self.receive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    use crate::agent::proto::FrameReader;
+    use crate::agent::proto::{self, SchedExtState};
+    use ktstr_walker::mem::SliceMem;
+
+    /// No guest memory at all.
+    static EMPTY: SliceMem<'static> = SliceMem::new(0, &[]);
+
+    /// A VM whose agent channel delivers scripted chunks of bytes, one per
+    /// poll, through the real frame decoder; it "ends" once `ended` is set.
+    struct ScriptedVm {
+        chunks: VecDeque<Vec<u8>>,
+        log: FrameReader,
+        ended: bool,
+    }
+
+    impl ScriptedVm {
+        fn new(chunks: Vec<Vec<u8>>) -> Box<ScriptedVm> {
+            Box::new(ScriptedVm {
+                chunks: chunks.into(),
+                log: FrameReader::new(),
+                ended: false,
+            })
         }
     }
 
-    /// Wait for the guest to power off.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
-        match &mut self.vm {
-            Vm::Qemu(q) => q.wait_exit(timeout).map(|_| ()),
-            Vm::Kvm(k) => k.wait_exit(timeout),
-        }?;
-        let late = self.poll_agent()?;
-        self.messages.extend(late);
-        Ok(())
+    impl GuestVm for ScriptedVm {
+        fn backend(&self) -> Backend {
+            Backend::Qemu
+        }
+        fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
+            let chunk = self.chunks.pop_front().unwrap_or_default();
+            Ok(self.log.feed(&chunk)?)
+        }
+        fn exited(&mut self, waiting: &str) -> Option<VmError> {
+            self.ended.then(|| VmError::Exited {
+                status: "ended".into(),
+                waiting: waiting.into(),
+                stderr: String::new(),
+                console: String::new(),
+            })
+        }
+        fn kill(&mut self) {
+            self.ended = true;
+        }
+        fn console(&self) -> String {
+            "console".into()
+        }
+        fn root(&mut self) -> Result<PageTableRoot, VmError> {
+            Err(VmError::Unsupported("scripted".into()))
+        }
+        fn live_mem(&self) -> &dyn GuestMem {
+            &EMPTY
+        }
+        fn frozen(
+            &mut self,
+            _core: Option<&Path>,
+            capture: &mut dyn FnMut(&dyn GuestMem),
+        ) -> Result<PauseWindow, VmError> {
+            capture(&EMPTY);
+            Ok(PauseWindow::new(
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::ZERO,
+            ))
+        }
+        fn wait_exit(&mut self, _timeout: Duration) -> Result<(), VmError> {
+            Ok(())
+        }
+    }
+
+    fn frame(m: &Msg) -> Vec<u8> {
+        proto::encode(m).into_bytes()
+    }
+
+    fn error(text: &str) -> Msg {
+        Msg::Error {
+            message: text.into(),
+        }
+    }
+
+    fn running() -> Msg {
+        Msg::Running {
+            workers: Vec::new(),
+            sched_ext: SchedExtState {
+                state: "enabled".into(),
+                ops: None,
+            },
+        }
+    }
+
+    fn is_error(m: &Msg) -> bool {
+        matches!(m, Msg::Error { .. })
+    }
+
+    #[test]
+    fn messages_arriving_together_or_early_each_reach_their_wait() {
+        // Two frames in one read, then a third split over two reads.
+        let mut both = frame(&error("first"));
+        both.extend(frame(&running()));
+        let third = frame(&error("third"));
+        let (a, b) = third.split_at(7);
+        let mut m = Machine::new(ScriptedVm::new(vec![both, a.to_vec(), b.to_vec()]));
+        let long = Duration::from_secs(5);
+        // Running arrived with the first error, before anyone waited for it.
+        assert_eq!(m.wait_for("first", long, is_error).unwrap(), error("first"));
+        assert_eq!(
+            m.wait_for("running", long, |m| matches!(m, Msg::Running { .. }))
+                .unwrap(),
+            running()
+        );
+        // Taken messages are not handed out again; the split one arrives.
+        assert_eq!(m.wait_for("third", long, is_error).unwrap(), error("third"));
+        assert_eq!(m.messages.len(), 3, "every message is kept in order");
+    }
+
+    #[test]
+    fn a_wait_ends_with_the_vm_or_its_deadline() {
+        let mut m = Machine::new(ScriptedVm::new(vec![frame(&running())]));
+        let err = m
+            .wait_for("an error", Duration::from_millis(60), is_error)
+            .unwrap_err();
+        assert!(matches!(err, VmError::Timeout { .. }), "{err}");
+        // The timeout killed the VM: the next wait says it ended.
+        let err = m.poll_for("more", is_error).unwrap_err();
+        assert!(matches!(err, VmError::Exited { .. }), "{err}");
+        // What it said before is still there to take.
+        assert!(
+            m.poll_for("running", |m| matches!(m, Msg::Running { .. }))
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_flood_of_messages_ends_the_run() {
+        let flood: Vec<u8> = (0..MAX_MESSAGES + 1)
+            .flat_map(|_| frame(&running()))
+            .collect();
+        let mut m = Machine::new(ScriptedVm::new(vec![flood]));
+        let err = m.poll_for("anything", is_error).unwrap_err();
+        assert!(matches!(err, VmError::AgentFlood(MAX_MESSAGES)), "{err}");
+    }
+
+    #[test]
+    fn frozen_hands_back_the_capture_and_the_pause() {
+        let mut m = Machine::new(ScriptedVm::new(Vec::new()));
+        let (n, pause) = m
+            .frozen(None, |mem| mem.read(0, &mut [0u8; 1]).is_err())
+            .unwrap();
+        assert!(n, "reading an empty memory fails");
+        assert_eq!(pause.total_us, 0);
     }
 }

@@ -116,7 +116,7 @@ struct VmArgs {
     /// Which VMM: `auto` (the built-in KVM VMM with VT-x/AMD-V, else
     /// QEMU), `qemu` or `kvm`.
     #[arg(long, default_value = "auto")]
-    backend: ktstr::machine::Backend,
+    backend: ktstr::vm::Backend,
 }
 
 impl VmArgs {
@@ -202,7 +202,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ktstr: error: {e:#}");
+            eprintln!("ktstr: error: {}", terminal_safe(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -232,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ktstr::run::run_with(&cfg, &scenario, &thresholds, dump_at, &|p| progress.set(p));
             progress.done();
             let report = report?;
-            print!("{}", report.to_text());
+            print!("{}", terminal_safe(&report.to_text()));
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -290,7 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.to_text());
+                print!("{}", terminal_safe(&report.to_text()));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -315,7 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&info)?);
                 } else {
-                    print!("{}", info.to_text());
+                    print!("{}", terminal_safe(&info.to_text()));
                 }
                 Ok(if info.usable() {
                     ExitCode::SUCCESS
@@ -327,11 +327,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Ctrl-C: no destructor runs when the process exits from the handler, so
-/// kill the VMs and remove their files there.
+/// `text` with the control characters a guest or a file may have put in
+/// it (escape sequences that would drive the terminal) shown as `\xNN`;
+/// newlines and tabs stay.
+fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(bad) {
+        return text.into();
+    }
+    // Serial consoles end lines with \r\n; only a lone \r is suspect.
+    text.replace("\r\n", "\n")
+        .chars()
+        .map(|c| {
+            if bad(c) {
+                format!("\\x{:02x}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// Ctrl-C, SIGTERM, SIGHUP: no destructor runs when the process exits from
+/// the handler, so stop the VMs and remove their files there.
 fn install_interrupt_handler() -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
-        ktstr::qemu::kill_all();
+        ktstr::vm::kill_all();
         // stderr may be gone with the terminal: no panic over it.
         let _ = writeln!(std::io::stderr(), "ktstr: interrupted");
         std::process::exit(130);
@@ -363,5 +385,22 @@ impl Progress {
         if let Some(b) = &self.0 {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_cannot_drive_the_terminal() {
+        let hostile = "comm \u{1b}]0;owned\u{7}\u{1b}[2Jx\ry\r\n\tok";
+        let safe = terminal_safe(hostile);
+        assert!(!safe.contains('\u{1b}') && !safe.contains('\r') && !safe.contains('\u{7}'));
+        assert_eq!(safe, "comm \\x1b]0;owned\\x07\\x1b[2Jx\\x0dy\n\tok");
+        assert!(matches!(
+            terminal_safe("plain\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -13,6 +13,12 @@ use crate::checks::{Check, Outcome, Thresholds, evaluate};
 use crate::monitor::{Monitor, MonitorConfig};
 use crate::scenario::Scenario;
 use crate::session::{Session, SessionConfig};
+use crate::vm::PauseWindow;
+
+/// How long past the scenario's duration the guest may take to report
+/// its end (stopping workers, collecting results) before the run is
+/// declared hung.
+const FINISH_GRACE: Duration = Duration::from_secs(60);
 
 /// Version of [`RunReport`]'s JSON.
 pub const RUN_SCHEMA_VERSION: u32 = 1;
@@ -50,6 +56,12 @@ pub struct RunReport {
     pub wall_ms: u64,
     /// Share of the workload's wall time the guest spent frozen.
     pub frozen_ratio: f64,
+    /// Which backend ran the guest (`qemu`, `kvm`).
+    #[serde(default)]
+    pub backend: String,
+    /// Where the frozen dump's pause went (none without a frozen dump).
+    #[serde(default)]
+    pub pause: Option<PauseWindow>,
 }
 
 impl RunReport {
@@ -73,6 +85,9 @@ impl RunReport {
                 self.dump_reason.as_deref().unwrap_or("")
             ));
             out.push_str(&d.to_text());
+            if let Some(p) = &self.pause {
+                out.push_str(&format!("pause ({}): {}\n", self.backend, p.to_text()));
+            }
             out.push_str("--- end of dump ---\n\n");
         }
         let mut cgroup = None;
@@ -164,11 +179,23 @@ pub fn run_with(
     });
     let mut dump = None;
     let mut dump_reason = None;
+    let mut pause = None;
+    // The agent ends the workload itself after the duration; past this the
+    // guest has stopped talking.
+    let deadline = running + cfg.duration + FINISH_GRACE;
     let mut last_sample: Option<(Report, Instant)> = None;
     let mut caught = None;
     // Sample until the guest reports the end; dump once, on the first of
     // --dump-at or a monitor trigger.
     while !session.poll_finished()? {
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {} s waiting for the workload to finish (the scenario lasts {} s)\n--- console tail ---\n{}",
+                running.elapsed().as_secs(),
+                cfg.duration.as_secs(),
+                crate::vm::backend::last_lines(&session.console())
+            );
+        }
         phase(&format!(
             "running {} ({}/{} s)",
             scenario.name,
@@ -196,7 +223,9 @@ pub fn run_with(
             };
             if let Some(reason) = reason {
                 phase("freezing for a dump");
-                dump = Some(session.capture(None)?);
+                let (report, window) = session.capture(None)?;
+                dump = Some(report);
+                pause = Some(window);
                 dump_reason = Some(reason);
             }
         }
@@ -206,6 +235,7 @@ pub fn run_with(
     let release = session.release.clone();
     let nr_cpus = session.nr_cpus;
     let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
+    let backend = session.backend();
     phase("collecting results");
     let finished_at = Instant::now();
     let mut done = session.finish()?;
@@ -264,6 +294,8 @@ pub fn run_with(
         monitor_samples: monitor.samples,
         wall_ms: start.elapsed().as_millis() as u64,
         frozen_ratio: frozen_ns as f64 / workload_ns,
+        backend: backend.to_string(),
+        pause,
     })
 }
 
@@ -316,6 +348,8 @@ mod tests {
             monitor_samples: 5,
             wall_ms: 12_345,
             frozen_ratio: 0.0,
+            backend: "qemu".into(),
+            pause: None,
         }
     }
 

@@ -18,10 +18,9 @@ use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResul
 use crate::guest::{GuestKernel, translator};
 use crate::initramfs::{self, Initramfs};
 use crate::kernel::Kernel;
-use crate::kvm::KvmVm;
-use crate::machine::{Backend, Machine, Vm};
-use crate::qemu::{QemuConfig, QemuVm};
+use crate::machine::Machine;
 use crate::scenario::{Resolved, Scenario, ScenarioError};
+use crate::vm::{Backend, BootSpec, PauseWindow};
 
 /// The guest kernel's command line. `panic=-1` with QEMU's `-no-reboot`
 /// turns a kernel panic into QEMU exiting, not a hang.
@@ -193,7 +192,7 @@ impl Session {
             .clone()
             .ok_or_else(|| anyhow!("no release string in {}", kernel.image.source().display()))?;
         let guest = GuestKernel::load(&kernel)?;
-        let files = crate::machine::vm_dir()?;
+        let files = crate::vm::vm_dir()?;
 
         phase("building the initramfs");
         let mut ramfs = Initramfs::new();
@@ -232,28 +231,16 @@ impl Session {
         initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
 
         let vmlinux = vmlinux_file(&kernel, files.path())?;
-        let mut vm = Machine::new(match backend {
-            Backend::Kvm => Vm::Kvm(KvmVm::start(
-                vmlinux,
-                initrd,
-                CMDLINE,
-                cfg.topology,
-                cfg.memory_mib,
-                files,
-            )?),
-            _ => Vm::Qemu(QemuVm::start(
-                &QemuConfig {
-                    vmlinux,
-                    initrd,
-                    topology: cfg.topology,
-                    memory_mib: cfg.memory_mib,
-                    cmdline: CMDLINE.into(),
-                    start_timeout: Duration::from_secs(30),
-                    console_stdio: cfg.shell,
-                },
-                files,
-            )?),
-        });
+        let spec = BootSpec {
+            vmlinux,
+            initrd,
+            topology: cfg.topology,
+            memory_mib: cfg.memory_mib,
+            cmdline: CMDLINE.into(),
+            start_timeout: Duration::from_secs(30),
+            console_stdio: cfg.shell,
+        };
+        let mut vm = Machine::new(crate::vm::start(backend, &spec, files)?);
 
         phase("booting");
         let hello = vm.wait_for("the guest agent's hello", cfg.boot_timeout, |m| {
@@ -267,6 +254,11 @@ impl Session {
             } => (nr_cpus, numa_nodes),
             other => bail!("guest agent: {other:?}"),
         };
+        // Sizes host-side tables: the VM's own count bounds what it may say.
+        let vm_cpus = cfg.topology.nr_cpus();
+        if nr_cpus == 0 || nr_cpus > vm_cpus {
+            bail!("the guest agent reports {nr_cpus} CPUs, but the VM has {vm_cpus}");
+        }
         let text = match vm.wait_for("kallsyms from the agent", cfg.boot_timeout, |m| {
             matches!(m, Msg::Kallsyms { .. } | Msg::Error { .. })
         })? {
@@ -368,8 +360,9 @@ impl Session {
     }
 
     /// Freeze the guest, capture its sched_ext state (and write an ELF core
-    /// to `core` while still frozen, when given), thaw, and render.
-    pub fn capture(&mut self, core: Option<&Path>) -> Result<Report> {
+    /// to `core` while still frozen, when given), thaw, and render; the
+    /// report and where the pause went.
+    pub fn capture(&mut self, core: Option<&Path>) -> Result<(Report, PauseWindow)> {
         let mut tr = self.translator()?;
         let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
         // Capture while frozen; render once the guest runs again.
@@ -377,8 +370,9 @@ impl Session {
             guest.capture_into(storage, &mem, &mut tr, symbols)
         });
         self.tr = Some(tr);
-        let (buf, paused) = frozen?;
-        Ok(guest.render(&mut buf?, symbols, Some(paused.as_nanos() as u64)))
+        let (buf, pause) = frozen?;
+        let report = guest.render(&mut buf?, symbols, Some(pause.total_us * 1000));
+        Ok((report, pause))
     }
 
     /// Which backend runs the guest.

@@ -31,10 +31,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::checks::Thresholds;
-use crate::machine::Backend;
 use crate::run::{RunReport, run};
 use crate::scenario::{Scenario, catalogue};
 use crate::session::{SchedulerConfig, SessionConfig};
+use crate::vm::Backend;
 
 /// Why a test could not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -131,6 +131,130 @@ fn ctrl_c_mid_run_leaves_no_qemu_or_files_behind() {
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
 
+/// SIGTERM at every phase of a run (reading the kernel, building the
+/// initramfs, booting, starting the scheduler, running, dumping) leaves no
+/// QEMU and no file behind.
+#[test]
+fn sigterm_at_any_phase_leaves_nothing_behind() {
+    const TEST: &str = "sigterm_at_any_phase_leaves_nothing_behind";
+    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST) else {
+        return;
+    };
+    for delay_ms in [30, 300, 1000, 2500, 5000] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ktstr"))
+            .args(["run", "--duration", "20s", "--dump-at", "4s", "--kernel"])
+            .arg(&kernel)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tag = format!("ktstr-{}-", child.id());
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        // So early the handler may not be installed yet: then the signal
+        // ends ktstr before it made anything.
+        let early = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGTERM);
+        assert!(
+            status.code() == Some(130) || early,
+            "after {delay_ms} ms: {status}: {stderr}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let qemu = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&tag))
+            });
+            if !qemu {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "QEMU outlived ktstr ({delay_ms} ms)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left: Vec<String> = ["/dev/shm", &std::env::temp_dir().display().to_string()]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(&tag))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "after {delay_ms} ms, left behind: {left:?}"
+        );
+    }
+}
+
+/// The KVM backend's VM is threads of ktstr itself: SIGTERM while it boots
+/// must still remove its files. Needs only /dev/kvm: without VT-x/AMD-V
+/// (KTSTR_KVM_ANYWAY) the guest gets through early boot, long enough.
+#[test]
+fn sigterm_during_a_kvm_boot_leaves_no_files_behind() {
+    const TEST: &str = "sigterm_during_a_kvm_boot_leaves_no_files_behind";
+    if !std::path::Path::new("/dev/kvm").exists() {
+        ktstr_tests::skip(TEST, ktstr_tests::Need::HwVirt, "no /dev/kvm");
+        return;
+    }
+    let Ok(kernel) = ktstr_tests::cached_kernel_dir() else {
+        ktstr_tests::skip(TEST, ktstr_tests::Need::Kernel, "no fetched kernel");
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ktstr"))
+        .args(["run", "--backend", "kvm", "--duration", "60s", "--kernel"])
+        .arg(&kernel)
+        .env("KTSTR_KVM_ANYWAY", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tag = format!("ktstr-{}-", child.id());
+    let leftovers = || -> Vec<std::path::PathBuf> {
+        ["/dev/shm", &std::env::temp_dir().display().to_string()]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap().flatten())
+            .filter(|e| e.file_name().to_string_lossy().contains(&tag))
+            .map(|e| e.path())
+            .collect()
+    };
+    // The VM starts right after its initramfs is written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !leftovers().iter().any(|d| d.join("initrd").exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "no VM directory with an initrd appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ktstr ended before booting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+}
+
 #[test]
 fn shell_runs_commands_in_the_guest_under_the_scheduler() {
     const TEST: &str = "shell_runs_commands_in_the_guest_under_the_scheduler";

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-pub use ktstr::qemu::qmp::Qmp;
+pub use ktstr::vm::qmp::Qmp;
 
 /// Kills QEMU however the test ends.
 pub struct Qemu(pub Child);

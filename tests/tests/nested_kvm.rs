@@ -18,10 +18,10 @@
 use std::time::{Duration, Instant};
 
 use ktstr::checks::Thresholds;
-use ktstr::machine::Backend;
 use ktstr::nested::{self, GUEST_CACHE, Job, L1Config, L1Run};
 use ktstr::run::RunReport;
 use ktstr::session::{SchedulerConfig, SessionConfig};
+use ktstr::vm::Backend;
 use ktstr_tests::{Need, have_tool, skip};
 use serde_json::Value;
 
@@ -298,20 +298,29 @@ fn compare(run: &L1Run, qemu: &Result<RunReport, String>) -> Vec<String> {
         }
     };
     let pause = |r: &RunReport| {
-        r.dump
-            .as_ref()
-            .and_then(|d| d.health.pause_ns)
-            .map(|ns| format!("{:.3} ms", ns as f64 / 1e6))
+        r.pause
+            .map(|p| p.to_text())
             .unwrap_or_else(|| "none".into())
     };
     eprintln!(
-        "pause window for the dump of `{} {TOPOLOGY}` at {DUMP_AT:?}: QEMU (TCG, host) {}, KVM VMM (nested, in L1) {}; frozen share: QEMU {:.3}%, KVM {:.3}%",
+        "pause window of the dump of `{} {TOPOLOGY}` at {DUMP_AT:?}:\n  QEMU ({}, TCG on the host): {}\n  KVM  ({}, ktstr's VMM in L1): {}\n  frozen share of the workload: QEMU {:.3}%, KVM {:.3}%",
         qemu.scenario,
+        qemu.backend,
         pause(qemu),
+        kvm.backend,
         pause(&kvm),
         qemu.frozen_ratio * 100.0,
         kvm.frozen_ratio * 100.0
     );
+    if kvm.backend != "kvm" || qemu.backend != "qemu" {
+        failures.push(format!(
+            "backends: the L1 run says {:?}, the host's {:?}",
+            kvm.backend, qemu.backend
+        ));
+    }
+    if kvm.pause.is_none() {
+        failures.push("the KVM report has no pause window".into());
+    }
     for d in shape_differences(qemu, &kvm) {
         failures.push(format!("report shape: {d}"));
     }

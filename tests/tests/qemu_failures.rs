@@ -99,7 +99,7 @@ fn kvm_backend_without_hardware_virtualization_says_so() {
         );
     }
     let mut cfg = SessionConfig::new("no-kernel-needed", "1n1l1c1t".parse().unwrap());
-    cfg.backend = ktstr::machine::Backend::Kvm;
+    cfg.backend = ktstr::vm::Backend::Kvm;
     let e = start_err(&cfg);
     assert!(
         e.contains("needs VT-x/AMD-V") && e.contains("--backend qemu"),

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use ktstr::agent::proto::{CgroupJob, Work, WorkerSpec};
 use ktstr::dump::{DumpOptions, dump};
-use ktstr::machine::Backend;
 use ktstr::session::{SchedulerConfig, Session, SessionConfig};
+use ktstr::vm::Backend;
 use ktstr_tests::{Need, have_tool, skip};
 use ktstr_vmm::Topology;
 use ktstr_walker::render::{Placement, Report};
@@ -85,9 +85,13 @@ fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bo
     let core = tmp.path().join("core");
     // Only QEMU writes ELF cores.
     let with_core = backend == Backend::Qemu;
-    let report = s.capture(with_core.then_some(core.as_path())).unwrap();
+    let (report, pause) = s.capture(with_core.then_some(core.as_path())).unwrap();
     assert_eq!(s.backend(), backend);
-    eprintln!("{test}:\n{}", report.to_text());
+    eprintln!("{test}:\n{}\npause: {}", report.to_text(), pause.to_text());
+    assert!(
+        pause.stop_us + pause.capture_us + pause.resume_us <= pause.total_us,
+        "the parts of the pause fit in the whole: {pause:?}"
+    );
 
     // What the guest said just before the freeze.
     match &s.attached {

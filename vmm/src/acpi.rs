@@ -1,22 +1,34 @@
-//! ACPI tables for a [`Topology`]: RSDP -> XSDT -> FADT (hardware-reduced)
-//! -> DSDT (empty), MADT (local APICs, I/O APIC, IRQ0 override), SRAT (CPU
-//! and memory affinity per NUMA node) and SLIT (node distances).
+//! ACPI tables for a [`Topology`]: RSDP -> XSDT -> FADT (hardware-reduced,
+//! with sleep control/status and reset registers) -> DSDT (the two UARTs,
+//! `\_S5_`), MADT (local APICs, I/O APIC, IRQ0 override), SRAT (CPU and
+//! memory affinity per NUMA node) and SLIT (node distances).
+//!
+//! A hardware-reduced platform has no legacy PIC in Linux's eyes, so ISA
+//! interrupts reach a driver only through a device's `_CRS`: a UART the
+//! DSDT does not describe gets no working IRQ, and its interrupt-driven
+//! output (everything but printk's polled console) never leaves the guest.
+//! Power-off needs both `\_S5_` and the FADT's sleep registers.
 //!
 //! Built with the `acpi_tables` crate (rust-vmm). Its SRAT has no
 //! processor-affinity entries and its MADT no x2APIC or override entries,
 //! so those few fixed-layout structures are defined here and appended
 //! through the crate's table builders, which keep length and checksum.
 
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::slit::SLIT;
 use acpi_tables::srat::MemoryAffinity;
-use acpi_tables::{Aml, AmlSink, fadt, rsdp::Rsdp, xsdt::XSDT};
+use acpi_tables::{Aml, AmlSink, aml, fadt, rsdp::Rsdp, xsdt::XSDT};
 use zerocopy::byteorder::{LE, U16, U32};
 use zerocopy::{Immutable, IntoBytes};
 
+use crate::devices::power::{
+    RESET_CONTROL_PORT, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT,
+};
+use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, UART_PORTS};
 use crate::topology::Topology;
 
 /// OEM ID written into every table.
@@ -242,6 +254,39 @@ fn slit(topo: &Topology) -> Vec<u8> {
     aml_bytes(&slit)
 }
 
+/// A PC UART (`PNP0501`) at `base` raising ISA IRQ `irq`, edge-triggered
+/// and active high like every ISA interrupt.
+fn uart(name: &str, uid: u8, base: u16, irq: u32) -> Vec<u8> {
+    let hid = aml::EISAName::new("PNP0501");
+    let io = aml::IO::new(base, base, 1, UART_PORTS as u8);
+    let int = aml::Interrupt::new(true, true, false, false, irq);
+    let crs = aml::ResourceTemplate::new(vec![&io, &int]);
+    let hid = aml::Name::new("_HID".into(), &hid);
+    let uid = aml::Name::new("_UID".into(), &uid);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    aml_bytes(&aml::Device::new(name.into(), vec![&hid, &uid, &crs]))
+}
+
+fn dsdt() -> Vec<u8> {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, 1);
+    dsdt.append_slice(&uart("\\_SB_.COM1", 0, COM1_BASE, COM1_IRQ));
+    dsdt.append_slice(&uart("\\_SB_.COM2", 1, COM2_BASE, COM2_IRQ));
+    let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE]);
+    dsdt.append_slice(&aml_bytes(&aml::Name::new("\\_S5_".into(), &s5)));
+    dsdt.as_slice().to_vec()
+}
+
+/// A one-byte register in I/O space.
+fn io_register(port: u16) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        port.into(),
+    )
+}
+
 fn align16(v: &mut Vec<u8>) {
     v.resize(v.len().next_multiple_of(16), 0);
 }
@@ -260,18 +305,20 @@ pub fn build(topo: &Topology, node_memory: &[Vec<(u64, u64)>], base: u64) -> Acp
         addr
     };
 
-    // An empty DSDT: no devices need describing (the serial ports and
-    // the I/O APIC are found the legacy way / through the MADT).
-    let dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, 1);
-    let dsdt_addr = place(&mut bytes, dsdt.as_slice());
+    let dsdt_addr = place(&mut bytes, &dsdt());
 
     let mut fadt = fadt::FADTBuilder::new(OEM_ID, OEM_TABLE_ID, 1)
         .dsdt_64(dsdt_addr)
         .flag(fadt::Flags::HwReducedAcpi)
+        .flag(fadt::Flags::ResetRegSup)
         .flag(fadt::Flags::PwrButton)
         .flag(fadt::Flags::SlpButton);
     // IA-PC boot architecture: no VGA, no MSI override; 8042 absent.
     fadt.iapc_boot_arch = (1u16 << 2).into();
+    fadt.sleep_control_reg = io_register(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_register(SLEEP_STATUS_PORT);
+    fadt.reset_reg = io_register(RESET_CONTROL_PORT);
+    fadt.reset_value = RESET_VALUE;
     entries.push(place(&mut bytes, &aml_bytes(&fadt.finalize())));
     entries.push(place(&mut bytes, &madt(topo)));
     if topo.numa_nodes > 1 {
@@ -380,6 +427,106 @@ mod tests {
         assert_eq!((u32_at(ioapic, 4), u32_at(ioapic, 8)), (IOAPIC_ADDR, 0));
         let iso = subs.iter().find(|(k, _)| *k == 2).unwrap().1;
         assert_eq!((iso[3], u32_at(iso, 4), u16_at(iso, 8)), (0, 2, 0));
+    }
+
+    #[test]
+    fn fadt_offers_s5_and_reset_through_io_registers() {
+        let topo: Topology = "1n1l1c1t".parse().unwrap();
+        let t = build(&topo, &[vec![(0, 256 << 20)]], BASE);
+        let all = tables(&t);
+        let fadt = get(&all, b"FACP").unwrap();
+        assert_ne!(u32_at(fadt, 112) & (1 << 10), 0, "RESET_REG_SUP");
+        // (GAS at offset: space, bit width, access size, address)
+        let gas = |o: usize| (fadt[o], fadt[o + 1], fadt[o + 3], u64_at(fadt, o + 4));
+        assert_eq!(
+            gas(116),
+            (1, 8, 1, u64::from(RESET_CONTROL_PORT)),
+            "RESET_REG"
+        );
+        assert_eq!(fadt[128], RESET_VALUE);
+        assert_eq!(
+            gas(244),
+            (1, 8, 1, u64::from(SLEEP_CONTROL_PORT)),
+            "SLEEP_CONTROL_REG"
+        );
+        assert_eq!(
+            gas(256),
+            (1, 8, 1, u64::from(SLEEP_STATUS_PORT)),
+            "SLEEP_STATUS_REG"
+        );
+    }
+
+    /// The DSDT as an independent AML disassembler (ACPICA's iasl) reads
+    /// it; `None` (with the reason printed) when iasl is not installed.
+    fn disassembled_dsdt() -> Option<String> {
+        if std::process::Command::new("iasl")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            ktstr_tests::skip(
+                "acpi::disassembled_dsdt",
+                ktstr_tests::Need::Tool,
+                "iasl not installed (./setup.sh installs acpica-tools)",
+            );
+            return None;
+        }
+        let topo: Topology = "1n1l1c1t".parse().unwrap();
+        let t = build(&topo, &[vec![(0, 256 << 20)]], BASE);
+        let all = tables(&t);
+        let fadt = get(&all, b"FACP").unwrap();
+        let dsdt = table(&t, u64_at(fadt, 140));
+        let dir = tempfile::tempdir().unwrap();
+        let aml = dir.path().join("dsdt.aml");
+        std::fs::write(&aml, dsdt).unwrap();
+        let out = std::process::Command::new("iasl")
+            .arg("-d")
+            .arg(&aml)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "iasl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(std::fs::read_to_string(dir.path().join("dsdt.dsl")).unwrap())
+    }
+
+    #[test]
+    fn dsdt_describes_both_uarts_and_s5() {
+        let Some(dsl) = disassembled_dsdt() else {
+            return;
+        };
+        // One line of ASL per statement, without iasl's `//` comments.
+        let squeezed: String = dsl
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .flat_map(str::split_whitespace)
+            .collect::<Vec<_>>()
+            .join(" ");
+        for (name, base, irq) in [
+            ("COM1", "0x03F8", "0x00000004"),
+            ("COM2", "0x02F8", "0x00000003"),
+        ] {
+            let dev = squeezed
+                .split(&format!("Device (\\_SB.{name})"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no Device (\\_SB.{name}) in\n{dsl}"));
+            let dev = dev.split("Device (").next().unwrap();
+            for want in [
+                "EisaId (\"PNP0501\")".to_string(),
+                format!("IO (Decode16, {base}, {base}, 0x01, 0x08, )"),
+                format!(
+                    "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) {{ {irq}, }}"
+                ),
+            ] {
+                assert!(dev.contains(&want), "{name}: no {want} in {dev}");
+            }
+        }
+        assert!(
+            squeezed.contains("Name (\\_S5, Package (0x01) { 0x05 })"),
+            "{squeezed}"
+        );
     }
 
     #[test]

@@ -23,21 +23,36 @@
 //! vm.stop();
 //! ```
 //!
-//! Module map: [`topology`] (the model and APIC IDs), [`cpuid`] and
-//! [`acpi`] (what the guest is told), [`layout`] (memory map, e820),
-//! [`serial`] (UARTs), [`vm`] (lifecycle, vCPU threads, freeze/thaw).
+//! Module map, in the order a boot uses them:
+//! - what the guest is told: [`topology`] (the model and APIC IDs),
+//!   [`cpuid`], [`acpi`], [`layout`] (memory map, e820);
+//! - [`vstate`]: KVM state ([`vstate::memory`] guest RAM,
+//!   [`vstate::vcpu`] entry state, run loop and kick,
+//!   [`vstate::control`] what the host and vCPU threads share);
+//! - [`devices`]: the I/O bus and what is on it (UARTs, power and reset);
+//! - [`boot`]: what the guest starts with (PVH kernel or raw code);
+//! - [`vm`]: building a VM from those, its lifecycle;
+//! - [`freeze`]: freeze/thaw around a capture.
 #![warn(missing_docs)]
 
 pub use ktstr_walker as walker;
 
 pub mod acpi;
+pub mod boot;
 pub mod cpuid;
+pub mod devices;
+pub mod freeze;
 pub mod layout;
-pub mod serial;
 pub mod topology;
 pub mod vm;
+pub mod vstate;
 
+pub use boot::{Boot, CODE_ADDR, CODE_MAX, COUNTER_ADDR};
+pub use freeze::{DEFAULT_PARK_TIMEOUT, FreezeReport, Frozen};
 pub use topology::{Topology, TopologyError};
+pub use vm::{ExitReason, Vm, VmConfig, VmError};
+pub use vstate::memory::VmMemory;
+pub use vstate::vcpu::{VcpuState, kick_signal};
 
 /// Whether this host has hardware virtualization (VT-x/AMD-V flags and
 /// /dev/kvm). Without it, /dev/kvm may still exist (e.g. PVM), but a stock
@@ -50,4 +65,3 @@ pub fn hardware_virt() -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
     has && std::path::Path::new("/dev/kvm").exists()
 }
-pub use vm::{Boot, ExitReason, FreezeReport, Frozen, VcpuState, Vm, VmConfig, VmError, VmMemory};

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use ktstr_tests::{Need, skip};
-use ktstr_vmm::vm::{CODE_ADDR, COUNTER_ADDR};
 use ktstr_vmm::walker::GuestMem;
+use ktstr_vmm::{CODE_ADDR, COUNTER_ADDR};
 use ktstr_vmm::{ExitReason, Topology, Vm, VmConfig};
 
 /// `1: inc dword [ebx]; jmp 1b`

@@ -115,7 +115,7 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
                     .ok_or_else(|| format!("step removes cgroup {name}, which does not exist"))?;
                 let (_, ws) = groups.remove(i);
                 worker::stop(&ws);
-                results.extend(worker::finish(ws));
+                results.extend(worker::finish(ws, Instant::now() + worker::FINISH_GRACE));
                 cgroup::remove(name)?;
             }
             StepAction::MoveWorkers { from, to } => {
@@ -128,7 +128,7 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
         }
     }
     for (_, ws) in groups {
-        results.extend(worker::finish(ws));
+        results.extend(worker::finish(ws, end + worker::FINISH_GRACE));
     }
     Ok(results)
 }

@@ -23,6 +23,7 @@ struct Args {
 }
 
 /// A started worker.
+#[derive(Debug)]
 pub struct Worker {
     /// Who it is.
     pub info: WorkerInfo,
@@ -84,24 +85,78 @@ pub fn stop(workers: &[Worker]) {
     }
 }
 
-/// Wait for every worker and collect what each reported.
-pub fn finish(workers: Vec<Worker>) -> Vec<WorkerResult> {
-    workers
-        .into_iter()
-        .map(|mut w| {
-            let mut out = String::new();
-            if let Some(mut s) = w.child.stdout.take() {
-                let _ = s.read_to_string(&mut out);
+/// How long past its deadline a worker may take to report: longer than
+/// the sched_ext watchdog (30 s at most), which frees a worker a broken
+/// scheduler never runs; past it the worker is killed.
+pub const FINISH_GRACE: Duration = Duration::from_secs(35);
+/// How long killed workers get to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// One worker's report: its stdout's JSON, or why there is none.
+fn collect(mut w: Worker) -> WorkerResult {
+    let mut out = String::new();
+    if let Some(mut s) = w.child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    let status = w.child.wait();
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|_| failed(&w.info, format!("no result ({status:?}): {out:?}")))
+}
+
+fn failed(info: &WorkerInfo, error: String) -> WorkerResult {
+    WorkerResult {
+        name: info.name.clone(),
+        cgroup: info.cgroup.clone(),
+        pid: info.pid,
+        error: Some(error),
+        ..WorkerResult::default()
+    }
+}
+
+/// Wait for every worker, at most until `deadline`, and collect what each
+/// reported; a worker still running then is killed and reported so.
+pub fn finish(workers: Vec<Worker>, deadline: Instant) -> Vec<WorkerResult> {
+    let infos: Vec<WorkerInfo> = workers.iter().map(|w| w.info.clone()).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, w) in workers.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((i, collect(w)));
+        });
+    }
+    drop(tx);
+    let mut results: Vec<Option<WorkerResult>> = vec![None; infos.len()];
+    let mut killed = vec![false; infos.len()];
+    let mut kill_deadline = None;
+    while results.iter().any(Option::is_none) {
+        let until = kill_deadline.unwrap_or(deadline);
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok((i, r)) => results[i] = Some(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if kill_deadline.is_none() => {
+                for ((info, r), k) in infos.iter().zip(&results).zip(&mut killed) {
+                    if r.is_none() {
+                        // SAFETY: signalling our own child, not yet reaped
+                        // (its collector is still waiting for it).
+                        unsafe { libc::kill(info.pid, libc::SIGKILL) };
+                        *k = true;
+                    }
+                }
+                kill_deadline = Some(Instant::now() + KILL_WAIT);
             }
-            let status = w.child.wait();
-            let parsed: Option<WorkerResult> = serde_json::from_str(out.trim()).ok();
-            parsed.unwrap_or_else(|| WorkerResult {
-                name: w.info.name.clone(),
-                cgroup: w.info.cgroup.clone(),
-                pid: w.info.pid,
-                error: Some(format!("no result ({status:?}): {out:?}")),
-                ..WorkerResult::default()
-            })
+            Err(_) => break,
+        }
+    }
+    infos
+        .iter()
+        .zip(results)
+        .zip(killed)
+        .map(|((info, r), killed)| match (r, killed) {
+            (Some(r), false) => r,
+            (Some(_), true) => failed(info, "still running past its end; killed".into()),
+            (None, _) => failed(
+                info,
+                "still running past its end, and did not die when killed".into(),
+            ),
         })
         .collect()
 }
@@ -390,4 +445,45 @@ fn cpu_ms() -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     Some(ticks * 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(cmd: &str) -> Worker {
+        let child = Command::new("sh")
+            .args(["-c", cmd])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Worker {
+            info: WorkerInfo {
+                name: cmd.into(),
+                cgroup: "t".into(),
+                pid: child.id() as i32,
+                comm: String::new(),
+            },
+            child,
+        }
+    }
+
+    #[test]
+    fn a_worker_that_never_ends_is_killed_at_the_deadline() {
+        let result = WorkerResult {
+            name: "ok".into(),
+            iterations: 3,
+            ..WorkerResult::default()
+        };
+        let json = serde_json::to_string(&result).unwrap();
+        let t = Instant::now();
+        let results = finish(
+            vec![worker(&format!("echo '{json}'")), worker("exec sleep 1000")],
+            Instant::now() + Duration::from_millis(300),
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(results[0], result);
+        let err = results[1].error.as_deref().unwrap_or("");
+        assert!(err.contains("killed"), "{err}");
+    }
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::{BusEvent, PortDevice};
+
 /// COM1 I/O base.
 pub const COM1_BASE: u16 = 0x3f8;
 /// COM2 I/O base.
@@ -17,6 +19,8 @@ pub const COM2_BASE: u16 = 0x2f8;
 pub const COM1_IRQ: u32 = 4;
 /// COM2's ISA IRQ.
 pub const COM2_IRQ: u32 = 3;
+/// Ports a UART occupies.
+pub const UART_PORTS: u16 = 8;
 /// Default cap on bytes kept from one port's output.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
 /// Cap on host->guest bytes waiting for room in the UART's FIFO.
@@ -198,14 +202,14 @@ impl Uart {
     }
 
     /// A guest read of register `offset`.
-    pub fn read(&mut self, offset: u8) -> u8 {
+    pub fn read_reg(&mut self, offset: u8) -> u8 {
         let v = self.serial.read(offset);
         self.refill();
         v
     }
 
     /// A guest write of register `offset`.
-    pub fn write(&mut self, offset: u8, value: u8) {
+    pub fn write_reg(&mut self, offset: u8, value: u8) {
         // The only error is a failed interrupt trigger; the guest will poll.
         let _ = self.serial.write(offset, value);
         self.refill();
@@ -219,6 +223,21 @@ impl Uart {
         self.pending.extend(&data[..n]);
         self.refill();
         n
+    }
+}
+
+impl PortDevice for Uart {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        if let (Some(b), Ok(reg)) = (data.first_mut(), u8::try_from(offset)) {
+            *b = self.read_reg(reg);
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<BusEvent> {
+        if let (Some(&v), Ok(reg)) = (data.first(), u8::try_from(offset)) {
+            self.write_reg(reg, v);
+        }
+        None
     }
 }
 
@@ -252,7 +271,7 @@ mod tests {
         let out = Arc::new(Output::new(64));
         let mut u = Uart::new(EventFd::new(0).unwrap(), out.clone());
         for b in b"hi\n" {
-            u.write(0, *b);
+            u.write_reg(0, *b);
         }
         assert_eq!(out.text(), "hi\n");
         assert!(out.wait_until(Duration::from_millis(10), |t| t.contains("hi")));
@@ -261,6 +280,6 @@ mod tests {
         let n = u.send(&big);
         assert_eq!(n, INPUT_LIMIT);
         // The guest reads the receive buffer register byte by byte.
-        assert_eq!(u.read(0), b'x');
+        assert_eq!(u.read_reg(0), b'x');
     }
 }

@@ -9,65 +9,85 @@
 //! behind; stale files of dead ktstr processes are swept at start.
 
 pub mod mem;
-pub mod qmp;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ktstr_vmm::Topology;
+use ktstr_walker::GuestMem;
 use ktstr_walker::translate::PageTableRoot;
 
 use crate::agent::proto::Msg;
 use crate::channel::AgentLog;
-use crate::machine::VmError;
+use crate::vm::backend::{Backend, BootSpec, GuestVm, PauseWindow, VmDir, VmError, io};
+use crate::vm::qmp::{self, Qmp, QmpError};
 use mem::SharedRam;
-use qmp::{Qmp, QmpError};
 
 /// Where guest RAM files go.
 const SHM: &str = "/dev/shm";
 const SHM_PREFIX: &str = "ktstr-";
 
-/// What a VM should be.
-#[derive(Debug, Clone)]
-pub struct QemuConfig {
-    /// The vmlinux ELF (PVH entry).
-    pub vmlinux: PathBuf,
-    /// The initramfs.
-    pub initrd: PathBuf,
-    /// CPUs, LLCs and NUMA nodes.
-    pub topology: Topology,
-    /// Guest RAM in MiB (split evenly over NUMA nodes).
-    pub memory_mib: u64,
-    /// Kernel command line.
-    pub cmdline: String,
-    /// How long QEMU may take to come up (QMP answering).
-    pub start_timeout: Duration,
-    /// The console on this process's stdin/stdout (an interactive shell)
-    /// instead of a log file.
-    pub console_stdio: bool,
+/// Every live VM of this process, for [`kill_all`].
+/// A QEMU this process started and has not reaped.
+struct Live {
+    pid: u32,
+    /// A handle on that very process: signals through it cannot reach
+    /// another process that later gets the same pid. `None` on kernels
+    /// before 5.3.
+    pidfd: Option<OwnedFd>,
+    dir: PathBuf,
+    ram_files: Vec<PathBuf>,
 }
 
-/// Every live VM of this process, for [`kill_all`].
-static LIVE: std::sync::Mutex<Vec<(u32, PathBuf, Vec<PathBuf>)>> =
-    std::sync::Mutex::new(Vec::new());
+static LIVE: Mutex<Vec<Live>> = Mutex::new(Vec::new());
 
-fn live() -> std::sync::MutexGuard<'static, Vec<(u32, PathBuf, Vec<PathBuf>)>> {
+fn live() -> MutexGuard<'static, Vec<Live>> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    // SAFETY: `fd` was just returned by pidfd_open and nothing else owns it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// SIGKILL the process behind `pidfd`; false if it is gone (reaped).
+fn pidfd_kill(pidfd: &OwnedFd) -> bool {
+    // SAFETY: a plain syscall on an fd we own.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
 /// Kill every VM this process started and remove its files: for a signal
-/// handler (Ctrl-C) that is about to exit the process, when no destructor
-/// will run.
+/// handler (Ctrl-C, SIGTERM) that is about to exit the process, when no
+/// destructor will run.
 pub fn kill_all() {
-    for (pid, dir, files) in live().drain(..) {
-        // SAFETY: signalling a child we started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        let _ = std::fs::remove_dir_all(dir);
-        for f in files {
+    for l in live().drain(..) {
+        match &l.pidfd {
+            Some(fd) => {
+                pidfd_kill(fd);
+            }
+            // SAFETY: signalling a child we started; without pidfds this is
+            // the best there is.
+            None => unsafe {
+                libc::kill(l.pid as i32, libc::SIGKILL);
+            },
+        }
+        let _ = std::fs::remove_dir_all(l.dir);
+        for f in l.ram_files {
             let _ = std::fs::remove_file(f);
         }
     }
@@ -76,14 +96,48 @@ pub fn kill_all() {
 /// A running QEMU.
 pub struct QemuVm {
     child: Child,
-    dir: tempfile::TempDir,
+    dir: VmDir,
     qmp: Qmp,
     ram: Arc<SharedRam>,
     ram_files: Vec<PathBuf>,
     agent: AgentLog,
 }
 
-use crate::machine::io;
+/// Guest RAM files, made by us before QEMU opens them: exclusive (no file
+/// another user planted is ever used), mode 0600, under names no one can
+/// guess; removed on drop (they are unlinked anyway once mapped).
+struct RamFiles(Vec<PathBuf>);
+
+impl RamFiles {
+    fn create(dir: &Path, nodes: u64) -> Result<RamFiles, VmError> {
+        let mut files = RamFiles(Vec::new());
+        for n in 0..nodes {
+            let file = tempfile::Builder::new()
+                .prefix(&format!("{SHM_PREFIX}{}-", std::process::id()))
+                .suffix(&format!("-node{n}"))
+                .rand_bytes(16)
+                .permissions(std::fs::Permissions::from_mode(0o600))
+                .tempfile_in(dir)
+                .map_err(io(format!(
+                    "creating a guest RAM file in {}",
+                    dir.display()
+                )))?;
+            let (_, path) = file
+                .keep()
+                .map_err(|e| io("keeping a guest RAM file")(e.error))?;
+            files.0.push(path);
+        }
+        Ok(files)
+    }
+}
+
+impl Drop for RamFiles {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
 
 /// Remove RAM files left by ktstr processes that no longer exist.
 fn sweep_stale_ram_files() {
@@ -107,20 +161,15 @@ fn sweep_stale_ram_files() {
 
 impl QemuVm {
     /// Start QEMU and connect to it; the guest is running when this returns.
-    /// `dir` (from [`crate::machine::vm_dir`]) holds the VM's files and goes with it.
-    pub fn start(cfg: &QemuConfig, dir: tempfile::TempDir) -> Result<QemuVm, VmError> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
+    /// `dir` (from [`crate::vm::vm_dir`]) holds the VM's files and goes with it.
+    pub fn start(cfg: &BootSpec, dir: VmDir) -> Result<QemuVm, VmError> {
         sweep_stale_ram_files();
         let t = cfg.topology;
         let nodes = t.numa_nodes as u64;
         // Each node's RAM, rounded to 2 MiB so backends stay hugepage-aligned.
         let node_mib = (cfg.memory_mib / nodes).div_ceil(2) * 2;
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let ram_files: Vec<PathBuf> = (0..nodes)
-            .map(|n| {
-                PathBuf::from(SHM).join(format!("{SHM_PREFIX}{}-{seq}-node{n}", std::process::id()))
-            })
-            .collect();
+        let ram_guard = RamFiles::create(Path::new(SHM), nodes)?;
+        let ram_files = ram_guard.0.clone();
         let qmp_path = dir.path().join("qmp.sock");
         let accel = if ktstr_vmm::hardware_virt() {
             ["-accel", "kvm", "-cpu", "host"]
@@ -213,7 +262,12 @@ impl QemuVm {
             bin: "qemu-system-x86_64".into(),
             err,
         })?;
-        live().push((child.id(), dir.path().to_path_buf(), ram_files.clone()));
+        live().push(Live {
+            pid: child.id(),
+            pidfd: pidfd_open(child.id()),
+            dir: dir.path().to_path_buf(),
+            ram_files: ram_files.clone(),
+        });
         let mut starting = Starting {
             child: Some(child),
             ram_files: &ram_files,
@@ -240,18 +294,34 @@ impl QemuVm {
         Arc::clone(&self.ram)
     }
 
-    /// The last lines of the guest console.
-    pub fn console_tail(&self) -> String {
+    /// Pause every vCPU. The returned guard thaws on [`Frozen::thaw`] or
+    /// when dropped, so no error path leaves the guest frozen.
+    pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
+        let asked = Instant::now();
+        self.qmp.stop()?;
+        Ok(Frozen {
+            asked,
+            stopped: asked.elapsed(),
+            vm: self,
+            thawed: false,
+        })
+    }
+}
+
+impl GuestVm for QemuVm {
+    fn backend(&self) -> Backend {
+        Backend::Qemu
+    }
+
+    fn console_tail(&self) -> String {
         tail(&self.dir.path().join("console.log"))
     }
 
-    /// The whole guest console so far.
-    pub fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    fn console(&self) -> String {
+        read_tail(&self.dir.path().join("console.log"))
     }
 
-    /// Why QEMU is gone, if it is.
-    pub fn exited(&mut self, waiting: &str) -> Option<VmError> {
+    fn exited(&mut self, waiting: &str) -> Option<VmError> {
         let status = self.child.try_wait().ok().flatten()?;
         Some(VmError::Exited {
             status: status.to_string(),
@@ -262,42 +332,55 @@ impl QemuVm {
         })
     }
 
-    /// Agent messages completed since the last call.
-    pub fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
+    fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
         Ok(self.agent.poll()?)
     }
 
-    /// Kill QEMU now.
-    pub fn kill(&mut self) {
+    fn kill(&mut self) {
         let _ = self.child.kill();
     }
 
-    /// The page-table root of the first vCPU (`info registers`; the guest
-    /// may be running).
-    pub fn root(&mut self) -> Result<PageTableRoot, VmError> {
+    /// From `info registers`; the guest may be running.
+    fn root(&mut self) -> Result<PageTableRoot, VmError> {
         let info = self.qmp.hmp("info registers")?;
         let cr3 = qmp::register(&info, "CR3")
             .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
         Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
     }
 
-    /// Pause every vCPU. The returned guard thaws on [`Frozen::thaw`] or
-    /// when dropped, so no error path leaves the guest frozen.
-    pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
-        self.qmp.execute("stop", serde_json::json!({}))?;
-        Ok(Frozen {
-            at: Instant::now(),
-            vm: self,
-            thawed: false,
-        })
+    fn live_mem(&self) -> &dyn GuestMem {
+        &*self.ram
     }
 
-    /// Wait for QEMU to exit (the guest powered off).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
+    fn frozen(
+        &mut self,
+        core: Option<&Path>,
+        capture: &mut dyn FnMut(&dyn GuestMem),
+    ) -> Result<PauseWindow, VmError> {
+        let ram = self.ram();
+        let mut frozen = self.freeze()?;
+        let t = Instant::now();
+        capture(&*ram);
+        if let Some(core) = core {
+            frozen.dump_core(core)?;
+        }
+        let capture = t.elapsed();
+        let stop = frozen.stop_time();
+        let (resume, total) = frozen.thaw()?;
+        Ok(PauseWindow::new(stop, capture, resume, total))
+    }
+
+    /// QEMU exits when the guest powers off (`-no-reboot`: or resets).
+    fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(s) = self.child.try_wait().map_err(io("waiting for QEMU"))? {
-                return Ok(s);
+            if self
+                .child
+                .try_wait()
+                .map_err(io("waiting for QEMU"))?
+                .is_some()
+            {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
@@ -315,7 +398,7 @@ impl QemuVm {
 /// Kill and reap QEMU, forget it in [`LIVE`], remove its RAM files.
 fn reap(child: &mut Child, ram_files: &[PathBuf]) {
     let pid = child.id();
-    live().retain(|(p, ..)| *p != pid);
+    live().retain(|l| l.pid != pid);
     let _ = child.kill();
     let _ = child.wait();
     for f in ram_files {
@@ -375,14 +458,43 @@ fn connect(
     }
 }
 
+/// Bytes of a console log read back: the guest decides how much it writes.
+const CONSOLE_READ_LIMIT: u64 = 1 << 20;
+
+/// The last [`CONSOLE_READ_LIMIT`] bytes of a log, as text, saying how
+/// much came before them.
+fn read_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let skip = len.saturating_sub(CONSOLE_READ_LIMIT);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(skip)).is_err()
+        || f.take(CONSOLE_READ_LIMIT).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    if skip > 0 {
+        format!("[{skip} earlier bytes not shown]\n{text}")
+    } else {
+        text.into_owned()
+    }
+}
+
 pub(crate) fn tail(path: &Path) -> String {
-    crate::machine::last_lines(&std::fs::read_to_string(path).unwrap_or_default())
+    crate::vm::backend::last_lines(&read_tail(path))
 }
 
 /// A paused guest.
 pub struct Frozen<'a> {
     vm: &'a mut QemuVm,
-    at: Instant,
+    /// When `stop` was sent: the guest stopped between then and its answer.
+    asked: Instant,
+    /// How long `stop` took to answer.
+    stopped: Duration,
     thawed: bool,
 }
 
@@ -396,11 +508,18 @@ impl Frozen<'_> {
         Ok(())
     }
 
-    /// Resume the guest; returns how long it was paused.
-    pub fn thaw(mut self) -> Result<Duration, VmError> {
+    /// How long QMP's `stop` took to answer.
+    pub fn stop_time(&self) -> Duration {
+        self.stopped
+    }
+
+    /// Resume the guest; returns how long `cont` took to answer and the
+    /// whole pause (from sending `stop` to `cont`'s answer: an upper bound).
+    pub fn thaw(mut self) -> Result<(Duration, Duration), VmError> {
         self.thawed = true;
+        let t = Instant::now();
         self.vm.qmp.execute("cont", serde_json::json!({}))?;
-        Ok(self.at.elapsed())
+        Ok((t.elapsed(), self.asked.elapsed()))
     }
 }
 
@@ -409,5 +528,68 @@ impl Drop for Frozen<'_> {
         if !self.thawed {
             let _ = self.vm.qmp.execute("cont", serde_json::json!({}));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_pidfd_kills_its_process_and_nothing_after_it_is_reaped() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let fd = pidfd_open(child.id()).expect("pidfd_open (Linux 5.3+)");
+        assert!(pidfd_kill(&fd));
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        // Reaped: its pid may belong to anyone now, the pidfd to no one.
+        assert!(!pidfd_kill(&fd));
+    }
+
+    #[test]
+    fn console_reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut text = "a\n".repeat(CONSOLE_READ_LIMIT as usize);
+        text.push_str("last line\n");
+        std::fs::write(&log, &text).unwrap();
+        let read = read_tail(&log);
+        assert!(
+            read.len() < CONSOLE_READ_LIMIT as usize + 64,
+            "{}",
+            read.len()
+        );
+        assert!(read.starts_with(&format!(
+            "[{} earlier bytes not shown]",
+            text.len() as u64 - CONSOLE_READ_LIMIT
+        )));
+        assert!(tail(&log).ends_with("last line"));
+        assert_eq!(read_tail(&dir.path().join("none")), "");
+    }
+
+    #[test]
+    fn ram_files_are_private_unguessable_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RamFiles::create(dir.path(), 2).unwrap();
+        let paths = files.0.clone();
+        assert_eq!(paths.len(), 2);
+        for (n, p) in paths.iter().enumerate() {
+            let meta = std::fs::metadata(p).unwrap();
+            assert_eq!(meta.mode() & 0o777, 0o600, "{}", p.display());
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let pid = format!("{SHM_PREFIX}{}-", std::process::id());
+            let random = name
+                .strip_prefix(&pid)
+                .and_then(|r| r.strip_suffix(&format!("-node{n}")))
+                .unwrap_or_else(|| panic!("{name}"));
+            assert!(random.len() >= 16, "{name}: a guessable name");
+        }
+        assert_ne!(paths[0], paths[1]);
+        drop(files);
+        assert!(paths.iter().all(|p| !p.exists()), "removed on drop");
     }
 }

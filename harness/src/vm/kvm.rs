@@ -7,16 +7,15 @@
 //! early boot (ENVIRONMENT.md), which this backend reports as the VM's end
 //! with the console's tail.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
-use ktstr_vmm::{Boot, ExitReason, Topology, Vm, VmConfig};
+use ktstr_vmm::{Boot, ExitReason, Vm, VmConfig};
 use ktstr_walker::GuestMem;
 use ktstr_walker::translate::PageTableRoot;
 
-use crate::agent::proto::Msg;
-use crate::channel::AgentLog;
-use crate::machine::VmError;
+use crate::agent::proto::{FrameReader, Msg};
+use crate::vm::backend::{Backend, BootSpec, GuestVm, PauseWindow, VmDir, VmError};
 
 /// How long a freeze waits for every vCPU to park: generous, a busy host
 /// may not run a vCPU thread at once.
@@ -25,39 +24,41 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A VM of the built-in VMM.
 pub struct KvmVm {
     vm: Vm,
-    agent: AgentLog,
+    agent: FrameReader,
     /// Bytes of the agent channel already fed to `agent`.
     seen: u64,
-    _dir: tempfile::TempDir,
+    _dir: VmDir,
 }
 
 impl KvmVm {
-    /// Boot `vmlinux` with `initrd` and `cmdline`; `dir` holds the files
-    /// and goes with the VM.
-    pub fn start(
-        vmlinux: PathBuf,
-        initrd: PathBuf,
-        cmdline: &str,
-        topology: Topology,
-        memory_mib: u64,
-        dir: tempfile::TempDir,
-    ) -> Result<KvmVm, VmError> {
-        let mut cfg = VmConfig::kernel(topology, vmlinux, cmdline);
-        cfg.memory_mib = memory_mib;
+    /// Boot `spec`; `dir` holds the files and goes with the VM.
+    pub fn start(spec: &BootSpec, dir: VmDir) -> Result<KvmVm, VmError> {
+        if spec.console_stdio {
+            return Err(VmError::Unsupported(
+                "the KVM backend has no interactive console; use --backend qemu".into(),
+            ));
+        }
+        let mut cfg = VmConfig::kernel(spec.topology, spec.vmlinux.clone(), &spec.cmdline);
+        cfg.memory_mib = spec.memory_mib;
         cfg.park_timeout = PARK_TIMEOUT;
         if let Boot::Kernel { initramfs, .. } = &mut cfg.boot {
-            *initramfs = Some(initrd);
+            *initramfs = Some(spec.initrd.clone());
         }
         Ok(KvmVm {
             vm: Vm::boot(cfg)?,
-            agent: AgentLog::new(PathBuf::new()),
+            agent: FrameReader::new(),
             seen: 0,
             _dir: dir,
         })
     }
+}
 
-    /// Agent messages completed since the last call.
-    pub fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
+impl GuestVm for KvmVm {
+    fn backend(&self) -> Backend {
+        Backend::Kvm
+    }
+
+    fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
         let (bytes, total, lost) = self.vm.channel().since(self.seen);
         self.seen = total;
         if lost > 0 {
@@ -68,8 +69,7 @@ impl KvmVm {
         Ok(self.agent.feed(&bytes)?)
     }
 
-    /// Why the VM is gone, if it is.
-    pub fn exited(&mut self, waiting: &str) -> Option<VmError> {
+    fn exited(&mut self, waiting: &str) -> Option<VmError> {
         let reason = self.vm.exit_reason()?;
         Some(VmError::Exited {
             status: reason.to_string(),
@@ -79,55 +79,62 @@ impl KvmVm {
         })
     }
 
-    /// Stop the VM now.
-    pub fn kill(&mut self) {
+    fn kill(&mut self) {
         self.vm.stop();
     }
 
-    /// The guest console so far (what the VMM kept of it).
-    pub fn console(&self) -> String {
+    fn console(&self) -> String {
         self.vm.console().text()
     }
 
-    /// The last lines of the guest console.
-    pub fn console_tail(&self) -> String {
-        crate::machine::last_lines(&self.console())
-    }
-
-    /// Guest memory.
-    pub fn mem(&self) -> &dyn GuestMem {
-        self.vm.memory()
-    }
-
-    /// The first vCPU's page-table root, from a brief freeze.
-    pub fn root(&mut self) -> Result<PageTableRoot, VmError> {
+    fn root(&mut self) -> Result<PageTableRoot, VmError> {
         let (_, regs) = self.vm.freeze(|f| f.vcpus.first().copied())?;
         let regs =
             regs.ok_or_else(|| VmError::Unsupported("no vCPU parked to read its CR3 from".into()))?;
         Ok(crate::guest::root(regs.cr3, Some(regs.cr4)))
     }
 
-    /// Freeze, run `f` over guest memory, thaw; `f`'s result and the pause.
-    pub fn frozen<R>(
+    fn live_mem(&self) -> &dyn GuestMem {
+        self.vm.memory()
+    }
+
+    fn frozen(
         &mut self,
-        f: impl FnOnce(&dyn GuestMem) -> R,
-    ) -> Result<(R, Duration), VmError> {
-        let (report, r) = self.vm.freeze(|frozen| f(frozen.mem))?;
+        core: Option<&Path>,
+        capture: &mut dyn FnMut(&dyn GuestMem),
+    ) -> Result<PauseWindow, VmError> {
+        if core.is_some() {
+            return Err(VmError::Unsupported(
+                "the KVM backend writes no core files; use the QEMU backend for them".into(),
+            ));
+        }
+        let (report, ()) = self.vm.freeze(|frozen| capture(frozen.mem))?;
         if report.degraded() {
             tracing::warn!(not_parked = ?report.not_parked, "freeze: some vCPUs did not park; the capture may be torn");
         }
-        Ok((r, report.pause))
+        Ok(PauseWindow::new(
+            report.park,
+            report.capture,
+            report.resume,
+            report.pause,
+        ))
     }
 
-    /// Wait for the guest to power off (or reset: `panic=-1`).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
+    fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
+        // A reset means the agent fell back to a kernel panic (panic=-1).
         match self.vm.wait(timeout) {
+            ExitReason::PowerOff | ExitReason::Reset => Ok(()),
             ExitReason::Timeout => Err(VmError::Timeout {
                 waiting: "the guest to power off".into(),
                 secs: timeout.as_secs(),
                 console: self.console_tail(),
             }),
-            _ => Ok(()),
+            other => Err(VmError::Exited {
+                status: other.to_string(),
+                waiting: "the guest to power off".into(),
+                stderr: String::new(),
+                console: self.console_tail(),
+            }),
         }
     }
 }
