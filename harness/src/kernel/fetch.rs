@@ -176,6 +176,7 @@ pub struct Fetched {
 
 impl Fetched {
     fn cached(dir: PathBuf) -> Self {
+        store::touch_last_used(&dir);
         Self {
             release: store::release_name(&dir).unwrap_or_default(),
             dir,

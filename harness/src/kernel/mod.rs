@@ -103,7 +103,10 @@ impl Kernel {
         let (Resolved::Path(path)
         | Resolved::Cached { dir: path, .. }
         | Resolved::Fetched { dir: path, .. }) = &resolved;
-        if !matches!(resolved, Resolved::Path(_)) {
+        // A cache release given by its directory counts as a use too.
+        let in_cache = crate::cache::kernels_dir()
+            .is_ok_and(|k| path.parent() == Some(k.as_path()) && store::is_complete(path));
+        if !matches!(resolved, Resolved::Path(_)) || in_cache {
             store::touch_last_used(path);
         }
         let mut k = Self::from_path(path)?;
