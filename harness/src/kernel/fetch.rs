@@ -33,6 +33,8 @@ const IMAGE_PREFIX: &str = "linux-image-";
 const PART_PREFIXES: [&str; 2] = ["linux-binary-", "linux-base-"];
 const FLAVOUR_SUFFIX: &str = "-cloud-amd64";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// Download directories of packages fetched without a release (KVM modules).
+const DOWNLOAD_PREFIX: &str = ".download-";
 
 /// Bounds on the external commands (apt's own network timeout is set too).
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -656,8 +658,21 @@ impl Apt {
         };
         let missing: Vec<&PackageInfo> = pkgs.iter().filter(|p| good(p).is_none()).collect();
         if !missing.is_empty() {
-            std::fs::create_dir_all(staging).map_err(io(staging))?;
             let _lock = self.lock()?;
+            // Only the holder of the apt lock downloads, so other download
+            // directories under the apt root are left by killed processes.
+            for e in std::fs::read_dir(&self.root)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_string_lossy().starts_with(DOWNLOAD_PREFIX)
+                    && e.path() != staging
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            std::fs::create_dir_all(staging).map_err(io(staging))?;
             let total: u64 = missing.iter().map(|p| p.size).sum();
             tracing::info!(
                 "downloading {} ({} MB)",
@@ -712,7 +727,9 @@ impl Apt {
                 mirror: self.mirror.clone(),
             });
         }
-        let staging = self.root.join(format!(".download-{}", std::process::id()));
+        let staging = self
+            .root
+            .join(format!("{DOWNLOAD_PREFIX}{}", std::process::id()));
         let result = self.download_verified(&infos, &staging);
         let _ = std::fs::remove_dir_all(&staging);
         result
