@@ -398,3 +398,46 @@ fn list_shows_each_kernel_and_clean_keeps_the_most_recently_used() {
     assert!(store::complete_releases(&kernels).is_empty());
     assert!(run(&["kernel", "list"]).contains("no kernels cached"));
 }
+
+#[test]
+fn an_unreachable_archive_falls_back_to_the_cache_loudly_but_not_for_a_pinned_release() {
+    const TEST: &str = "an_unreachable_archive_falls_back";
+    if ktstr::kernel::fetch::which("apt-get").is_none() {
+        return skip(TEST, Need::Tool, "apt-get not found (not Debian/Ubuntu)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let kernels = tmp.path().join("kernels");
+    fake_release(&kernels, "7.3.4+deb13-cloud-amd64", 60);
+    // Port 9 (discard) on the loopback: refused at once, no network needed.
+    let fetch = |args: &[&str]| {
+        wait(
+            ktstr(tmp.path())
+                .env("KTSTR_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
+                .args(["kernel", "fetch"])
+                .args(args)
+                .spawn()
+                .unwrap(),
+            Duration::from_secs(300),
+        )
+    };
+    let out = fetch(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("WARNING") && err.contains("CACHED"), "{err}");
+    assert!(
+        text(&out.stdout)
+            .trim_end()
+            .ends_with("7.3.4+deb13-cloud-amd64")
+    );
+    let out = fetch(&["--release", "6.16.12"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot update the package lists")
+            && err.contains("no cached kernel matches 6.16.12"),
+        "{err}"
+    );
+    // A pinned release that is cached needs no archive at all.
+    let out = fetch(&["--release", "7.3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -292,7 +292,9 @@ fn archive_unreachable(
     match store::newest_complete(kernels) {
         Some(dir) => {
             let reason = err.to_string();
-            tracing::warn!(
+            // The caller says so loudly (FetchedFrom::StaleCache); the CLI
+            // prints a WARNING line.
+            tracing::debug!(
                 "cannot update the package lists: {reason}; using the newest CACHED kernel {}, which may not be the newest in the archive",
                 dir.display()
             );
@@ -758,9 +760,14 @@ fn private_config(root: &Path) -> String {
          APT::Architecture \"amd64\";\n\
          APT::Architectures {{ \"amd64\"; }};\n\
          Acquire::Languages \"none\";\n\
+         // Lists stay compressed on disk: trixie's are 56 MB otherwise.\n\
+         Acquire::GzipIndexes \"true\";\n\
          Acquire::http::Timeout \"60\";\n\
          Acquire::https::Timeout \"60\";\n\
-         Acquire::Retries \"2\";\n"
+         Acquire::Retries \"2\";\n\
+         // An index that cannot be fetched is an error, not a warning over\n\
+         // stale lists (apt-get update exits 0 on an unreachable mirror).\n\
+         APT::Update::Error-Mode \"any\";\n"
     )
 }
 
