@@ -397,11 +397,13 @@ pub fn complete_releases(kernels: &Path) -> Vec<PathBuf> {
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     dirs.retain(|d| {
-        release_name(d).is_some_and(|n| !n.starts_with('.')) && {
-            // Markers written before sums were recorded are upgraded once.
-            let _ = upgrade_legacy_marker(d);
-            is_complete(d)
-        }
+        release_name(d).is_some_and(|n| !n.starts_with('.'))
+            // Markers written before sums were recorded are upgraded once;
+            // in a cache ktstr cannot write, they keep their old meaning.
+            && match upgrade_legacy_marker(d) {
+                Ok(_) => is_complete(d),
+                Err(_) => RELEASE_FILES.iter().all(|f| d.join(f).is_file()),
+            }
     });
     dirs.sort_by_key(|d| super::fetch::version_key(&release_name(d).unwrap_or_default()));
     dirs
