@@ -11,6 +11,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod machine;
 pub mod monitor;
+pub mod nested;
 pub mod run;
 pub mod scenario;
 pub mod scheduler;

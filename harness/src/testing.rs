@@ -21,6 +21,10 @@
 //! environment variable `KTSTR_REQUIRE` names the reason's category
 //! (`kernel`, `tool`, `hwvirt`, comma-separated, or `all`) it panics
 //! instead, so CI cannot pass by skipping.
+//!
+//! `KTSTR_BACKEND` (`auto`, `qemu` or `kvm`) picks the VMM of every
+//! [`KtstrTest`] that does not choose one itself: the nested tier runs the
+//! same tests on ktstr's KVM VMM with `KTSTR_BACKEND=kvm`.
 
 use std::time::Duration;
 
@@ -30,6 +34,7 @@ use crate::checks::Thresholds;
 use crate::run::{RunReport, run};
 use crate::scenario::{Scenario, catalogue};
 use crate::session::{SchedulerConfig, SessionConfig};
+use crate::vm::Backend;
 
 /// Why a test could not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +95,17 @@ pub struct KtstrTest {
     duration: Duration,
     thresholds: Thresholds,
     dump_at: Option<Duration>,
+    backend: Option<Backend>,
+}
+
+/// The backend `KTSTR_BACKEND` names; `None` when unset. A value that
+/// names no backend panics: a typo must not quietly run another VMM.
+pub fn env_backend() -> Option<Backend> {
+    let v = std::env::var("KTSTR_BACKEND").ok()?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|e| panic!("KTSTR_BACKEND={v:?}: {e}")),
+    )
 }
 
 impl KtstrTest {
@@ -107,7 +123,22 @@ impl KtstrTest {
             duration: Duration::from_secs(5),
             thresholds: Thresholds::default(),
             dump_at: None,
+            backend: None,
         }
+    }
+
+    /// The VMM; default `KTSTR_BACKEND`, else `auto`.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The backend this test runs on, on this host.
+    pub fn resolved_backend(&self) -> Backend {
+        self.backend
+            .or_else(env_backend)
+            .unwrap_or_default()
+            .resolve()
     }
 
     /// The kernel: path, build directory or cached release.
@@ -164,7 +195,14 @@ impl KtstrTest {
 
     /// What this machine lacks to run the test, if anything.
     fn missing(&self) -> Option<(Need, String)> {
-        if !have_tool("qemu-system-x86_64") {
+        let backend = self.resolved_backend();
+        if backend == Backend::Kvm && !ktstr_vmm::hardware_virt() {
+            return Some((
+                Need::HwVirt,
+                "the KVM backend needs VT-x/AMD-V (no vmx/svm in /proc/cpuinfo, or no /dev/kvm); the nested tier (tests/tests/nested_kvm.rs) provides them".into(),
+            ));
+        }
+        if backend == Backend::Qemu && !have_tool("qemu-system-x86_64") {
             return Some((
                 Need::Tool,
                 "qemu-system-x86_64 not installed (./setup.sh installs it)".into(),
@@ -195,6 +233,7 @@ impl KtstrTest {
         let topology = self.topology.parse()?;
         let mut cfg = SessionConfig::new(kernel, topology);
         cfg.duration = self.duration;
+        cfg.backend = self.resolved_backend();
         cfg.scheduler = match &self.scheduler {
             Some((s, args)) => Some(SchedulerConfig {
                 binary: crate::scheduler::resolve(s)?,

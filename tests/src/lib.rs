@@ -85,3 +85,55 @@ pub fn assert_no_vm_left_behind() {
         "QEMU children still running: {children:?}"
     );
 }
+
+/// A workspace target's executable: `(target name, whether it is a test
+/// harness)` -> path.
+pub type Executables = std::collections::BTreeMap<(String, bool), PathBuf>;
+
+/// Every executable of the workspace's targets as cargo builds them for
+/// `cargo build --workspace --all-targets` (what ./setup.sh ran; the same
+/// features and hashes as nextest's build, so this is a freshness check,
+/// not a rebuild). Test binaries are keyed `(name, true)`, programs
+/// `(name, false)`.
+pub fn workspace_executables() -> Result<Executables, String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .ok_or("no workspace root")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(&cargo)
+        .args([
+            "build",
+            "--workspace",
+            "--all-targets",
+            "--message-format=json",
+        ])
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("running {}: {e}", cargo.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build --workspace --all-targets failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut found = Executables::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str())
+        else {
+            continue;
+        };
+        let test = v["profile"]["test"].as_bool().unwrap_or(false);
+        found.insert((name.to_string(), test), PathBuf::from(exe));
+    }
+    Ok(found)
+}

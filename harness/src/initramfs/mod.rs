@@ -77,14 +77,7 @@ impl Initramfs {
     /// points, `/dev/console` (the kernel opens it for init before devtmpfs
     /// is mounted).
     pub fn new() -> Initramfs {
-        let mut i = Initramfs::default();
-        for d in [
-            "/dev", "/proc", "/sys", "/tmp", "/run", "/etc", BIN_DIR, LIB_DIR,
-        ] {
-            i.dir(d);
-        }
-        i.entries
-            .insert("/dev/console".into(), Entry::CharDev { major: 5, minor: 1 });
+        let mut i = Initramfs::bare();
         i.put(
             "/init",
             Entry::File {
@@ -94,6 +87,26 @@ impl Initramfs {
         )
         .expect("fresh archive");
         i
+    }
+
+    /// The skeleton without an `/init`: mount points and `/dev/console`,
+    /// for an initramfs whose init is not the agent (the nested tier's L1
+    /// guest, [`crate::nested`]).
+    pub fn bare() -> Initramfs {
+        let mut i = Initramfs::default();
+        for d in [
+            "/dev", "/proc", "/sys", "/tmp", "/run", "/etc", BIN_DIR, LIB_DIR,
+        ] {
+            i.dir(d);
+        }
+        i.entries
+            .insert("/dev/console".into(), Entry::CharDev { major: 5, minor: 1 });
+        i
+    }
+
+    /// Add an empty directory (and its parents).
+    pub fn directory(&mut self, path: &str) {
+        self.dir(path);
     }
 
     fn dir(&mut self, path: &str) {
@@ -137,20 +150,28 @@ impl Initramfs {
     /// A program as `BIN_DIR/<name>` with its loader at its own path and its
     /// libraries in [`LIB_DIR`]; returns its guest path.
     pub fn program(&mut self, host: &Path) -> Result<String, InitramfsError> {
-        let closure = libs::closure(host)?;
         let name = host
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "program".into());
         let guest = format!("{BIN_DIR}/{name}");
         self.file(&guest, read(host)?, 0o755)?;
+        self.libraries(host)?;
+        Ok(guest)
+    }
+
+    /// The loader and shared libraries `host` needs (its DT_NEEDED
+    /// closure), the loader at its own path and the libraries in
+    /// [`LIB_DIR`]; the program itself goes wherever the caller puts it.
+    pub fn libraries(&mut self, host: &Path) -> Result<(), InitramfsError> {
+        let closure = libs::closure(host)?;
         if let Some((interp, file)) = &closure.interp {
             self.file(interp, read(file)?, 0o755)?;
         }
         for (soname, file) in &closure.libs {
             self.file(&format!("{LIB_DIR}/{soname}"), read(file)?, 0o755)?;
         }
-        Ok(guest)
+        Ok(())
     }
 
     /// The kernel config where libbpf looks for it.
@@ -180,25 +201,61 @@ impl Initramfs {
 
     /// The archive, uncompressed (newc format).
     pub fn to_cpio(&self) -> Vec<u8> {
+        self.write_cpio(Vec::new())
+            .expect("writing to a Vec cannot fail")
+    }
+
+    /// Write the uncompressed archive to `out` (file contents are not
+    /// copied on the way: an archive of a few hundred MiB stays cheap).
+    pub fn write_cpio<W: Write>(&self, out: W) -> std::io::Result<W> {
         let entries = self.entries.iter().map(|(path, e)| {
             let name = path.trim_start_matches('/');
             let (b, data) = match e {
-                Entry::Dir => (NewcBuilder::new(name).mode(0o040755), Vec::new()),
-                Entry::File { data, mode } => {
-                    (NewcBuilder::new(name).mode(0o100000 | mode), data.clone())
-                }
-                Entry::Symlink(t) => (NewcBuilder::new(name).mode(0o120777), t.as_bytes().to_vec()),
+                Entry::Dir => (NewcBuilder::new(name).mode(0o040755), &[][..]),
+                Entry::File { data, mode } => (
+                    NewcBuilder::new(name).mode(0o100000 | mode),
+                    data.as_slice(),
+                ),
+                Entry::Symlink(t) => (NewcBuilder::new(name).mode(0o120777), t.as_bytes()),
                 Entry::CharDev { major, minor } => (
                     NewcBuilder::new(name)
                         .mode(0o020600)
                         .rdev_major(*major)
                         .rdev_minor(*minor),
-                    Vec::new(),
+                    &[][..],
                 ),
             };
             (b, Cursor::new(data))
         });
-        cpio::write_cpio(entries, Vec::new()).expect("writing to a Vec cannot fail")
+        cpio::write_cpio(entries, out)
+    }
+
+    /// The uncompressed archive as `dir/<digest>.cpio` (written on first
+    /// use, atomically), for guests where decompressing costs more than
+    /// reading: under TCG, gunzip of a few hundred MiB takes tens of
+    /// seconds.
+    pub fn cached_uncompressed_in(&self, dir: &Path) -> Result<PathBuf, InitramfsError> {
+        let digest = self.digest();
+        let path = dir.join(format!("{digest}.cpio"));
+        if path.is_file() {
+            return Ok(path);
+        }
+        let werr = |err| InitramfsError::Write {
+            path: path.clone(),
+            err,
+        };
+        std::fs::create_dir_all(dir).map_err(werr)?;
+        let tmp = dir.join(format!(".{digest}.{}", std::process::id()));
+        let written = std::fs::File::create(&tmp)
+            .map(std::io::BufWriter::new)
+            .and_then(|w| self.write_cpio(w))
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all());
+        if let Err(err) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(werr(err));
+        }
+        Ok(path)
     }
 
     /// The gzip-compressed archive in ktstr's cache (built on first use).

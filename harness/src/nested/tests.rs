@@ -1,0 +1,117 @@
+use super::*;
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[test]
+fn results_are_parsed_with_files_output_facts_and_times() {
+    let mut r = ResultsReader::default();
+    let report = br#"{"a": 1}"#;
+    let encoded = b64(report);
+    let (first, second) = encoded.split_at(4);
+    let text = format!(
+        "{MARK} init 1.50\r\n{MARK} fact module-kvm ok\r\n{MARK} fact kvm-dmesg SVM: Nested Paging enabled|x\r\n\
+         {MARK} modules 2.00\r\nkernel noise\r\n{MARK} job-begin run 3.00\r\n{MARK} job-end run 1 13.25\r\n\
+         {MARK} output-begin run\r\n{}\r\n{MARK} output-end run\r\n\
+         {MARK} file-begin run report.json\r\n{first}\r\n{second}\r\n{MARK} file-end run\r\n{MARK} done 14.0\r\n",
+        b64(b"line one\nline two\n"),
+    );
+    // Fed in pieces, as a growing file is read.
+    let (a, b) = text.as_bytes().split_at(37);
+    r.bytes(a);
+    r.bytes(b);
+    let run = r.run;
+    assert_eq!(run.init_at, Some(1.5));
+    assert_eq!(run.modules_at, Some(2.0));
+    assert_eq!(run.done_at, Some(14.0));
+    assert_eq!(run.facts["module-kvm"], "ok");
+    assert_eq!(run.facts["kvm-dmesg"], "SVM: Nested Paging enabled|x");
+    let job = &run.jobs[0];
+    assert_eq!(job.name, "run");
+    assert_eq!(job.exit_code, Some(1));
+    assert_eq!(job.secs, Some(10.25));
+    assert!(!job.passed());
+    assert_eq!(job.output, "line one\nline two\n");
+    assert_eq!(job.files["report.json"], report);
+}
+
+#[test]
+fn a_job_cut_off_has_no_exit_code() {
+    let mut r = ResultsReader::default();
+    r.bytes(format!("{MARK} job-begin boot 3.0\n").as_bytes());
+    assert_eq!(r.run.jobs[0].exit_code, None);
+    assert_eq!(r.run.jobs[0].secs, None);
+}
+
+#[test]
+fn the_init_script_quotes_arguments_and_refuses_bad_names() {
+    let mut cfg = L1Config::new("/cache/kernels/7.3.4+deb13-cloud-amd64");
+    cfg.jobs.push(
+        Job::new("run-1", &["/bin/x", "it's", "$HOME"])
+            .env("KTSTR_REQUIRE", "all")
+            .timeout(Duration::from_secs(90)),
+    );
+    let s = init_script(&cfg).unwrap();
+    assert!(
+        s.contains(r#"job run-1 90 env 'KTSTR_REQUIRE=all' '/bin/x' 'it'\''s' '$HOME'"#),
+        "{s}"
+    );
+    assert!(s.contains("insmod /ktstr-nested/modules/$m.ko"), "{s}");
+    assert!(s.contains("for m in irqbypass kvm kvm-amd;"), "{s}");
+    assert!(s.contains("export KTSTR_CACHE_DIR='/ktstr-cache'"), "{s}");
+    assert!(s.trim_end().ends_with("echo o >/proc/sysrq-trigger"), "{s}");
+    for bad in ["", "Up", "a b", "x;y"] {
+        let mut cfg = cfg.clone();
+        cfg.jobs = vec![Job::new(bad, &["/bin/true"])];
+        assert!(
+            matches!(init_script(&cfg), Err(NestedError::JobName(_))),
+            "{bad:?}"
+        );
+    }
+    cfg.jobs.push(Job::new("run-1", &["/bin/true"]));
+    assert!(init_script(&cfg).is_err(), "a name given twice");
+}
+
+/// The generated script is valid busybox sh (parsed, not run).
+#[test]
+fn the_init_script_parses() {
+    let Some(busybox) = crate::kernel::fetch::which("busybox") else {
+        eprintln!("SKIPPED the_init_script_parses: no busybox");
+        return;
+    };
+    let mut cfg = L1Config::new("/cache/kernels/r");
+    cfg.jobs.push(Job::new("a", &["/bin/true"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("init");
+    std::fs::write(&path, init_script(&cfg).unwrap()).unwrap();
+    let out = Command::new(busybox)
+        .args(["sh", "-n"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn prune_keeps_the_newest_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now();
+    for (i, name) in ["a.cpio", "b.cpio", "c.cpio", "keep.txt"]
+        .iter()
+        .enumerate()
+    {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, b"x").unwrap();
+        let f = std::fs::File::options().append(true).open(&p).unwrap();
+        f.set_modified(now - Duration::from_secs(100 - i as u64))
+            .unwrap();
+    }
+    prune(tmp.path());
+    let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["b.cpio", "c.cpio", "keep.txt"]);
+}
