@@ -73,6 +73,9 @@ pub enum NestedError {
         /// Why.
         err: std::io::Error,
     },
+    /// The L1 run directory could not be made.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
     /// A job name that is not `[a-z0-9_-]+`, or given twice.
     #[error("bad job name {0:?}: use [a-z0-9_-], each name once")]
     JobName(String),
@@ -506,10 +509,9 @@ impl Drop for L1Qemu {
 /// failing, L1 crashing, the deadline) is in the [`L1Run`]. Call it from a
 /// thread that lives until it returns (QEMU dies with its thread).
 pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("ktstr-{}-nested-", std::process::id()))
-        .tempdir()
-        .map_err(io("creating the L1 run directory"))?;
+    // A VM directory like the backends' (`ktstr-<pid>-vm-*`): removed on
+    // drop, and by the CLI's signal handlers.
+    let dir = crate::vm::vm_dir()?;
     let t = Instant::now();
     let ramfs = initramfs(cfg, dir.path())?;
     let archive = ramfs.cached_uncompressed_in(&cfg.cache_dir)?;
