@@ -306,14 +306,16 @@ fn compare(run: &L1Run, qemu: &Result<RunReport, String>) -> Vec<String> {
             .unwrap_or_else(|| "none".into())
     };
     eprintln!(
-        "pause window of the dump of `{} {TOPOLOGY}` at {DUMP_AT:?}:\n  QEMU ({}, TCG on the host): {}\n  KVM  ({}, ktstr's VMM in L1): {}\n  frozen share of the workload: QEMU {:.3}%, KVM {:.3}%",
+        "pause window of the dump of `{} {TOPOLOGY}` at {DUMP_AT:?}:\n  QEMU ({}, TCG on the host): {}\n  KVM  ({}, ktstr's VMM in L1): {}\n  frozen share of the workload: QEMU {:.3}%, KVM {:.3}%\n  whole run (boot to power-off): QEMU {:.1} s, KVM {:.1} s",
         qemu.scenario,
         qemu.backend,
         pause(qemu),
         kvm.backend,
         pause(&kvm),
         qemu.frozen_ratio * 100.0,
-        kvm.frozen_ratio * 100.0
+        kvm.frozen_ratio * 100.0,
+        qemu.wall_ms as f64 / 1000.0,
+        kvm.wall_ms as f64 / 1000.0
     );
     if kvm.backend != "kvm" || qemu.backend != "qemu" {
         failures.push(format!(
