@@ -172,12 +172,54 @@ pub enum Policy {
     RoundRobin,
 }
 
+/// `/sys/kernel/sched_ext/state`: the kernel's `scx_enable_state` names.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScxState {
+    /// A BPF scheduler is attached.
+    Enabled,
+    /// None is.
+    #[default]
+    Disabled,
+    /// One is attaching.
+    Enabling,
+    /// One is being detached.
+    Disabling,
+    /// Anything else the file said, or why it could not be read.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl ScxState {
+    /// The state as the file names it.
+    pub fn parse(text: &str) -> ScxState {
+        match text.trim() {
+            "enabled" => ScxState::Enabled,
+            "disabled" => ScxState::Disabled,
+            "enabling" => ScxState::Enabling,
+            "disabling" => ScxState::Disabling,
+            other => ScxState::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ScxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScxState::Enabled => "enabled",
+            ScxState::Disabled => "disabled",
+            ScxState::Enabling => "enabling",
+            ScxState::Disabling => "disabling",
+            ScxState::Other(s) => s,
+        })
+    }
+}
+
 /// `/sys/kernel/sched_ext` as the guest read it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SchedExtState {
-    /// `/sys/kernel/sched_ext/state` (`enabled`, `disabled`, ...), or what
-    /// went wrong reading it.
-    pub state: String,
+    /// `/sys/kernel/sched_ext/state`.
+    pub state: ScxState,
     /// `/sys/kernel/sched_ext/root/ops`: the attached scheduler's name.
     pub ops: Option<String>,
 }
@@ -414,6 +456,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn scx_states_keep_the_kernels_words_on_the_wire() {
+        for (text, state) in [
+            ("enabled\n", ScxState::Enabled),
+            ("disabling", ScxState::Disabling),
+            (
+                "unreadable: ENOENT",
+                ScxState::Other("unreadable: ENOENT".into()),
+            ),
+        ] {
+            let parsed = ScxState::parse(text);
+            assert_eq!(parsed, state);
+            let json = serde_json::to_string(&parsed).unwrap();
+            assert_eq!(json, format!("{:?}", text.trim()));
+            assert_eq!(serde_json::from_str::<ScxState>(&json).unwrap(), state);
+        }
+    }
+
+    #[test]
     fn a_hostile_stream_cannot_grow_memory() {
         let mut r = FrameReader::new();
         // Endless noise: kept up to a bound, counted past it, each line cut.
@@ -453,7 +513,7 @@ mod tests {
                 comm: "spin \"quoted\"\n".into(),
             }],
             sched_ext: SchedExtState {
-                state: "enabled".into(),
+                state: ScxState::Enabled,
                 ops: Some("bpfland_1.1.4".into()),
             },
         }

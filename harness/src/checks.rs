@@ -30,10 +30,45 @@ impl Default for Thresholds {
     }
 }
 
+/// Which check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// The host-side monitor caught no stall, stopped clock or scheduler
+    /// exit while the guest ran.
+    MonitorQuiet,
+    /// The scheduler was still attached when the workload ended.
+    SchedulerSurvived,
+    /// Every worker did some work and reported it.
+    EveryWorkerRan,
+    /// No worker waited longer than the threshold to run.
+    NoStarvation,
+    /// Identical spinners of a cgroup got CPU time within the spread.
+    FairShares,
+    /// Every worker ran only on its cgroup's CPUs.
+    CpusetIsolation,
+}
+
+impl CheckKind {
+    /// What it is called in reports.
+    pub fn title(self) -> &'static str {
+        match self {
+            CheckKind::MonitorQuiet => "monitor saw no failure",
+            CheckKind::SchedulerSurvived => "scheduler attached to the end",
+            CheckKind::EveryWorkerRan => "every worker ran",
+            CheckKind::NoStarvation => "no worker starved",
+            CheckKind::FairShares => "fair shares within each cgroup",
+            CheckKind::CpusetIsolation => "workers stayed in their cpusets",
+        }
+    }
+}
+
 /// One check's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     /// Which check.
+    pub kind: CheckKind,
+    /// Its title ([`CheckKind::title`]), for readers of the JSON.
     pub name: String,
     /// Whether it held.
     pub passed: bool,
@@ -41,9 +76,10 @@ pub struct Check {
     pub detail: String,
 }
 
-fn check(name: &str, failures: Vec<String>, ok: String) -> Check {
+fn check(kind: CheckKind, failures: Vec<String>, ok: String) -> Check {
     Check {
-        name: name.to_string(),
+        kind,
+        name: kind.title().to_string(),
         passed: failures.is_empty(),
         detail: if failures.is_empty() {
             ok
@@ -74,13 +110,13 @@ pub struct Outcome<'a> {
 /// Every check, in a fixed order.
 pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
     let mut out = vec![check(
-        "monitor saw no failure",
+        CheckKind::MonitorQuiet,
         o.monitor.iter().cloned().collect(),
         "no stall, stopped clock or scheduler exit while running".into(),
     )];
     if o.scheduler {
         out.push(check(
-            "scheduler attached to the end",
+            CheckKind::SchedulerSurvived,
             if o.survived {
                 vec![]
             } else {
@@ -92,7 +128,7 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
     let who = |w: &WorkerResult| format!("worker {}[{}] in cgroup {}", w.name, w.pid, w.cgroup);
 
     out.push(check(
-        "every worker ran",
+        CheckKind::EveryWorkerRan,
         o.workers
             .iter()
             .filter(|w| w.error.is_some() || w.iterations == 0)
@@ -109,7 +145,7 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
 
     let worst = o.workers.iter().map(|w| w.max_gap_us).max().unwrap_or(0);
     out.push(check(
-        "no worker starved",
+        CheckKind::NoStarvation,
         o.workers
             .iter()
             .filter(|w| Duration::from_micros(w.max_gap_us) > t.max_gap)
@@ -178,7 +214,7 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
         }
     }
     out.push(check(
-        "fair shares within each cgroup",
+        CheckKind::FairShares,
         failures,
         if spreads.is_empty() {
             "no group of identical spinners to compare".into()
@@ -188,7 +224,7 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
     ));
 
     out.push(check(
-        "workers stayed in their cpusets",
+        CheckKind::CpusetIsolation,
         o.workers
             .iter()
             .filter_map(|w| {
@@ -279,32 +315,32 @@ mod tests {
         o.scheduler_end = "sched_ext is disabled (exit: runnable task stall)".into();
         o.monitor = Some("stall: ktstr-spin[7] runnable for 2500 ms (queued on user 0x1)".into());
         let checks = evaluate(&o, &Thresholds::default());
-        let by: BTreeMap<&str, &Check> = checks.iter().map(|c| (c.name.as_str(), c)).collect();
-        let caught = &by["monitor saw no failure"];
+        let by: BTreeMap<CheckKind, &Check> = checks.iter().map(|c| (c.kind, c)).collect();
+        let caught = &by[&CheckKind::MonitorQuiet];
         assert!(
             !caught.passed && caught.detail.starts_with("stall: ktstr-spin[7]"),
             "{caught:?}"
         );
-        assert!(!by["scheduler attached to the end"].passed);
-        assert!(by["scheduler attached to the end"].detail.contains("stall"));
-        let ran = &by["every worker ran"];
+        assert!(!by[&CheckKind::SchedulerSurvived].passed);
+        assert!(by[&CheckKind::SchedulerSurvived].detail.contains("stall"));
+        let ran = &by[&CheckKind::EveryWorkerRan];
         assert!(
             !ran.passed && ran.detail.contains("ktstr-duty[8] in cgroup duty"),
             "{ran:?}"
         );
-        let starve = &by["no worker starved"];
+        let starve = &by[&CheckKind::NoStarvation];
         assert!(
             starve.detail.contains("ktstr-spin[7]")
                 && starve.detail.contains("2.500 s")
                 && starve.detail.contains("2.000 s"),
             "{starve:?}"
         );
-        let fair = &by["fair shares within each cgroup"];
+        let fair = &by[&CheckKind::FairShares];
         assert!(
             !fair.passed && fair.detail.contains("100..400 ms") && fair.detail.contains("75%"),
             "{fair:?}"
         );
-        let cpus = &by["workers stayed in their cpusets"];
+        let cpus = &by[&CheckKind::CpusetIsolation];
         assert!(
             !cpus.passed && cpus.detail.contains("ktstr-spin[7]") && cpus.detail.contains("[3]"),
             "{cpus:?}"

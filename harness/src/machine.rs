@@ -249,7 +249,7 @@ mod tests {
         Msg::Running {
             workers: Vec::new(),
             sched_ext: SchedExtState {
-                state: "enabled".into(),
+                state: proto::ScxState::Enabled,
                 ops: None,
             },
         }

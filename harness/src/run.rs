@@ -8,7 +8,9 @@ use anyhow::{Result, bail};
 use ktstr_walker::render::Report;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::proto::{SchedExtState, WorkerResult};
+use crate::agent::proto::{SchedExtState, ScxState, WorkerResult};
+#[cfg(test)]
+use crate::checks::CheckKind;
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
 use crate::monitor::{Monitor, MonitorConfig};
 use crate::scenario::Scenario;
@@ -247,7 +249,7 @@ pub fn run_with(
     done.workers
         .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));
     let workload_ns = running.elapsed().as_nanos().max(1) as f64;
-    let survived = done.sched_ext.state == "enabled" && done.scheduler_exit.is_none();
+    let survived = done.sched_ext.state == ScxState::Enabled && done.scheduler_exit.is_none();
     let checks = evaluate(
         &Outcome {
             scheduler: scheduler.is_some(),
@@ -319,7 +321,7 @@ mod tests {
             scheduler_survived: false,
             scheduler_exit: Some("exit status: 1".into()),
             sched_ext: SchedExtState {
-                state: "disabled".into(),
+                state: ScxState::Disabled,
                 ops: None,
             },
             workers: vec![WorkerResult {
@@ -338,11 +340,13 @@ mod tests {
             }],
             checks: vec![
                 Check {
+                    kind: CheckKind::SchedulerSurvived,
                     name: "scheduler attached to the end".into(),
                     passed: false,
                     detail: "sched_ext is disabled".into(),
                 },
                 Check {
+                    kind: CheckKind::EveryWorkerRan,
                     name: "every worker ran".into(),
                     passed: true,
                     detail: "1 workers".into(),

@@ -335,7 +335,7 @@ fn a_failed_check_exits_1_and_carries_the_monitors_last_look() {
     let fair = report
         .checks
         .iter()
-        .find(|c| c.name == "fair shares within each cgroup")
+        .find(|c| c.kind == ktstr::checks::CheckKind::FairShares)
         .unwrap();
     assert!(
         !fair.passed && fair.detail.contains("over the 0% threshold"),

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use ktstr::agent::proto::{Work, WorkerResult};
-use ktstr::checks::Thresholds;
+use ktstr::checks::{CheckKind, Thresholds};
 use ktstr::run::RunReport;
 use ktstr::scenario::{CgroupSpec, Count, Cpuset, Scenario, Workers};
 use ktstr::testing::KtstrTest;
@@ -42,11 +42,11 @@ fn frozen_once(r: &RunReport) -> &Report {
     dump
 }
 
-fn check<'a>(r: &'a RunReport, name: &str) -> &'a ktstr::checks::Check {
+fn check(r: &RunReport, kind: CheckKind) -> &ktstr::checks::Check {
     r.checks
         .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no check {name:?}: {:#?}", r.checks))
+        .find(|c| c.kind == kind)
+        .unwrap_or_else(|| panic!("no check {kind:?}: {:#?}", r.checks))
 }
 
 /// The fixture's DSQ `id` in the dump.
@@ -97,7 +97,7 @@ fn a_task_the_scheduler_never_dispatches_is_caught_as_a_stall_on_its_dsq() {
     .report();
     let Some(r) = report else { return };
 
-    let caught = check(&r, "monitor saw no failure");
+    let caught = check(&r, CheckKind::MonitorQuiet);
     assert!(!caught.passed, "{caught:?}");
     let stuck = r
         .workers
@@ -181,7 +181,7 @@ fn an_injected_scx_bpf_error_is_reported_with_its_kind_and_message() {
             .ends_with("fixture: injected error after 1500 ms"),
         "{s:?}"
     );
-    let caught = check(&r, "monitor saw no failure");
+    let caught = check(&r, CheckKind::MonitorQuiet);
     assert!(
         !caught.passed
             && caught.detail.contains("SCX_EXIT_ERROR_BPF")
@@ -189,7 +189,7 @@ fn an_injected_scx_bpf_error_is_reported_with_its_kind_and_message() {
         "{caught:?}"
     );
     assert!(!r.scheduler_survived);
-    let end = check(&r, "scheduler attached to the end");
+    let end = check(&r, CheckKind::SchedulerSurvived);
     assert!(
         !end.passed && end.detail.contains("exited: SCX_EXIT_ERROR_BPF (1025)"),
         "{end:?}"
@@ -261,7 +261,7 @@ fn a_cpu_the_scheduler_stops_serving_leaves_its_tasks_on_the_vtime_dsq() {
     .report();
     let Some(r) = report else { return };
 
-    let caught = check(&r, "monitor saw no failure");
+    let caught = check(&r, CheckKind::MonitorQuiet);
     assert!(
         !caught.passed && caught.detail.contains("queued on user 0x200"),
         "{caught:?}"

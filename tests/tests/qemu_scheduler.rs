@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use ktstr::agent::proto::{CgroupJob, Work, WorkerSpec};
+use ktstr::agent::proto::{CgroupJob, ScxState, Work, WorkerSpec};
 use ktstr::dump::{DumpOptions, dump};
 use ktstr::session::{SchedulerConfig, Session, SessionConfig};
 use ktstr::vm::Backend;
@@ -101,7 +101,7 @@ fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bo
                 report.scheduler.ops_name, a.ops,
                 "ops name vs /sys/kernel/sched_ext/root/ops"
             );
-            assert_eq!(s.sched_ext.state, "enabled");
+            assert_eq!(s.sched_ext.state, ScxState::Enabled);
         }
         None => assert!(!report.scheduler.attached, "no scheduler was loaded"),
     }
@@ -218,7 +218,8 @@ fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bo
     }
     if attached {
         assert_eq!(
-            done.sched_ext.state, "enabled",
+            done.sched_ext.state,
+            ScxState::Enabled,
             "scheduler survived the freeze; output:\n{}",
             done.scheduler_output
         );

@@ -11,7 +11,7 @@ pub mod worker;
 
 use std::time::{Duration, Instant};
 
-use ktstr_agent::proto::{self, Job, Msg, SchedExtState, StepAction};
+use ktstr_agent::proto::{self, Job, Msg, SchedExtState, ScxState, StepAction};
 
 use channel::Channel;
 
@@ -184,8 +184,8 @@ pub fn main() {
 pub fn sched_ext_state() -> SchedExtState {
     SchedExtState {
         state: std::fs::read_to_string("/sys/kernel/sched_ext/state")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|e| format!("unreadable: {e}")),
+            .map(|s| ScxState::parse(&s))
+            .unwrap_or_else(|e| ScxState::Other(format!("unreadable: {e}"))),
         ops: std::fs::read_to_string("/sys/kernel/sched_ext/root/ops")
             .ok()
             .map(|s| s.trim().to_string()),

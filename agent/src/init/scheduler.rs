@@ -5,7 +5,7 @@ use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ktstr_agent::proto::{Msg, SchedulerJob};
+use ktstr_agent::proto::{Msg, SchedulerJob, ScxState};
 
 const LOG: &str = "/tmp/scheduler.log";
 /// Bytes of scheduler output sent back to the host.
@@ -41,7 +41,7 @@ impl Scheduler {
         let timeout = Duration::from_millis(job.attach_timeout_ms);
         loop {
             let state = super::sched_ext_state();
-            if let (true, Some(ops)) = (state.state == "enabled", state.ops) {
+            if let (true, Some(ops)) = (state.state == ScxState::Enabled, state.ops) {
                 let msg = Msg::SchedulerAttached {
                     pid: sched.child.id() as i32,
                     ops,

@@ -14,6 +14,11 @@ mod header;
 
 /// Deepest nesting of anonymous members / type modifiers followed.
 const MAX_DEPTH: usize = 16;
+/// Members one lookup may visit through anonymous members: a real
+/// kernel's deepest lookup visits a few hundred; crafted BTF whose
+/// anonymous members fan out at every level would otherwise visit
+/// fan-out^MAX_DEPTH.
+const MEMBER_BUDGET: u32 = 100_000;
 /// Raw BTF magic (`BTF_MAGIC`), little-endian.
 const BTF_MAGIC: [u8; 2] = [0x9f, 0xeb];
 /// Name of the DATASEC holding per-CPU variables.
@@ -352,7 +357,8 @@ impl KernelBtf {
             let mut total = 0u32;
             let mut parts = alt.split('.').peekable();
             while let Some(part) = parts.next() {
-                let (bits, member) = self.find_member(&strukt, part, 0)?;
+                let mut budget = MEMBER_BUDGET;
+                let (bits, member) = self.find_member(&strukt, part, 0, &mut budget)?;
                 if bits % 8 != 0 {
                     return None;
                 }
@@ -373,11 +379,13 @@ impl KernelBtf {
         s: &btf_rs::Struct,
         name: &str,
         depth: usize,
+        budget: &mut u32,
     ) -> Option<(u32, btf_rs::Member)> {
         if depth > MAX_DEPTH {
             return None;
         }
         for m in &s.members {
+            *budget = budget.checked_sub(1)?;
             let mname = self.name(m).unwrap_or_default();
             if mname == name {
                 if m.bitfield_size().is_some_and(|b| b != 0) {
@@ -387,7 +395,7 @@ impl KernelBtf {
             }
             if mname.is_empty()
                 && let Some(inner) = self.struct_of(m)
-                && let Some((bits, found)) = self.find_member(&inner, name, depth + 1)
+                && let Some((bits, found)) = self.find_member(&inner, name, depth + 1, budget)
             {
                 return Some((m.bit_offset().checked_add(bits)?, found));
             }

@@ -259,6 +259,31 @@ fn mini() -> KernelBtf {
     KernelBtf::from_raw(&mini_kernel(), "fixture").expect("fixture parses")
 }
 
+/// Crafted BTF: `rq` holds 16 anonymous members of a struct that holds 16
+/// anonymous members of the next, 16 levels deep, and no member the
+/// layout looks for: a lookup without a work bound would visit 16^16
+/// members.
+#[test]
+fn fanned_out_anonymous_members_cost_a_bounded_lookup() {
+    let mut e = Enc::new();
+    let int = e.int("int", 4);
+    let mut inner = e.record(STRUCT, "", 4, &[("leaf", int, 0, 0)]);
+    for _ in 0..16 {
+        let members: Vec<(&str, u32, u32, u32)> = (0..16).map(|_| ("", inner, 0, 0)).collect();
+        inner = e.record(STRUCT, "", 4, &members);
+    }
+    e.record(STRUCT, "rq", 4, &[("", inner, 0, 0)]);
+    let btf = KernelBtf::from_raw(&e.finish(), "crafted").expect("parses");
+    let t = std::time::Instant::now();
+    let l = btf.layout();
+    assert!(l.rq.is_none(), "rq has none of the members");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn anonymous_unions_nested_structs_and_qualifiers() {
     let l = mini().layout();
