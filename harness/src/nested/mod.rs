@@ -468,6 +468,17 @@ pub fn initramfs(cfg: &L1Config, scratch: &Path) -> Result<Initramfs, NestedErro
     let busybox = crate::kernel::fetch::which("busybox").ok_or_else(|| {
         NestedError::Missing("busybox not found: install busybox-static (./setup.sh does)".into())
     })?;
+    // It is L1's /init shell, run before any library path is set.
+    if crate::initramfs::libs::closure(&busybox)
+        .map_err(InitramfsError::from)?
+        .interp
+        .is_some()
+    {
+        return Err(NestedError::Missing(format!(
+            "{} is dynamically linked: install busybox-static (./setup.sh does)",
+            busybox.display()
+        )));
+    }
     let mut ramfs = Initramfs::bare();
     ramfs.busybox(&busybox)?;
     ramfs.file("/init", init_script(cfg)?.into_bytes(), 0o755)?;
