@@ -161,6 +161,11 @@ pub fn topology_leaves(topo: &Topology, cpu: u32) -> Option<Vec<kvm_cpuid_entry2
     out.push(entry(0x8000_001d, CACHES.len() as u32, [0; 4], true));
 
     // AMD 0x8000001E: extended APIC ID, core (compute unit) id, node id.
+    // Nodes per processor (ECX[10:8]) is 0, one: every NUMA node is a
+    // package of its own in leaves 0xB/0x1F and 0x80000008. Saying more
+    // makes Linux divide the package's cores among them, and with fewer
+    // cores than nodes it divides by zero before the console is up
+    // (cpu_topology_fixup_amd, families before 0x17).
     let core_id = (id >> l.core_shift()) & 0xff;
     out.push(entry(
         0x8000_001e,
@@ -168,7 +173,7 @@ pub fn topology_leaves(topo: &Topology, cpu: u32) -> Option<Vec<kvm_cpuid_entry2
         [
             id,
             core_id | (threads - 1).min(0xff) << 8,
-            place.node & 0xff | (topo.numa_nodes - 1).min(7) << 8,
+            place.node & 0xff,
             0,
         ],
         false,
@@ -313,7 +318,7 @@ mod tests {
         // CPU 3: node 1, core 1 -> APIC ID 0b11.
         assert_eq!(e.eax, 3);
         assert_eq!(e.ecx & 0xff, 1, "node id");
-        assert_eq!((e.ecx >> 8) & 7, 1, "nodes per processor - 1");
+        assert_eq!((e.ecx >> 8) & 7, 0, "one node per processor (package)");
         let e8 = find(&v, 0x8000_0008, 0);
         assert_eq!(e8.ecx & 0xff, 1, "two CPUs per package");
         assert_eq!((e8.ecx >> 12) & 0xf, 1);
