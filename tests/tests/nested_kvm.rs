@@ -116,15 +116,16 @@ fn l1_config(inp: &Inputs) -> L1Config {
             ],
         )
         .env("KTSTR_REQUIRE", "all")
-        // L1 runs all of L2's vCPUs on its one emulated CPU: 2 vCPUs (SMT), not
-        // the test's 8 (README: nested tier). The host's value, if set,
-        // goes through (for trying others).
-        .env(
-            "KTSTR_FULL_BOOT_TOPOLOGY",
-            &std::env::var("KTSTR_FULL_BOOT_TOPOLOGY").unwrap_or_else(|_| "1n1l1c2t".into()),
-        )
         .timeout(Duration::from_secs(240)),
     );
+    // The test's own topology (2 nodes, SMT, 8 vCPUs) unless the host
+    // names another (for trying some).
+    if let (Ok(t), Some(job)) = (
+        std::env::var("KTSTR_FULL_BOOT_TOPOLOGY"),
+        cfg.jobs.last_mut(),
+    ) {
+        job.env.push(("KTSTR_FULL_BOOT_TOPOLOGY".into(), t));
+    }
     let run = Job::new("bpfland-kvm", &[]).timeout(Duration::from_secs(240));
     let json = format!("{}/report.json", run.out_dir());
     let (duration, dump_at) = (
