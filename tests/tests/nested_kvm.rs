@@ -367,7 +367,7 @@ fn compare(run: &L1Run, qemu: &Result<RunReport, String>) -> Vec<String> {
 
 /// L1 stopped taking interrupts (its heartbeat went silent: a TCG
 /// nested-SVM problem, README): say so loudly and run the jobs it did not
-/// finish once more in a fresh L1. A second hang fails the test.
+/// finish once more in a fresh L1.
 fn retry_after_hang(cfg: &L1Config, first: L1Run, silent: Duration) -> L1Run {
     let finished: Vec<String> = first
         .jobs
@@ -379,7 +379,7 @@ fn retry_after_hang(cfg: &L1Config, first: L1Run, silent: Duration) -> L1Run {
     again.jobs.retain(|j| !finished.contains(&j.name));
     eprintln!(
         "{TEST}: L1 HUNG (no heartbeat for {:.0} s) after {:.1} s, in job {:?}, finished jobs {finished:?}; \
-         running the others once more in a fresh L1. Its console's end:\n{}",
+         running the others in a fresh L1. Its console's end:\n{}",
         silent.as_secs_f64(),
         first.wall.as_secs_f64(),
         first.unfinished_job(),
@@ -421,7 +421,12 @@ fn nested_kvm_tier() {
         (l1, qemu.join().expect("the QEMU run panicked"))
     });
     let mut run = l1.unwrap_or_else(|e| panic!("{TEST}: the L1 guest could not be run: {e}"));
-    if let nested::L1End::Hung(silent) = run.end {
+    // At most two fresh L1s after a hang (each L1 boot hung about one
+    // time in three here; README), so the tier stays within ~10 minutes.
+    for _ in 0..2 {
+        let nested::L1End::Hung(silent) = run.end else {
+            break;
+        };
         run = retry_after_hang(&cfg, run, silent);
     }
     eprintln!(
