@@ -53,6 +53,25 @@ pub enum Trigger {
     },
 }
 
+impl Trigger {
+    /// The trigger as the frozen dump `frozen` shows it. A live sample can
+    /// catch an exit between the kernel setting its kind and writing its
+    /// reason and message (`scx_claim_exit` comes first); the dump taken
+    /// at once afterwards has them, so an exit is restated from it.
+    pub fn restated(&self, frozen: &Report) -> Trigger {
+        let s = &frozen.scheduler;
+        match self {
+            Trigger::SchedulerExiting { .. } if s.exit_kind != 0 => Trigger::SchedulerExiting {
+                kind: s.exit_kind_name.clone(),
+                reason: format!("{} {}", s.exit_reason, s.exit_msg)
+                    .trim()
+                    .to_string(),
+            },
+            other => other.clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for Trigger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -244,6 +263,15 @@ mod tests {
         let mut m = monitor();
         let trig = m.observe(&report(true, 1024, None, 1), t0).unwrap();
         assert!(trig.to_string().contains("SCX_EXIT_ERROR") && trig.to_string().contains("boom"));
+        // Caught before the kernel wrote the message: the frozen dump,
+        // which has it, restates the exit.
+        let early = Trigger::SchedulerExiting {
+            kind: "SCX_EXIT_ERROR".into(),
+            reason: String::new(),
+        };
+        assert_eq!(early.restated(&report(true, 1024, None, 1)), trig);
+        let stall = Trigger::SchedulerDetached;
+        assert_eq!(stall.restated(&report(true, 1024, None, 1)), stall);
         let mut m = monitor();
         assert_eq!(
             m.observe(&report(false, 0, None, 1), t0),

@@ -208,7 +208,7 @@ pub fn run_with(
                     Ok(r) => {
                         let trigger = monitor.observe(&r, Instant::now()).map(|t| {
                             tracing::warn!(%t, "monitor: freezing for a dump");
-                            caught = Some(t.to_string());
+                            caught = Some(t.clone());
                             format!("monitor: {t}")
                         });
                         last_sample = Some((r, Instant::now()));
@@ -223,9 +223,14 @@ pub fn run_with(
             if let Some(reason) = reason {
                 phase("freezing for a dump");
                 let (report, window) = session.capture(None)?;
+                if let Some(t) = &caught {
+                    let t = t.restated(&report);
+                    dump_reason = Some(format!("monitor: {t}"));
+                    caught = Some(t);
+                }
                 dump = Some(report);
                 pause = Some(window);
-                dump_reason = Some(reason);
+                dump_reason = dump_reason.or(Some(reason));
             }
         }
         std::thread::sleep(monitor.interval());
@@ -255,7 +260,7 @@ pub fn run_with(
             workers: &done.workers,
             resolved: &resolved,
             nr_cpus,
-            monitor: caught,
+            monitor: caught.map(|t| t.to_string()),
         },
         thresholds,
     );

@@ -116,12 +116,16 @@ fn l1_config(inp: &Inputs) -> L1Config {
             ],
         )
         .env("KTSTR_REQUIRE", "all")
-        // Two NUMA nodes and SMT on 4 vCPUs: L1 runs all of L2's vCPUs on
-        // its one emulated CPU, and 8 took over 7 minutes without
-        // reaching /init.
-        .env("KTSTR_FULL_BOOT_TOPOLOGY", "1n1l2c1t")
         .timeout(Duration::from_secs(240)),
     );
+    // The test's own topology (2 nodes, SMT, 8 vCPUs) unless the host
+    // names another (for trying some).
+    if let (Ok(t), Some(job)) = (
+        std::env::var("KTSTR_FULL_BOOT_TOPOLOGY"),
+        cfg.jobs.last_mut(),
+    ) {
+        job.env.push(("KTSTR_FULL_BOOT_TOPOLOGY".into(), t));
+    }
     let run = Job::new("bpfland-kvm", &[]).timeout(Duration::from_secs(240));
     let json = format!("{}/report.json", run.out_dir());
     let (duration, dump_at) = (
@@ -303,14 +307,16 @@ fn compare(run: &L1Run, qemu: &Result<RunReport, String>) -> Vec<String> {
             .unwrap_or_else(|| "none".into())
     };
     eprintln!(
-        "pause window of the dump of `{} {TOPOLOGY}` at {DUMP_AT:?}:\n  QEMU ({}, TCG on the host): {}\n  KVM  ({}, ktstr's VMM in L1): {}\n  frozen share of the workload: QEMU {:.3}%, KVM {:.3}%",
+        "pause window of the dump of `{} {TOPOLOGY}` at {DUMP_AT:?}:\n  QEMU ({}, TCG on the host): {}\n  KVM  ({}, ktstr's VMM in L1): {}\n  frozen share of the workload: QEMU {:.3}%, KVM {:.3}%\n  whole run (boot to power-off): QEMU {:.1} s, KVM {:.1} s",
         qemu.scenario,
         qemu.backend,
         pause(qemu),
         kvm.backend,
         pause(&kvm),
         qemu.frozen_ratio * 100.0,
-        kvm.frozen_ratio * 100.0
+        kvm.frozen_ratio * 100.0,
+        qemu.wall_ms as f64 / 1000.0,
+        kvm.wall_ms as f64 / 1000.0
     );
     if kvm.backend != "kvm" || qemu.backend != "qemu" {
         failures.push(format!(
@@ -359,6 +365,39 @@ fn compare(run: &L1Run, qemu: &Result<RunReport, String>) -> Vec<String> {
     failures
 }
 
+/// L1 stopped taking interrupts (its heartbeat went silent: a TCG
+/// nested-SVM problem, README): say so loudly and run the jobs it did not
+/// finish once more in a fresh L1.
+fn retry_after_hang(cfg: &L1Config, first: L1Run, silent: Duration) -> L1Run {
+    let finished: Vec<String> = first
+        .jobs
+        .iter()
+        .filter(|j| j.exit_code.is_some())
+        .map(|j| j.name.clone())
+        .collect();
+    let mut again = cfg.clone();
+    again.jobs.retain(|j| !finished.contains(&j.name));
+    eprintln!(
+        "{TEST}: L1 HUNG (no heartbeat for {:.0} s) after {:.1} s, in job {:?}, finished jobs {finished:?}; \
+         running the others in a fresh L1. Its console's end:\n{}",
+        silent.as_secs_f64(),
+        first.wall.as_secs_f64(),
+        first.unfinished_job(),
+        nested::indent(&first.console_tail(30), "  | ")
+    );
+    let second = nested::run(&again)
+        .unwrap_or_else(|e| panic!("{TEST}: the second L1 guest could not be run: {e}"));
+    let mut run = first;
+    run.jobs.retain(|j| j.exit_code.is_some());
+    run.jobs.extend(second.jobs);
+    run.end = second.end;
+    run.done_at = second.done_at;
+    run.wall += second.wall;
+    run.console = second.console;
+    run.qemu_stderr = second.qemu_stderr;
+    run
+}
+
 #[test]
 fn nested_kvm_tier() {
     let inp = match inputs() {
@@ -381,7 +420,15 @@ fn nested_kvm_tier() {
         let l1 = nested::run(&cfg);
         (l1, qemu.join().expect("the QEMU run panicked"))
     });
-    let run = l1.unwrap_or_else(|e| panic!("{TEST}: the L1 guest could not be run: {e}"));
+    let mut run = l1.unwrap_or_else(|e| panic!("{TEST}: the L1 guest could not be run: {e}"));
+    // At most two fresh L1s after a hang (each L1 boot hung about one
+    // time in three here; README), so the tier stays within ~10 minutes.
+    for _ in 0..2 {
+        let nested::L1End::Hung(silent) = run.end else {
+            break;
+        };
+        run = retry_after_hang(&cfg, run, silent);
+    }
     eprintln!(
         "{TEST}: {:.1} s in all\n{}",
         t.elapsed().as_secs_f64(),

@@ -54,6 +54,12 @@ const OUTPUT_TAIL_BYTES: u32 = 256 * 1024;
 const L1_CMDLINE: &str = "console=ttyS0 panic=-1 rdinit=/init mitigations=off tsc=reliable";
 /// Uncompressed L1 archives kept in the cache (the newest ones).
 const KEEP_ARCHIVES: usize = 2;
+/// L1's init writes a heartbeat line this often (seconds) to its third
+/// serial port.
+const HEARTBEAT_SECS: u32 = 5;
+/// No heartbeat for this long (after the first, or from QEMU's start
+/// until the first) and L1 is taken as hung.
+const HUNG_AFTER: Duration = Duration::from_secs(60);
 
 /// What went wrong around the L1 guest (not inside it: a job's failure is
 /// in its [`JobResult`]).
@@ -73,6 +79,9 @@ pub enum NestedError {
         /// Why.
         err: std::io::Error,
     },
+    /// The L1 run directory could not be made.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
     /// A job name that is not `[a-z0-9_-]+`, or given twice.
     #[error("bad job name {0:?}: use [a-z0-9_-], each name once")]
     JobName(String),
@@ -197,6 +206,11 @@ pub enum L1End {
     Exited(String),
     /// The deadline passed; QEMU was killed.
     Deadline(Duration),
+    /// L1's heartbeat stopped for this long (QEMU was killed): its one
+    /// CPU took no interrupt any more. Seen now and then while an L2 guest
+    /// with several vCPUs runs (the L2 vCPU threads share L1's CPU), with
+    /// nothing on L1's console; a TCG nested-SVM problem, not a job's.
+    Hung(Duration),
 }
 
 /// One job's outcome, as L1 reported it.
@@ -250,6 +264,14 @@ pub struct L1Run {
 }
 
 impl L1Run {
+    /// The job L1 was running when it ended, if any.
+    pub fn unfinished_job(&self) -> Option<&str> {
+        self.jobs
+            .iter()
+            .find(|j| j.exit_code.is_none())
+            .map(|j| j.name.as_str())
+    }
+
     /// The result of job `name`, if L1 started it.
     pub fn job(&self, name: &str) -> Option<&JobResult> {
         self.jobs.iter().find(|j| j.name == name)
@@ -326,6 +348,9 @@ mkdir -p /dev/shm /root
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 set -o pipefail
+# A heartbeat on the third serial port, apart from the results (a line
+# there could split a file's base64): the host tells a hung L1 by its end.
+( while :; do cut -d' ' -f1 /proc/uptime >/dev/ttyS2; sleep {HEARTBEAT_SECS}; done ) &
 R=/dev/ttyS1
 say() {{ echo "{MARK} $*" >$R; }}
 up() {{ cut -d' ' -f1 /proc/uptime; }}
@@ -443,6 +468,17 @@ pub fn initramfs(cfg: &L1Config, scratch: &Path) -> Result<Initramfs, NestedErro
     let busybox = crate::kernel::fetch::which("busybox").ok_or_else(|| {
         NestedError::Missing("busybox not found: install busybox-static (./setup.sh does)".into())
     })?;
+    // It is L1's /init shell, run before any library path is set.
+    if crate::initramfs::libs::closure(&busybox)
+        .map_err(InitramfsError::from)?
+        .interp
+        .is_some()
+    {
+        return Err(NestedError::Missing(format!(
+            "{} is dynamically linked: install busybox-static (./setup.sh does)",
+            busybox.display()
+        )));
+    }
     let mut ramfs = Initramfs::bare();
     ramfs.busybox(&busybox)?;
     ramfs.file("/init", init_script(cfg)?.into_bytes(), 0o755)?;
@@ -506,10 +542,9 @@ impl Drop for L1Qemu {
 /// failing, L1 crashing, the deadline) is in the [`L1Run`]. Call it from a
 /// thread that lives until it returns (QEMU dies with its thread).
 pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("ktstr-{}-nested-", std::process::id()))
-        .tempdir()
-        .map_err(io("creating the L1 run directory"))?;
+    // A VM directory like the backends' (`ktstr-<pid>-vm-*`): removed on
+    // drop, and by the CLI's signal handlers.
+    let dir = crate::vm::vm_dir()?;
     let t = Instant::now();
     let ramfs = initramfs(cfg, dir.path())?;
     let archive = ramfs.cached_uncompressed_in(&cfg.cache_dir)?;
@@ -529,6 +564,7 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
 
     let console = dir.path().join("console.log");
     let results = dir.path().join("results.log");
+    let heartbeat = dir.path().join("heartbeat.log");
     let stderr = dir.path().join("qemu.stderr");
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -546,6 +582,8 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
         .arg(format!("file:{}", results.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", heartbeat.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).map_err(io("creating QEMU's stderr log"))?);
@@ -560,8 +598,18 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
     let start = Instant::now();
     let mut qemu = L1Qemu(cmd.spawn().map_err(io("starting qemu-system-x86_64"))?);
     let mut reader = ResultsReader::default();
+    let (mut beats, mut last_beat) = (0u64, Instant::now());
     let end = loop {
         reader.feed(&results);
+        let len = std::fs::metadata(&heartbeat).map(|m| m.len()).unwrap_or(0);
+        if len != beats {
+            (beats, last_beat) = (len, Instant::now());
+        } else if last_beat.elapsed() >= HUNG_AFTER {
+            let _ = qemu.0.kill();
+            let _ = qemu.0.wait();
+            reader.feed(&results);
+            break L1End::Hung(last_beat.elapsed());
+        }
         if let Some(status) = qemu.0.try_wait().map_err(io("waiting for QEMU"))? {
             reader.feed(&results);
             break if reader.run.done_at.is_some() {
@@ -584,8 +632,12 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
     run.end = end;
     run.wall = wall;
     run.initramfs = (built, size);
-    run.console = std::fs::read_to_string(&console).unwrap_or_default();
-    run.qemu_stderr = std::fs::read_to_string(&stderr).unwrap_or_default();
+    // Lossy: a serial line can carry bytes that are not UTF-8, and the
+    // rest of the console is still worth showing.
+    let text =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    run.console = text(&console);
+    run.qemu_stderr = text(&stderr);
     Ok(run)
 }
 

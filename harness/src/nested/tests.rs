@@ -59,6 +59,10 @@ fn the_init_script_quotes_arguments_and_refuses_bad_names() {
     );
     assert!(s.contains("insmod /ktstr-nested/modules/$m.ko"), "{s}");
     assert!(s.contains("for m in irqbypass kvm kvm-amd;"), "{s}");
+    assert!(
+        s.contains(">/dev/ttyS2; sleep 5; done ) &"),
+        "a heartbeat: {s}"
+    );
     assert!(s.contains("export KTSTR_CACHE_DIR='/ktstr-cache'"), "{s}");
     assert!(s.trim_end().ends_with("echo o >/proc/sysrq-trigger"), "{s}");
     for bad in ["", "Up", "a b", "x;y"] {
