@@ -131,6 +131,18 @@ fn ctrl_c_mid_run_leaves_no_qemu_or_files_behind() {
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
 
+/// SIGTERM `child`, wait for it; its status and what it wrote to stderr.
+fn sigterm(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut stderr).unwrap();
+    }
+    (status, stderr)
+}
+
 /// SIGTERM at every phase of a run (reading the kernel, building the
 /// initramfs, booting, starting the scheduler, running, dumping) leaves no
 /// QEMU and no file behind.
@@ -150,16 +162,7 @@ fn sigterm_at_any_phase_leaves_nothing_behind() {
             .unwrap();
         let tag = format!("ktstr-{}-", child.id());
         std::thread::sleep(Duration::from_millis(delay_ms));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let (status, stderr) = sigterm(&mut child);
         // So early the handler may not be installed yet: then the signal
         // ends ktstr before it made anything.
         let early = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGTERM);
@@ -240,16 +243,7 @@ fn sigterm_during_a_kvm_boot_leaves_no_files_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = sigterm(&mut child);
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());

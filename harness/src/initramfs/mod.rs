@@ -235,27 +235,7 @@ impl Initramfs {
     /// reading: under TCG, gunzip of a few hundred MiB takes tens of
     /// seconds.
     pub fn cached_uncompressed_in(&self, dir: &Path) -> Result<PathBuf, InitramfsError> {
-        let digest = self.digest();
-        let path = dir.join(format!("{digest}.cpio"));
-        if path.is_file() {
-            return Ok(path);
-        }
-        let werr = |err| InitramfsError::Write {
-            path: path.clone(),
-            err,
-        };
-        std::fs::create_dir_all(dir).map_err(werr)?;
-        let tmp = dir.join(format!(".{digest}.{}", std::process::id()));
-        let written = std::fs::File::create(&tmp)
-            .map(std::io::BufWriter::new)
-            .and_then(|w| self.write_cpio(w))
-            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-            .and_then(|f| f.sync_all());
-        if let Err(err) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(werr(err));
-        }
-        Ok(path)
+        self.cached_as(dir, "cpio", |w| self.write_cpio(w).map(drop))
     }
 
     /// The gzip-compressed archive in ktstr's cache (built on first use).
@@ -269,7 +249,24 @@ impl Initramfs {
 
     /// The gzip-compressed archive in `dir` (built on first use).
     pub fn cached_in(&self, dir: &Path) -> Result<PathBuf, InitramfsError> {
-        let path = dir.join(format!("{}.cpio.gz", self.digest()));
+        self.cached_as(dir, "cpio.gz", |w| {
+            let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
+            gz.write_all(&self.to_cpio())?;
+            gz.finish().map(drop)
+        })
+    }
+
+    /// `dir/<digest>.<ext>`, written by `write` on first use. Written to a
+    /// temporary name, synced and renamed: a concurrent or interrupted
+    /// build never leaves a half archive under the final name.
+    fn cached_as(
+        &self,
+        dir: &Path,
+        ext: &str,
+        write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> Result<PathBuf, InitramfsError> {
+        let digest = self.digest();
+        let path = dir.join(format!("{digest}.{ext}"));
         if path.is_file() {
             return Ok(path);
         }
@@ -278,14 +275,18 @@ impl Initramfs {
             err,
         };
         std::fs::create_dir_all(dir).map_err(werr)?;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&self.to_cpio()).map_err(werr)?;
-        let bytes = gz.finish().map_err(werr)?;
-        // Write then rename: a concurrent or interrupted build never leaves
-        // a half archive under the final name.
-        let tmp = dir.join(format!(".{}.{}", self.digest(), std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(werr)?;
-        std::fs::rename(&tmp, &path).map_err(werr)?;
+        let tmp = dir.join(format!(".{digest}.{ext}.{}", std::process::id()));
+        let written = std::fs::File::create(&tmp)
+            .map(std::io::BufWriter::new)
+            .and_then(|mut w| {
+                write(&mut w)?;
+                w.into_inner().map_err(|e| e.into_error())
+            })
+            .and_then(|f| f.sync_all());
+        if let Err(err) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(werr(err));
+        }
         Ok(path)
     }
 }

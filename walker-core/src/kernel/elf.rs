@@ -48,14 +48,7 @@ fn file_range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
 /// end their segment's walk).
 #[cfg(feature = "images")]
 pub(super) fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
-    let Ok(h) = goblin::elf::Elf::parse_header(bytes) else {
-        return Vec::new();
-    };
-    let Ok(phoff) = usize::try_from(h.e_phoff) else {
-        return Vec::new();
-    };
-    let phdrs = ProgramHeader::parse(bytes, phoff, usize::from(h.e_phnum), CTX).unwrap_or_default();
-    phdrs
+    program_headers(bytes)
         .iter()
         .filter(|p| p.p_type == goblin::elf::program_header::PT_NOTE)
         .filter_map(|p| file_range(bytes, p.p_offset, p.p_filesz))
@@ -86,16 +79,20 @@ pub(crate) fn section_at<'a>(bytes: &'a [u8], name: &str) -> Option<(u64, &'a [u
     })
 }
 
-/// `(p_vaddr, file bytes)` of every `PT_LOAD` segment.
-pub(crate) fn loads(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+/// The program headers, none where the ELF header or table is unreadable.
+fn program_headers(bytes: &[u8]) -> Vec<ProgramHeader> {
     let Ok(h) = goblin::elf::Elf::parse_header(bytes) else {
         return Vec::new();
     };
     let Ok(phoff) = usize::try_from(h.e_phoff) else {
         return Vec::new();
     };
-    let phdrs = ProgramHeader::parse(bytes, phoff, usize::from(h.e_phnum), CTX).unwrap_or_default();
-    phdrs
+    ProgramHeader::parse(bytes, phoff, usize::from(h.e_phnum), CTX).unwrap_or_default()
+}
+
+/// `(p_vaddr, file bytes)` of every `PT_LOAD` segment.
+pub(crate) fn loads(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+    program_headers(bytes)
         .iter()
         .filter(|p| p.p_type == goblin::elf::program_header::PT_LOAD)
         .filter_map(|p| Some((p.p_vaddr, file_range(bytes, p.p_offset, p.p_filesz)?)))
