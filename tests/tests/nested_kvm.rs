@@ -30,6 +30,8 @@ const TEST: &str = "nested_kvm_tier";
 const TOPOLOGY: &str = "1n1l2c1t";
 const DURATION: Duration = Duration::from_secs(4);
 const DUMP_AT: Duration = Duration::from_secs(2);
+/// The job that runs ktstr-vmm's freeze_dump example.
+const EXAMPLE_JOB: &str = "vmm-example-freeze-dump";
 /// The failure-dump tests run inside L1, one L2 boot each.
 const FIXTURE_TESTS: [(&str, &str); 2] = [
     (
@@ -90,10 +92,12 @@ fn l1_config(inp: &Inputs) -> L1Config {
     let ktstr = exe(&inp.exes, "ktstr", false);
     let full_boot = exe(&inp.exes, "vmm_full_boot", true);
     let failure_dumps = exe(&inp.exes, "failure_dumps", true);
+    let freeze_dump = exe(&inp.exes, "freeze_dump", false);
     for p in [
         &ktstr,
         &full_boot,
         &failure_dumps,
+        &freeze_dump,
         &exe(&inp.exes, "scx_fixture", false),
     ] {
         cfg.program(p);
@@ -126,6 +130,18 @@ fn l1_config(inp: &Inputs) -> L1Config {
     ) {
         job.env.push(("KTSTR_FULL_BOOT_TOPOLOGY".into(), t));
     }
+    // The embedding example on ktstr-vmm (public API only): boots the
+    // kernel with no initramfs, finds it from vCPU 0 and dumps from the
+    // freeze hook.
+    let release = inp
+        .kernel_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let vmlinux = format!("{GUEST_CACHE}/kernels/{release}/vmlinux");
+    cfg.jobs.push(
+        Job::new(EXAMPLE_JOB, &[&s(&freeze_dump), &vmlinux]).timeout(Duration::from_secs(120)),
+    );
     let run = Job::new("bpfland-kvm", &[]).timeout(Duration::from_secs(240));
     let json = format!("{}/report.json", run.out_dir());
     let (duration, dump_at) = (
@@ -455,6 +471,18 @@ fn nested_kvm_tier() {
     }
     for job in &cfg.jobs {
         failures.extend(job_failure(&run, &job.name));
+    }
+    // The example's dump names what it found: no scheduler (there is no
+    // userspace to start one), every CPU, and the pause it took.
+    if let Some(j) = run.job(EXAMPLE_JOB).filter(|j| j.passed()) {
+        for want in ["scheduler: none attached", "cpu 0", "cpu 1", "pause split"] {
+            if !j.output.contains(want) {
+                failures.push(format!(
+                    "job {EXAMPLE_JOB}: no {want:?} in its dump:\n{}",
+                    nested::indent(&last_lines(&j.output, 40), "  | ")
+                ));
+            }
+        }
     }
     if compare_with_qemu {
         failures.extend(compare(&run, &qemu));

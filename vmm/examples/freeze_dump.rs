@@ -42,10 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let d = &mut dumper;
     // The capture: reads only, no allocation, bounded.
     let (freeze, captured) = vm.freeze(move |f| Dumper::capture(d, f.mem))?;
+    let ns = |d: Duration| Some(d.as_nanos() as u64);
     let pause = Pause {
-        total_ns: Some(freeze.pause.as_nanos() as u64),
-        stop_ns: Some(freeze.park.as_nanos() as u64),
-        resume_ns: None, // FreezeReport does not time the release.
+        total_ns: ns(freeze.pause),
+        stop_ns: ns(freeze.park),
+        resume_ns: ns(freeze.resume),
     };
     print!("{}", captured.report(Some(pause)).to_text());
     vm.stop();
