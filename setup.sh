@@ -68,5 +68,12 @@ step "fetch the default sched_ext kernel"
 # --kvm-modules: the L1 guest of the nested-virtualization tier loads them.
 kernel_dir=$(./target/debug/ktstr kernel fetch --kvm-modules | tail -n 1)
 
+# Older layouts for the kernel tests (tests/tests/kernel_fetch.rs): 6.16.x
+# (one linux-image package, 51 MB) and 6.19.x (linux-binary only, 13 MB);
+# each is downloaded once, later runs find them cached.
+./target/debug/ktstr kernel fetch --release 6.16.12 >/dev/null
+./target/debug/ktstr kernel fetch --release 6.19 >/dev/null
+./target/debug/ktstr kernel list
+
 step "what ktstr reads from it"
 ./target/debug/ktstr kernel info "$kernel_dir"

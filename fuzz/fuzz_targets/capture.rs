@@ -18,11 +18,8 @@ use libfuzzer_sys::fuzz_target;
 const LIMITS: Limits = Limits {
     max_list: 16,
     max_tasks: 32,
-    hash: HashLimits {
-        max_buckets: 64,
-        max_entries: 8,
-        max_chain: 8,
-    },
+    hash: HashLimits { max_buckets: 64, max_entries: 8, max_chain: 8 },
+    max_bytes: 1 << 20,
 };
 const MAX_CPUS: u32 = 4;
 const MAX_NODES: u32 = 2;

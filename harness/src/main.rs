@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ktstr::kernel::Kernel;
-use ktstr::kernel::fetch::{FetchOptions, fetch};
+use ktstr::kernel::fetch::{FetchOptions, FetchedFrom, fetch};
 use ktstr::kernel::info::KernelInfo;
 use ktstr::session::{SchedulerConfig, SessionConfig};
 
@@ -78,7 +78,7 @@ enum Command {
         /// directory, or cached release (its BTF gives the layout).
         #[arg(long)]
         vmlinux: String,
-        /// /proc/kallsyms of the same boot (needed for stripped kernels).
+        /// /proc/kallsyms of the same boot (optional: symbols come from the kernel's own kallsyms tables in the vmlinux otherwise).
         #[arg(long, conflicts_with = "system_map")]
         kallsyms: Option<std::path::PathBuf>,
         /// System.map of the same build.
@@ -96,8 +96,9 @@ enum Command {
 /// What a VM is made of: kernel, scheduler, topology, memory.
 #[derive(clap::Args)]
 struct VmArgs {
-    /// Kernel: vmlinux, bzImage, build or cache directory, or cached
-    /// release; default the newest fetched one.
+    /// Kernel: vmlinux, bzImage, build or cache directory, or a version
+    /// (`6.16.12`, `7.3`): cached, or fetched on first use; default the
+    /// newest cached one.
     #[arg(long)]
     kernel: Option<String>,
     /// Scheduler binary, or a name such as `bpfland` (found on PATH or
@@ -161,13 +162,15 @@ fn parse_hex(s: &str) -> Result<u64, String> {
 
 #[derive(Subcommand)]
 enum KernelCommand {
-    /// Download the newest Debian trixie-backports cloud kernel (sched_ext,
-    /// BTF) into the cache; prints its directory as the last line.
+    /// Download a Debian cloud kernel with sched_ext and BTF (the newest,
+    /// or --release) from trixie or trixie-backports into the cache;
+    /// prints its directory as the last line.
     Fetch {
-        /// A version (`7.3.4+deb13`) or release to fetch instead of the newest.
+        /// A version (`6.16`, `6.16.12`, `7.3.4+deb13`) or release
+        /// (`7.3.4+deb13-cloud-amd64`): the newest matching one.
         #[arg(long)]
         release: Option<String>,
-        /// Do not contact the archive; use the newest cached kernel.
+        /// Do not contact the archive; use what is cached.
         #[arg(long)]
         offline: bool,
         /// Also fetch the kernel's KVM modules (irqbypass, kvm, kvm-amd
@@ -175,6 +178,22 @@ enum KernelCommand {
         /// of the nested-virtualization tier (README: backends).
         #[arg(long)]
         kvm_modules: bool,
+    },
+    /// List cached kernels: version, origin, sched_ext and BTF, size,
+    /// last use.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached kernels (all, or those matching VERSION), keeping the
+    /// --keep N most recently used.
+    Clean {
+        /// Only kernels matching this version (`6.16`, `6.16.12+deb13`).
+        version: Option<String>,
+        /// Keep the N most recently used of them.
+        #[arg(long)]
+        keep: Option<usize>,
     },
     /// Show what ktstr knows about a kernel: release, image, required config
     /// options, and the struct layout its BTF gives.
@@ -202,7 +221,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ktstr: error: {}", terminal_safe(&format!("{e:#}")));
+            eprintln!("ktstr: error: {}", terminal_safe(&error_text(&e)));
             ExitCode::from(2)
         }
     }
@@ -300,13 +319,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 offline,
                 kvm_modules,
             } => {
-                let dir = fetch(&FetchOptions { release, offline })?;
+                let got = fetch(&FetchOptions { release, offline })?;
+                match &got.from {
+                    FetchedFrom::Cache => tracing::info!("{} (cached)", got.release),
+                    FetchedFrom::Archive { suite } => {
+                        tracing::info!("{} (downloaded from {suite})", got.release)
+                    }
+                    FetchedFrom::StaleCache { reason } => eprintln!(
+                        "WARNING: could not ask the archive ({reason}); using the newest CACHED kernel {}, which may not be the newest available",
+                        got.release
+                    ),
+                }
+                let dir = got.dir;
                 if kvm_modules {
                     for m in ktstr::kernel::modules::fetch_kvm_modules(&dir, offline)? {
                         tracing::info!("KVM module {}", m.display());
                     }
                 }
                 println!("{}", dir.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            KernelCommand::List { json } => {
+                let kernels = ktstr::cache::kernels_dir()?;
+                let all = ktstr::kernel::store::list(&kernels);
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&all)?);
+                } else if all.is_empty() {
+                    println!("no kernels cached under {}", kernels.display());
+                } else {
+                    print!("{}", kernel_table(&all));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            KernelCommand::Clean { version, keep } => {
+                let kernels = ktstr::cache::kernels_dir()?;
+                let removed = ktstr::kernel::store::clean(
+                    &kernels,
+                    &ktstr::kernel::store::CleanOptions { keep, version },
+                )?;
+                for d in &removed {
+                    println!("removed {}", d.display());
+                }
+                if removed.is_empty() {
+                    println!("nothing to remove");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             KernelCommand::Info { kernel, json } => {
@@ -325,6 +381,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
     }
+}
+
+/// An error and its causes, each said once: errors that print their source
+/// and also chain it would otherwise repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// `ktstr kernel list`'s table.
+fn kernel_table(all: &[ktstr::kernel::store::CachedKernel]) -> String {
+    let yn = |b: bool| if b { "yes" } else { "NO" };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut s = format!(
+        "{:<28} {:<28} {:<9} {:<4} {:>8} {}\n",
+        "VERSION", "SOURCE", "SCHED_EXT", "BTF", "SIZE", "LAST USED"
+    );
+    for k in all {
+        let mut source = match &k.suite {
+            Some(suite) => format!("{} ({suite})", k.origin),
+            None => k.origin.to_string(),
+        };
+        if k.config_from_image {
+            // Footnoted below the table.
+            source.push('*');
+        }
+        let used = k.last_used.map_or("never".to_string(), |t| {
+            let ago = std::time::Duration::from_secs(now.saturating_sub(t));
+            let coarse: Vec<String> = humantime::format_duration(ago)
+                .to_string()
+                .split(' ')
+                .take(2)
+                .map(str::to_string)
+                .collect();
+            format!("{} ago", coarse.join(" "))
+        });
+        s += &format!(
+            "{:<28} {:<28} {:<9} {:<4} {:>6}MB {}\n",
+            k.release,
+            source,
+            yn(k.sched_ext),
+            yn(k.btf),
+            k.size / 1_000_000,
+            used
+        );
+    }
+    if all.iter().any(|k| k.config_from_image) {
+        s += "* the archive has no config for it: sched_ext and BTF were checked in the image's BTF\n";
+    }
+    s
 }
 
 /// `text` with the control characters a guest or a file may have put in
@@ -391,6 +509,18 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::other("is a FIFO");
+        let e = anyhow::Error::new(io)
+            .context("cannot read core file x: is a FIFO")
+            .context("dumping");
+        assert_eq!(
+            error_text(&e),
+            "dumping: cannot read core file x: is a FIFO"
+        );
+    }
 
     #[test]
     fn guest_text_cannot_drive_the_terminal() {

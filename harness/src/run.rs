@@ -87,9 +87,6 @@ impl RunReport {
                 self.dump_reason.as_deref().unwrap_or("")
             ));
             out.push_str(&d.to_text());
-            if let Some(p) = &self.pause {
-                out.push_str(&format!("pause ({}): {}\n", self.backend, p.to_text()));
-            }
             out.push_str("--- end of dump ---\n\n");
         }
         let mut cgroup = None;

@@ -9,13 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use ktstr_vmm::Topology;
 use ktstr_walker::Symbols;
-use ktstr_walker::capture::storage::CaptureStorage;
+use ktstr_walker::embed::{Dumper, Pause};
 use ktstr_walker::kernel::ksyms::SymbolTable;
 use ktstr_walker::render::Report;
-use ktstr_walker::translate::Translator;
 
 use crate::agent::proto::{self, Job, Msg, SchedExtState, WorkerInfo, WorkerResult};
-use crate::guest::{GuestKernel, translator};
+use crate::guest::GuestKernel;
 use crate::initramfs::{self, Initramfs};
 use crate::kernel::Kernel;
 use crate::machine::Machine;
@@ -62,6 +61,11 @@ pub struct SessionConfig {
     pub shell: bool,
     /// Which VMM runs the guest.
     pub backend: Backend,
+    /// Boot the bzImage itself (QEMU only) instead of its vmlinux's PVH
+    /// entry: its decompressor applies KASLR, which PVH entry never does.
+    pub boot_bzimage: bool,
+    /// Appended to the kernel command line (e.g. `no5lvl`, `pti=on`).
+    pub kernel_args: Vec<String>,
 }
 
 impl SessionConfig {
@@ -81,6 +85,8 @@ impl SessionConfig {
             files: Vec::new(),
             shell: false,
             backend: Backend::Auto,
+            boot_bzimage: false,
+            kernel_args: Vec::new(),
         }
     }
 }
@@ -121,9 +127,11 @@ pub struct Finished {
 /// A booted VM whose workload is running.
 pub struct Session {
     vm: Machine,
-    tr: Option<Translator>,
-    storage: Option<CaptureStorage>,
+    /// Found on first use (from guest memory and the first vCPU's CR3).
+    dumper: Option<Dumper>,
     guest: GuestKernel,
+    /// The guest's own `/proc/kallsyms` (for `ktstr dump` users and as a
+    /// check of what discovery finds).
     symbols: Symbols,
     duration: Duration,
     /// `uname -r` in the guest.
@@ -230,13 +238,28 @@ impl Session {
         let initrd = files.path().join("initrd");
         initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
 
-        let vmlinux = vmlinux_file(&kernel, files.path())?;
+        let vmlinux = match (cfg.boot_bzimage, kernel.image.kind()) {
+            (false, _) => vmlinux_file(&kernel, files.path())?,
+            (true, ktstr_walker::kernel::image::ImageKind::BzImage { .. })
+                if backend != Backend::Kvm =>
+            {
+                kernel.image.source().to_path_buf()
+            }
+            (true, _) => bail!(
+                "booting the bzImage needs a bzImage kernel (got {}) and the QEMU backend",
+                kernel.image.source().display()
+            ),
+        };
+        let cmdline = std::iter::once(CMDLINE)
+            .chain(cfg.kernel_args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
         let spec = BootSpec {
             vmlinux,
             initrd,
             topology: cfg.topology,
             memory_mib: cfg.memory_mib,
-            cmdline: CMDLINE.into(),
+            cmdline,
             start_timeout: Duration::from_secs(30),
             console_stdio: cfg.shell,
         };
@@ -303,8 +326,7 @@ impl Session {
             };
         Ok(Session {
             vm,
-            tr: None,
-            storage: None,
+            dumper: None,
             guest,
             symbols,
             duration: cfg.duration,
@@ -318,35 +340,55 @@ impl Session {
         })
     }
 
-    /// The translator for this boot, set up once (CR3 from the first vCPU,
-    /// then the kernel's own page tables); its TLB is emptied for each use,
-    /// as the guest may have changed its mappings since.
-    fn translator(&mut self) -> Result<Translator> {
-        let tr = match self.tr.take() {
-            Some(mut tr) => {
-                tr.flush();
-                tr
-            }
-            None => {
-                let root = self.vm.root()?;
-                self.vm
-                    .with_live_mem(|mem| translator(&mem, &self.symbols, Some(root)))
-            }
-        };
-        Ok(tr)
+    /// The dumper for this boot, found once (KASLR, page tables, symbols
+    /// from guest memory and the first vCPU's CR3) and reused: a monitor
+    /// samples ten times a second.
+    fn dumper(&mut self) -> Result<Dumper> {
+        if let Some(d) = self.dumper.take() {
+            return Ok(d);
+        }
+        let root = self.vm.root()?;
+        let guest = &self.guest;
+        self.vm.with_live_mem(|mem| guest.dumper(mem, root))
+    }
+
+    /// The symbols the guest's own `/proc/kallsyms` gave (discovery
+    /// finds them without the guest; this is the guest's word, to check
+    /// against).
+    pub fn kallsyms_symbols(&self) -> &Symbols {
+        &self.symbols
+    }
+
+    /// Discovery from the given registers, over live memory, without
+    /// touching this session's dumper (tests try other vCPU states).
+    pub fn discover_with(
+        &self,
+        regs: ktstr_walker::discover::VcpuRegs,
+    ) -> Result<ktstr_walker::discover::Discovered> {
+        let kernel = self.guest.kernel();
+        Ok(self.vm.with_live_mem(|mem| kernel.discover(mem, regs))?)
+    }
+
+    /// What discovery found in this guest (it runs on first use).
+    pub fn discovered(&mut self) -> Result<ktstr_walker::discover::Discovered> {
+        let d = self.dumper()?;
+        let found = *d.discovered();
+        self.dumper = Some(d);
+        Ok(found)
     }
 
     /// Read the sched_ext state while the guest runs (for the monitor):
     /// no pause, and values may be caught mid-update.
     pub fn sample(&mut self) -> Result<Report> {
-        let mut tr = self.translator()?;
-        let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
-        let r = self.vm.with_live_mem(|mem| {
-            let mut buf = guest.capture_into(storage, &mem, &mut tr, symbols)?;
-            Ok(guest.render(&mut buf, symbols, None))
+        let mut dumper = self.dumper()?;
+        let (report, needed) = self.vm.with_live_mem(|mem| {
+            let c = dumper.capture(mem);
+            let needed = c.needed();
+            (c.report(None), needed)
         });
-        self.tr = Some(tr);
-        r
+        grow(&mut dumper, needed);
+        self.dumper = Some(dumper);
+        Ok(report)
     }
 
     /// The run's end, if the guest reported it already (no waiting).
@@ -361,17 +403,29 @@ impl Session {
 
     /// Freeze the guest, capture its sched_ext state (and write an ELF core
     /// to `core` while still frozen, when given), thaw, and render; the
-    /// report and where the pause went.
+    /// report and where the pause went. A capture that ran out of room
+    /// tells the dumper how much it needs; the room is made after the
+    /// thaw, for the next capture.
     pub fn capture(&mut self, core: Option<&Path>) -> Result<(Report, PauseWindow)> {
-        let mut tr = self.translator()?;
-        let (guest, symbols, storage) = (&self.guest, &self.symbols, &mut self.storage);
-        // Capture while frozen; render once the guest runs again.
-        let frozen = self.vm.frozen(core, |mem| {
-            guest.capture_into(storage, &mem, &mut tr, symbols)
-        });
-        self.tr = Some(tr);
-        let (buf, pause) = frozen?;
-        let report = guest.render(&mut buf?, symbols, Some(pause.total_us * 1000));
+        let mut dumper = self.dumper()?;
+        let d = &mut dumper;
+        let (captured, pause) = match self.vm.frozen(core, move |mem| Dumper::capture(d, mem)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.dumper = Some(dumper);
+                return Err(e.into());
+            }
+        };
+        let needed = captured.needed();
+        // Decoding reads no guest memory: done after the thaw.
+        let ns = |us: u64| Some(us * 1000);
+        let report = captured.report(Some(Pause {
+            total_ns: ns(pause.total_us),
+            stop_ns: ns(pause.stop_us),
+            resume_ns: ns(pause.resume_us),
+        }));
+        grow(&mut dumper, needed);
+        self.dumper = Some(dumper);
         Ok((report, pause))
     }
 
@@ -440,4 +494,25 @@ fn link_time_text(kernel: &Kernel) -> Option<u64> {
         .iter()
         .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".text"))
         .map(|s| s.sh_addr)
+}
+
+/// Make room for what the last capture saw, for the next one.
+fn grow(dumper: &mut Dumper, needed: ktstr_walker::capture::storage::Capacity) {
+    let have = dumper.capacity();
+    let more = |need: usize, have: usize| {
+        if need > have {
+            need.next_power_of_two()
+        } else {
+            have
+        }
+    };
+    let want = ktstr_walker::capture::storage::Capacity {
+        cpus: more(needed.cpus, have.cpus),
+        dsqs: more(needed.dsqs, have.dsqs),
+        queued: more(needed.queued, have.queued),
+        runnable: more(needed.runnable, have.runnable),
+        tasks: more(needed.tasks, have.tasks),
+        cgroups: more(needed.cgroups, have.cgroups),
+    };
+    dumper.reserve(want);
 }

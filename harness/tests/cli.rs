@@ -95,3 +95,50 @@ fn bad_run_arguments_say_what_is_wrong_before_any_vm_starts() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// `ktstr dump` on things that are not core files: each is refused at once
+/// (a FIFO is not opened and waited on), with what it is and exit code 2.
+#[test]
+fn dump_refuses_what_is_not_a_core_file() {
+    let Ok(kernel) = ktstr_tests::cached_kernel_dir() else {
+        skip(
+            "dump_refuses_what_is_not_a_core_file",
+            Need::Kernel,
+            "no fetched kernel",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let truncated = dir.path().join("truncated");
+    std::fs::write(&truncated, b"\x7fELF\x02\x01\x01").unwrap();
+    let kernel = kernel.display().to_string();
+    for (core, says) in [
+        (dir.path().to_path_buf(), "is a directory"),
+        (fifo, "is a FIFO"),
+        ("/dev/null".into(), "is a device"),
+        (empty, "is empty"),
+        (truncated, "malformed ELF core"),
+    ] {
+        let core = core.display().to_string();
+        let started = std::time::Instant::now();
+        let out = ktstr(&["dump", "--core", &core, "--vmlinux", &kernel]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{core}: {err}");
+        assert!(err.contains(says), "{core}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{core} took {:?}",
+            started.elapsed()
+        );
+    }
+}

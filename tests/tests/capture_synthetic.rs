@@ -63,6 +63,7 @@ fn report(k: &SyntheticKernel, buf: &CaptureBuf<'_>, pause_ns: Option<u64>) -> R
         symbols: &k.symbols,
         names: &names,
         pause_ns,
+        pause: None,
     };
     Report::from_capture(buf, &ctx)
 }
@@ -119,9 +120,8 @@ fn a_busy_scheduler_is_captured_as_laid_out() {
                 (1, 1),
                 "{ctx}"
             );
-            let run0 = &buf.runnable.as_slice()[cpus[0].runnable.start as usize..]
-                [..cpus[0].runnable.len as usize];
-            assert_eq!(run0, [t[0]], "{ctx}");
+            // The running task is off its runnable list (set_next_task_scx).
+            assert_eq!(cpus[0].runnable.len, 0, "{ctx}");
 
             let dsqs = buf.dsqs.as_slice();
             let by_origin = |o: DsqOrigin| {
@@ -316,8 +316,10 @@ fn records_beyond_the_bytes_kept_for_them_are_dropped_and_counted() {
     let mut tr = Translator::default();
     capture(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
     assert_eq!((buf.cpus.len(), buf.cpus.dropped()), (2, 1));
-    assert_eq!((buf.tasks.len(), buf.tasks.dropped()), (3, 1));
-    assert!(buf.health.tasks_walk.truncated);
+    // The walk goes on past the last slot, counting: 5 tasks, 3 kept.
+    assert_eq!((buf.tasks.len(), buf.tasks.dropped()), (3, 2));
+    assert!(!buf.health.tasks_walk.truncated);
+    assert_eq!(buf.health.tasks_walk.entries, 5);
     let pids: Vec<i32> = buf.tasks.as_slice().iter().map(|t| t.pid).collect();
     assert_eq!(pids, [1, 2, 3]);
 }
@@ -384,11 +386,12 @@ fn capacity_truncation_cycles_and_missing_groups_are_reported() {
     for &x in &t {
         k.enqueue(user, x);
     }
-    // Too few task slots: 3 recorded, the walk reports truncation, no panic.
+    // Too few task slots: 3 recorded, the other 2 counted as dropped (the
+    // caller learns the room it needs), no panic.
     let mut store = Store::new(3);
     let buf = run(&k, &mut store);
-    assert_eq!(buf.tasks.len(), 3);
-    assert!(buf.health.tasks_walk.truncated);
+    assert_eq!((buf.tasks.len(), buf.tasks.dropped()), (3, 2));
+    assert!(!buf.health.tasks_walk.truncated);
 
     // A cycle inside the user DSQ's list (node 3 -> node 1).
     let l = k.layout;
@@ -505,7 +508,8 @@ fn render_places_every_task_decodes_exit_and_round_trips_through_json() {
         );
         assert_eq!(report.cpus[0].curr.comm.as_deref(), Some("w0"));
         assert!(report.cpus[1].curr_is_idle);
-        // cpu 0's runnable list has t0 and t3, cpu 1's t1 and t2: consistent.
+        // cpu 0 runs t0 (off the list) with t3 on its runnable list, cpu 1
+        // has t1 and t2 there: consistent.
         assert!(
             report.health.inconsistencies.is_empty(),
             "{:?}",
@@ -556,7 +560,49 @@ fn counters_that_disagree_with_queues_are_reported_not_asserted() {
         "{:?}",
         report.health
     );
-    assert!(report.health.inconsistencies[0].contains("nr_running=2 but 1"));
+    let finding = &report.health.inconsistencies[0];
+    assert!(
+        finding.contains("nr_running=2 with no queued sched_ext task running, so 2 should be")
+            && finding.contains("but 1 are"),
+        "{finding}"
+    );
+}
+
+#[test]
+fn the_running_task_off_its_runnable_list_is_consistent_and_counted() {
+    let mut k = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    let (a, b) = (k.add_task(1, "runs"), k.add_task(2, "waits"));
+    k.make_runnable(a, 0, 0);
+    k.make_runnable(b, 0, 0);
+    k.run_on(a, 0);
+    let mut store = Store::new(8);
+    let buf = run(&k, &mut store);
+    let consistent = report(&k, &buf, None);
+    assert_eq!(consistent.cpus[0].scx_nr_running, 2);
+    assert_eq!(consistent.cpus[0].runnable.len(), 1);
+    assert!(
+        consistent.health.inconsistencies.is_empty(),
+        "{:?}",
+        consistent.health.inconsistencies
+    );
+    // The same CPU with the running task still on the list (as the old
+    // rule expected): one task too many.
+    let (rq, scx_rq) = (k.layout.rq.unwrap(), k.layout.scx_rq.unwrap());
+    let e = k.layout.entity.unwrap();
+    let head = k.rq(0) + (rq.scx + scx_rq.runnable_list) as u64;
+    k.list_add_tail(head, k.entity(a) + e.runnable_node as u64);
+    let buf = run(&k, &mut store);
+    let report = report(&k, &buf, None);
+    assert_eq!(
+        report.health.inconsistencies.len(),
+        1,
+        "{:?}",
+        report.health
+    );
+    assert!(
+        report.health.inconsistencies[0]
+            .contains("with a queued sched_ext task running, so 1 should be")
+    );
 }
 
 #[test]

@@ -45,10 +45,34 @@ fn state_of(r: &Report) -> serde_json::Value {
     let mut v = serde_json::to_value(r).unwrap();
     let h = v["health"].as_object_mut().unwrap();
     h.remove("pause_ns");
+    h.remove("pause");
     v
 }
 
+/// How the guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boot {
+    /// The vmlinux's PVH entry: no KASLR and 4-level paging (only the
+    /// decompressor turns on KASLR and LA57).
+    Pvh,
+    /// The bzImage: its decompressor slides the kernel (KASLR) and, on a
+    /// CPU with LA57 (`-cpu max` under TCG), turns on 5-level paging;
+    /// page-table isolation forced on (`pti=on`).
+    BzImageKaslrPti,
+}
+
 fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bool) {
+    run_booted(test, backend, topology, workers, scheduler, Boot::Pvh)
+}
+
+fn run_booted(
+    test: &str,
+    backend: Backend,
+    topology: &str,
+    workers: u32,
+    scheduler: bool,
+    boot: Boot,
+) {
     if backend == Backend::Kvm && !ktstr_vmm::hardware_virt() {
         return skip(
             test,
@@ -60,7 +84,18 @@ fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bo
         return;
     };
     let topology: Topology = topology.parse().unwrap();
+    let kernel = match boot {
+        Boot::Pvh => kernel,
+        Boot::BzImageKaslrPti => std::path::Path::new(&kernel)
+            .join("vmlinuz")
+            .display()
+            .to_string(),
+    };
     let mut cfg = SessionConfig::new(kernel.clone(), topology);
+    if boot == Boot::BzImageKaslrPti {
+        cfg.boot_bzimage = true;
+        cfg.kernel_args = vec!["pti=on".into()];
+    }
     cfg.backend = backend;
     cfg.scheduler = bin.map(|binary| SchedulerConfig {
         binary,
@@ -92,6 +127,68 @@ fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bo
         pause.stop_us + pause.capture_us + pause.resume_us <= pause.total_us,
         "the parts of the pause fit in the whole: {pause:?}"
     );
+
+    // What the walker found without the guest's help, against what the
+    // guest's own /proc/kallsyms says.
+    let found = s.discovered().unwrap();
+    eprintln!(
+        "{test}: slide {:#x} phys_base {:#x} page_offset_base {:#x} root {:?} kernel root {} user PTI root {} ({} reads)",
+        found.slide,
+        found.phys_base,
+        found.page_offset_base,
+        found.root,
+        found.kernel_root,
+        found.user_pti_root,
+        found.reads
+    );
+    assert_eq!(found.slide, offset, "KASLR slide vs the guest's _text");
+    let told = s.kallsyms_symbols();
+    let mut compared = 0;
+    for name in ktstr_walker::Symbols::NAMES {
+        if let Some(want) = told.get(name) {
+            assert_eq!(found.symbols.get(name), Some(want), "{name}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 15, "only {compared} symbols to compare");
+    assert_eq!(found.nr_cpu_ids, topology.nr_cpus());
+    assert!(found.kernel_root, "walks start from init_top_pgt");
+    use ktstr_walker::translate::Levels;
+    match boot {
+        Boot::Pvh => {
+            assert_eq!(found.root.unwrap().levels, Levels::Four, "PVH entry");
+            assert_eq!(found.slide, 0, "PVH entry");
+        }
+        Boot::BzImageKaslrPti => {
+            // `-cpu max` under TCG has LA57, which the decompressor uses.
+            if !ktstr_vmm::hardware_virt() {
+                assert_eq!(
+                    found.root.unwrap().levels,
+                    Levels::Five,
+                    "LA57 under -cpu max"
+                );
+            }
+            if offset == 0 {
+                eprintln!("{test}: KASLR chose slide 0 this boot (1 in ~500)");
+            }
+            // A vCPU frozen in user mode under PTI holds the user half of
+            // a PGD pair, which maps no kernel data: discovery from it must
+            // find the same kernel through the kernel half.
+            let kernel_pgd = found.root.unwrap().cr3;
+            let user = ktstr_walker::discover::VcpuRegs {
+                cr3: kernel_pgd | 0x1000,
+                cr4: ktstr_walker::discover::CR4_LA57,
+            };
+            let from_user = s
+                .discover_with(user)
+                .expect("discovery from a user PTI root");
+            assert!(from_user.user_pti_root, "the user half was the one given");
+            assert_eq!(
+                (from_user.slide, from_user.phys_base, from_user.symbols),
+                (found.slide, found.phys_base, found.symbols)
+            );
+        }
+    }
 
     // What the guest said just before the freeze.
     match &s.attached {
@@ -194,19 +291,23 @@ fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bo
     let ksyms = tmp.path().join("kallsyms");
     if with_core {
         std::fs::write(&ksyms, s.kallsyms_text()).unwrap();
-        let from_core = dump(&DumpOptions {
-            core,
-            vmlinux: kernel,
-            kallsyms: Some(ksyms),
-            system_map: None,
-            cr3: None,
-        })
-        .expect("ktstr dump of the core");
-        assert_eq!(
-            state_of(&from_core),
-            state_of(&report),
-            "core dump vs live capture"
-        );
+        // With the guest's kallsyms, and with the vmlinux alone.
+        for kallsyms in [Some(ksyms), None] {
+            let from_core = dump(&DumpOptions {
+                core: core.clone(),
+                vmlinux: kernel.clone(),
+                kallsyms: kallsyms.clone(),
+                system_map: None,
+                cr3: None,
+            })
+            .expect("ktstr dump of the core");
+            assert_eq!(
+                state_of(&from_core),
+                state_of(&report),
+                "core dump (kallsyms file: {}) vs live capture",
+                kallsyms.is_some()
+            );
+        }
     }
 
     // Thawed, the run goes on to its end.
@@ -280,5 +381,17 @@ fn default_scheduler_baseline_frozen_mid_run() {
         "1n1l2c1t",
         3,
         false,
+    );
+}
+
+#[test]
+fn bpfland_kaslr_5_level_pti_frozen_mid_run() {
+    run_booted(
+        "bpfland_kaslr_5_level_pti_frozen_mid_run",
+        Backend::Qemu,
+        "1n1l2c1t",
+        3,
+        true,
+        Boot::BzImageKaslrPti,
     );
 }

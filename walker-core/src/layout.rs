@@ -47,7 +47,7 @@ macro_rules! layout_group {
     ) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-        #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "embed", derive(serde::Serialize, serde::Deserialize))]
         pub struct $ty {
             /// Size of the whole struct in bytes.
             pub struct_size: u32,
@@ -318,7 +318,7 @@ macro_rules! layout {
     ($( $field:ident : $ty:ty ),* $(,)?) => {
         /// Every offset group the walkers use; `None` where the kernel lacks it.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-        #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "embed", derive(serde::Serialize, serde::Deserialize))]
         pub struct Layout {
             $(
                 #[doc = concat!("`struct ", stringify!($field), "` offsets (see [`", stringify!($ty), "`]).")]

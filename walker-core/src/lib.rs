@@ -6,29 +6,43 @@
 //! returns errors as values. Guest memory is hostile input: nothing here
 //! panics on what it reads, and every loop is bounded.
 //!
-//! Feature `std` adds the knowledge that needs files: kernel images
-//! ([`kernel::image`]), BTF -> [`Layout`] ([`kernel::btf`]), symbol tables
-//! ([`kernel::ksyms`]) and ELF core files as [`GuestMem`]
-//! ([`kernel::elfcore`]).
+//! Features, each adding to the one before:
+//! - `vm-memory`: [`GuestMem`] for vm-memory's guest memory
+//!   ([`mem::VmGuestMemory`], `GuestMemoryMmap`).
+//! - `alloc`: heap-backed capture storage.
+//! - `embed`: what an embedding VMM needs and no more: a vmlinux
+//!   ([`kernel::vmlinux`], mapped), its BTF -> [`Layout`]
+//!   ([`kernel::btf`]), symbol tables ([`kernel::ksyms`]), ELF cores as
+//!   [`GuestMem`] ([`kernel::elfcore`]), the owned [`embed::Dumper`] and
+//!   its reports ([`render`], serde).
+//! - `images`: bzImage -> vmlinux extraction (the decompressors).
+//! - `std`: `embed` + `images`.
+//!
+//! Discovery ([`discover`]) and the kallsyms reader ([`kallsyms`]) are in
+//! the no_std core: a VMM that finds the kernel itself needs no feature.
 #![no_std]
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-#[cfg(any(feature = "std", test))]
+#[cfg(any(feature = "embed", test))]
 extern crate std;
 
 pub mod capture;
+pub mod discover;
+pub mod kallsyms;
 pub mod layout;
 pub mod mem;
 pub mod symbols;
 pub mod translate;
 pub mod walk;
 
-#[cfg(feature = "std")]
+#[cfg(feature = "embed")]
+pub mod embed;
+#[cfg(feature = "embed")]
 pub mod kernel;
-#[cfg(feature = "std")]
+#[cfg(feature = "embed")]
 pub mod render;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -207,6 +207,35 @@ impl<M: GuestMem> GuestMem for CountingMem<M> {
     }
 }
 
+/// Any vm-memory guest memory as [`GuestMem`] (feature `vm-memory`): a
+/// rust-vmm VMM passes its `GuestMemoryMmap` (or anything implementing
+/// `vm_memory::GuestMemory`) as it is, e.g. `VmGuestMemory(&guest_memory)`.
+/// Reads go through vm-memory's own bounds checks; a read that is not
+/// fully backed fails as [`MemError::Unmapped`].
+#[cfg(feature = "vm-memory")]
+#[derive(Debug, Clone, Copy)]
+pub struct VmGuestMemory<'a, G: ?Sized>(pub &'a G);
+
+#[cfg(feature = "vm-memory")]
+impl<G: vm_memory::GuestMemory + ?Sized> GuestMem for VmGuestMemory<'_, G> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        use vm_memory::Bytes;
+        let len = buf.len() as u64;
+        end_of(gpa, buf.len())?;
+        self.0
+            .read_slice(buf, vm_memory::GuestAddress(gpa))
+            .map_err(|_| MemError::Unmapped { gpa, len })
+    }
+}
+
+/// vm-memory's mmap-backed guest memory, directly.
+#[cfg(feature = "vm-memory")]
+impl<B: vm_memory::bitmap::Bitmap + 'static> GuestMem for vm_memory::GuestMemoryMmap<B> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        VmGuestMemory(self).read(gpa, buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +250,7 @@ mod tests {
         assert!(m.read(0x1006, &mut b).is_err());
         assert!(m.read(0xfff, &mut b).is_err());
         assert!(matches!(
-            m.read(u64::MAX - 1, &mut b),
+            GuestMem::read(&m, u64::MAX - 1, &mut b),
             Err(MemError::Overflow { .. })
         ));
         let v: u32 = m.read_pod(0x1000).unwrap();
@@ -267,5 +296,29 @@ mod tests {
         m.read(8, &mut b).unwrap();
         assert!(m.read(16, &mut b).is_err());
         assert_eq!((m.reads(), m.bytes()), (3, 16));
+    }
+
+    #[cfg(feature = "vm-memory")]
+    #[test]
+    fn vm_memory_reads_its_regions_and_rejects_holes() {
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+        let m: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x2000), 0x1000),
+        ])
+        .unwrap();
+        m.write_slice(&[1, 2, 3, 4], GuestAddress(0x2ffc)).unwrap();
+        let mut b = [0u8; 4];
+        GuestMem::read(&m, 0x2ffc, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert!(
+            GuestMem::read(&m, 0xffe, &mut b).is_err(),
+            "runs into the hole"
+        );
+        assert!(VmGuestMemory(&m).read(0x3000, &mut b).is_err());
+        assert!(matches!(
+            GuestMem::read(&m, u64::MAX - 1, &mut b),
+            Err(MemError::Overflow { .. })
+        ));
     }
 }

@@ -9,7 +9,7 @@ macro_rules! symbols {
     ($( $(#[$doc:meta])* $field:ident = $sym:literal ),* $(,)?) => {
         /// Addresses of the kernel symbols the walkers know about.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-        #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "embed", derive(serde::Serialize, serde::Deserialize))]
         pub struct Symbols {
             $( $(#[$doc])* pub $field: Option<u64>, )*
         }
@@ -69,6 +69,8 @@ symbols! {
     nr_cpu_ids = "nr_cpu_ids",
     /// `unsigned int nr_node_ids`.
     nr_node_ids = "nr_node_ids",
+    /// `unsigned long max_pfn`: the direct map ends at its page.
+    max_pfn = "max_pfn",
     /// `const char linux_banner[]`.
     linux_banner = "linux_banner",
     /// `struct task_struct init_task`.
@@ -101,7 +103,7 @@ mod tests {
         s.slide(0x20_0000);
         assert_eq!(s.get("scx_tasks"), Some(0xffff_ffff_8120_0000));
         assert_eq!(s.scx_root, None);
-        assert_eq!(Symbols::NAMES.len(), 21);
+        assert_eq!(Symbols::NAMES.len(), 22);
         for n in Symbols::NAMES {
             assert!(s.set(n, 7), "{n}");
             assert_eq!(s.get(n), Some(7));

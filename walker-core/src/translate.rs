@@ -70,9 +70,14 @@ pub struct TranslatorConfig {
     pub phys_base: u64,
     /// `page_offset_base`: start of the direct map.
     pub page_offset_base: u64,
-    /// Size of the direct map.
+    /// Bytes of the direct map translated without a walk (0: every
+    /// direct-map address is walked from `root`). Under KASLR, vmalloc and
+    /// vmemmap follow the RAM's part of the direct map closely, so this
+    /// must not exceed the RAM it maps (`max_pfn` pages; see
+    /// [`crate::discover`]).
     pub direct_map_size: u64,
-    /// Size of the kernel-image mapping from [`START_KERNEL_MAP`].
+    /// Bytes of the kernel-image mapping from [`START_KERNEL_MAP`]
+    /// translated without a walk (0: walked from `root`).
     pub kernel_image_size: u64,
     /// Root for page-table walks, when known.
     pub root: Option<PageTableRoot>,

@@ -27,13 +27,16 @@ pub enum ConfigError {
     },
     /// A required option is unset or not `=y`.
     #[error(
-        "kernel config {source_name} lacks {option}=y (needed for {why}); build the kernel with it or run `ktstr kernel fetch` for one that has it"
+        "kernel config {source_name} has `{found}` where ktstr needs `{option}=y` (for {why}); build the kernel with it or fetch one that has it (Debian's sched_ext kernels start at 6.16, in trixie-backports)"
     )]
     Missing {
         /// Where the config came from.
         source_name: String,
         /// The option.
         option: &'static str,
+        /// The config's own line for it (`# CONFIG_X is not set`, `CONFIG_X=m`),
+        /// or a note that it does not mention it.
+        found: String,
         /// What it is needed for.
         why: &'static str,
     },
@@ -84,6 +87,10 @@ impl KernelConfig {
             Some(&(option, why)) => Err(ConfigError::Missing {
                 source_name: self.source.clone(),
                 option,
+                found: match self.get(option) {
+                    Some(v) => format!("{option}={v}"),
+                    None => format!("# {option} is not set"),
+                },
                 why,
             }),
         }
@@ -105,6 +112,13 @@ mod tests {
         assert_eq!(c.get("CONFIG_DEBUG_INFO_BTF"), None);
         let err = c.check_required().unwrap_err().to_string();
         assert!(err.contains("CONFIG_DEBUG_INFO_BTF=y"), "{err}");
+        assert!(
+            err.contains("`# CONFIG_DEBUG_INFO_BTF is not set`"),
+            "{err}"
+        );
+        let m = KernelConfig::parse("CONFIG_SCHED_CLASS_EXT=m\n", "fixture");
+        let err = m.check_required().unwrap_err().to_string();
+        assert!(err.contains("`CONFIG_SCHED_CLASS_EXT=m`"), "{err}");
         let ok = KernelConfig::parse(&format!("{TEXT}CONFIG_DEBUG_INFO_BTF=y\n"), "fixture");
         ok.check_required().unwrap();
     }

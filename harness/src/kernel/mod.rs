@@ -17,9 +17,9 @@ use config::KernelConfig;
 /// What `--kernel` could not be turned into.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    /// Neither a path nor a cached release.
+    /// Neither a path nor a cached release, nor a version to fetch.
     #[error(
-        "kernel '{spec}' is neither a file or directory nor a cached release (cached: {cached}); pass a bzImage, vmlinux or build directory, or run `ktstr kernel fetch`"
+        "kernel '{spec}' is neither a file or directory nor a kernel version (cached: {cached}); pass a bzImage, vmlinux or build directory, or a version such as 6.16.12 (fetched on first use, or ahead with `ktstr kernel fetch --release 6.16.12`)"
     )]
     NotFound {
         /// What the user passed.
@@ -27,12 +27,55 @@ pub enum ResolveError {
         /// Releases in the cache, comma-separated.
         cached: String,
     },
+    /// A version that is not cached could not be fetched.
+    #[error("kernel '{spec}' is not cached and fetching it failed: {source}")]
+    Fetch {
+        /// What the user passed.
+        spec: String,
+        /// Why the fetch failed.
+        source: Box<fetch::FetchError>,
+    },
     /// The image could not be used.
     #[error(transparent)]
     Image(#[from] ImageError),
     /// The config could not be read.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+}
+
+/// Which kernel a `--kernel` value turned into, for the user to see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// A file or directory given by path.
+    Path(PathBuf),
+    /// A release already in the cache.
+    Cached {
+        /// The release.
+        release: String,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// A release fetched now, on first use.
+    Fetched {
+        /// The release.
+        release: String,
+        /// Its directory.
+        dir: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resolved::Path(p) => write!(f, "{} (path)", p.display()),
+            Resolved::Cached { release, dir } => {
+                write!(f, "{release} (cached, {})", dir.display())
+            }
+            Resolved::Fetched { release, dir } => {
+                write!(f, "{release} (fetched now, {})", dir.display())
+            }
+        }
+    }
 }
 
 /// A kernel ready for use: its vmlinux, and its config when known.
@@ -45,41 +88,84 @@ pub struct Kernel {
     pub config_path: Option<PathBuf>,
     /// The release, from the image's banner.
     pub release: Option<String>,
+    /// What the spec turned into.
+    pub resolved: Resolved,
 }
 
 impl Kernel {
-    /// Resolve `spec`: a release directory of the cache, a kernel build
-    /// directory, a bzImage or vmlinux file, or a cached release name.
+    /// Resolve `spec`: a path (release directory of the cache, kernel build
+    /// directory, bzImage or vmlinux file), a cached release or version
+    /// (`6.16` picks the newest cached 6.16.x), or a version that is not
+    /// cached, fetched now (once). Logs which kernel it used.
     pub fn resolve(spec: &str) -> Result<Self, ResolveError> {
+        let resolved = Self::locate(spec)?;
+        tracing::info!("kernel: {resolved}");
+        let (Resolved::Path(path)
+        | Resolved::Cached { dir: path, .. }
+        | Resolved::Fetched { dir: path, .. }) = &resolved;
+        // A cache release given by its directory counts as a use too.
+        let in_cache = crate::cache::kernels_dir()
+            .is_ok_and(|k| path.parent() == Some(k.as_path()) && store::is_complete(path));
+        if !matches!(resolved, Resolved::Path(_)) || in_cache {
+            store::touch_last_used(path);
+        }
+        let mut k = Self::from_path(path)?;
+        k.resolved = resolved;
+        Ok(k)
+    }
+
+    /// What `spec` names, fetching a version that is not cached.
+    pub fn locate(spec: &str) -> Result<Resolved, ResolveError> {
         let path = Path::new(spec);
         if path.exists() {
-            return Self::from_path(path);
+            return Ok(Resolved::Path(path.to_path_buf()));
         }
         let kernels = crate::cache::kernels_dir().ok();
-        let cached = kernels
+        if let Some(dir) = kernels
             .as_deref()
-            .map(store::complete_releases)
-            .unwrap_or_default();
-        let hit = cached.iter().find(|d| {
-            d.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n == spec || n.strip_suffix("-cloud-amd64") == Some(spec))
-        });
-        match hit {
-            Some(dir) => Self::from_path(dir),
-            None => Err(ResolveError::NotFound {
+            .and_then(|k| fetch::cached_match(k, spec))
+        {
+            return Ok(Resolved::Cached {
+                release: store::release_name(&dir).unwrap_or_default(),
+                dir,
+            });
+        }
+        if !fetch::looks_like_version(spec) {
+            let cached: Vec<String> = kernels
+                .as_deref()
+                .map(store::complete_releases)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|d| store::release_name(d))
+                .collect();
+            return Err(ResolveError::NotFound {
                 spec: spec.to_string(),
                 cached: if cached.is_empty() {
                     "none".to_string()
                 } else {
-                    cached
-                        .iter()
-                        .filter_map(|d| d.file_name()?.to_str().map(str::to_string))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    cached.join(", ")
                 },
-            }),
+            });
         }
+        tracing::info!("kernel {spec} is not cached: fetching it (once)");
+        let got = fetch::fetch(&fetch::FetchOptions {
+            release: Some(spec.to_string()),
+            offline: false,
+        })
+        .map_err(|e| ResolveError::Fetch {
+            spec: spec.to_string(),
+            source: Box::new(e),
+        })?;
+        Ok(match got.from {
+            fetch::FetchedFrom::Archive { .. } => Resolved::Fetched {
+                release: got.release,
+                dir: got.dir,
+            },
+            _ => Resolved::Cached {
+                release: got.release,
+                dir: got.dir,
+            },
+        })
     }
 
     fn from_path(path: &Path) -> Result<Self, ResolveError> {
@@ -101,6 +187,7 @@ impl Kernel {
             config,
             config_path,
             release,
+            resolved: Resolved::Path(path.to_path_buf()),
         })
     }
 }

@@ -11,7 +11,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::fetch::{Apt, FetchError, cached_deb, io, run};
+use super::fetch::{Apt, FetchError, UNPACK_TIMEOUT, cached_deb, io, run};
 use super::store::COMPLETE_MARKER;
 
 /// The modules, in the order they must be loaded (each needs the ones
@@ -75,6 +75,12 @@ pub fn fetch_kvm_modules(release_dir: &Path, offline: bool) -> Result<Vec<PathBu
                 .ok_or_else(|| FetchError::BadPackage(format!("no {pkg} downloaded")))?
         }
     };
+    // The release's lock: one writer of its kvm-modules at a time.
+    let kernels = release_dir.parent().unwrap_or(release_dir);
+    let _lock = super::store::ReleaseLock::acquire(kernels, &release)?;
+    if let Some(files) = cached_kvm_modules(release_dir) {
+        return Ok(files);
+    }
     install(&deb, &release, release_dir)
 }
 
@@ -87,10 +93,13 @@ fn install(deb: &Path, release: &str, release_dir: &Path) -> Result<Vec<PathBuf>
     std::fs::create_dir_all(&unpacked).map_err(io(&unpacked))?;
     let result = (|| {
         tracing::info!("unpacking {}", deb.display());
-        run(std::process::Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(deb)
-            .arg(&unpacked))?;
+        run(
+            std::process::Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb)
+                .arg(&unpacked),
+            UNPACK_TIMEOUT,
+        )?;
         let tree = unpacked
             .join("usr/lib/modules")
             .join(release)

@@ -100,7 +100,12 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let runqueues = syms.runqueues.ok_or(Fault::MissingSymbol("runqueues"))?;
     let offsets = syms
         .per_cpu_offset
+        .filter(|a| *a != 0)
         .ok_or(Fault::MissingSymbol("__per_cpu_offset"))?;
+    let task = l.task.ok_or(Fault::MissingGroup("task_struct"))?;
+    // Whether any CPU's rq could be read: none is a fault of the pass.
+    let mut first_fault = None;
+    let mut any_rq = false;
     let &Plans {
         rq_l,
         scx_l,
@@ -155,6 +160,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         let one = |tr: &mut Translator| tr.read_per_cpu_offset(cx.mem, offsets, cpu);
         let Ok(off) = batched.map_or_else(|| one(tr), Ok) else {
             let fault = Fault::Unreadable(offsets.wrapping_add(u64::from(cpu) * 8));
+            first_fault.get_or_insert(fault);
             // Nothing in the bytes is this CPU's.
             if let Some(state) = bytes.get_mut(STATE) {
                 *state = 0;
@@ -168,6 +174,9 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         };
         let mut fault = Fault::None;
         let rq = per_cpu_addr(runqueues, off);
+        let mut curr_pid = None;
+        let mut curr_comm = [0u8; 16];
+        let mut curr_class = 0;
         let (rq_bytes, scx_bytes) = bytes.split_at_mut(scx_at.min(CPU_BYTES));
         let mut state = 0;
         if rq_plan
@@ -180,8 +189,27 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             .is_ok()
         {
             state |= RQ_READ;
+            any_rq = true;
+            // The current task, read now: after the thaw it may be gone,
+            // and an idle or non-ext task is not on scx_tasks.
+            let curr = rq_plan.get_or_zero(rq_bytes.get(RQ_AT..).unwrap_or_default(), 1);
+            if curr != 0 {
+                curr_pid = tr
+                    .read_virt_pod::<u32, _>(cx.mem, curr.wrapping_add(u64::from(task.pid)))
+                    .ok()
+                    .map(|p| p as i32);
+                let _ = tr.read_virt(
+                    cx.mem,
+                    curr.wrapping_add(u64::from(task.comm)),
+                    &mut curr_comm,
+                );
+                curr_class = tr
+                    .read_virt_pod(cx.mem, curr.wrapping_add(u64::from(task.sched_class)))
+                    .unwrap_or(0);
+            }
         } else {
             fault = Fault::Unreadable(rq);
+            first_fault.get_or_insert(fault);
         }
         let scx = rq.wrapping_add(u64::from(rq_l.scx));
         // The wide plan's last five fields (runnable `next`, local DSQ
@@ -242,9 +270,15 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             rec.runnable = Span { start, len };
             rec.runnable_walk = list_health(&walk);
             rec.fault = fault;
+            rec.curr_pid = curr_pid;
+            rec.curr_comm = curr_comm;
+            rec.curr_class = curr_class;
         });
     }
-    Ok(())
+    match first_fault {
+        Some(f) if !any_rq => Err(f),
+        _ => Ok(()),
+    }
 }
 
 /// Every CPU record's rq and rq->scx scalars from the bytes [`capture`]

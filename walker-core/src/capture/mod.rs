@@ -20,7 +20,7 @@ mod tasks;
 pub use buf::Slots;
 pub use records::{
     CPU_BYTES, CgroupRecord, CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span,
-    TASK_BYTES, TaskRecord,
+    TASK_BYTES, TaskRecord, kernel_bytes, kernel_str,
 };
 use records::{CpuBytes, TaskBytes};
 
@@ -74,6 +74,10 @@ pub struct Limits {
     pub max_tasks: u32,
     /// Bounds of the user-DSQ hash-table walk.
     pub hash: HashLimits,
+    /// Bytes of guest memory one capture may read; reads past it fail
+    /// (and show as faults), so a hostile guest cannot make a capture
+    /// read without end.
+    pub max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -82,6 +86,8 @@ impl Default for Limits {
             max_list: 1 << 14,
             max_tasks: 1 << 17,
             hash: HashLimits::default(),
+            // ~1 KiB per task at the task bound, plus the CPUs and DSQs.
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -213,6 +219,9 @@ pub fn capture<M: GuestMem + ?Sized>(
 /// kernel, next to its [`Layout`].
 #[derive(Debug, Clone)]
 pub struct Capturer {
+    /// The layout the plans were made for: a target with another is
+    /// refused, since its offsets would be read at the planned ones.
+    layout: Layout,
     sched: sched::Plans,
     cpus: Result<cpus::Plans, Fault>,
     dsqs: Result<dsq::DsqReader, Fault>,
@@ -224,6 +233,7 @@ impl Capturer {
     pub fn new(l: &Layout) -> Self {
         let dsqs = dsq::DsqReader::new(l);
         Self {
+            layout: *l,
             sched: sched::Plans::new(l),
             cpus: cpus::Plans::new(l, &dsqs),
             dsqs,
@@ -253,8 +263,8 @@ impl Capturer {
     /// and a task record its address and `css_set`; their other fields
     /// are left as they were.
     /// `target.layout` must be the layout this was planned for: with
-    /// another, members are read at the planned offsets (wrong values,
-    /// never a panic).
+    /// another, nothing is read and every pass faults with
+    /// [`Fault::LayoutMismatch`].
     pub fn capture_raw<M: GuestMem + ?Sized>(
         &self,
         mem: &M,
@@ -264,7 +274,13 @@ impl Capturer {
         buf: &mut CaptureBuf<'_>,
     ) {
         buf.reset();
-        let counted = CountingMem::new(mem, u64::MAX);
+        if *target.layout != self.layout {
+            let f = Fault::LayoutMismatch;
+            let h = &mut buf.health;
+            (h.sched, h.cpus, h.dsqs, h.tasks, h.cgroups) = (f, f, f, f, f);
+            return;
+        }
+        let counted = CountingMem::new(mem, limits.max_bytes);
         let cx = Cx {
             mem: &counted,
             target,

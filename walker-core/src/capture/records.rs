@@ -5,6 +5,18 @@
 //! render phase resolves them (a task's `dsq` to a DSQ's id and origin, its
 //! sched class to a name).
 
+/// A NUL-padded kernel string (`comm`, an ops name, an exit reason) up to
+/// its first NUL, as UTF-8 when it is (kernel strings are bytes).
+pub fn kernel_str(bytes: &[u8]) -> Result<&str, core::str::Utf8Error> {
+    core::str::from_utf8(kernel_bytes(bytes))
+}
+
+/// A NUL-padded kernel string's bytes up to its first NUL.
+pub fn kernel_bytes(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    bytes.get(..end).unwrap_or_default()
+}
+
 /// Why a pass (or one item of it) could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fault {
@@ -20,6 +32,9 @@ pub enum Fault {
     /// A value read from the guest is impossible (e.g. a bucket count that
     /// is not a power of two).
     Corrupt(u64),
+    /// The capture's target has another layout than the one its
+    /// [`super::Capturer`] was planned for: nothing was read.
+    LayoutMismatch,
 }
 
 impl Fault {
@@ -100,6 +115,12 @@ pub struct CpuRecord {
     pub clock: u64,
     /// `rq->curr`.
     pub curr: u64,
+    /// The current task's `pid`, read while paused (`None`: unreadable).
+    pub curr_pid: Option<i32>,
+    /// The current task's `comm`, NUL-padded (see [`kernel_str`]).
+    pub curr_comm: [u8; 16],
+    /// The current task's `sched_class` pointer (0: unreadable).
+    pub curr_class: u64,
     /// `rq->idle`, when the layout has it.
     pub idle: Option<u64>,
     /// `rq->scx.nr_running`.

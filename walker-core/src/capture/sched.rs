@@ -47,7 +47,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     rec: &mut SchedRecord,
 ) -> Result<(), Fault> {
     let (layout, syms) = (cx.target.layout, cx.target.symbols);
-    let Some(root_sym) = syms.scx_root else {
+    let Some(root_sym) = syms.scx_root.filter(|a| *a != 0) else {
         // Before scx_root existed the ops table was a static variable.
         let ops = syms.scx_ops.ok_or(Fault::MissingSymbol("scx_root"))?;
         let o = layout.ops.ok_or(Fault::MissingGroup("sched_ext_ops"))?;

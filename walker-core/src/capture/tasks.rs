@@ -146,6 +146,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         .target
         .symbols
         .scx_tasks
+        .filter(|a| *a != 0)
         .ok_or(Fault::MissingSymbol("scx_tasks"))?;
     let Plans { t, e, lh, plan } = plans.as_ref().map_err(|f| *f)?;
     let cursor = cx.target.consts.task_cursor;
@@ -182,15 +183,21 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
                 rec.addr = task;
                 rec.css_set = css_set;
             };
-            let step = match tasks.push_with(fill) {
-                Some(_) => Step::Continue,
-                None => Step::Stop,
-            };
-            Ok((step, link))
+            // A full buffer still counts the rest of the list (a drop
+            // each), bounded by `max_tasks`: the caller learns the size it
+            // needs from one capture.
+            tasks.push_with(fill);
+            Ok((Step::Continue, link))
         },
     );
     buf.health.tasks_walk = list_health(&walk);
-    Ok(())
+    // A head that cannot be followed at all is not an empty list.
+    match walk.corrupt {
+        Some(c) if walk.visited == 0 && walk.skipped == 0 && c.at == head => {
+            Err(buf.health.tasks_walk.fault)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Every task record's members from the bytes [`capture`] copied.

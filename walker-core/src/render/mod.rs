@@ -38,6 +38,8 @@ pub struct RenderContext<'a> {
     pub names: &'a Names,
     /// How long the guest was paused for the capture, if measured.
     pub pause_ns: Option<u64>,
+    /// The pause in its parts, if measured.
+    pub pause: Option<PauseSplit>,
 }
 
 /// A sched_ext state dump.
@@ -112,6 +114,10 @@ pub struct CpuReport {
     pub curr: TaskRef,
     /// Whether the running task is this CPU's idle task.
     pub curr_is_idle: bool,
+    /// The running task's scheduling class (`ext`, `fair`, `idle`, ...),
+    /// read while paused.
+    #[serde(default)]
+    pub curr_class: Option<String>,
     /// `rq->scx.flags`, decoded.
     pub scx_flags: Vec<String>,
     /// `rq->scx.cpu_released`.
@@ -242,6 +248,20 @@ pub struct TaskReport {
     pub cgroup: Option<String>,
 }
 
+/// A pause window in its parts (ns): stopping the vCPUs, the capture's
+/// reads, resuming them. What the whole pause holds beyond their sum is
+/// the caller's own work between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseSplit {
+    /// From asking the VMM to stop until every vCPU was stopped, when the
+    /// caller measured it.
+    pub stop_ns: Option<u64>,
+    /// The capture's reads ([`crate::capture::Capturer::capture_raw`]).
+    pub capture_ns: u64,
+    /// From asking the VMM to resume until it confirmed, when measured.
+    pub resume_ns: Option<u64>,
+}
+
 /// The capture's cost and health.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthReport {
@@ -251,6 +271,9 @@ pub struct HealthReport {
     pub bytes: u64,
     /// How long the guest was paused (ns), if measured.
     pub pause_ns: Option<u64>,
+    /// Where the pause went, when the caller measured its parts.
+    #[serde(default)]
+    pub pause: Option<PauseSplit>,
     /// Layout groups this kernel lacks.
     pub missing_groups: Vec<String>,
     /// Passes that could not run (fully), with why.
@@ -270,6 +293,9 @@ fn fault_text(f: Fault) -> Option<String> {
         Fault::MissingGroup(g) => Some(format!("layout group {g} missing from this kernel's BTF")),
         Fault::Unreadable(a) => Some(format!("cannot read guest memory at {a:#x}")),
         Fault::Corrupt(a) => Some(format!("impossible value at {a:#x}")),
+        Fault::LayoutMismatch => Some(
+            "the target's layout is not the one the capturer was planned for: nothing read".into(),
+        ),
     }
 }
 
@@ -361,6 +387,7 @@ impl Report {
             reads: buf.health.reads,
             bytes: buf.health.bytes,
             pause_ns: ctx.pause_ns,
+            pause: ctx.pause,
             missing_groups: ctx
                 .layout
                 .missing_groups()
@@ -449,6 +476,7 @@ impl Report {
             })
             .collect();
 
+        let queued_flag = names.task_flag("SCX_TASK_QUEUED").unwrap_or(1);
         let mut running: HashMap<u64, u32> = HashMap::new();
         let cpus: Vec<CpuReport> = buf
             .cpus
@@ -461,14 +489,32 @@ impl Report {
                     &c.runnable_walk,
                     &mut health,
                 );
-                if c.runnable_walk.fault == Fault::None
-                    && !c.runnable_walk.truncated
-                    && c.scx_nr_running != c.runnable.len
-                {
-                    health.inconsistencies.push(format!(
-                        "cpu {}: rq->scx.nr_running={} but {} tasks on its runnable list",
-                        c.cpu, c.scx_nr_running, c.runnable.len
-                    ));
+                if c.runnable_walk.fault == Fault::None && !c.runnable_walk.truncated {
+                    // set_next_task_scx takes the running task off
+                    // rq->scx.runnable_list (put_prev_task_scx puts it
+                    // back) while rq->scx.nr_running still counts it, as
+                    // long as it is queued (SCX_TASK_QUEUED, cleared by
+                    // dequeue_task_scx when it blocks).
+                    let curr_queued_ext = ctx.symbols.ext_sched_class.is_some()
+                        && by_addr.get(&c.curr).is_some_and(|t| {
+                            Some(t.sched_class) == ctx.symbols.ext_sched_class
+                                && i64::from(t.scx_flags) & queued_flag != 0
+                        });
+                    let expected = c.scx_nr_running.saturating_sub(u32::from(curr_queued_ext));
+                    if c.runnable.len != expected {
+                        health.inconsistencies.push(format!(
+                            "cpu {}: rq->scx.nr_running={} {} so {} should be on its runnable list (set_next_task_scx keeps the running task off it), but {} are",
+                            c.cpu,
+                            c.scx_nr_running,
+                            if curr_queued_ext {
+                                "with a queued sched_ext task running,"
+                            } else {
+                                "with no queued sched_ext task running,"
+                            },
+                            expected,
+                            c.runnable.len
+                        ));
+                    }
                 }
                 CpuReport {
                     cpu: c.cpu,
@@ -476,8 +522,19 @@ impl Report {
                     nr_running: c.nr_running,
                     scx_nr_running: c.scx_nr_running,
                     clock_ns: c.clock,
-                    curr: task_ref(c.curr),
+                    // pid and comm read while paused, for any task
+                    // (idle or not sched_ext too).
+                    curr: TaskRef {
+                        addr: c.curr,
+                        pid: c.curr_pid.or(task_ref(c.curr).pid),
+                        comm: c
+                            .curr_pid
+                            .map(|_| c_str(&c.curr_comm))
+                            .or(task_ref(c.curr).comm),
+                    },
                     curr_is_idle: c.idle == Some(c.curr),
+                    curr_class: (c.curr_class != 0)
+                        .then(|| names::sched_class(ctx.symbols, c.curr_class)),
                     scx_flags: names.rq_flags(c.scx_flags),
                     cpu_released: c.cpu_released,
                     local_dsq: c

@@ -74,6 +74,14 @@ impl Names {
         }
     }
 
+    /// The value of task flag `name` (`SCX_TASK_QUEUED`, ...), if known.
+    pub fn task_flag(&self, name: &str) -> Option<i64> {
+        self.task_flags
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+
     /// `SCX_EXIT_*` name of `kind`, or its number.
     pub fn exit_kind(&self, kind: u32) -> String {
         self.exit_kinds

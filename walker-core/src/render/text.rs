@@ -61,6 +61,10 @@ impl Report {
             } else {
                 who(&c.curr)
             };
+            let curr = match &c.curr_class {
+                Some(class) if !c.curr_is_idle => std::format!("{curr} ({class})"),
+                _ => curr,
+            };
             writeln!(
                 s,
                 "  cpu {:<3} curr={curr} nr_running={} scx.nr_running={} flags=[{}]{}",
@@ -145,6 +149,17 @@ impl Report {
                 p as f64 / 1e6
             )),
         )?;
+        if let Some(p) = &h.pause {
+            let ms =
+                |v: Option<u64>| v.map_or("-".into(), |v| std::format!("{:.3}", v as f64 / 1e6));
+            writeln!(
+                s,
+                "  pause split (ms): stop {}, capture {}, resume {}",
+                ms(p.stop_ns),
+                ms(Some(p.capture_ns)),
+                ms(p.resume_ns)
+            )?;
+        }
         for (what, items) in [
             ("missing layout groups", &h.missing_groups),
             ("faults", &h.faults),

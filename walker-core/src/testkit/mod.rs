@@ -53,6 +53,9 @@ pub enum PerCpuStyle {
 #[error("the layout lacks group {0}, which the synthetic kernel needs")]
 pub struct MissingGroup(pub &'static str);
 
+/// `enum scx_ent_flags`: the task is on its rq (enqueue_task_scx).
+const SCX_TASK_QUEUED: u32 = 1;
+
 /// A synthetic kernel in memory. Writers take kernel virtual addresses.
 #[derive(Debug, Clone)]
 pub struct SyntheticKernel {
@@ -251,6 +254,40 @@ impl SyntheticKernel {
         va
     }
 
+    /// Give the kernel what [`crate::discover`] looks for: 4-level page
+    /// tables (`init_top_pgt`, mapping the image's first 8 MiB with 2 MiB
+    /// pages; the direct map is not in them), `linux_banner`, `phys_base`,
+    /// `page_offset_base`, `nr_node_ids` and `max_pfn`. Returns the
+    /// registers of a vCPU running on those tables and the banner (the
+    /// vmlinux's bytes, without the NUL).
+    pub fn discoverable(&mut self) -> (crate::discover::VcpuRegs, Vec<u8>) {
+        let banner = b"Linux version 0.0.0-testkit (ktstr@testkit) #1 SMP".to_vec();
+        let at = self.global("linux_banner", banner.len() as u64 + 1);
+        self.write(at, &banner);
+        let nodes = self.global("nr_node_ids", 8);
+        self.write_u32(nodes, 1);
+        let max_pfn = self.global("max_pfn", 8);
+        // 4 GiB: any later allocation stays inside the direct map.
+        self.write_u64(max_pfn, 1 << 20);
+        // Three 4 KiB tables in the image area, page-aligned.
+        let raw = self.global("init_top_pgt", 4 * 4096);
+        let pgd = raw.next_multiple_of(4096);
+        self.symbols.init_top_pgt = Some(pgd);
+        let (pud, pmd) = (pgd + 4096, pgd + 2 * 4096);
+        let entry = |va: u64| Self::pa(va) | 0x3; // present, writable
+        self.write_u64(pgd + 8 * ((KERNEL_MAP >> 39) & 0x1ff), entry(pud));
+        self.write_u64(pud + 8 * ((KERNEL_MAP >> 30) & 0x1ff), entry(pmd));
+        for i in 0..4u64 {
+            // 2 MiB leaves: present, writable, PS.
+            self.write_u64(pmd + 8 * i, (i << 21) | 0x83);
+        }
+        let regs = crate::discover::VcpuRegs {
+            cr3: Self::pa(pgd),
+            cr4: 0,
+        };
+        (regs, banner)
+    }
+
     /// Allocate per-CPU memory (`alloc_percpu`): returns the per-CPU pointer
     /// to which `__per_cpu_offset[cpu]` is added.
     pub fn percpu_alloc(&mut self, size: u64) -> u64 {
@@ -375,8 +412,21 @@ impl SyntheticKernel {
         }
     }
 
-    /// Mark the task runnable (`on_rq` = 1, state TASK_RUNNING) on `cpu`'s
-    /// runnable list, as `enqueue_task_scx` does.
+    /// `list_del_init(node)`.
+    pub fn list_del_init(&mut self, node: u64) {
+        let lh = self.layout.list_head.unwrap_or_default();
+        let (next, prev) = (
+            self.read_u64(node + lh.next as u64),
+            self.read_u64(node + lh.prev as u64),
+        );
+        self.write_u64(prev + lh.next as u64, next);
+        self.write_u64(next + lh.prev as u64, prev);
+        self.list_init(node);
+    }
+
+    /// Mark the task runnable (`on_rq` = 1, state TASK_RUNNING, scx flag
+    /// `SCX_TASK_QUEUED`) on `cpu`'s runnable list, as `enqueue_task_scx`
+    /// does.
     pub fn make_runnable(&mut self, task: u64, cpu: usize, runnable_at: u64) {
         let t = self.layout.task.unwrap_or_default();
         let (rq, scx_rq) = (
@@ -389,6 +439,8 @@ impl SyntheticKernel {
         self.set_cpu(task, cpu);
         let scx = self.entity(task);
         self.write_u64(scx + e.runnable_at as u64, runnable_at);
+        let flags = scx + e.flags as u64;
+        self.write_u32(flags, self.read_u32(flags) | SCX_TASK_QUEUED);
         let scx_rq_va = self.rq(cpu) + rq.scx as u64;
         self.list_add_tail(
             scx_rq_va + scx_rq.runnable_list as u64,
@@ -400,10 +452,14 @@ impl SyntheticKernel {
         self.write_u32(nr, self.read_u32(nr) + 1);
     }
 
-    /// Make a runnable task `cpu`'s current task.
+    /// Make a runnable task `cpu`'s current task; as `set_next_task_scx`
+    /// does, it leaves the runnable list (rq->scx.nr_running still counts
+    /// it).
     pub fn run_on(&mut self, task: u64, cpu: usize) {
         let t = self.layout.task.unwrap_or_default();
         let rq = self.layout.rq.unwrap_or_default();
+        let e = self.layout.entity.unwrap_or_default();
+        self.list_del_init(self.entity(task) + e.runnable_node as u64);
         if let Some(o) = t.on_cpu {
             self.write_u8(task + o as u64, 1);
         }

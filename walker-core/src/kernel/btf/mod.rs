@@ -53,7 +53,7 @@ pub enum BtfError {
 
 /// One group's resolution, for diagnostics (`ktstr kernel info`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "std", derive(serde::Serialize))]
+#[cfg_attr(feature = "embed", derive(serde::Serialize))]
 pub struct GroupReport {
     /// Group name (as in [`Layout::missing_groups`]).
     pub group: &'static str,
@@ -144,16 +144,17 @@ impl KernelBtf {
         }
     }
 
-    /// Read `path`: raw BTF or a vmlinux ELF (a bzImage must first be turned
+    /// Map `path`: raw BTF or a vmlinux ELF (a bzImage must first be turned
     /// into its vmlinux, see [`crate::kernel::image`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, BtfError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| BtfError::Io {
+        let io = |source| BtfError::Io {
             path: name.clone(),
             source,
-        })?;
-        Self::from_bytes(&bytes, &name)
+        };
+        let map = crate::kernel::map_file(path).map_err(io)?;
+        Self::from_bytes(&map, &name)
     }
 
     /// Where this BTF came from.
@@ -424,10 +425,10 @@ impl KernelBtf {
 
 /// The bytes of the `.BTF` section of an ELF.
 pub fn btf_section<'a>(elf: &'a [u8], source: &str) -> Result<&'a [u8], BtfError> {
-    if let Some(why) = crate::kernel::image::elf::not_x86_64_elf(elf) {
+    if let Some(why) = crate::kernel::elf::not_x86_64_elf(elf) {
         return Err(BtfError::Elf(source.to_string(), why));
     }
-    crate::kernel::image::elf::section(elf, ".BTF")
+    crate::kernel::elf::section(elf, ".BTF")
         .ok_or_else(|| BtfError::NoBtfSection(source.to_string()))
 }
 

@@ -153,11 +153,7 @@ impl ElfCore<memmap2::Mmap> {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only. A core file changed by another
-        // process while mapped could show torn bytes (or SIGBUS if cut
-        // short); ktstr writes its dumps once and never rewrites them.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map = crate::kernel::map_file(path).map_err(io)?;
         Self::from_bytes(map)
     }
 }

@@ -8,7 +8,7 @@
 
 mod bzimage;
 mod decompress;
-pub(crate) mod elf;
+use super::elf;
 
 use std::path::{Path, PathBuf};
 use std::string::{String, ToString};
@@ -223,12 +223,7 @@ impl KernelImage {
         } else {
             path.to_path_buf()
         };
-        let file = std::fs::File::open(&file_path).map_err(io(&file_path))?;
-        // SAFETY: the map is read-only and private to this value. A kernel
-        // image rewritten by another process while mapped could show torn
-        // bytes (parsing stays panic-free on any bytes) or raise SIGBUS if
-        // truncated; build outputs and the cache are replaced by rename.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&file_path))?;
+        let map = crate::kernel::map_file(&file_path).map_err(io(&file_path))?;
         if map.starts_with(b"\x7fELF") {
             if let Some(detail) = elf::not_x86_64_elf(&map) {
                 return Err(ImageError::NotX86_64Elf {

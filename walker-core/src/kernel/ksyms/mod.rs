@@ -226,10 +226,7 @@ impl SymbolTable {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: read-only map, dropped before returning; a file rewritten
-        // meanwhile shows torn bytes at worst, which parsing tolerates.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map = crate::kernel::map_file(path).map_err(io)?;
         Self::from_elf(&map, &path.display().to_string())
     }
 
@@ -350,7 +347,7 @@ fn read_text(path: &Path) -> Result<std::vec::Vec<u8>, KsymsError> {
         source,
     };
     let mut buf = std::vec::Vec::new();
-    std::fs::File::open(path)
+    crate::kernel::open_regular(path)
         .map_err(io)?
         .take(MAX_TEXT_BYTES + 1)
         .read_to_end(&mut buf)

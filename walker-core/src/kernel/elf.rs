@@ -6,9 +6,10 @@ use std::vec::Vec;
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64};
-use goblin::elf::program_header::{PT_NOTE, ProgramHeader};
+use goblin::elf::program_header::ProgramHeader;
 use goblin::elf::section_header::SectionHeader;
 
+#[cfg(feature = "images")]
 use crate::kernel::elfcore::note::{Note, Notes};
 
 const CTX: Ctx = Ctx {
@@ -45,6 +46,7 @@ fn file_range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
 
 /// Every well-formed note of the `PT_NOTE` segments (malformed note areas
 /// end their segment's walk).
+#[cfg(feature = "images")]
 pub(super) fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
     let Ok(h) = goblin::elf::Elf::parse_header(bytes) else {
         return Vec::new();
@@ -55,7 +57,7 @@ pub(super) fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
     let phdrs = ProgramHeader::parse(bytes, phoff, usize::from(h.e_phnum), CTX).unwrap_or_default();
     phdrs
         .iter()
-        .filter(|p| p.p_type == PT_NOTE)
+        .filter(|p| p.p_type == goblin::elf::program_header::PT_NOTE)
         .filter_map(|p| file_range(bytes, p.p_offset, p.p_filesz))
         .flat_map(|area| Notes::new(area).map_while(Result::ok))
         .collect()
@@ -63,6 +65,11 @@ pub(super) fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
 
 /// File bytes of the section called `name`, if there is one.
 pub(crate) fn section<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    section_at(bytes, name).map(|(_, b)| b)
+}
+
+/// The link-time address and file bytes of the section called `name`.
+pub(crate) fn section_at<'a>(bytes: &'a [u8], name: &str) -> Option<(u64, &'a [u8])> {
     let h = goblin::elf::Elf::parse_header(bytes).ok()?;
     let shoff = usize::try_from(h.e_shoff).ok()?;
     let shdrs = SectionHeader::parse(bytes, shoff, usize::from(h.e_shnum), CTX).ok()?;
@@ -75,6 +82,22 @@ pub(crate) fn section<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
         if found.first() != Some(&0) {
             return None;
         }
-        file_range(bytes, s.sh_offset, s.sh_size)
+        Some((s.sh_addr, file_range(bytes, s.sh_offset, s.sh_size)?))
     })
+}
+
+/// `(p_vaddr, file bytes)` of every `PT_LOAD` segment.
+pub(crate) fn loads(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+    let Ok(h) = goblin::elf::Elf::parse_header(bytes) else {
+        return Vec::new();
+    };
+    let Ok(phoff) = usize::try_from(h.e_phoff) else {
+        return Vec::new();
+    };
+    let phdrs = ProgramHeader::parse(bytes, phoff, usize::from(h.e_phnum), CTX).unwrap_or_default();
+    phdrs
+        .iter()
+        .filter(|p| p.p_type == goblin::elf::program_header::PT_LOAD)
+        .filter_map(|p| Some((p.p_vaddr, file_range(bytes, p.p_offset, p.p_filesz)?)))
+        .collect()
 }
