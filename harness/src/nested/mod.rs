@@ -487,12 +487,23 @@ pub fn initramfs(cfg: &L1Config, scratch: &Path) -> Result<Initramfs, NestedErro
         ramfs.file(&format!("{MODULES_DIR}/{name}.ko"), data, 0o644)?;
     }
     let guest_kernel = format!("{GUEST_CACHE}/kernels/{release}");
-    for f in ["vmlinux", "config", crate::kernel::store::COMPLETE_MARKER] {
-        let host = cfg.kernel_dir.join(f);
-        let data = std::fs::read(&host).map_err(|e| {
-            NestedError::Missing(format!("{}: {e} (an incomplete kernel?)", host.display()))
-        })?;
-        ramfs.file(&format!("{guest_kernel}/{f}"), data, 0o644)?;
+    // Every file of the release (its marker records their sizes, checked
+    // on every use), not its subdirectories (the modules are above).
+    let entries = std::fs::read_dir(&cfg.kernel_dir)
+        .map_err(io(format!("reading {}", cfg.kernel_dir.display())))?;
+    for e in entries.flatten() {
+        let (host, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
+        if !host.is_file() || name.starts_with(".staging") {
+            continue;
+        }
+        let data = std::fs::read(&host).map_err(io(format!("reading {}", host.display())))?;
+        ramfs.file(&format!("{guest_kernel}/{name}"), data, 0o644)?;
+    }
+    if !crate::kernel::store::is_complete(&cfg.kernel_dir) {
+        return Err(NestedError::Missing(format!(
+            "{} is not a complete cached release: run `ktstr kernel fetch`",
+            cfg.kernel_dir.display()
+        )));
     }
     // The harness puts the kernel's config at /boot for libbpf in L2; L1's
     // own programs may want it too.
