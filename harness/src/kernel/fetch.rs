@@ -25,13 +25,16 @@ use super::store::{
     self, Marker, Origin, ReleaseLock, StoreError, Verify, publish, staging_dir,
     sweep_stale_staging,
 };
+pub use super::version::{
+    FLAVOUR_SUFFIX, looks_like_version, pick_version, release_of, spec_matches, version_key,
+    version_of,
+};
 
 /// Suites searched for kernels: stable (6.12, no sched_ext) and its backports.
 pub const SUITES: [&str; 2] = ["trixie", "trixie-backports"];
 const IMAGE_PREFIX: &str = "linux-image-";
 /// Packages of a split release that a `linux-image-*` meta package depends on.
 const PART_PREFIXES: [&str; 2] = ["linux-binary-", "linux-base-"];
-const FLAVOUR_SUFFIX: &str = "-cloud-amd64";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Download directories of packages fetched without a release (KVM modules).
 const DOWNLOAD_PREFIX: &str = ".download-";
@@ -326,57 +329,6 @@ pub fn cached_match(kernels: &Path, spec: &str) -> Option<PathBuf> {
         .into_iter()
         .rev()
         .find(|d| store::release_name(d).is_some_and(|n| spec_matches(&version_of(&n), spec)))
-}
-
-/// `7.3.4+deb13-cloud-amd64` or `7.3.4+deb13` -> `7.3.4+deb13`.
-pub fn version_of(v: &str) -> String {
-    v.strip_suffix(FLAVOUR_SUFFIX).unwrap_or(v).to_string()
-}
-
-/// `7.3.4+deb13` -> `7.3.4+deb13-cloud-amd64`.
-pub fn release_of(version: &str) -> String {
-    format!("{version}{FLAVOUR_SUFFIX}")
-}
-
-/// Whether `spec` names `version`: equal, or a prefix ending at a
-/// component boundary (`6.16` and `6.16.12` match `6.16.12+deb13`; `6.1`
-/// does not match `6.16.12+deb13`).
-pub fn spec_matches(version: &str, spec: &str) -> bool {
-    let spec = version_of(spec);
-    version == spec
-        || version
-            .strip_prefix(spec.as_str())
-            .is_some_and(|rest| rest.starts_with(['.', '+']))
-}
-
-/// Whether `spec` looks like a kernel version (rather than a mistyped path).
-pub fn looks_like_version(spec: &str) -> bool {
-    spec.starts_with(|c: char| c.is_ascii_digit())
-        && spec
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".+~-_".contains(c))
-}
-
-/// The newest of `versions` matching `spec` (any, without one).
-pub fn pick_version(versions: &[String], spec: Option<&str>) -> Option<String> {
-    let mut hits: Vec<&String> = versions
-        .iter()
-        .filter(|v| spec.is_none_or(|s| spec_matches(v, s)))
-        .collect();
-    hits.sort_by_key(|v| version_key(v));
-    hits.pop().cloned()
-}
-
-/// Sort key of a package version like `7.3.4+deb13`: the numeric dotted
-/// upstream part compares as numbers (7.3.4 > 7.2.12 > 6.19.14), the rest as
-/// text. These package names carry only such versions.
-pub fn version_key(v: &str) -> (Vec<u64>, String) {
-    let (upstream, rest) = v.split_once('+').unwrap_or((v, ""));
-    let nums = upstream
-        .split('.')
-        .map(|p| p.parse().unwrap_or(0))
-        .collect();
-    (nums, rest.to_string())
 }
 
 /// Versions of `linux-image-<version>-cloud-amd64` packages among `names`

@@ -7,6 +7,7 @@ pub mod info;
 pub mod modules;
 pub mod sources;
 pub mod store;
+pub mod version;
 
 use std::path::{Path, PathBuf};
 

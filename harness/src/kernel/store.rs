@@ -405,7 +405,7 @@ pub fn complete_releases(kernels: &Path) -> Vec<PathBuf> {
                 Err(_) => RELEASE_FILES.iter().all(|f| d.join(f).is_file()),
             }
     });
-    dirs.sort_by_key(|d| super::fetch::version_key(&release_name(d).unwrap_or_default()));
+    dirs.sort_by_key(|d| super::version::version_key(&release_name(d).unwrap_or_default()));
     dirs
 }
 
@@ -516,8 +516,9 @@ pub fn clean(kernels: &Path, opts: &CleanOptions) -> Result<Vec<PathBuf>, StoreE
         .filter(|d| d.is_dir() && release_name(d).is_some_and(|n| !n.starts_with('.')))
         .filter(|d| {
             opts.version.as_deref().is_none_or(|v| {
-                release_name(d)
-                    .is_some_and(|n| super::fetch::spec_matches(&super::fetch::version_of(&n), v))
+                release_name(d).is_some_and(|n| {
+                    super::version::spec_matches(&super::version::version_of(&n), v)
+                })
             })
         })
         .map(|d| (last_used(&d), d))
