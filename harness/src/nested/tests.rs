@@ -119,3 +119,24 @@ fn prune_keeps_the_newest_archives() {
     left.sort();
     assert_eq!(left, ["b.cpio", "c.cpio", "keep.txt"]);
 }
+
+/// Programs keep their host paths in L1, and a host path may be anywhere
+/// (CI clones under /tmp): L1 mounts nothing over a place that may hold
+/// one, as a tmpfs on /tmp did.
+#[test]
+fn the_init_script_hides_no_program_behind_a_mount() {
+    let cfg = L1Config::new("/cache/kernels/7.3.4+deb13-cloud-amd64");
+    let script = init_script(&cfg).unwrap();
+    let mounted: Vec<&str> = script
+        .lines()
+        .filter(|l| l.trim_start().starts_with("mount "))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    for dir in &mounted {
+        assert!(
+            ["/proc", "/sys", "/dev", "/dev/shm"].contains(dir),
+            "L1 mounts over {dir}, where a program could sit:\n{script}"
+        );
+    }
+    assert!(mounted.contains(&"/proc"), "{script}");
+}
