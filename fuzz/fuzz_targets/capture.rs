@@ -1,6 +1,8 @@
 //! The whole capture over arbitrary guest memory, an arbitrary layout and
 //! arbitrary symbol addresses: never a panic, and never more guest reads
-//! than the bound stated below, derived from the capture's limits.
+//! than the bound stated below, derived from the capture's limits. What it
+//! captured is then rendered (report and text), which must not panic
+//! either.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -8,6 +10,8 @@ use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use ktstr_walker::capture::{Consts, Limits, Target, capture};
 use ktstr_walker::layout::Layout;
 use ktstr_walker::mem::SliceMem;
+use ktstr_walker::render::names::Names;
+use ktstr_walker::render::{RenderContext, Report};
 use ktstr_walker::symbols::Symbols;
 use ktstr_walker::translate::{
     DEFAULT_PAGE_OFFSET_BASE, Levels, PageTableRoot, Translator, TranslatorConfig,
@@ -18,7 +22,11 @@ use libfuzzer_sys::fuzz_target;
 const LIMITS: Limits = Limits {
     max_list: 16,
     max_tasks: 32,
-    hash: HashLimits { max_buckets: 64, max_entries: 8, max_chain: 8 },
+    hash: HashLimits {
+        max_buckets: 64,
+        max_entries: 8,
+        max_chain: 8,
+    },
     max_bytes: 1 << 20,
 };
 const MAX_CPUS: u32 = 4;
@@ -132,4 +140,16 @@ fuzz_target!(|data: &[u8]| {
         "{} reads > bound {bound}",
         buf.health.reads
     );
+    let names = Names::default();
+    let report = Report::from_capture(
+        &buf,
+        &RenderContext {
+            layout: &layout,
+            symbols: &symbols,
+            names: &names,
+            pause_ns: None,
+            pause: None,
+        },
+    );
+    let _ = report.to_text();
 });

@@ -38,7 +38,11 @@ fuzz_target!(|inp: Input| {
                 .enumerate()
                 .map(|(i, (t, n))| {
                     let kind = b"tTdDbBrR"[usize::from(*t) % 8];
-                    (kind, format!("s{n}_{i}"), 0xffff_ffff_8100_0000 + 16 * i as u64)
+                    (
+                        kind,
+                        format!("s{n}_{i}"),
+                        0xffff_ffff_8100_0000 + 16 * i as u64,
+                    )
                 })
                 .collect();
             if names.is_empty() {
@@ -46,7 +50,11 @@ fuzz_target!(|inp: Input| {
             }
             let refs: Vec<(u8, &str, u64)> =
                 names.iter().map(|(t, n, a)| (*t, n.as_str(), *a)).collect();
-            let style = if inp.packed { Style::Packed } else { Style::Aligned };
+            let style = if inp.packed {
+                Style::Packed
+            } else {
+                Style::Aligned
+            };
             let pad = usize::from(inp.pad) * if inp.packed { 4 } else { 8 };
             let mut d = vec![0x5a; pad];
             d.extend(encode(BASE + pad as u64, &refs, style));
