@@ -25,17 +25,7 @@ use ktstr_walker::translate::Translator;
 /// (round robin) and runnable, the rest sleeping.
 fn kernel(cpus: usize, tasks: usize) -> SyntheticKernel {
     let mut k = SyntheticKernel::new(compact_layout(), cpus, PerCpuStyle::Absolute).unwrap();
-    let sched = k.attach_scheduler("bench", 64).unwrap();
-    let user = k.add_user_dsq(sched, 1);
-    for i in 0..tasks {
-        let t = k.add_task(i as i32 + 1, "worker");
-        if i % 2 == 0 {
-            let cpu = (i / 2) % cpus;
-            k.make_runnable(t, cpu, 0);
-            let dsq = if i % 4 == 0 { k.local_dsq(cpu) } else { user };
-            k.enqueue(dsq, t);
-        }
-    }
+    ktstr_benches::populate(&mut k, tasks);
     k
 }
 
