@@ -495,11 +495,10 @@ impl Report {
                     // back) while rq->scx.nr_running still counts it, as
                     // long as it is queued (SCX_TASK_QUEUED, cleared by
                     // dequeue_task_scx when it blocks).
-                    let curr_queued_ext = ctx.symbols.ext_sched_class.is_some()
-                        && by_addr.get(&c.curr).is_some_and(|t| {
-                            Some(t.sched_class) == ctx.symbols.ext_sched_class
-                                && i64::from(t.scx_flags) & queued_flag != 0
-                        });
+                    let curr_queued_ext = by_addr.get(&c.curr).is_some_and(|t| {
+                        Some(t.sched_class) == ctx.symbols.ext_sched_class
+                            && i64::from(t.scx_flags) & queued_flag != 0
+                    });
                     let expected = c.scx_nr_running.saturating_sub(u32::from(curr_queued_ext));
                     if c.runnable.len != expected {
                         health.inconsistencies.push(format!(
