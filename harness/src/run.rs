@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
 use ktstr_walker::render::Report;
 use serde::{Deserialize, Serialize};
 
@@ -13,14 +12,46 @@ use crate::agent::proto::{SchedExtState, ScxState, WorkerResult};
 use crate::checks::CheckKind;
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
 use crate::monitor::{Monitor, MonitorConfig};
-use crate::scenario::Scenario;
-use crate::session::{Session, SessionConfig};
+use crate::scenario::{Scenario, ScenarioError};
+use crate::session::{Session, SessionConfig, SessionError};
 use crate::vm::PauseWindow;
 
 /// How long past the scenario's duration the guest may take to report
 /// its end (stopping workers, collecting results) before the run is
 /// declared hung.
 const FINISH_GRACE: Duration = Duration::from_secs(60);
+
+/// Why a run ended without a report (a failed check is not an error: it
+/// is in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The scenario does not fit the topology or duration.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// `--dump-at` past the run's end.
+    #[error("--dump-at {at:?} is not within the run's {duration:?} duration")]
+    DumpAtOutside {
+        /// When the dump was asked for.
+        at: Duration,
+        /// How long the workload runs.
+        duration: Duration,
+    },
+    /// The guest could not be booted, followed or captured.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The guest stopped reporting before the workload's end.
+    #[error(
+        "timed out after {waited_s} s waiting for the workload to finish (the scenario lasts {duration_s} s)\n--- console tail ---\n{console}"
+    )]
+    Hung {
+        /// Seconds since the workers started.
+        waited_s: u64,
+        /// The scenario's duration in seconds.
+        duration_s: u64,
+        /// The guest console's last lines.
+        console: String,
+    },
+}
 
 /// Version of [`RunReport`]'s JSON.
 pub const RUN_SCHEMA_VERSION: u32 = 1;
@@ -141,7 +172,7 @@ pub fn run(
     scenario: &Scenario,
     thresholds: &Thresholds,
     dump_at: Option<Duration>,
-) -> Result<RunReport> {
+) -> Result<RunReport, RunError> {
     run_with(cfg, scenario, thresholds, dump_at, &|_| {})
 }
 
@@ -152,16 +183,16 @@ pub fn run_with(
     thresholds: &Thresholds,
     dump_at: Option<Duration>,
     phase: &dyn Fn(&str),
-) -> Result<RunReport> {
+) -> Result<RunReport, RunError> {
     let mut cfg = cfg.clone();
     let resolved = cfg.scenario(scenario)?;
     if let Some(at) = dump_at
         && at >= cfg.duration
     {
-        bail!(
-            "--dump-at {at:?} is not within the run's {:?} duration",
-            cfg.duration
-        );
+        return Err(RunError::DumpAtOutside {
+            at,
+            duration: cfg.duration,
+        });
     }
     let start = Instant::now();
     let mut session = Session::start_with(&cfg, phase)?;
@@ -188,12 +219,11 @@ pub fn run_with(
     // --dump-at or a monitor trigger.
     while !session.poll_finished()? {
         if Instant::now() >= deadline {
-            bail!(
-                "timed out after {} s waiting for the workload to finish (the scenario lasts {} s)\n--- console tail ---\n{}",
-                running.elapsed().as_secs(),
-                cfg.duration.as_secs(),
-                crate::vm::backend::last_lines(&session.console())
-            );
+            return Err(RunError::Hung {
+                waited_s: running.elapsed().as_secs(),
+                duration_s: cfg.duration.as_secs(),
+                console: crate::vm::backend::last_lines(&session.console()),
+            });
         }
         phase(&format!(
             "running {} ({}/{} s)",
@@ -215,7 +245,7 @@ pub fn run_with(
                         trigger
                     }
                     Err(e) => {
-                        tracing::debug!("monitor sample failed: {e:#}");
+                        tracing::debug!("monitor sample failed: {e}");
                         None
                     }
                 },

@@ -28,13 +28,34 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
-
 use crate::checks::Thresholds;
-use crate::run::{RunReport, run};
-use crate::scenario::{Scenario, catalogue};
+use crate::kernel::store::NoFetchedKernel;
+use crate::run::{RunError, RunReport, run};
+use crate::scenario::{Scenario, ScenarioError, catalogue};
+use crate::scheduler::NotFound;
 use crate::session::{SchedulerConfig, SessionConfig};
 use crate::vm::Backend;
+
+/// Why a declared test could not be run (its checks failing is not an
+/// error: they are in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    /// No kernel given and none fetched.
+    #[error(transparent)]
+    NoKernel(#[from] NoFetchedKernel),
+    /// The topology string does not parse.
+    #[error(transparent)]
+    Topology(#[from] ktstr_vmm::TopologyError),
+    /// The scheduler binary is not there.
+    #[error(transparent)]
+    Scheduler(#[from] NotFound),
+    /// No such scenario.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The run itself failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
 
 /// Why a test could not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +244,7 @@ impl KtstrTest {
 
     /// Run it. Errors are infrastructure failures; check failures are in
     /// the report.
-    pub fn run(&self) -> Result<RunReport> {
+    pub fn run(&self) -> Result<RunReport, TestError> {
         let kernel = match &self.kernel {
             Some(k) => k.clone(),
             None => crate::kernel::store::newest_fetched()?
@@ -245,7 +266,7 @@ impl KtstrTest {
             Some(s) => s.clone(),
             None => catalogue::find(&self.scenario_name)?,
         };
-        run(&cfg, &scenario, &self.thresholds, self.dump_at)
+        Ok(run(&cfg, &scenario, &self.thresholds, self.dump_at)?)
     }
 
     /// Run it as a `#[test]` whose checks may fail (a scheduler broken on
@@ -256,9 +277,7 @@ impl KtstrTest {
             skip(&self.name, need, &reason);
             return None;
         }
-        let report = self
-            .run()
-            .unwrap_or_else(|e| panic!("{}: {e:#}", self.name));
+        let report = self.run().unwrap_or_else(|e| panic!("{}: {e}", self.name));
         eprintln!("{}:\n{}", self.name, report.to_text());
         Some(report)
     }
