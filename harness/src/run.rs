@@ -61,6 +61,10 @@ pub const RUN_SCHEMA_VERSION: u32 = 1;
 pub struct RunReport {
     /// [`RUN_SCHEMA_VERSION`].
     pub schema_version: u32,
+    /// The test that ran it (`module::function`, with the topology and
+    /// profile of a gauntlet's combination); `None` for `ktstr run`.
+    #[serde(default)]
+    pub test_name: Option<String>,
     /// The guest's `uname -r`.
     pub kernel_release: String,
     /// The topology, as `1n2l4c2t`.
@@ -314,6 +318,7 @@ pub fn run_with(
     }
     Ok(RunReport {
         schema_version: RUN_SCHEMA_VERSION,
+        test_name: None,
         kernel_release: release,
         topology: cfg.topology.to_string(),
         scenario: scenario.name.clone(),
@@ -341,6 +346,7 @@ mod tests {
     fn report() -> RunReport {
         RunReport {
             schema_version: RUN_SCHEMA_VERSION,
+            test_name: None,
             kernel_release: "7.3.4".into(),
             topology: "1n1l2c1t".into(),
             scenario: "steady".into(),

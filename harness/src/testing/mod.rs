@@ -26,7 +26,11 @@
 //! [`KtstrTest`] that does not choose one itself: the nested tier runs the
 //! same tests on ktstr's KVM VMM with `KTSTR_BACKEND=kvm`.
 
+mod case;
+
 use std::time::Duration;
+
+pub use case::{Case, DeclError, Declared, Variant, report_dir, report_path};
 
 use crate::checks::Thresholds;
 use crate::kernel::store::NoFetchedKernel;
@@ -117,6 +121,7 @@ pub struct KtstrTest {
     thresholds: Thresholds,
     dump_at: Option<Duration>,
     backend: Option<Backend>,
+    memory_mib: Option<u64>,
 }
 
 /// The backend `KTSTR_BACKEND` names; `None` when unset. A value that
@@ -145,6 +150,7 @@ impl KtstrTest {
             thresholds: Thresholds::default(),
             dump_at: None,
             backend: None,
+            memory_mib: None,
         }
     }
 
@@ -254,6 +260,9 @@ impl KtstrTest {
         let topology = self.topology.parse()?;
         let mut cfg = SessionConfig::new(kernel, topology);
         cfg.duration = self.duration;
+        if let Some(m) = self.memory_mib {
+            cfg.memory_mib = m;
+        }
         cfg.backend = self.resolved_backend();
         cfg.scheduler = match &self.scheduler {
             Some((s, args)) => Some(SchedulerConfig {
