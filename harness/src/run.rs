@@ -13,7 +13,7 @@ use crate::checks::CheckKind;
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
 use crate::monitor::{Monitor, MonitorConfig};
 use crate::scenario::{Scenario, ScenarioError};
-use crate::session::{Session, SessionConfig, SessionError};
+use crate::session::{Session, SessionConfig, SessionError, StartPhases};
 use crate::vm::PauseWindow;
 
 /// How long past the scenario's duration the guest may take to report
@@ -51,6 +51,34 @@ pub enum RunError {
         /// The guest console's last lines.
         console: String,
     },
+}
+
+/// Where a run's wall time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phases {
+    /// Up to the running workload.
+    #[serde(flatten)]
+    pub start: StartPhases,
+    /// From the workers' start to the agent's report of their end.
+    pub workload_ms: u64,
+    /// From there to the guest's power-off.
+    pub teardown_ms: u64,
+}
+
+impl Phases {
+    /// `prepare 0.41 s, boot 3.20 s, ...`.
+    pub fn to_text(&self) -> String {
+        let s = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
+        format!(
+            "prepare {}, boot {}, attach {}, start workers {}, workload {}, teardown {}",
+            s(self.start.prepare_ms),
+            s(self.start.boot_ms),
+            s(self.start.attach_ms),
+            s(self.start.start_workers_ms),
+            s(self.workload_ms),
+            s(self.teardown_ms)
+        )
+    }
 }
 
 /// Version of [`RunReport`]'s JSON.
@@ -99,6 +127,9 @@ pub struct RunReport {
     /// Where the frozen dump's pause went (none without a frozen dump).
     #[serde(default)]
     pub pause: Option<PauseWindow>,
+    /// Where the run's wall time went.
+    #[serde(default)]
+    pub phases: Phases,
 }
 
 impl RunReport {
@@ -159,6 +190,7 @@ impl RunReport {
                 c.detail
             ));
         }
+        out.push_str(&format!("phases: {}\n", self.phases.to_text()));
         out.push_str(&format!(
             "{} in {:.1} s (guest frozen {:.2}% of the workload)\n",
             if self.passed() { "PASSED" } else { "FAILED" },
@@ -274,9 +306,15 @@ pub fn run_with(
     let nr_cpus = session.nr_cpus;
     let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
     let backend = session.backend();
+    let start_phases = session.phases;
     phase("collecting results");
     let finished_at = Instant::now();
     let mut done = session.finish()?;
+    let phases = Phases {
+        start: start_phases,
+        workload_ms: finished_at.duration_since(running).as_millis() as u64,
+        teardown_ms: finished_at.elapsed().as_millis() as u64,
+    };
     done.workers
         .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));
     let workload_ns = running.elapsed().as_nanos().max(1) as f64;
@@ -335,6 +373,7 @@ pub fn run_with(
         frozen_ratio: frozen_ns as f64 / workload_ns,
         backend: backend.to_string(),
         pause,
+        phases,
     })
 }
 
@@ -392,6 +431,16 @@ mod tests {
             frozen_ratio: 0.0,
             backend: "qemu".into(),
             pause: None,
+            phases: Phases {
+                start: StartPhases {
+                    prepare_ms: 410,
+                    boot_ms: 3200,
+                    attach_ms: 750,
+                    start_workers_ms: 90,
+                },
+                workload_ms: 3010,
+                teardown_ms: 800,
+            },
         }
     }
 
@@ -409,6 +458,10 @@ mod tests {
         assert!(text.contains("wakeup avg 100 us max 900 us"), "{text}");
         assert!(text.contains("FAIL scheduler attached to the end: sched_ext is disabled"));
         assert!(text.contains("ok   every worker ran"));
+        assert!(
+            text.contains("phases: prepare 0.41 s, boot 3.20 s, attach 0.75 s, start workers 0.09 s, workload 3.01 s, teardown 0.80 s"),
+            "{text}"
+        );
         assert!(
             text.trim_end()
                 .ends_with("FAILED in 12.3 s (guest frozen 0.00% of the workload)")

@@ -45,6 +45,19 @@ pub struct Finished {
     pub scheduler_output: String,
 }
 
+/// Where the time to a running workload went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StartPhases {
+    /// Resolving the kernel, reading its BTF and symbols, the initramfs.
+    pub prepare_ms: u64,
+    /// From starting the VMM to the agent's hello and kallsyms.
+    pub boot_ms: u64,
+    /// Starting the scheduler until it attached (0 without one).
+    pub attach_ms: u64,
+    /// Creating cgroups and starting the workers.
+    pub start_workers_ms: u64,
+}
+
 /// A booted VM whose workload is running.
 pub struct Session {
     vm: Machine,
@@ -70,6 +83,8 @@ pub struct Session {
     pub workers: Vec<WorkerInfo>,
     /// sched_ext as the guest read it once the workers ran.
     pub sched_ext: SchedExtState,
+    /// Where the start's time went.
+    pub phases: StartPhases,
 }
 
 impl Session {

@@ -2,13 +2,13 @@
 //! [`Session::start_with`] is a function here.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ktstr_walker::Symbols;
 use ktstr_walker::kernel::image::ImageKind;
 use ktstr_walker::kernel::ksyms::SymbolTable;
 
-use super::{Attached, CMDLINE, Session, SessionConfig, SessionError};
+use super::{Attached, CMDLINE, Session, SessionConfig, SessionError, StartPhases};
 use crate::agent::proto::{self, Job, Msg};
 use crate::guest::GuestKernel;
 use crate::initramfs::{self, Initramfs};
@@ -37,16 +37,19 @@ impl Session {
     /// [`Session::start`], telling `phase` what it is doing (for progress
     /// displays).
     pub fn start_with(cfg: &SessionConfig, phase: &dyn Fn(&str)) -> Result<Session, SessionError> {
+        let t0 = Instant::now();
         let backend = preflight(cfg)?;
         phase("reading the kernel");
         let prepared = prepare(cfg)?;
         phase("building the initramfs");
         let files = crate::vm::vm_dir()?;
         let spec = boot_spec(cfg, backend, &prepared, files.path())?;
+        let prepared_at = Instant::now();
         let mut vm = Machine::new(crate::vm::start(backend, &spec, files)?);
         phase("booting");
         let (nr_cpus, numa_nodes) = hello(&mut vm, cfg)?;
         let table = kallsyms(&mut vm, cfg.boot_timeout)?;
+        let booted_at = Instant::now();
         let kernel_offset = table
             .get("_text")
             .zip(link_time_text(&prepared.kernel))
@@ -58,6 +61,7 @@ impl Session {
             }
             None => None,
         };
+        let attached_at = Instant::now();
         phase("starting the workload");
         let (workers, sched_ext) =
             match next(&mut vm, "the workers to start", WORKERS_START, |m| {
@@ -79,8 +83,18 @@ impl Session {
             attached,
             workers,
             sched_ext,
+            phases: StartPhases {
+                prepare_ms: ms(prepared_at - t0),
+                boot_ms: ms(booted_at - prepared_at),
+                attach_ms: ms(attached_at - booted_at),
+                start_workers_ms: ms(attached_at.elapsed()),
+            },
         })
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 /// The backend `cfg` runs on, refused where it cannot do what `cfg` asks.
