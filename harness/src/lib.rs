@@ -6,6 +6,7 @@ pub mod cache;
 pub mod channel;
 pub mod checks;
 pub mod dump;
+pub mod gauntlet;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
@@ -17,6 +18,7 @@ pub mod run;
 pub mod scenario;
 pub mod scheduler;
 pub mod session;
+pub mod summary;
 pub mod testing;
 pub mod vm;
 

@@ -378,11 +378,11 @@ pub fn run_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A report written by hand: one worker, one failing check.
-    fn report() -> RunReport {
+    pub(crate) fn report() -> RunReport {
         RunReport {
             schema_version: RUN_SCHEMA_VERSION,
             test_name: None,

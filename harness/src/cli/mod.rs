@@ -1,6 +1,7 @@
 //! The command line: what `ktstr` accepts, and a module per command.
 
 mod dump;
+mod gauntlet;
 mod kernel;
 pub mod output;
 mod run;
@@ -35,6 +36,15 @@ enum Command {
     Shell {
         #[command(flatten)]
         vm: VmArgs,
+    },
+    /// Run one scheduler across topologies, flag profiles and scenarios,
+    /// one VM each, and summarize.
+    Gauntlet(gauntlet::GauntletArgs),
+    /// Reports: merge the JSON reports of many runs or shards into one
+    /// summary.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
     },
     /// List the ready scenarios.
     Scenarios {
@@ -114,12 +124,30 @@ pub fn parse_hex(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{s}: not a hex number: {e}"))
 }
 
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Summarize every `*.json` run report under the given files or
+    /// directories (e.g. each shard's target/ktstr/); exit 1 if any failed.
+    Merge {
+        /// Report files or directories.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Carry out one command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Shell { vm } => run::shell(vm),
         Command::Scenarios { json } => run::scenarios(json),
+        Command::Gauntlet(args) => gauntlet::gauntlet(args),
+        Command::Report {
+            command: ReportCommand::Merge { paths, json },
+        } => gauntlet::merge(paths, json),
         Command::Dump(args) => dump::dump(args),
         Command::Kernel { command } => kernel::kernel(command),
     }

@@ -74,6 +74,12 @@ impl Progress {
         }
     }
 
+    /// Whether it draws on a terminal.
+    pub fn is_terminal(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Clear it.
     pub fn done(&self) {
         if let Some(b) = &self.0 {
             b.finish_and_clear();

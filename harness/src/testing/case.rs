@@ -150,8 +150,9 @@ impl Variant {
 }
 
 /// Whether combination `index` of `total` is one of the `budget` kept:
-/// those where `index * budget / total` steps up.
-fn selected(index: usize, total: usize, budget: usize) -> bool {
+/// those where `index * budget / total` steps up (so the kept ones are
+/// spread over the whole list, and the same on every run).
+pub fn selected(index: usize, total: usize, budget: usize) -> bool {
     if budget >= total {
         return true;
     }

@@ -30,7 +30,7 @@ mod case;
 
 use std::time::Duration;
 
-pub use case::{Case, DeclError, Declared, Variant, report_dir, report_path};
+pub use case::{Case, DeclError, Declared, Variant, report_dir, report_path, selected};
 
 use crate::checks::Thresholds;
 use crate::kernel::store::NoFetchedKernel;
