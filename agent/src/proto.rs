@@ -424,6 +424,10 @@ pub enum Msg {
         scheduler_exit: Option<String>,
         /// The tail of the scheduler's output.
         scheduler_output: String,
+        /// Per 500 ms window of the workload, each CPU's busy share in
+        /// thousandths (`u16::MAX`: offline then).
+        #[serde(default)]
+        cpu_busy: Vec<Vec<u16>>,
     },
     /// The agent could not go on.
     Error {

@@ -24,6 +24,15 @@ pub struct Thresholds {
     /// Longest 99th-percentile wakeup latency allowed, when set.
     #[serde(default)]
     pub max_wake_p99: Option<Duration>,
+    /// Largest difference in busy share between the busiest and the
+    /// idlest CPU over a sustained window, when the workload can keep
+    /// every CPU busy.
+    #[serde(default = "default_load_imbalance")]
+    pub load_imbalance: f64,
+}
+
+fn default_load_imbalance() -> f64 {
+    0.5
 }
 
 fn default_weight_spread() -> f64 {
@@ -39,6 +48,7 @@ impl Default for Thresholds {
             fairness_spread: 0.25,
             weight_spread: default_weight_spread(),
             max_wake_p99: None,
+            load_imbalance: default_load_imbalance(),
         }
     }
 }
@@ -65,6 +75,9 @@ pub enum CheckKind {
     WeightedShares,
     /// Wakeup latency percentiles, within `max_wake_p99` when set.
     WakeupLatency,
+    /// With enough spinners to keep every CPU busy, no CPU idled while
+    /// others worked, over any sustained window.
+    LoadBalance,
 }
 
 impl CheckKind {
@@ -79,6 +92,7 @@ impl CheckKind {
             CheckKind::CpusetIsolation => "workers stayed in their cpusets",
             CheckKind::WeightedShares => "CPU time follows cpu.weight",
             CheckKind::WakeupLatency => "wakeup latency",
+            CheckKind::LoadBalance => "load spread over every CPU",
         }
     }
 }
@@ -125,6 +139,11 @@ pub struct Outcome<'a> {
     pub nr_cpus: u32,
     /// What the host-side monitor caught while the guest ran, if anything.
     pub monitor: Option<String>,
+    /// Each CPU's busy share per 500 ms window, in thousandths
+    /// (`u16::MAX`: offline).
+    pub cpu_busy: &'a [Vec<u16>],
+    /// Where each CPU sits (LLC, node), for the load-balance detail.
+    pub topology: Option<&'a ktstr_vmm::Topology>,
 }
 
 /// Every check, in a fixed order.
@@ -155,6 +174,9 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
         out.push(c);
     }
     out.push(cpuset_isolation(o));
+    if let Some(c) = load_balance(o, t) {
+        out.push(c);
+    }
     out
 }
 
@@ -372,6 +394,120 @@ fn wakeup_latency(o: &Outcome<'_>, t: &Thresholds) -> Option<Check> {
     ))
 }
 
+/// Samples (500 ms each) in a sustained window.
+const LOAD_WINDOW: usize = 4;
+
+/// Spinners free to run anywhere, at least one per CPU, and no step
+/// changing anything: then every CPU should stay busy. Judged over
+/// windows of [`LOAD_WINDOW`] samples after the first (workers starting).
+fn load_balance(o: &Outcome<'_>, t: &Thresholds) -> Option<Check> {
+    let free_spinners: u32 = o
+        .resolved
+        .cgroups
+        .iter()
+        .filter(|cg| cg.cpus.is_none() && cg.cpu_max.is_none())
+        .flat_map(|cg| &cg.workers)
+        .filter(|w| w.work == Work::Spin && w.affinity.is_none())
+        .map(|w| w.count)
+        .sum();
+    let samples = o.cpu_busy.get(1..)?;
+    if !o.resolved.steps.is_empty() || free_spinners < o.nr_cpus || samples.len() < LOAD_WINDOW {
+        return None;
+    }
+    let mut worst: Option<(u16, usize, usize, usize)> = None;
+    for (i, window) in samples.chunks_exact(LOAD_WINDOW).enumerate() {
+        let avg = average(window);
+        let busy = avg.iter().enumerate().filter_map(|(c, b)| Some((c, (*b)?)));
+        let Some((max_cpu, max)) = busy.clone().max_by_key(|(_, b)| *b) else {
+            continue;
+        };
+        let Some((min_cpu, min)) = busy.min_by_key(|(_, b)| *b) else {
+            continue;
+        };
+        if worst.is_none_or(|w| max - min > w.0) {
+            worst = Some((max - min, i, min_cpu, max_cpu));
+        }
+    }
+    let (gap, window, idle_cpu, busy_cpu) = worst?;
+    let all = average(samples);
+    let per_cpu: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter_map(|(c, b)| Some(format!("{c}: {}%", (*b)? / 10)))
+        .collect();
+    let detail = format!(
+        "worst {:.1} s window from {:.1} s: CPU {idle_cpu} {} points below CPU {busy_cpu} (threshold {:.0}); busy over the run {}{}",
+        LOAD_WINDOW as f64 * 0.5,
+        0.5 + window as f64 * LOAD_WINDOW as f64 * 0.5,
+        gap / 10,
+        t.load_imbalance * 100.0,
+        per_cpu.join(", "),
+        groups_text(o.topology, &all)
+    );
+    Some(check(
+        CheckKind::LoadBalance,
+        if f64::from(gap) > t.load_imbalance * 1000.0 {
+            vec![detail.clone()]
+        } else {
+            vec![]
+        },
+        detail,
+    ))
+}
+
+/// Each CPU's mean busy share over `samples` (`None`: offline in any).
+fn average(samples: &[Vec<u16>]) -> Vec<Option<u16>> {
+    let cpus = samples.iter().map(Vec::len).max().unwrap_or(0);
+    (0..cpus)
+        .map(|c| {
+            let v: Option<Vec<u32>> = samples
+                .iter()
+                .map(|w| w.get(c).copied().filter(|b| *b <= 1000).map(u32::from))
+                .collect();
+            let v = v?;
+            Some((v.iter().sum::<u32>() / v.len().max(1) as u32) as u16)
+        })
+        .collect()
+}
+
+/// `; per LLC 0: 97%, 1: 60%` (and per node) where the topology has more
+/// than one.
+fn groups_text(topology: Option<&ktstr_vmm::Topology>, busy: &[Option<u16>]) -> String {
+    let Some(t) = topology else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (what, count, of) in [
+        (
+            "LLC",
+            t.llcs,
+            (|p: ktstr_vmm::CpuPlace| p.llc) as fn(_) -> u32,
+        ),
+        ("node", t.numa_nodes, |p: ktstr_vmm::CpuPlace| p.node),
+    ] {
+        if count < 2 {
+            continue;
+        }
+        let mut sums = vec![(0u32, 0u32); count as usize];
+        for (c, b) in busy.iter().enumerate() {
+            if let (Some(b), Some(p)) = (b, t.place(c as u32))
+                && let Some(s) = sums.get_mut(of(p) as usize)
+            {
+                s.0 += u32::from(*b);
+                s.1 += 1;
+            }
+        }
+        let parts: Vec<String> = sums
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(i, (sum, n))| format!("{i}: {}%", sum / n / 10))
+            .collect();
+        out += &format!("; per {what} {}", parts.join(", "));
+    }
+    out
+}
+
 fn cpuset_isolation(o: &Outcome<'_>) -> Check {
     check(
         CheckKind::CpusetIsolation,
@@ -427,6 +563,8 @@ mod tests {
             resolved,
             nr_cpus: 4,
             monitor: None,
+            cpu_busy: &[],
+            topology: None,
         }
     }
 
@@ -560,5 +698,40 @@ mod tests {
             "{lat:?}"
         );
         assert!(wakeup_latency(&outcome(&fair, &r), &t).is_none());
+    }
+
+    #[test]
+    fn an_idle_cpu_beside_spinners_that_could_use_it_is_a_load_imbalance() {
+        let r = catalogue::find("oversubscribe")
+            .unwrap()
+            .resolve(&"1n2l1c1t".parse().unwrap(), Duration::from_secs(5))
+            .unwrap();
+        let topo: ktstr_vmm::Topology = "1n2l1c1t".parse().unwrap();
+        let ws = [worker("over", "ktstr-spin", 1, 100, &[0])];
+        let mut o = outcome(&ws, &r);
+        o.nr_cpus = 2;
+        o.topology = Some(&topo);
+        // Fixture windows: the first (workers starting) is skipped; then
+        // CPU 1 idles through one 2 s window.
+        let mut busy = vec![vec![100u16, 0]];
+        busy.extend(std::iter::repeat_n(vec![990, 980], 4));
+        busy.extend(std::iter::repeat_n(vec![990, 100], 4));
+        o.cpu_busy = &busy;
+        let t = Thresholds::default();
+        let c = load_balance(&o, &t).expect("spinners on every CPU");
+        assert!(!c.passed, "{c:?}");
+        assert!(
+            c.detail.contains("from 2.5 s: CPU 1 89 points below CPU 0"),
+            "{c:?}"
+        );
+        assert!(c.detail.contains("per LLC 0: 99%, 1: 54%"), "{c:?}");
+        let even = vec![vec![990u16, 985]; 9];
+        o.cpu_busy = &even;
+        assert!(load_balance(&o, &t).unwrap().passed);
+        // steady pins its cgroups to halves: not judged.
+        let s = steady();
+        let mut o2 = outcome(&ws, &s);
+        o2.cpu_busy = &busy;
+        assert!(load_balance(&o2, &t).is_none());
     }
 }

@@ -339,6 +339,8 @@ pub fn run_with(
             resolved: &resolved,
             nr_cpus,
             monitor: caught.map(|t| t.to_string()),
+            cpu_busy: &done.cpu_busy,
+            topology: Some(&cfg.topology),
         },
         thresholds,
     );

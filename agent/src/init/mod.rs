@@ -5,6 +5,7 @@
 
 mod cgroup;
 mod channel;
+mod load;
 mod mounts;
 mod scheduler;
 mod work;
@@ -55,11 +56,13 @@ fn run(ch: &Channel) -> Result<(), String> {
         None => None,
     };
 
-    let results = if job.shell {
+    let (results, cpu_busy) = if job.shell {
         shell(ch, &job)?;
-        Vec::new()
+        (Vec::new(), Vec::new())
     } else {
-        workload(ch, &job)?
+        let sampler = load::Sampler::start(Duration::from_millis(500));
+        let results = workload(ch, &job);
+        (results?, sampler.finish())
     };
     let sched_ext = sched_ext_state();
     let (scheduler_exit, scheduler_output) = match sched.as_mut() {
@@ -71,6 +74,7 @@ fn run(ch: &Channel) -> Result<(), String> {
         sched_ext,
         scheduler_exit,
         scheduler_output,
+        cpu_busy,
     });
     if let Some(s) = sched {
         s.stop();

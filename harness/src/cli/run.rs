@@ -63,6 +63,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         fairness_spread: fairness_spread / 100.0,
         weight_spread: weight_spread / 100.0,
         max_wake_p99,
+        ..Default::default()
     };
     let progress = Progress::new();
     let report = ktstr::run::run_with(&cfg, &scenario, &thresholds, dump_at, &|p| progress.set(p));
