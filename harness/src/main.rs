@@ -179,6 +179,29 @@ enum KernelCommand {
         #[arg(long)]
         kvm_modules: bool,
     },
+    /// Build a kernel with ktstr's small config (tinyconfig + its harness
+    /// fragment + yours) from a source tree, or from Debian's
+    /// linux-source-X.Y package for a version (`6.12`); cached by source
+    /// and config, so the same build twice builds once. Prints its
+    /// directory as the last line.
+    Build {
+        /// A kernel source tree (built in place), or a version whose
+        /// Debian linux-source package is downloaded and unpacked once.
+        source: String,
+        /// A config fragment (`CONFIG_X=y` lines) merged after ktstr's own;
+        /// may be given several times.
+        #[arg(long = "config-fragment", value_name = "FILE")]
+        config_fragments: Vec<std::path::PathBuf>,
+        /// Parallel make jobs (default: every core).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Build even when the cache has this build.
+        #[arg(long)]
+        force: bool,
+        /// Do not contact the archive (the source package must be cached).
+        #[arg(long)]
+        offline: bool,
+    },
     /// List cached kernels: version, origin, sched_ext and BTF, size,
     /// last use.
     List {
@@ -337,6 +360,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
                 println!("{}", dir.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            KernelCommand::Build {
+                source,
+                config_fragments,
+                jobs,
+                force,
+                offline,
+            } => {
+                use ktstr::kernel::build::{BuildOptions, BuildSource, build};
+                let path = std::path::Path::new(&source);
+                let source =
+                    if path.exists() || !ktstr::kernel::version::looks_like_version(&source) {
+                        BuildSource::Tree(path.to_path_buf())
+                    } else {
+                        BuildSource::Version(source)
+                    };
+                let built = build(&BuildOptions {
+                    source,
+                    fragments: config_fragments,
+                    jobs,
+                    force,
+                    offline,
+                })?;
+                if built.build_time.is_none() {
+                    tracing::info!("{} (cached)", built.name);
+                }
+                println!("{}", built.dir.display());
                 Ok(ExitCode::SUCCESS)
             }
             KernelCommand::List { json } => {

@@ -1,6 +1,7 @@
 //! Kernels: acquisition (`fetch`), the cache (`store`), resolving what a
 //! user passes as `--kernel`, and checking its configuration.
 
+pub mod build;
 pub mod config;
 pub mod fetch;
 pub mod info;
