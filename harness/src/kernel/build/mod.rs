@@ -235,8 +235,11 @@ pub fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     if hit(&dir) {
         return Ok(cached(dir, name));
     }
-    // One build per tree at a time: two would write the same objects.
+    // One build per tree at a time: two would write the same objects. The
+    // entry's own lock is held throughout, as it marks the staging
+    // directory as alive (others sweep those whose lock is free).
     let _tree_lock = ReleaseLock::acquire(&kernels, &tree_lock_name(&tree.dir))?;
+    let _lock = ReleaseLock::acquire(&kernels, &name)?;
     if hit(&dir) {
         return Ok(cached(dir, name));
     }
@@ -246,10 +249,8 @@ pub fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     }
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
     let start = Instant::now();
-    let result = build_into(&tree, &settings, opts, &staging, &name).and_then(|()| {
-        let _lock = ReleaseLock::acquire(&kernels, &name)?;
-        Ok(store::publish(&staging, &dir)?)
-    });
+    let result = build_into(&tree, &settings, opts, &staging, &name)
+        .and_then(|()| Ok(store::publish(&staging, &dir)?));
     if result.is_err() {
         // Keep the log where the error message points.
         let log = staging.join(BUILD_LOG);
