@@ -311,6 +311,8 @@ fn fake_release(kernels: &Path, name: &str, used_secs_ago: u64) {
             package_version: None,
             config_from_image: false,
             debs: vec![format!("linux-image-{name}_1_amd64.deb")],
+            source: None,
+            kernel_release: None,
             files: Default::default(),
         },
     )
@@ -440,4 +442,55 @@ fn an_unreachable_archive_falls_back_to_the_cache_loudly_but_not_for_a_pinned_re
     // A pinned release that is cached needs no archive at all.
     let out = fetch(&["--release", "7.3"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_built_kernel_is_listed_as_built_and_cleaned_like_any_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kernels = tmp.path().join("kernels");
+    let name = "6.12.117+ktstr.0123456789ab";
+    fake_release(&kernels, name, 60);
+    fake_release(&kernels, "7.3.4+deb13-cloud-amd64", 30);
+    // What `kernel build` records (fake files: list and clean read no image).
+    let dir = kernels.join(name);
+    std::fs::write(dir.join("build.log"), b"  CC      kernel/sched/core.o\n").unwrap();
+    let m = store::Marker::record(
+        &dir,
+        store::Marker {
+            release: name.into(),
+            origin: store::Origin::Built,
+            suite: None,
+            package_version: None,
+            config_from_image: false,
+            debs: vec![],
+            source: Some("linux-source-6.12 6.12.117-1".into()),
+            kernel_release: Some("6.12.117".into()),
+            files: Default::default(),
+        },
+    )
+    .unwrap();
+    assert!(m.files.contains_key("build.log"));
+    m.write(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = wait(
+            ktstr(tmp.path()).args(args).spawn().unwrap(),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let table = run(&["kernel", "list"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains(" built "), "{table}");
+    // A build log cut short is damage, like any recorded file.
+    std::fs::write(dir.join("build.log"), b"x").unwrap();
+    assert!(!store::is_complete(&dir));
+    std::fs::write(dir.join("build.log"), b"  CC      kernel/sched/core.o\n").unwrap();
+    let out = run(&["kernel", "clean", "6.12"]);
+    assert!(out.contains(name), "{out}");
+    assert!(!dir.exists());
+    assert_eq!(store::complete_releases(&kernels).len(), 1);
 }

@@ -64,7 +64,6 @@ fn a_pre_root_scheduler_its_exit_and_its_shared_dsqs_are_read_from_globals() {
                 .iter()
                 .all(|d| d.origin != DsqOrigin::User)
         );
-        drop(buf);
 
         k.attach_scheduler_pre_root("bpfland", 4).unwrap();
         let t = k.add_task(1000, "worker");
@@ -120,7 +119,6 @@ fn a_pre_root_scheduler_its_exit_and_its_shared_dsqs_are_read_from_globals() {
         assert_eq!((u.addr, u.id, u.nr), (user, 0x10, 1), "{name}");
         let queued = buf.queued.as_slice();
         assert_eq!(queued[u.tasks.start as usize], t2, "{name}");
-        drop(buf);
 
         // Disabled again: the state decides, whatever the other globals hold.
         k.set_enable_state_pre_root(SCX_OPS_DISABLED);

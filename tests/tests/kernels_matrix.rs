@@ -69,7 +69,7 @@ fn check_dump(test: &str, l: &Layout, d: &Report) {
     assert!(d.health.faults.is_empty(), "{test}: {:?}", d.health.faults);
     // Before `struct scx_sched`, these live in globals every such kernel has.
     let in_sched = |m: fn(&ktstr_walker::layout::ScxSchedLayout) -> Option<u32>| {
-        l.sched.map_or(true, |s| m(&s).is_some())
+        l.sched.is_none_or(|s| m(&s).is_some())
     };
     assert_eq!(
         s.bypass_depth.is_some(),
