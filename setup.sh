@@ -79,8 +79,9 @@ kernel_dir=$(./target/debug/ktstr kernel fetch --kvm-modules | tail -n 1)
 
 step "build the pre-6.16 sched_ext kernel (6.12)"
 # Debian's 6.12 images lack sched_ext: ktstr builds one from Debian's
-# linux-source-6.12 with its harness config, once (BUILD_TIME_SETUP on
-# 2 cores; a 153 MB download, 1.5 GB unpacked under ~/.cache/ktstr/sources).
+# linux-source-6.12 with its harness config, once (measured: 26 min at nice 19
+# under a load of 7-9, 541 s of CPU: ~5 min on an idle 2-core machine; a
+# 153 MB download, 2.6 GB unpacked and built under ~/.cache/ktstr/sources).
 # A later run finds it cached and builds nothing.
 nice -n 19 ./target/debug/ktstr kernel build 6.12 >/dev/null
 ./target/debug/ktstr kernel list

@@ -135,7 +135,7 @@ impl KernelInfo {
                 }
             };
             s += &format!("  {:<18} {status}", g.group);
-            if !g.missing_optional.is_empty() {
+            if g.struct_found && !g.missing_optional.is_empty() {
                 s += &format!(" (absent here: {})", g.missing_optional.join(", "));
             }
             s += "\n";
