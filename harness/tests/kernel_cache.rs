@@ -1,7 +1,8 @@
 //! The kernel cache under stress, through the `ktstr` binary on temporary
 //! caches (KTSTR_CACHE_DIR): two fetches of one release at once, a fetch
-//! killed mid-download, `kernel list`/`clean`, `--kernel VERSION`, and a
-//! hostile KTSTR_DEBIAN_MIRROR. The real-archive cases reuse the package
+//! killed mid-download, `kernel list`/`clean`, `--kernel VERSION`, a
+//! hostile KTSTR_DEBIAN_MIRROR, and `kernel build` of a stand-in source
+//! tree (refused when Kconfig drops a fragment line; two builds at once). The real-archive cases reuse the package
 //! lists and .debs of ~/.cache/ktstr where they are, so they cost little
 //! more than an `apt-get update`.
 
@@ -493,4 +494,149 @@ fn a_built_kernel_is_listed_as_built_and_cleaned_like_any_other() {
     assert!(out.contains(name), "{out}");
     assert!(!dir.exists());
     assert_eq!(store::complete_releases(&kernels).len(), 1);
+}
+
+/// A stand-in kernel source tree (test fixture): a Makefile with kbuild's
+/// version head and targets. `tinyconfig` writes a small .config,
+/// `olddefconfig` drops DEBUG_INFO_BTF when FAKE_DROP is set (as Kconfig
+/// does with a pahole too old), `bzImage` "builds" by copying the images
+/// of the real kernel in FAKE_REAL (make imports both from the
+/// environment).
+fn fake_tree(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("Kconfig"), "mainmenu \"fixture\"\n").unwrap();
+    std::fs::write(
+        dir.join("Makefile"),
+        "VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 999\nEXTRAVERSION =\n\
+         tinyconfig:\n\t@printf '# CONFIG_SMP is not set\\nCONFIG_NR_CPUS=1\\n' > .config\n\
+         olddefconfig:\n\t@if [ -n \"$(FAKE_DROP)\" ]; then sed -i 's/^CONFIG_DEBUG_INFO_BTF=y/# CONFIG_DEBUG_INFO_BTF is not set/' .config; fi\n\
+         bzImage:\n\t@echo '  CC      kernel/sched/ext.o'\n\t@sleep 1\n\
+         \t@cp $(FAKE_REAL)/vmlinux vmlinux\n\t@mkdir -p arch/x86/boot\n\
+         \t@cp $(FAKE_REAL)/vmlinuz arch/x86/boot/bzImage\n\
+         \t@echo 'ffffffff81000000 T _text' > System.map\n",
+    )
+    .unwrap();
+}
+
+/// What a fake build needs, or `None` after a skip.
+fn build_prerequisites(test: &str) -> Option<PathBuf> {
+    if let Err(e) = ktstr::kernel::build::check_tools() {
+        skip(test, Need::Tool, &e.to_string());
+        return None;
+    }
+    match ktstr_tests::cached_kernel_dir() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            skip(test, Need::Kernel, &e);
+            None
+        }
+    }
+}
+
+fn entries(kernels: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(kernels)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn a_fragment_line_kconfig_drops_refuses_the_build_and_keeps_its_log() {
+    let test = "a_fragment_line_kconfig_drops_refuses_the_build";
+    let Some(real) = build_prerequisites(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("linux");
+    fake_tree(&tree);
+    let out = wait(
+        ktstr(&tmp.path().join("cache"))
+            .args(["kernel", "build"])
+            .arg(&tree)
+            .env("FAKE_REAL", &real)
+            .env("FAKE_DROP", "1")
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("lacks `CONFIG_DEBUG_INFO_BTF=y`")
+            && err.contains("`# CONFIG_DEBUG_INFO_BTF is not set`")
+            && err.contains("pahole"),
+        "{err}"
+    );
+    let kernels = tmp.path().join("cache/kernels");
+    assert!(staging_dirs(&kernels).is_empty());
+    assert!(entries(&kernels, "6.12.999").is_empty(), "no cache entry");
+    let logs = entries(&kernels, ".failed-6.12.999+ktstr.");
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let log = std::fs::read_to_string(kernels.join(&logs[0])).unwrap();
+    assert!(
+        log.contains("### make -j") && log.contains("olddefconfig"),
+        "{log}"
+    );
+}
+
+#[test]
+fn two_builds_of_one_tree_at_once_take_turns_and_publish_one_built_entry() {
+    let test = "two_builds_of_one_tree_at_once";
+    let Some(real) = build_prerequisites(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let tree = tmp.path().join("linux");
+    fake_tree(&tree);
+    let frag = tmp.path().join("hz.config");
+    std::fs::write(&frag, "CONFIG_HZ_100=y\n").unwrap();
+    let start = || {
+        ktstr(&cache)
+            .args(["kernel", "build"])
+            .arg(&tree)
+            .arg("--config-fragment")
+            .arg(&frag)
+            .env("FAKE_REAL", &real)
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    let (a, b) = (
+        wait(a, Duration::from_secs(300)),
+        wait(b, Duration::from_secs(300)),
+    );
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    let dir_of = |o: &Output| PathBuf::from(text(&o.stdout).lines().last().unwrap_or(""));
+    assert_eq!(dir_of(&a), dir_of(&b));
+    let dir = dir_of(&a);
+    let name = store::release_name(&dir).unwrap();
+    assert!(name.starts_with("6.12.999+ktstr."), "{name}");
+    let marker = store::verify(&dir, Verify::Hashes).unwrap();
+    assert_eq!(marker.origin, store::Origin::Built);
+    assert_eq!(
+        marker.source.as_deref(),
+        Some(tree.canonicalize().unwrap().to_str().unwrap())
+    );
+    assert!(marker.files.contains_key("build.log"));
+    let config = std::fs::read_to_string(dir.join("config")).unwrap();
+    assert!(
+        config.contains("CONFIG_HZ_100=y\n")
+            && config.contains("CONFIG_SCHED_CLASS_EXT=y\n")
+            && !config.contains("CONFIG_NR_CPUS=1\n"),
+        "{config}"
+    );
+    let kernels = cache.join("kernels");
+    assert!(staging_dirs(&kernels).is_empty());
+    assert_eq!(entries(&kernels, "6.12.999").len(), 1);
+    // Another fragment is another build.
+    std::fs::write(&frag, "CONFIG_HZ_1000=y\n").unwrap();
+    let c = wait(start(), Duration::from_secs(300));
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    assert_ne!(dir_of(&c), dir);
+    assert_eq!(entries(&kernels, "6.12.999").len(), 2);
 }

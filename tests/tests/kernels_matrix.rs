@@ -152,6 +152,20 @@ fn kernel_6_12_built_has_no_scx_root_and_its_globals_are_read() {
     };
     let l = KernelBtf::open(dir.join("vmlinux")).unwrap().layout();
     assert!(l.sched.is_none(), "6.12 has no struct scx_sched");
+    // `--kernel 6.12` and `kernel build 6.12` both find this build: a hit,
+    // with no download and no make.
+    match ktstr::kernel::Kernel::locate("6.12").expect("--kernel 6.12") {
+        ktstr::kernel::Resolved::Cached { dir: found, .. } => assert_eq!(found, dir),
+        other => panic!("--kernel 6.12 resolved to {other}"),
+    }
+    let again = ktstr::kernel::build::build(&ktstr::kernel::build::BuildOptions::new(
+        ktstr::kernel::build::BuildSource::Version("6.12".into()),
+    ))
+    .expect("kernel build 6.12");
+    assert_eq!(
+        (again.dir.as_path(), again.build_time),
+        (dir.as_path(), None)
+    );
     boot_and_check(test, dir);
 }
 
