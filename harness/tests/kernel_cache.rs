@@ -580,6 +580,16 @@ fn a_fragment_line_kconfig_drops_refuses_the_build_and_keeps_its_log() {
         log.contains("### make -j") && log.contains("olddefconfig"),
         "{log}"
     );
+    // `kernel clean` of that version takes the log too.
+    let out = wait(
+        ktstr(&tmp.path().join("cache"))
+            .args(["kernel", "clean", "6.12"])
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(entries(&kernels, ".failed-").is_empty());
 }
 
 #[test]

@@ -560,8 +560,24 @@ pub fn clean(kernels: &Path, opts: &CleanOptions) -> Result<Vec<PathBuf>, StoreE
         let _ = std::fs::remove_file(kernels.join(LOCKS_DIR).join(format!("{release}.lock")));
         removed.push(dir);
     }
+    // Logs of failed builds (`kernel build`) of matching versions.
+    for e in std::fs::read_dir(kernels).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(release) = name
+            .strip_prefix(FAILED_LOG_PREFIX)
+            .and_then(|n| n.strip_suffix(".log"))
+            && opts.version.as_deref().is_none_or(|v| {
+                super::version::spec_matches(&super::version::version_of(release), v)
+            })
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     Ok(removed)
 }
+
+/// Prefix of the kept log of a failed build: `.failed-<name>.log`.
+pub const FAILED_LOG_PREFIX: &str = ".failed-";
 
 /// No kernel was given and none is fetched.
 #[derive(Debug, thiserror::Error)]

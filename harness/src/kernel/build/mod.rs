@@ -254,7 +254,7 @@ pub fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     if result.is_err() {
         // Keep the log where the error message points.
         let log = staging.join(BUILD_LOG);
-        let kept = kernels.join(format!(".failed-{name}.log"));
+        let kept = kernels.join(format!("{}{name}.log", store::FAILED_LOG_PREFIX));
         let _ = std::fs::rename(&log, &kept);
         let _ = std::fs::remove_dir_all(&staging);
     }
