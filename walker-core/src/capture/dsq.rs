@@ -277,30 +277,37 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
         l.rhash_head,
         l.dsq.and_then(|d| d.hash_node),
     ) {
-        (Some(h), Some(rht), Some(bt), Some(rh), Some(hash_node)) => {
-            let walk = walk_rhashtable(cx.mem, tr, (&rht, &bt, &rh), h, cx.limits.hash, |tr, e| {
-                let dsq = container_of(e, &[hash_node]);
-                let mut f = Fault::None;
-                let at = capture_one(
-                    cx,
-                    tr,
-                    &mut sink,
-                    reader,
-                    dsq,
-                    DsqOrigin::User,
-                    None,
-                    &mut f,
-                );
-                match (at, f) {
-                    (Some(_), _) => Step::Continue,
-                    // Out of DSQ slots: the rest would be dropped anyway.
-                    (None, Fault::None) => Step::Stop,
-                    (None, f) => {
-                        note(f);
-                        Step::Continue
+        (Some(dsq_hash), Some(rht), Some(bt), Some(rh), Some(hash_node)) => {
+            let walk = walk_rhashtable(
+                cx.mem,
+                tr,
+                (&rht, &bt, &rh),
+                dsq_hash,
+                cx.limits.hash,
+                |tr, e| {
+                    let dsq = container_of(e, &[hash_node]);
+                    let mut f = Fault::None;
+                    let at = capture_one(
+                        cx,
+                        tr,
+                        &mut sink,
+                        reader,
+                        dsq,
+                        DsqOrigin::User,
+                        None,
+                        &mut f,
+                    );
+                    match (at, f) {
+                        (Some(_), _) => Step::Continue,
+                        // Out of DSQ slots: the rest would be dropped anyway.
+                        (None, Fault::None) => Step::Stop,
+                        (None, f) => {
+                            note(f);
+                            Step::Continue
+                        }
                     }
-                }
-            });
+                },
+            );
             buf.health.dsq_hash_walk = list_health(&walk);
         }
         _ => note(Fault::MissingGroup("rhashtable")),
