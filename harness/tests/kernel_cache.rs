@@ -511,6 +511,7 @@ fn fake_tree(dir: &Path) {
          tinyconfig:\n\t@printf '# CONFIG_SMP is not set\\nCONFIG_NR_CPUS=1\\n' > .config\n\
          olddefconfig:\n\t@if [ -n \"$(FAKE_DROP)\" ]; then sed -i 's/^CONFIG_DEBUG_INFO_BTF=y/# CONFIG_DEBUG_INFO_BTF is not set/' .config; fi\n\
          bzImage:\n\t@echo '  CC      kernel/sched/ext.o'\n\t@sleep 1\n\
+         \t@if [ -n \"$(FAKE_FAIL)\" ]; then echo 'ext.c:1: error: fixture' >&2; exit 1; fi\n\
          \t@cp $(FAKE_REAL)/vmlinux vmlinux\n\t@mkdir -p arch/x86/boot\n\
          \t@cp $(FAKE_REAL)/vmlinuz arch/x86/boot/bzImage\n\
          \t@echo 'ffffffff81000000 T _text' > System.map\n",
@@ -590,6 +591,42 @@ fn a_fragment_line_kconfig_drops_refuses_the_build_and_keeps_its_log() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(entries(&kernels, ".failed-").is_empty());
+}
+
+#[test]
+fn a_failing_make_names_the_kept_log_and_leaves_no_entry() {
+    let test = "a_failing_make_names_the_kept_log";
+    let Some(real) = build_prerequisites(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("linux");
+    fake_tree(&tree);
+    let out = wait(
+        ktstr(&tmp.path().join("cache"))
+            .args(["kernel", "build"])
+            .arg(&tree)
+            .env("FAKE_REAL", &real)
+            .env("FAKE_FAIL", "1")
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`make bzImage`") && err.contains("error: fixture"),
+        "{err}"
+    );
+    let kernels = tmp.path().join("cache/kernels");
+    let logs = entries(&kernels, ".failed-");
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert!(
+        err.contains(&logs[0]),
+        "the error names the kept log: {err}"
+    );
+    assert!(staging_dirs(&kernels).is_empty());
+    assert!(entries(&kernels, "6.12.999").is_empty());
 }
 
 #[test]

@@ -251,14 +251,28 @@ pub fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
     let start = Instant::now();
     let result = build_into(&tree, &settings, opts, &staging, &name)
         .and_then(|()| Ok(store::publish(&staging, &dir)?));
-    if result.is_err() {
-        // Keep the log where the error message points.
-        let log = staging.join(BUILD_LOG);
+    if let Err(e) = result {
+        // Keep the log, and point the error at where it is kept.
         let kept = kernels.join(format!("{}{name}.log", store::FAILED_LOG_PREFIX));
-        let _ = std::fs::rename(&log, &kept);
+        let moved = std::fs::rename(staging.join(BUILD_LOG), &kept).is_ok();
         let _ = std::fs::remove_dir_all(&staging);
+        return Err(match e {
+            BuildError::Make {
+                step,
+                tree,
+                status,
+                tail,
+                ..
+            } if moved => BuildError::Make {
+                step,
+                tree,
+                status,
+                log: kept,
+                tail,
+            },
+            e => e,
+        });
     }
-    result?;
     let took = start.elapsed();
     tracing::info!(
         "built {name} in {:.0} s ({} jobs)",
