@@ -40,8 +40,14 @@ impl Make {
         })
     }
 
-    /// Run `make <target>`; with `progress`, show how far it got.
-    pub fn run(&mut self, target: &str, progress: bool) -> Result<(), BuildError> {
+    /// Run `make <target>`; with `progress`, show how far it got, against
+    /// `expected` steps when a previous build of the tree says how many.
+    pub fn run(
+        &mut self,
+        target: &str,
+        progress: bool,
+        expected: Option<u64>,
+    ) -> Result<(), BuildError> {
         let _ = writeln!(self.log, "### make -j{} {target}", self.jobs);
         let mut child = Command::new("make")
             .arg("-C")
@@ -80,9 +86,18 @@ impl Make {
         .collect();
         drop(tx);
         let bar = (progress && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new_spinner();
+            let (b, template) = match expected {
+                Some(n) => (
+                    indicatif::ProgressBar::new(n),
+                    "[{elapsed_precise}] {bar:30} {pos}/{len} steps (~{eta} left) {msg}",
+                ),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "{spinner} [{elapsed_precise}] {pos} steps {msg}",
+                ),
+            };
             b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                indicatif::ProgressStyle::with_template(template)
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
             b.enable_steady_tick(Duration::from_millis(200));
@@ -99,11 +114,15 @@ impl Make {
                 steps += 1;
             }
             if let Some(b) = &bar {
-                b.set_message(format!("make {target}: {steps} steps; {}", line.trim()));
+                b.set_position(steps);
+                if is_step(&line) {
+                    b.set_message(line.trim().to_string());
+                }
             } else if progress && last_beat.elapsed() >= HEARTBEAT {
                 last_beat = Instant::now();
                 tracing::info!(
-                    "make {target}: {steps} steps in {} s; {}",
+                    "make {target}: {steps}{} steps in {} s; {}",
+                    expected.map_or(String::new(), |n| format!(" of ~{n}")),
                     start.elapsed().as_secs(),
                     line.trim()
                 );
@@ -139,6 +158,13 @@ impl Make {
     }
 }
 
+/// Steps of a previous build in its log, if it has any.
+pub fn steps_in_log(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let n = text.lines().filter(|l| is_step(l)).count() as u64;
+    (n > 0).then_some(n)
+}
+
 /// A kbuild short-log line (`  CC      kernel/sched/core.o`): one step.
 fn is_step(line: &str) -> bool {
     line.strip_prefix("  ")
@@ -169,8 +195,8 @@ mod tests {
         .unwrap();
         let log = tmp.path().join("build.log");
         let mut m = Make::new(tmp.path(), &log, 1).unwrap();
-        m.run("ok", true).unwrap();
-        let e = m.run("bad", false).unwrap_err();
+        m.run("ok", true, Some(1)).unwrap();
+        let e = m.run("bad", false, None).unwrap_err();
         match &e {
             BuildError::Make { step, tail, .. } => {
                 assert_eq!(step, "bad");

@@ -322,18 +322,18 @@ fn build_into(
         jobs(opts),
         log.display()
     );
-    make.run("tinyconfig", false)?;
+    make.run("tinyconfig", false, None)?;
     let dotconfig = tree.dir.join(".config");
     let tiny = std::fs::read_to_string(&dotconfig).map_err(io(&dotconfig))?;
     store::write_synced(&dotconfig, kconfig::merge(&tiny, settings).as_bytes())?;
-    make.run("olddefconfig", false)?;
+    make.run("olddefconfig", false, None)?;
     let result = std::fs::read_to_string(&dotconfig).map_err(io(&dotconfig))?;
     let dropped = kconfig::dropped(&result, settings);
     if !dropped.is_empty() {
         let hint = dropped_hint(&dropped);
         return Err(BuildError::ConfigDropped { dropped, hint });
     }
-    make.run("bzImage", true)?;
+    make.run("bzImage", true, previous_steps(name))?;
     for (from, to) in [
         ("vmlinux", "vmlinux"),
         ("arch/x86/boot/bzImage", "vmlinuz"),
@@ -377,6 +377,22 @@ fn build_into(
     )?;
     marker.write(staging)?;
     Ok(())
+}
+
+/// How many make steps a cached build of the same kernel version took:
+/// the total of the progress display.
+fn previous_steps(name: &str) -> Option<u64> {
+    let version = name.split_once('+').map_or(name, |(v, _)| v);
+    let kernels = crate::cache::kernels_dir().ok()?;
+    std::fs::read_dir(&kernels)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{version}+")))
+        })
+        .find_map(|e| make::steps_in_log(&e.path().join(BUILD_LOG)))
 }
 
 /// Why Kconfig usually drops one of these.
