@@ -159,3 +159,57 @@ fn an_unreadable_enable_state_is_a_fault_not_a_detached_scheduler() {
     );
     assert_eq!(buf.health.sched, Fault::Unreadable(0xffff_ffff_bfff_0000));
 }
+
+/// xorshift64: a fixed sequence, so a failure replays.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn scribbled_globals_give_faults_or_data_never_a_panic_or_an_unbounded_read() {
+    let mut k = SyntheticKernel::new(compact_layout(), 2, PerCpuStyle::ZeroBased).unwrap();
+    k.pre_root().unwrap();
+    k.attach_scheduler_pre_root("bpfland", 4).unwrap();
+    for id in 0..8 {
+        k.add_user_dsq_pre_root(id);
+    }
+    let globals = [
+        "scx_ops_enable_state_var",
+        "scx_exit_kind",
+        "scx_exit_info",
+        "global_dsqs",
+        "dsq_hash",
+    ];
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let mut store = CaptureStorage::new(Capacity::for_guest(2, 64));
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..2000 {
+        let mut scribbled = k.clone();
+        for _ in 0..4 {
+            let at = scribbled.sym(globals[(next(&mut rng) % 5) as usize]);
+            let off = next(&mut rng) % 64;
+            // Small values, pointers into the kit's memory, or anything.
+            let v = match next(&mut rng) % 3 {
+                0 => next(&mut rng) % 8,
+                1 => scribbled.sym("scx_ops").wrapping_add(next(&mut rng) % 4096),
+                _ => next(&mut rng),
+            };
+            scribbled.write_u64(at + off, v);
+        }
+        let mut buf = store.buf();
+        capture(
+            &scribbled.mem(),
+            &mut Translator::default(),
+            &scribbled.target(),
+            &limits,
+            &mut buf,
+        );
+        assert!(buf.health.bytes <= limits.max_bytes);
+    }
+}
