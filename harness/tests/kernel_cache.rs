@@ -687,3 +687,51 @@ fn two_builds_of_one_tree_at_once_take_turns_and_publish_one_built_entry() {
     assert_ne!(dir_of(&c), dir);
     assert_eq!(entries(&kernels, "6.12.999").len(), 2);
 }
+
+#[test]
+fn clean_sources_removes_unpacked_trees_by_version_but_not_one_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sources = tmp.path().join("sources");
+    // Stand-ins for unpacked linux-source packages: a Makefile head each.
+    for (name, pkg, sub) in [
+        (
+            "linux-source-6.12_6.12.117-1",
+            "linux-source-6.12",
+            "6.12.117",
+        ),
+        ("linux-source-7.3_7.3.4-1", "linux-source-7.3", "7.3.4"),
+    ] {
+        let tree = sources.join(name).join(pkg);
+        std::fs::create_dir_all(&tree).unwrap();
+        let mut v = sub.split('.');
+        std::fs::write(
+            tree.join("Makefile"),
+            format!(
+                "VERSION = {}\nPATCHLEVEL = {}\nSUBLEVEL = {}\nEXTRAVERSION =\n",
+                v.next().unwrap(),
+                v.next().unwrap(),
+                v.next().unwrap()
+            ),
+        )
+        .unwrap();
+        std::fs::write(sources.join(name).join(COMPLETE_MARKER), name).unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = wait(
+            ktstr(tmp.path()).args(args).spawn().unwrap(),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let out = run(&["kernel", "clean", "--sources", "6.12"]);
+    assert!(out.contains("linux-source-6.12_6.12.117-1"), "{out}");
+    assert!(!sources.join("linux-source-6.12_6.12.117-1").exists());
+    assert!(sources.join("linux-source-7.3_7.3.4-1").exists());
+    // One being unpacked (its lock held) stays.
+    let held = store::ReleaseLock::acquire(&sources, "linux-source-7.3_7.3.4-1").unwrap();
+    assert!(run(&["kernel", "clean", "--sources"]).contains("nothing to remove"));
+    drop(held);
+    run(&["kernel", "clean", "--sources"]);
+    assert!(!sources.join("linux-source-7.3_7.3.4-1").exists());
+}

@@ -69,6 +69,10 @@ pub enum KernelCommand {
         /// Keep the N most recently used of them.
         #[arg(long)]
         keep: Option<usize>,
+        /// Instead, remove the unpacked kernel sources `kernel build`
+        /// builds in (all, or those of VERSION); built kernels stay.
+        #[arg(long, conflicts_with = "keep")]
+        sources: bool,
     },
     /// Show what ktstr knows about a kernel: release, image, required config
     /// options, and the struct layout its BTF gives.
@@ -148,7 +152,21 @@ pub fn kernel(command: KernelCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KernelCommand::Clean { version, keep } => {
+        KernelCommand::Clean {
+            version,
+            sources: true,
+            ..
+        } => {
+            let removed = ktstr::kernel::build::clean_sources(version.as_deref())?;
+            for d in &removed {
+                println!("removed {}", d.display());
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KernelCommand::Clean { version, keep, .. } => {
             let kernels = ktstr::cache::kernels_dir()?;
             let removed = ktstr::kernel::store::clean(
                 &kernels,

@@ -472,6 +472,58 @@ fn tree_lock_name(tree: &Path) -> String {
     format!("tree-{:x}", h)[..17].to_string()
 }
 
+/// Remove unpacked source packages (`<cache>/sources/<package>_<version>/`,
+/// about 2.6 GB each once built in), all or those whose kernel version
+/// matches `version`; one being unpacked or built in is skipped. Returns
+/// the removed directories. Built kernels stay: they need no source.
+pub fn clean_sources(version: Option<&str>) -> Result<Vec<PathBuf>, BuildError> {
+    let sources = source::sources_dir()?;
+    let kernels = crate::cache::kernels_dir()?;
+    store::sweep_stale_staging(&sources);
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(&sources).into_iter().flatten().flatten() {
+        let dir = e.path();
+        let Some(name) = store::release_name(&dir).filter(|n| !n.starts_with('.')) else {
+            continue;
+        };
+        let tree_version = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|t| kernel_version(&t.path()).ok());
+        if version.is_some_and(|v| {
+            tree_version
+                .as_deref()
+                .is_none_or(|t| !super::version::spec_matches(t, v))
+        }) {
+            continue;
+        }
+        let trees: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|t| t.path())
+            .filter(|t| t.is_dir())
+            .collect();
+        let unpack_lock = ReleaseLock::try_acquire(&sources, &name)?;
+        let mut busy = unpack_lock.is_none();
+        let mut tree_locks = Vec::new();
+        for t in &trees {
+            match ReleaseLock::try_acquire(&kernels, &tree_lock_name(t))? {
+                Some(l) => tree_locks.push(l),
+                None => busy = true,
+            }
+        }
+        if busy {
+            tracing::warn!("{name} is being unpacked or built in; not removed");
+            continue;
+        }
+        store::retire(&dir)?;
+        removed.push(dir);
+    }
+    Ok(removed)
+}
+
 /// The newest cached build matching `spec`, if any (used by `--kernel`).
 pub fn cached_build(kernels: &Path, spec: &str) -> Option<PathBuf> {
     super::fetch::cached_match(kernels, spec)
