@@ -17,6 +17,17 @@ pub struct Thresholds {
     /// Largest spread of CPU time among one cgroup's identical spinners,
     /// as a share of the largest: (max - min) / max.
     pub fairness_spread: f64,
+    /// Largest spread of CPU time per unit of `cpu.weight` among
+    /// competing weighted cgroups.
+    #[serde(default = "default_weight_spread")]
+    pub weight_spread: f64,
+    /// Longest 99th-percentile wakeup latency allowed, when set.
+    #[serde(default)]
+    pub max_wake_p99: Option<Duration>,
+}
+
+fn default_weight_spread() -> f64 {
+    0.5
 }
 
 impl Default for Thresholds {
@@ -26,6 +37,8 @@ impl Default for Thresholds {
         Thresholds {
             max_gap: Duration::from_secs(2),
             fairness_spread: 0.25,
+            weight_spread: default_weight_spread(),
+            max_wake_p99: None,
         }
     }
 }
@@ -47,6 +60,11 @@ pub enum CheckKind {
     FairShares,
     /// Every worker ran only on its cgroup's CPUs.
     CpusetIsolation,
+    /// Competing weighted cgroups got CPU time in proportion to their
+    /// `cpu.weight`.
+    WeightedShares,
+    /// Wakeup latency percentiles, within `max_wake_p99` when set.
+    WakeupLatency,
 }
 
 impl CheckKind {
@@ -59,6 +77,8 @@ impl CheckKind {
             CheckKind::NoStarvation => "no worker starved",
             CheckKind::FairShares => "fair shares within each cgroup",
             CheckKind::CpusetIsolation => "workers stayed in their cpusets",
+            CheckKind::WeightedShares => "CPU time follows cpu.weight",
+            CheckKind::WakeupLatency => "wakeup latency",
         }
     }
 }
@@ -125,9 +145,25 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
             "still attached when the workload ended".into(),
         ));
     }
-    let who = |w: &WorkerResult| format!("worker {}[{}] in cgroup {}", w.name, w.pid, w.cgroup);
+    out.push(every_worker_ran(o));
+    out.push(no_starvation(o, t));
+    out.push(fair_shares(o, t));
+    if let Some(c) = weighted_shares(o, t) {
+        out.push(c);
+    }
+    if let Some(c) = wakeup_latency(o, t) {
+        out.push(c);
+    }
+    out.push(cpuset_isolation(o));
+    out
+}
 
-    out.push(check(
+fn who(w: &WorkerResult) -> String {
+    format!("worker {}[{}] in cgroup {}", w.name, w.pid, w.cgroup)
+}
+
+fn every_worker_ran(o: &Outcome<'_>) -> Check {
+    check(
         CheckKind::EveryWorkerRan,
         o.workers
             .iter()
@@ -141,10 +177,12 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
             })
             .collect(),
         format!("{} workers", o.workers.len()),
-    ));
+    )
+}
 
+fn no_starvation(o: &Outcome<'_>, t: &Thresholds) -> Check {
     let worst = o.workers.iter().map(|w| w.max_gap_us).max().unwrap_or(0);
-    out.push(check(
+    check(
         CheckKind::NoStarvation,
         o.workers
             .iter()
@@ -163,24 +201,38 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
             worst as f64 / 1e6,
             t.max_gap.as_secs_f64()
         ),
-    ));
+    )
+}
 
-    // Fairness among identical spinners of a cgroup that did not change
-    // during the run (a changed cpuset or a move makes shares unequal by
-    // design).
-    let changed = |cg: &str| {
-        o.resolved.steps.iter().any(|s| {
-            matches!(&s.action,
-                crate::agent::proto::StepAction::SetCpus { cgroup, .. } if cgroup == cg)
-                || matches!(&s.action,
-                crate::agent::proto::StepAction::MoveWorkers { from, to } if from == cg || to == cg)
-        })
-    };
+/// Whether a step changes cgroup `cg`'s CPUs, members or weight (which
+/// makes its shares unequal by design).
+fn changed(o: &Outcome<'_>, cg: &str) -> bool {
+    use crate::agent::proto::StepAction;
+    o.resolved.steps.iter().any(|s| match &s.action {
+        StepAction::SetCpus { cgroup, .. }
+        | StepAction::SetAffinity { cgroup, .. }
+        | StepAction::SetWeight { cgroup, .. } => cgroup == cg,
+        StepAction::MoveWorkers { from, to } => from == cg || to == cg,
+        StepAction::Hotplug { .. } => true,
+        _ => false,
+    })
+}
+
+/// `(max - min) / max`, 0 for nothing.
+fn spread(values: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = values.clone().fold(0.0, f64::max);
+    let min = values.fold(f64::INFINITY, f64::min);
+    if max <= 0.0 { 0.0 } else { (max - min) / max }
+}
+
+/// Fairness among identical spinners of a cgroup that did not change
+/// during the run.
+fn fair_shares(o: &Outcome<'_>, t: &Thresholds) -> Check {
     let spinners: Vec<(&str, &str)> = o
         .resolved
         .cgroups
         .iter()
-        .filter(|cg| !changed(&cg.name))
+        .filter(|cg| !changed(o, &cg.name))
         .flat_map(|cg| {
             cg.workers
                 .iter()
@@ -199,21 +251,17 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
     for ((cg, name), ws) in &groups {
         let max = ws.iter().map(|w| w.cpu_ms).max().unwrap_or(0);
         let min = ws.iter().map(|w| w.cpu_ms).min().unwrap_or(0);
-        let spread = if max == 0 {
-            0.0
-        } else {
-            (max - min) as f64 / max as f64
-        };
-        spreads.push(format!("{cg}/{name} {:.0}%", spread * 100.0));
-        if spread > t.fairness_spread {
+        let s = spread(ws.iter().map(|w| w.cpu_ms as f64));
+        spreads.push(format!("{cg}/{name} {:.0}%", s * 100.0));
+        if s > t.fairness_spread {
             failures.push(format!(
                 "cgroup {cg}: {name} workers got {min}..{max} ms of CPU, a {:.0}% spread over the {:.0}% threshold",
-                spread * 100.0,
+                s * 100.0,
                 t.fairness_spread * 100.0
             ));
         }
     }
-    out.push(check(
+    check(
         CheckKind::FairShares,
         failures,
         if spreads.is_empty() {
@@ -221,9 +269,111 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
         } else {
             format!("spread {}", spreads.join(", "))
         },
-    ));
+    )
+}
 
-    out.push(check(
+/// Cgroups with a `cpu.weight` whose workers all spin on the same CPUs
+/// compete for them: each cgroup's CPU time per unit of weight should be
+/// the same. Only when at least two such cgroups ran unchanged.
+fn weighted_shares(o: &Outcome<'_>, t: &Thresholds) -> Option<Check> {
+    let competing: Vec<(&str, u32, Option<&Vec<u32>>)> = o
+        .resolved
+        .cgroups
+        .iter()
+        .filter(|cg| !changed(o, &cg.name))
+        .filter(|cg| {
+            !cg.workers.is_empty()
+                && cg
+                    .workers
+                    .iter()
+                    .all(|w| w.work == Work::Spin && w.affinity.is_none())
+        })
+        .filter_map(|cg| Some((cg.name.as_str(), cg.weight?, cg.cpus.as_ref())))
+        .collect();
+    let first_cpus = competing.first()?.2;
+    if competing.len() < 2 || competing.iter().any(|c| c.2 != first_cpus) {
+        return None;
+    }
+    let per_weight: Vec<(&str, u32, u64, f64)> = competing
+        .iter()
+        .map(|&(cg, weight, _)| {
+            let ms: u64 = o
+                .workers
+                .iter()
+                .filter(|w| w.cgroup == cg)
+                .map(|w| w.cpu_ms)
+                .sum();
+            (cg, weight, ms, ms as f64 / f64::from(weight))
+        })
+        .collect();
+    let s = spread(per_weight.iter().map(|p| p.3));
+    let shares: Vec<String> = per_weight
+        .iter()
+        .map(|(cg, w, ms, _)| format!("{cg} (weight {w}) {ms} ms"))
+        .collect();
+    let detail = format!(
+        "{}: CPU time per unit of weight spreads {:.0}% (threshold {:.0}%)",
+        shares.join(", "),
+        s * 100.0,
+        t.weight_spread * 100.0
+    );
+    Some(check(
+        CheckKind::WeightedShares,
+        if s > t.weight_spread {
+            vec![detail.clone()]
+        } else {
+            vec![]
+        },
+        detail,
+    ))
+}
+
+/// Wakeup-latency percentiles of every worker that measured them, against
+/// `max_wake_p99` when set (else reported only).
+fn wakeup_latency(o: &Outcome<'_>, t: &Thresholds) -> Option<Check> {
+    let measured: Vec<(&WorkerResult, crate::agent::proto::Percentiles)> = o
+        .workers
+        .iter()
+        .filter_map(|w| Some((w, w.wake_pct_us?)))
+        .collect();
+    let (worst_w, worst) = measured.iter().max_by_key(|(_, p)| p.p99)?;
+    let failures = match t.max_wake_p99 {
+        Some(limit) => measured
+            .iter()
+            .filter(|(_, p)| Duration::from_micros(p.p99) > limit)
+            .map(|(w, p)| {
+                format!(
+                    "{}: wakeup p99 {} us over the {} us threshold (p50 {} us, p99.9 {} us)",
+                    who(w),
+                    p.p99,
+                    limit.as_micros(),
+                    p.p50,
+                    p.p999
+                )
+            })
+            .collect(),
+        None => vec![],
+    };
+    Some(check(
+        CheckKind::WakeupLatency,
+        failures,
+        format!(
+            "worst p99 {} us ({}; p50 {} us, p99.9 {} us, {} samples){}",
+            worst.p99,
+            who(worst_w),
+            worst.p50,
+            worst.p999,
+            worst.samples,
+            match t.max_wake_p99 {
+                Some(l) => format!(", threshold {} us", l.as_micros()),
+                None => ", no threshold set".into(),
+            }
+        ),
+    ))
+}
+
+fn cpuset_isolation(o: &Outcome<'_>) -> Check {
+    check(
         CheckKind::CpusetIsolation,
         o.workers
             .iter()
@@ -245,8 +395,7 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
             })
             .collect(),
         "no worker seen outside its cgroup's CPUs".into(),
-    ));
-    out
+    )
 }
 
 #[cfg(test)]
@@ -359,5 +508,57 @@ mod tests {
         ];
         let checks = evaluate(&outcome(&ws, &r), &Thresholds::default());
         assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+    }
+
+    #[test]
+    fn weighted_cgroups_are_held_to_their_weights_and_latency_to_its_limit() {
+        let r = catalogue::find("weights")
+            .unwrap()
+            .resolve(&"1n1l4c1t".parse().unwrap(), Duration::from_secs(10))
+            .unwrap();
+        // weights 300 and 100 on the same CPUs: 3:1 is fair.
+        let fair = [
+            worker("heavy", "ktstr-heavy", 1, 3000, &[0]),
+            worker("light", "ktstr-light", 2, 1000, &[1]),
+        ];
+        let t = Thresholds::default();
+        let c = weighted_shares(&outcome(&fair, &r), &t).expect("two weighted cgroups");
+        assert!(c.passed, "{c:?}");
+        // 1:1 under 3:1 weights is not.
+        let even = [
+            worker("heavy", "ktstr-heavy", 1, 2000, &[0]),
+            worker("light", "ktstr-light", 2, 2000, &[1]),
+        ];
+        let c = weighted_shares(&outcome(&even, &r), &t).unwrap();
+        assert!(
+            !c.passed && c.detail.contains("heavy (weight 300) 2000 ms"),
+            "{c:?}"
+        );
+        // steady has no weights: no such check.
+        assert!(weighted_shares(&outcome(&fair, &steady()), &t).is_none());
+
+        let mut w = worker("wake", "ktstr-cyclic", 3, 10, &[0]);
+        w.wake_pct_us = Some(crate::agent::proto::Percentiles {
+            p50: 80,
+            p99: 4000,
+            p999: 9000,
+            samples: 500,
+        });
+        let ws = [w];
+        let lat = wakeup_latency(&outcome(&ws, &r), &t).unwrap();
+        assert!(
+            lat.passed && lat.detail.contains("no threshold set"),
+            "{lat:?}"
+        );
+        let strict = Thresholds {
+            max_wake_p99: Some(Duration::from_millis(2)),
+            ..t
+        };
+        let lat = wakeup_latency(&outcome(&ws, &r), &strict).unwrap();
+        assert!(
+            !lat.passed && lat.detail.contains("p99 4000 us over the 2000 us"),
+            "{lat:?}"
+        );
+        assert!(wakeup_latency(&outcome(&fair, &r), &t).is_none());
     }
 }

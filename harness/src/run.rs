@@ -161,10 +161,16 @@ impl RunReport {
                 out.push_str(&format!("cgroup {}\n", w.cgroup));
                 cgroup = Some(&w.cgroup);
             }
-            let wake = match (w.wake_avg_us, w.wake_max_us) {
+            let mut wake = match (w.wake_avg_us, w.wake_max_us) {
                 (Some(a), Some(m)) => format!(", wakeup avg {a} us max {m} us"),
                 _ => String::new(),
             };
+            if let Some(p) = w.wake_pct_us {
+                wake += &format!(" (p50 {} p99 {} p99.9 {} us)", p.p50, p.p99, p.p999);
+            }
+            if let Some(r) = w.remote_permille {
+                wake += &format!(", {:.1}% of its pages remote", f64::from(r) / 10.0);
+            }
             out.push_str(&format!(
                 "  {}[{}]: {} iterations, {} ms CPU of {} ms, longest wait {:.1} ms{wake}, {} migrations, CPUs {:?}{}\n",
                 w.name,
@@ -406,6 +412,13 @@ pub(crate) mod tests {
                 max_gap_us: 1500,
                 wake_max_us: Some(900),
                 wake_avg_us: Some(100),
+                wake_pct_us: Some(crate::agent::proto::Percentiles {
+                    p50: 80,
+                    p99: 700,
+                    p999: 880,
+                    samples: 1000,
+                }),
+                remote_permille: None,
                 migrations: 2,
                 cpus: vec![1],
                 error: None,
@@ -455,7 +468,10 @@ pub(crate) mod tests {
         };
         assert!(at("scenario steady on 1n1l2c1t") < at("cgroup duty"));
         assert!(at("ktstr-duty[42]: 7 iterations, 30 ms CPU of 3000 ms") > at("cgroup duty"));
-        assert!(text.contains("wakeup avg 100 us max 900 us"), "{text}");
+        assert!(
+            text.contains("wakeup avg 100 us max 900 us (p50 80 p99 700 p99.9 880 us)"),
+            "{text}"
+        );
         assert!(text.contains("FAIL scheduler attached to the end: sched_ext is disabled"));
         assert!(text.contains("ok   every worker ran"));
         assert!(

@@ -36,7 +36,17 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
 
     let report: RunReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(report.passed(), "{:#?}", report.checks);
-    assert_eq!(report.checks.len(), 6, "{:#?}", report.checks);
+    // The six of every run, and wakeup latency: the duty-cycle workers
+    // measure it.
+    assert_eq!(report.checks.len(), 7, "{:#?}", report.checks);
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|c| c.kind == ktstr::checks::CheckKind::WakeupLatency && c.detail.contains("p99")),
+        "{:#?}",
+        report.checks
+    );
     assert_eq!(report.scenario, "steady");
     assert!(
         report

@@ -79,6 +79,8 @@ fn a_task_the_scheduler_never_dispatches_is_caught_as_a_stall_on_its_dsq() {
                 Workers::new("stuck", Count::Fixed(1), Work::Spin),
                 Workers::new("ktstr-spin", Count::Fixed(2), Work::Spin),
             ],
+            weight: None,
+            cpu_max: None,
         }],
         steps: vec![],
     };

@@ -105,6 +105,8 @@ fn run_booted(
         name: "work".into(),
         cpus: None,
         workers: vec![WorkerSpec::new(WORKER, workers, Work::Spin)],
+        weight: None,
+        cpu_max: None,
     }];
     cfg.duration = Duration::from_secs(6);
     let mut s = Session::start(&cfg).unwrap_or_else(|e| panic!("{test}: {e:#}"));

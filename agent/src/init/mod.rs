@@ -7,6 +7,7 @@ mod cgroup;
 mod channel;
 mod mounts;
 mod scheduler;
+mod work;
 pub mod worker;
 
 use std::time::{Duration, Instant};
@@ -84,7 +85,7 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
     let end = start + Duration::from_millis(job.duration_ms);
     let mut groups: Vec<(String, Vec<worker::Worker>)> = Vec::new();
     for cg in &job.cgroups {
-        cgroup::create(&cg.name, &cg.cpus)?;
+        cgroup::create(cg)?;
         groups.push((cg.name.clone(), worker::start(cg, end - Instant::now())?));
     }
     ch.send(&Msg::Running {
@@ -104,7 +105,7 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
         match &step.action {
             StepAction::SetCpus { cgroup: name, cpus } => cgroup::set_cpus(name, cpus)?,
             StepAction::AddCgroup(cg) => {
-                cgroup::create(&cg.name, &cg.cpus)?;
+                cgroup::create(cg)?;
                 let ws = worker::start(cg, end.saturating_duration_since(Instant::now()))?;
                 groups.push((cg.name.clone(), ws));
             }
@@ -125,6 +126,18 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
                     }
                 }
             }
+            StepAction::Hotplug { cpu, online } => cgroup::hotplug(*cpu, *online)?,
+            StepAction::SetAffinity { cgroup: name, cpus } => {
+                for (_, ws) in groups.iter().filter(|(n, _)| n == name) {
+                    for w in ws {
+                        cgroup::set_affinity(w.info.pid, cpus)?;
+                    }
+                }
+            }
+            StepAction::SetWeight {
+                cgroup: name,
+                weight,
+            } => cgroup::set_weight(name, *weight)?,
         }
     }
     for (_, ws) in groups {

@@ -22,6 +22,14 @@ pub struct RunArgs {
     /// than this percentage.
     #[arg(long, default_value_t = 25.0)]
     fairness_spread: f64,
+    /// Fail a worker whose 99th-percentile wakeup latency exceeds this
+    /// (e.g. 20ms); reported without a limit otherwise.
+    #[arg(long, value_parser = parse_duration)]
+    max_wake_p99: Option<std::time::Duration>,
+    /// Fail when competing weighted cgroups' CPU time per unit of
+    /// cpu.weight spreads more than this percentage.
+    #[arg(long, default_value_t = 50.0)]
+    weight_spread: f64,
     /// How long the workers run (e.g. 10s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     duration: std::time::Duration,
@@ -40,6 +48,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scenario,
         max_gap,
         fairness_spread,
+        max_wake_p99,
+        weight_spread,
         duration,
         dump_at,
         json,
@@ -51,6 +61,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let thresholds = ktstr::checks::Thresholds {
         max_gap,
         fairness_spread: fairness_spread / 100.0,
+        weight_spread: weight_spread / 100.0,
+        max_wake_p99,
     };
     let progress = Progress::new();
     let report = ktstr::run::run_with(&cfg, &scenario, &thresholds, dump_at, &|p| progress.set(p));
