@@ -22,7 +22,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Kernels: fetch a sched_ext kernel, inspect one.
+    /// Kernels: fetch or build a sched_ext kernel, list, clean, inspect.
     Kernel {
         #[command(subcommand)]
         command: kernel::KernelCommand,

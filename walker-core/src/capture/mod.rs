@@ -11,6 +11,7 @@ mod cgroups;
 mod cpus;
 mod dsq;
 pub mod fields;
+mod pre_root;
 pub mod records;
 mod sched;
 #[cfg(feature = "alloc")]
@@ -39,6 +40,9 @@ pub struct Consts {
     pub dsq_iter_cursor: u32,
     /// `SCX_TASK_CURSOR`: an `scx_tasks` entry that is an iterator cursor.
     pub task_cursor: u32,
+    /// `SCX_OPS_DISABLED`: `scx_ops_enable_state_var` with no scheduler
+    /// (kernels before `scx_root`).
+    pub ops_disabled: u32,
 }
 
 impl Default for Consts {
@@ -46,6 +50,7 @@ impl Default for Consts {
         Self {
             dsq_iter_cursor: 1,
             task_cursor: 1 << 31,
+            ops_disabled: 3,
         }
     }
 }

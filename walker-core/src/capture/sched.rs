@@ -48,17 +48,8 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
 ) -> Result<(), Fault> {
     let (layout, syms) = (cx.target.layout, cx.target.symbols);
     let Some(root_sym) = syms.scx_root.filter(|a| *a != 0) else {
-        // Before scx_root existed the ops table was a static variable.
-        let ops = syms.scx_ops.ok_or(Fault::MissingSymbol("scx_root"))?;
-        let o = layout.ops.ok_or(Fault::MissingGroup("sched_ext_ops"))?;
-        rec.root = ops;
-        read_str(
-            cx,
-            tr,
-            ops.wrapping_add(u64::from(o.name)),
-            &mut rec.ops_name,
-        );
-        return Ok(());
+        // Before scx_root existed the scheduler's state was in globals.
+        return super::pre_root::capture_sched(cx, plans, tr, rec);
     };
     let root: u64 = tr
         .read_virt_pod(cx.mem, root_sym)
@@ -83,7 +74,17 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         root.wrapping_add(u64::from(s.ops_name)),
         &mut rec.ops_name,
     );
-    let info = exit_info.unwrap_or(0);
+    read_exit_info(cx, plans, tr, exit_info.unwrap_or(0), rec)
+}
+
+/// The `scx_exit_info` at `info` (0: none yet) into `rec`.
+pub(super) fn read_exit_info<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    plans: &Plans,
+    tr: &mut Translator,
+    info: u64,
+    rec: &mut SchedRecord,
+) -> Result<(), Fault> {
     if let (Some(plan), true) = (plans.exit_info, info != 0) {
         let [kind, code, reason, msg] = plan
             .read(cx.mem, tr, info)

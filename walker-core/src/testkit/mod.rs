@@ -11,9 +11,11 @@
 
 mod cgroups;
 mod layout;
+mod pre_root;
 mod sched;
 
 pub use layout::compact_layout;
+pub use pre_root::{SCX_OPS_DISABLED, SCX_OPS_ENABLED};
 
 use std::format;
 use std::vec::Vec;

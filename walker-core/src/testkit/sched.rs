@@ -57,11 +57,16 @@ impl SyntheticKernel {
     /// chain of bucket `id % buckets` (as rhashtable inserts).
     pub fn add_user_dsq(&mut self, sched: u64, id: u64) -> u64 {
         let s = self.layout.sched.unwrap_or_default();
+        self.hash_user_dsq(sched + s.dsq_hash.unwrap_or(0) as u64, id)
+    }
+
+    /// A user DSQ with `id` in the `struct rhashtable` at `table`.
+    pub(super) fn hash_user_dsq(&mut self, table: u64, id: u64) -> u64 {
         let ht = self.layout.rhashtable.unwrap_or_default();
         let bt = self.layout.bucket_table.unwrap_or_default();
         let d = self.layout.dsq.unwrap_or_default();
         let dsq = self.new_dsq(id);
-        let tbl = self.read_u64(sched + s.dsq_hash.unwrap_or(0) as u64 + ht.tbl as u64);
+        let tbl = self.read_u64(table + ht.tbl as u64);
         let size = self.read_u32(tbl + bt.size as u64).max(1) as u64;
         let bucket = tbl + bt.buckets as u64 + 8 * (id % size);
         let head = self.read_u64(bucket);
@@ -94,9 +99,14 @@ impl SyntheticKernel {
     /// `reason` and `msg` strings.
     pub fn set_exit(&mut self, sched: u64, kind: u32, reason: &str, msg: &str) {
         let s = self.layout.sched.unwrap_or_default();
-        let ei = self.layout.exit_info.unwrap_or_default();
         self.write_u32(sched + s.exit_kind as u64, kind);
         let info = self.read_u64(sched + s.exit_info as u64);
+        self.fill_exit_info(info, kind, reason, msg);
+    }
+
+    /// Write `kind`, `reason` and `msg` into the exit info at `info` (0: none).
+    pub(super) fn fill_exit_info(&mut self, info: u64, kind: u32, reason: &str, msg: &str) {
+        let ei = self.layout.exit_info.unwrap_or_default();
         if info == 0 {
             return;
         }

@@ -303,6 +303,7 @@ impl KernelBtf {
         crate::capture::Consts {
             dsq_iter_cursor: get("SCX_DSQ_LNODE_ITER_CURSOR", d.dsq_iter_cursor),
             task_cursor: get("SCX_TASK_CURSOR", d.task_cursor),
+            ops_disabled: get("SCX_OPS_DISABLED", d.ops_disabled),
         }
     }
 
