@@ -1,0 +1,158 @@
+//! The CPU section: each CPU's runqueue, current task, local DSQ and
+//! runnable list.
+
+use std::fmt::Write;
+use std::format;
+use std::string::String;
+use std::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use super::health::HealthReport;
+use super::{Index, RenderContext, TaskRef, c_str, fault_text, list, names, who};
+use crate::capture::{CaptureBuf, CpuRecord, Fault};
+
+/// One CPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuReport {
+    /// CPU number.
+    pub cpu: u32,
+    /// `struct rq` address.
+    pub rq: u64,
+    /// `rq->nr_running`.
+    pub nr_running: u32,
+    /// `rq->scx.nr_running`.
+    pub scx_nr_running: u32,
+    /// `rq->clock` (ns).
+    pub clock_ns: u64,
+    /// The running task.
+    pub curr: TaskRef,
+    /// Whether the running task is this CPU's idle task.
+    pub curr_is_idle: bool,
+    /// The running task's scheduling class (`ext`, `fair`, `idle`, ...),
+    /// read while paused.
+    #[serde(default)]
+    pub curr_class: Option<String>,
+    /// `rq->scx.flags`, decoded.
+    pub scx_flags: Vec<String>,
+    /// `rq->scx.cpu_released`.
+    pub cpu_released: Option<bool>,
+    /// Tasks on the local DSQ, in order.
+    pub local_dsq: Vec<TaskRef>,
+    /// Tasks on `rq->scx.runnable_list`, in order.
+    pub runnable: Vec<TaskRef>,
+    /// Why this CPU could not be read fully.
+    pub fault: Option<String>,
+}
+
+/// Every CPU of `buf`; list walks that ended early and runnable lists that
+/// disagree with `rq->scx.nr_running` go to `health`.
+pub(super) fn build(
+    buf: &CaptureBuf<'_>,
+    ix: &Index<'_>,
+    ctx: &RenderContext<'_>,
+    health: &mut HealthReport,
+) -> Vec<CpuReport> {
+    buf.cpus
+        .as_slice()
+        .iter()
+        .map(|c| {
+            health.note_walk(format!("cpu {} runnable list", c.cpu), &c.runnable_walk);
+            check_runnable_list(c, ix, ctx, health);
+            CpuReport {
+                cpu: c.cpu,
+                rq: c.rq,
+                nr_running: c.nr_running,
+                scx_nr_running: c.scx_nr_running,
+                clock_ns: c.clock,
+                // pid and comm read while paused, for any task
+                // (idle or not sched_ext too).
+                curr: TaskRef {
+                    addr: c.curr,
+                    pid: c.curr_pid.or(ix.task_ref(c.curr).pid),
+                    comm: c
+                        .curr_pid
+                        .map(|_| c_str(&c.curr_comm))
+                        .or(ix.task_ref(c.curr).comm),
+                },
+                curr_is_idle: c.idle == Some(c.curr),
+                curr_class: (c.curr_class != 0)
+                    .then(|| names::sched_class(ctx.symbols, c.curr_class)),
+                scx_flags: ctx.names.rq_flags(c.scx_flags),
+                cpu_released: c.cpu_released,
+                local_dsq: c
+                    .local_dsq
+                    .and_then(|i| buf.dsqs.as_slice().get(i as usize))
+                    .map(|d| ix.span(ix.queued, d.tasks))
+                    .unwrap_or_default(),
+                runnable: ix.span(ix.runnable, c.runnable),
+                fault: fault_text(c.fault),
+            }
+        })
+        .collect()
+}
+
+/// set_next_task_scx takes the running task off rq->scx.runnable_list
+/// (put_prev_task_scx puts it back) while rq->scx.nr_running still counts
+/// it, as long as it is queued (SCX_TASK_QUEUED, cleared by
+/// dequeue_task_scx when it blocks).
+fn check_runnable_list(
+    c: &CpuRecord,
+    ix: &Index<'_>,
+    ctx: &RenderContext<'_>,
+    health: &mut HealthReport,
+) {
+    if c.runnable_walk.fault != Fault::None || c.runnable_walk.truncated {
+        return;
+    }
+    let queued_flag = ctx.names.task_flag("SCX_TASK_QUEUED").unwrap_or(1);
+    let curr_queued_ext = ix.by_addr.get(&c.curr).is_some_and(|t| {
+        Some(t.sched_class) == ctx.symbols.ext_sched_class
+            && i64::from(t.scx_flags) & queued_flag != 0
+    });
+    let expected = c.scx_nr_running.saturating_sub(u32::from(curr_queued_ext));
+    if c.runnable.len != expected {
+        health.inconsistencies.push(format!(
+            "cpu {}: rq->scx.nr_running={} {} so {} should be on its runnable list (set_next_task_scx keeps the running task off it), but {} are",
+            c.cpu,
+            c.scx_nr_running,
+            if curr_queued_ext {
+                "with a queued sched_ext task running,"
+            } else {
+                "with no queued sched_ext task running,"
+            },
+            expected,
+            c.runnable.len
+        ));
+    }
+}
+
+/// The section's text.
+pub(super) fn write_text(cpus: &[CpuReport], s: &mut String) -> std::fmt::Result {
+    writeln!(s, "\ncpus:")?;
+    for c in cpus {
+        let curr = if c.curr_is_idle {
+            "idle".into()
+        } else {
+            who(&c.curr)
+        };
+        let curr = match &c.curr_class {
+            Some(class) if !c.curr_is_idle => format!("{curr} ({class})"),
+            _ => curr,
+        };
+        writeln!(
+            s,
+            "  cpu {:<3} curr={curr} nr_running={} scx.nr_running={} flags=[{}]{}",
+            c.cpu,
+            c.nr_running,
+            c.scx_nr_running,
+            c.scx_flags.join(","),
+            c.fault
+                .as_ref()
+                .map_or(String::new(), |f| format!(" FAULT: {f}")),
+        )?;
+        writeln!(s, "          local: {}", list(&c.local_dsq))?;
+        writeln!(s, "          runnable: {}", list(&c.runnable))?;
+    }
+    Ok(())
+}
