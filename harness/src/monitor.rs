@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ktstr_walker::render::{Placement, Report};
+use ktstr_walker::render::{Placement, Report, SchedClass};
 
 /// What the monitor watches for.
 #[derive(Debug, Clone, Copy)]
@@ -149,7 +149,7 @@ impl Monitor {
             .iter()
             // runnable_at is kept by sched_ext only: other classes' (and
             // the idle tasks') ages mean nothing.
-            .filter(|t| t.class == "ext" && t.pid > 0)
+            .filter(|t| t.class == SchedClass::Ext && t.pid > 0)
             .filter(|t| {
                 matches!(
                     t.placement,
@@ -253,7 +253,7 @@ mod tests {
     fn ages_of_tasks_outside_sched_ext_are_ignored() {
         let mut m = monitor();
         let mut r = report(true, 0, Some(9000), 1);
-        r.tasks[0].class = "fair".into();
+        r.tasks[0].class = SchedClass::Fair;
         assert_eq!(m.observe(&r, Instant::now()), None);
     }
 

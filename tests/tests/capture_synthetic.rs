@@ -11,7 +11,8 @@ use ktstr_walker::capture::{
     CaptureBuf, Capturer, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture,
 };
 use ktstr_walker::kernel::btf::KernelBtf;
-use ktstr_walker::render::{Names, RenderContext, Report};
+use ktstr_walker::render::findings::{FaultFinding, Inconsistency};
+use ktstr_walker::render::{Names, RenderContext, Report, SchedClass};
 use ktstr_walker::testkit::{DIRECT_MAP, PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
 
@@ -269,7 +270,7 @@ fn values_decoded_after_the_thaw_are_those_of_the_pause() {
                 .health
                 .faults
                 .iter()
-                .any(|f| f.contains("not decoded")),
+                .any(|f| f.what == FaultFinding::NotDecoded),
             "{name}: {:?}",
             undecoded.health.faults
         );
@@ -492,7 +493,7 @@ fn render_places_every_task_decodes_exit_and_round_trips_through_json() {
         let t1 = report.tasks.iter().find(|r| r.addr == t[1]).unwrap();
         assert_eq!(t1.runnable_for_ms, Some(3000), "{name}");
         assert_eq!(t1.dsq.as_deref(), Some("local[cpu 1]"));
-        assert_eq!(t1.class, "ext");
+        assert_eq!(t1.class, SchedClass::Ext);
         let t3 = report.tasks.iter().find(|r| r.addr == t[3]).unwrap();
         assert_eq!(t3.ops_state, "SCX_OPSS_QUEUED qseq=7");
 
@@ -521,7 +522,7 @@ fn render_places_every_task_decodes_exit_and_round_trips_through_json() {
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report, "{name}: JSON round trip");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["schema_version"], 2);
         assert_eq!(v["tasks"][3]["placement"]["kind"], "held_by_bpf");
 
         let text = report.to_text();
@@ -561,11 +562,18 @@ fn counters_that_disagree_with_queues_are_reported_not_asserted() {
         report.health
     );
     let finding = &report.health.inconsistencies[0];
-    assert!(
-        finding.contains("nr_running=2 with no queued sched_ext task running, so 2 should be")
-            && finding.contains("but 1 are"),
-        "{finding}"
+    assert_eq!(
+        finding.what,
+        Inconsistency::RunnableList {
+            cpu: 0,
+            nr_running: 2,
+            curr_queued_ext: false,
+            expected: 2,
+            listed: 1
+        }
     );
+    assert_eq!(finding.kept_by, finding.what.kept_by());
+    assert!(finding.kept_by.contains("set_next_task_scx"), "{finding:?}");
 }
 
 #[test]
@@ -599,9 +607,15 @@ fn the_running_task_off_its_runnable_list_is_consistent_and_counted() {
         "{:?}",
         report.health
     );
-    assert!(
-        report.health.inconsistencies[0]
-            .contains("with a queued sched_ext task running, so 1 should be")
+    assert_eq!(
+        report.health.inconsistencies[0].what,
+        Inconsistency::RunnableList {
+            cpu: 0,
+            nr_running: 2,
+            curr_queued_ext: true,
+            expected: 1,
+            listed: 2
+        }
     );
 }
 
@@ -693,7 +707,7 @@ fn cgroup_paths_are_read_once_per_css_set_and_rendered_per_task() {
                 .health
                 .faults
                 .iter()
-                .any(|f| f.contains("cgroup of css_set")),
+                .any(|f| matches!(f.what, FaultFinding::Cgroup { .. })),
             "{name}: {:?}",
             report.health.faults
         );
@@ -728,4 +742,68 @@ fn an_unreadable_per_cpu_offset_faults_only_its_cpu() {
     for c in &cpus[2..] {
         assert_eq!(c.fault, Fault::Unreadable(end - 16 + 8 * u64::from(c.cpu)));
     }
+}
+
+#[test]
+fn a_task_on_a_dsq_that_breaks_the_kernels_invariants_is_named_with_who_keeps_them() {
+    let mut k = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    let sched = k.attach_scheduler("inv", 4).unwrap();
+    let dsq = k.add_user_dsq(sched, 0x7);
+    let t: Vec<u64> = (0..4).map(|i| k.add_task(10 + i, "q")).collect();
+    for &task in &t {
+        k.enqueue(dsq, task);
+    }
+    let mut store = Store::new(16);
+    let buf = run(&k, &mut store);
+    let consistent = report(&k, &buf, None);
+    assert!(
+        consistent.health.inconsistencies.is_empty(),
+        "as dispatch_enqueue leaves them: {:?}",
+        consistent.health.inconsistencies
+    );
+    // Break one invariant per task, as a freeze mid-update could find them.
+    let e = k.layout.entity.unwrap();
+    k.write_u32(k.entity(t[0]) + e.flags as u64, 0);
+    k.write_u64(k.entity(t[1]) + e.dsq as u64, 0);
+    k.write_u64(k.entity(t[2]) + e.ops_state as u64, (3 << 2) | 2);
+    k.run_on(t[3], 0);
+    let buf = run(&k, &mut store);
+    let r = report(&k, &buf, None);
+    let got: Vec<&Inconsistency> = r.health.inconsistencies.iter().map(|f| &f.what).collect();
+    let dsq = || "user 0x7".to_string();
+    assert_eq!(
+        got,
+        [
+            &Inconsistency::QueuedFlag {
+                pid: 10,
+                dsq: dsq()
+            },
+            &Inconsistency::DsqPointer {
+                pid: 11,
+                dsq: dsq(),
+                points_at: None
+            },
+            &Inconsistency::OpsState {
+                pid: 12,
+                dsq: dsq(),
+                ops_state: "SCX_OPSS_QUEUED qseq=3".into()
+            },
+            &Inconsistency::RunningOnDsq {
+                cpu: 0,
+                pid: 13,
+                dsq: dsq()
+            },
+        ]
+    );
+    let v = serde_json::to_value(&r.health.inconsistencies[1]).unwrap();
+    assert_eq!(v["kind"], "dsq_pointer");
+    assert_eq!(v["kept_by"], "dispatch_enqueue, task_unlink_from_dsq");
+    assert_eq!(
+        v["invariant"],
+        "a task on a DSQ has scx.dsq pointing at that DSQ"
+    );
+    assert!(
+        r.to_text()
+            .contains("task 11 is on user 0x7 but its scx.dsq is NULL")
+    );
 }

@@ -16,7 +16,7 @@ use ktstr::session::{SchedulerConfig, Session, SessionConfig};
 use ktstr::vm::Backend;
 use ktstr_tests::{Need, have_tool, skip};
 use ktstr_vmm::Topology;
-use ktstr_walker::render::{Placement, Report};
+use ktstr_walker::render::{Placement, Report, SchedClass};
 
 const WORKER: &str = "ktstr-spin";
 
@@ -245,7 +245,14 @@ fn run_booted(
         assert_eq!(t.comm, w.comm, "comm of pid {}", w.pid);
         assert_eq!(t.comm, WORKER);
         assert_eq!(t.cgroup.as_deref(), Some("/work"), "the agent's cgroup");
-        assert_eq!(t.class, if scheduler { "ext" } else { "fair" });
+        assert_eq!(
+            t.class,
+            if scheduler {
+                SchedClass::Ext
+            } else {
+                SchedClass::Fair
+            }
+        );
         assert!(
             !matches!(t.placement, Placement::NotRunnable),
             "a spinning worker is runnable: {:?}",

@@ -8,8 +8,10 @@ use std::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use super::findings::{Inconsistency, ListName};
 use super::health::HealthReport;
-use super::{Index, RenderContext, TaskRef, c_str, fault_text, list, names, who};
+use super::names::SchedClass;
+use super::{Index, RenderContext, TaskRef, c_str, fault_text, list, who};
 use crate::capture::{CaptureBuf, CpuRecord, Fault};
 
 /// One CPU.
@@ -32,7 +34,7 @@ pub struct CpuReport {
     /// The running task's scheduling class (`ext`, `fair`, `idle`, ...),
     /// read while paused.
     #[serde(default)]
-    pub curr_class: Option<String>,
+    pub curr_class: Option<SchedClass>,
     /// `rq->scx.flags`, decoded.
     pub scx_flags: Vec<String>,
     /// `rq->scx.cpu_released`.
@@ -57,7 +59,7 @@ pub(super) fn build(
         .as_slice()
         .iter()
         .map(|c| {
-            health.note_walk(format!("cpu {} runnable list", c.cpu), &c.runnable_walk);
+            health.note_walk(ListName::RunnableList { cpu: c.cpu }, &c.runnable_walk);
             check_runnable_list(c, ix, ctx, health);
             CpuReport {
                 cpu: c.cpu,
@@ -76,8 +78,7 @@ pub(super) fn build(
                         .or(ix.task_ref(c.curr).comm),
                 },
                 curr_is_idle: c.idle == Some(c.curr),
-                curr_class: (c.curr_class != 0)
-                    .then(|| names::sched_class(ctx.symbols, c.curr_class)),
+                curr_class: (c.curr_class != 0).then(|| SchedClass::of(ctx.symbols, c.curr_class)),
                 scx_flags: ctx.names.rq_flags(c.scx_flags),
                 cpu_released: c.cpu_released,
                 local_dsq: c
@@ -112,18 +113,13 @@ fn check_runnable_list(
     });
     let expected = c.scx_nr_running.saturating_sub(u32::from(curr_queued_ext));
     if c.runnable.len != expected {
-        health.inconsistencies.push(format!(
-            "cpu {}: rq->scx.nr_running={} {} so {} should be on its runnable list (set_next_task_scx keeps the running task off it), but {} are",
-            c.cpu,
-            c.scx_nr_running,
-            if curr_queued_ext {
-                "with a queued sched_ext task running,"
-            } else {
-                "with no queued sched_ext task running,"
-            },
+        health.inconsistent(Inconsistency::RunnableList {
+            cpu: c.cpu,
+            nr_running: c.scx_nr_running,
+            curr_queued_ext,
             expected,
-            c.runnable.len
-        ));
+            listed: c.runnable.len,
+        });
     }
 }
 

@@ -7,6 +7,7 @@ use std::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use super::findings::{Inconsistency, ListName};
 use super::health::HealthReport;
 use super::{Index, TaskRef, fault_text, list};
 use crate::capture::{CaptureBuf, DsqOrigin, DsqRecord, Fault, ListHealth};
@@ -90,16 +91,18 @@ pub(super) fn build(
         .iter()
         .map(|d| {
             let name = dsq_name(d);
-            health.note_walk(name.clone(), &d.walk);
+            let dsq = name.clone();
+            health.note_walk(ListName::Dsq { dsq }, &d.walk);
             if d.walk.fault == Fault::None
                 && !d.walk.truncated
                 && !d.walk.cycle
                 && d.nr != d.tasks.len
             {
-                health.inconsistencies.push(format!(
-                    "{name}: nr={} but {} tasks on its list",
-                    d.nr, d.tasks.len
-                ));
+                health.inconsistent(Inconsistency::DsqCount {
+                    dsq: name.clone(),
+                    nr: d.nr,
+                    listed: d.tasks.len,
+                });
             }
             DsqReport {
                 id: d.id,

@@ -8,7 +8,11 @@ use std::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use super::{RenderContext, fault_text};
+use super::RenderContext;
+use super::findings::{
+    Dropped, EndedEarly, FaultFinding, Finding, Inconsistency, InconsistencyFinding, ListName,
+    Pass, ReadFault, RecordKind, Truncated,
+};
 use crate::capture::{CaptureBuf, ListHealth};
 
 /// A pause window in its parts (ns): stopping the vCPUs, the capture's
@@ -40,13 +44,14 @@ pub struct HealthReport {
     /// Layout groups this kernel lacks.
     pub missing_groups: Vec<String>,
     /// Passes that could not run (fully), with why.
-    pub faults: Vec<String>,
+    pub faults: Vec<Finding<FaultFinding>>,
     /// Lists that ended early, and why.
-    pub truncated: Vec<String>,
+    pub truncated: Vec<Finding<Truncated>>,
     /// Records dropped for lack of buffer space.
-    pub dropped: Vec<String>,
-    /// Counters that disagree with the queues (a freeze can land mid-update).
-    pub inconsistencies: Vec<String>,
+    pub dropped: Vec<Finding<Dropped>>,
+    /// Counters and links that disagree with the queues (a freeze can land
+    /// mid-update), each with the invariant and who keeps it.
+    pub inconsistencies: Vec<InconsistencyFinding>,
 }
 
 impl HealthReport {
@@ -70,64 +75,68 @@ impl HealthReport {
         };
         h.note_faults(buf);
         h.note_dropped(buf);
-        h.note_walk("scx_tasks".into(), &buf.health.tasks_walk);
-        h.note_walk("dsq hash".into(), &buf.health.dsq_hash_walk);
+        h.note_walk(ListName::ScxTasks, &buf.health.tasks_walk);
+        h.note_walk(ListName::DsqHash, &buf.health.dsq_hash_walk);
         h
     }
 
     fn note_faults(&mut self, buf: &CaptureBuf<'_>) {
         for (pass, f) in [
-            ("scheduler", buf.health.sched),
-            ("cpus", buf.health.cpus),
-            ("dsqs", buf.health.dsqs),
-            ("tasks", buf.health.tasks),
-            ("cgroups", buf.health.cgroups),
+            (Pass::Scheduler, buf.health.sched),
+            (Pass::Cpus, buf.health.cpus),
+            (Pass::Dsqs, buf.health.dsqs),
+            (Pass::Tasks, buf.health.tasks),
+            (Pass::Cgroups, buf.health.cgroups),
         ] {
-            if let Some(t) = fault_text(f) {
-                self.faults.push(format!("{pass}: {t}"));
+            if let Some(fault) = ReadFault::from_fault(f) {
+                self.faults
+                    .push(Finding::new(FaultFinding::Pass { pass, fault }));
             }
         }
         if !buf.is_decoded() {
             // Capturer::capture_raw without Capturer::decode: CPU and task
             // values are missing, and the report must not pass them as zeros.
-            self.faults.push(
-                "capture: CPU and task values were not decoded (Capturer::decode after capture_raw)"
-                    .to_string(),
-            );
+            self.faults.push(Finding::new(FaultFinding::NotDecoded));
         }
         for c in buf.cgroups.as_slice() {
-            if let Some(t) = fault_text(c.fault) {
+            if let Some(fault) = ReadFault::from_fault(c.fault) {
+                let css_set = c.css_set;
                 self.faults
-                    .push(format!("cgroup of css_set {:#x}: {t}", c.css_set));
+                    .push(Finding::new(FaultFinding::Cgroup { css_set, fault }));
             }
         }
     }
 
     fn note_dropped(&mut self, buf: &CaptureBuf<'_>) {
-        for (what, n) in [
-            ("cpu records", buf.cpus.dropped()),
-            ("dsq records", buf.dsqs.dropped()),
-            ("queued task slots", buf.queued.dropped()),
-            ("runnable task slots", buf.runnable.dropped()),
-            ("task records", buf.tasks.dropped()),
-            ("cgroup records", buf.cgroups.dropped()),
+        for (records, count) in [
+            (RecordKind::Cpus, buf.cpus.dropped()),
+            (RecordKind::Dsqs, buf.dsqs.dropped()),
+            (RecordKind::QueuedTasks, buf.queued.dropped()),
+            (RecordKind::RunnableTasks, buf.runnable.dropped()),
+            (RecordKind::Tasks, buf.tasks.dropped()),
+            (RecordKind::Cgroups, buf.cgroups.dropped()),
         ] {
-            if n > 0 {
-                self.dropped.push(format!("{n} {what}"));
+            if count > 0 {
+                self.dropped.push(Finding::new(Dropped { records, count }));
             }
         }
     }
 
-    /// Record `what`'s walk when it ended early.
-    pub(super) fn note_walk(&mut self, what: String, w: &ListHealth) {
+    /// Record `list`'s walk when it ended early.
+    pub(super) fn note_walk(&mut self, list: ListName, w: &ListHealth) {
         if w.truncated || w.cycle || w.fault.is_fault() {
-            let why = if w.cycle {
-                "cycle".to_string()
-            } else {
-                fault_text(w.fault).unwrap_or_else(|| "bound or buffer reached".into())
+            let why = match ReadFault::from_fault(w.fault) {
+                _ if w.cycle => EndedEarly::Cycle,
+                Some(fault) => EndedEarly::Fault { fault },
+                None => EndedEarly::Bound,
             };
-            self.truncated.push(format!("{what}: {why}"));
+            self.truncated.push(Finding::new(Truncated { list, why }));
         }
+    }
+
+    /// Record an inconsistency.
+    pub(super) fn inconsistent(&mut self, what: Inconsistency) {
+        self.inconsistencies.push(what.into());
     }
 
     /// The section's text.
@@ -152,14 +161,18 @@ impl HealthReport {
                 ms(p.resume_ns)
             )?;
         }
+        let texts = |v: &mut dyn Iterator<Item = &String>| -> Vec<String> { v.cloned().collect() };
         for (what, items) in [
-            ("missing layout groups", &self.missing_groups),
-            ("faults", &self.faults),
-            ("truncated", &self.truncated),
-            ("dropped", &self.dropped),
+            ("missing layout groups", self.missing_groups.clone()),
+            ("faults", texts(&mut self.faults.iter().map(|f| &f.text))),
+            (
+                "truncated",
+                texts(&mut self.truncated.iter().map(|f| &f.text)),
+            ),
+            ("dropped", texts(&mut self.dropped.iter().map(|f| &f.text))),
             (
                 "inconsistent (a freeze can land mid-update)",
-                &self.inconsistencies,
+                texts(&mut self.inconsistencies.iter().map(|f| &f.text)),
             ),
         ] {
             if !items.is_empty() {

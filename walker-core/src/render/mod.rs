@@ -7,6 +7,7 @@
 
 mod cpus;
 mod dsqs;
+pub mod findings;
 mod health;
 pub mod names;
 mod scheduler;
@@ -14,8 +15,7 @@ mod tasks;
 mod text;
 
 use std::collections::HashMap;
-use std::format;
-use std::string::String;
+use std::string::{String, ToString};
 use std::vec::Vec;
 
 use serde::{Deserialize, Serialize};
@@ -26,13 +26,13 @@ use crate::symbols::Symbols;
 pub use cpus::CpuReport;
 pub use dsqs::{DsqReport, WalkReport, dsq_name};
 pub use health::{HealthReport, PauseSplit};
-pub use names::Names;
+pub use names::{Names, SchedClass};
 pub use scheduler::SchedulerReport;
 pub use tasks::{Placement, TaskReport};
 use text::{list, who};
 
 /// Version of the JSON schema; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What the renderer needs besides the capture.
 #[derive(Debug, Clone, Copy)]
@@ -78,16 +78,7 @@ pub struct TaskRef {
 }
 
 fn fault_text(f: Fault) -> Option<String> {
-    match f {
-        Fault::None => None,
-        Fault::MissingSymbol(s) => Some(format!("symbol {s} unknown")),
-        Fault::MissingGroup(g) => Some(format!("layout group {g} missing from this kernel's BTF")),
-        Fault::Unreadable(a) => Some(format!("cannot read guest memory at {a:#x}")),
-        Fault::Corrupt(a) => Some(format!("impossible value at {a:#x}")),
-        Fault::LayoutMismatch => Some(
-            "the target's layout is not the one the capturer was planned for: nothing read".into(),
-        ),
-    }
+    findings::ReadFault::from_fault(f).map(|r| r.to_string())
 }
 
 fn c_str(bytes: &[u8]) -> String {
@@ -140,7 +131,7 @@ impl Report {
         let mut health = HealthReport::start(buf, ctx);
         let dsqs = dsqs::build(buf, &ix, &mut health);
         let cpus = cpus::build(buf, &ix, ctx, &mut health);
-        let tasks = tasks::build(buf, ctx, &cpus, &dsqs);
+        let tasks = tasks::build(buf, ctx, &cpus, &dsqs, &mut health);
         Report {
             schema_version: SCHEMA_VERSION,
             scheduler: SchedulerReport::build(&buf.sched, ctx),

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::cpus::CpuReport;
 use super::dsqs::DsqReport;
-use super::{RenderContext, c_str, names};
+use super::findings::Inconsistency;
+use super::health::HealthReport;
+use super::names::SchedClass;
+use super::{RenderContext, c_str};
 use crate::capture::{CaptureBuf, TaskRecord};
 
 /// `on_rq` value of a task being moved between runqueues.
@@ -67,8 +70,8 @@ pub struct TaskReport {
     pub tgid: i32,
     /// comm.
     pub comm: String,
-    /// Sched class name (`ext`, `fair`, ...).
-    pub class: String,
+    /// Sched class (`ext`, `fair`, ...).
+    pub class: SchedClass,
     /// `__state`.
     pub state: u32,
     /// `on_rq`.
@@ -162,14 +165,54 @@ impl<'r> Places<'r> {
     }
 }
 
-/// Every task of `buf`, placed on the CPUs and DSQs already rendered.
+/// What the kernel keeps true of a task on a DSQ's list, checked.
+fn check_queued(t: &TaskRecord, places: &Places<'_>, queued_flag: i64, health: &mut HealthReport) {
+    let Some(&dsq) = places.on_dsq.get(&t.addr) else {
+        return;
+    };
+    let (pid, on) = (t.pid, || String::from(dsq));
+    if let Some(&cpu) = places.running.get(&t.addr) {
+        health.inconsistent(Inconsistency::RunningOnDsq {
+            cpu,
+            pid,
+            dsq: on(),
+        });
+    }
+    if i64::from(t.scx_flags) & queued_flag == 0 {
+        health.inconsistent(Inconsistency::QueuedFlag { pid, dsq: on() });
+    }
+    let points_at = places.dsq_by_addr.get(&t.dsq).copied();
+    if points_at != Some(dsq) {
+        let points_at = match t.dsq {
+            0 => None,
+            a => Some(points_at.map_or_else(|| format!("{a:#x}"), String::from)),
+        };
+        health.inconsistent(Inconsistency::DsqPointer {
+            pid,
+            dsq: on(),
+            points_at,
+        });
+    }
+    if t.ops_state & 3 != 0 {
+        health.inconsistent(Inconsistency::OpsState {
+            pid,
+            dsq: on(),
+            ops_state: ops_state(t.ops_state),
+        });
+    }
+}
+
+/// Every task of `buf`, placed on the CPUs and DSQs already rendered;
+/// tasks on DSQs that break the kernel's invariants go to `health`.
 pub(super) fn build(
     buf: &CaptureBuf<'_>,
     ctx: &RenderContext<'_>,
     cpus: &[CpuReport],
     dsqs: &[DsqReport],
+    health: &mut HealthReport,
 ) -> Vec<TaskReport> {
     let places = Places::new(buf, cpus, dsqs);
+    let queued_flag = ctx.names.task_flag("SCX_TASK_QUEUED").unwrap_or(1);
     let cgroups: HashMap<u64, String> = buf
         .cgroups
         .as_slice()
@@ -184,6 +227,7 @@ pub(super) fn build(
         .as_slice()
         .iter()
         .map(|t| {
+            check_queued(t, &places, queued_flag, health);
             let placement = places.placement(t);
             let runnable_for_ms = match (&placement, buf.jiffies) {
                 (Placement::NotRunnable, _) | (_, None) => None,
@@ -194,7 +238,7 @@ pub(super) fn build(
                 pid: t.pid,
                 tgid: t.tgid,
                 comm: c_str(&t.comm),
-                class: names::sched_class(ctx.symbols, t.sched_class),
+                class: SchedClass::of(ctx.symbols, t.sched_class),
                 state: t.state,
                 on_rq: t.on_rq,
                 on_cpu: t.on_cpu,
@@ -225,7 +269,7 @@ pub(super) fn write_text(tasks: &[TaskReport], s: &mut String) -> std::fmt::Resu
     let mut waiting: Vec<_> = tasks
         .iter()
         // Idle tasks are always "runnable"; they are not waiting.
-        .filter(|t| t.class != "idle")
+        .filter(|t| t.class != SchedClass::Idle)
         .filter(|t| {
             !matches!(
                 t.placement,

@@ -439,8 +439,7 @@ impl SyntheticKernel {
         self.set_cpu(task, cpu);
         let scx = self.entity(task);
         self.write_u64(scx + e.runnable_at as u64, runnable_at);
-        let flags = scx + e.flags as u64;
-        self.write_u32(flags, self.read_u32(flags) | SCX_TASK_QUEUED);
+        self.set_queued(task);
         let scx_rq_va = self.rq(cpu) + rq.scx as u64;
         self.list_add_tail(
             scx_rq_va + scx_rq.runnable_list as u64,
@@ -467,8 +466,18 @@ impl SyntheticKernel {
         self.write_u64(curr, task);
     }
 
-    /// Queue the task at the tail of `dsq` (FIFO), as `dispatch_enqueue` does.
+    /// Mark the task `SCX_TASK_QUEUED`: `enqueue_task_scx` does before any
+    /// dispatch puts it on a DSQ.
+    fn set_queued(&mut self, task: u64) {
+        let e = self.layout.entity.unwrap_or_default();
+        let flags = self.entity(task) + e.flags as u64;
+        self.write_u32(flags, self.read_u32(flags) | SCX_TASK_QUEUED);
+    }
+
+    /// Queue the task at the tail of `dsq` (FIFO), as `dispatch_enqueue` does
+    /// (with the `SCX_TASK_QUEUED` that `enqueue_task_scx` set before).
     pub fn enqueue(&mut self, dsq: u64, task: u64) {
+        self.set_queued(task);
         let d = self.layout.dsq.unwrap_or_default();
         let e = self.layout.entity.unwrap_or_default();
         let scx = self.entity(task);
@@ -483,6 +492,7 @@ impl SyntheticKernel {
     /// list in `dsq_vtime` order (next to its rb-tree), so insert before the
     /// first task with a larger vtime.
     pub fn enqueue_vtime(&mut self, dsq: u64, task: u64, vtime: u64) {
+        self.set_queued(task);
         let d = self.layout.dsq.unwrap_or_default();
         let e = self.layout.entity.unwrap_or_default();
         let lh = self.layout.list_head.unwrap_or_default();
