@@ -12,7 +12,7 @@ use ktstr_walker::capture::{
 };
 use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::render::findings::{FaultFinding, Inconsistency};
-use ktstr_walker::render::{Names, RenderContext, Report, SchedClass};
+use ktstr_walker::render::{Names, RenderContext, Report, SchedClass, Symbolizer, TextSymbols};
 use ktstr_walker::testkit::{DIRECT_MAP, PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
 
@@ -65,6 +65,7 @@ fn report(k: &SyntheticKernel, buf: &CaptureBuf<'_>, pause_ns: Option<u64>) -> R
         names: &names,
         pause_ns,
         pause: None,
+        symbolizer: None,
     };
     Report::from_capture(buf, &ctx)
 }
@@ -806,4 +807,91 @@ fn a_task_on_a_dsq_that_breaks_the_kernels_invariants_is_named_with_who_keeps_th
         r.to_text()
             .contains("task 11 is on user 0x7 but its scx.dsq is NULL")
     );
+}
+
+#[test]
+fn an_error_exit_comes_with_its_backtrace_dump_text_events_and_state() {
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 2, PerCpuStyle::Absolute).unwrap();
+        let sched = k.attach_scheduler("exits", 4).unwrap();
+        let t = k.add_task(77, "victim");
+        k.make_runnable(t, 1, 0);
+        k.set_exit(sched, 1024, "runtime error", "scx_bpf_error called");
+        // A fixture's text: the kernel's own dump starts like this.
+        let dump = "Error: runtime error\nCPU 1: nr_run=1 flags=0x1\n";
+        k.set_exit_detail(
+            sched,
+            1,
+            &[0xffff_ffff_8100_1010, 0xffff_ffff_8100_2004],
+            dump,
+        );
+        let fallback = k.layout.event_stats.unwrap().select_cpu_fallback;
+        k.set_event(sched, 0, fallback, 5);
+        k.set_event(sched, 1, fallback, 7);
+        k.write_u64(k.sym("scx_enable_seq"), 3);
+        k.write_u32(k.sym("scx_enable_state_var"), 1);
+        let mut store = Store::new(16);
+        let buf = run(&k, &mut store);
+        assert_eq!(
+            buf.exit_bt.as_slice(),
+            [0xffff_ffff_8100_1010, 0xffff_ffff_8100_2004]
+        );
+        assert_eq!(buf.exit_dump(), dump.as_bytes(), "{name}");
+        // What Names::from_btf finds in struct scx_event_stats.
+        let names = Names {
+            events: vec![("SCX_EV_SELECT_CPU_FALLBACK".into(), fallback)],
+            ..Names::default()
+        };
+        let text = TextSymbols::from_pairs([
+            (0xffff_ffff_8100_1000, "scx_vexit"),
+            (0xffff_ffff_8100_2000, "scx_bpf_error_bstr"),
+            (0xffff_ffff_8100_3000, "next"),
+        ]);
+        let ctx = RenderContext {
+            layout: &k.layout,
+            symbols: &k.symbols,
+            names: &names,
+            pause_ns: None,
+            pause: None,
+            symbolizer: Some(Symbolizer {
+                table: &text,
+                slide: 0,
+            }),
+        };
+        let r = Report::from_capture(&buf, &ctx);
+        let s = &r.scheduler;
+        assert_eq!(s.exit_cpu, Some(1), "{name}");
+        let frames: Vec<Option<&str>> = s
+            .exit_backtrace
+            .iter()
+            .map(|f| f.symbol.as_deref())
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                Some("scx_vexit+0x10/0x1000"),
+                Some("scx_bpf_error_bstr+0x4/0x1000")
+            ]
+        );
+        assert_eq!(s.exit_dump.as_deref(), Some(dump), "{name}");
+        let sum = s.events.as_ref().expect("event counters");
+        assert_eq!(
+            (sum[0].name.as_str(), sum[0].value),
+            ("SCX_EV_SELECT_CPU_FALLBACK", 12)
+        );
+        assert_eq!(r.cpus[1].events.as_ref().unwrap()[0].value, 7);
+        assert_eq!(s.globals.enable_seq, Some(3));
+        assert_eq!(s.globals.enable_state.as_deref(), Some("SCX_ENABLED"));
+        assert_eq!(s.globals.breather_depth, None, "no such global here");
+        let task = r.tasks.iter().find(|x| x.pid == 77).unwrap();
+        assert_eq!(task.prio.static_prio, Some(120), "{name}");
+        assert_eq!(task.cpus_allowed.as_deref(), Some(&[0, 1][..]), "{name}");
+        assert_eq!(task.nr_cpus_allowed, Some(2));
+        let text = r.to_text();
+        assert!(text.contains("    scx_vexit+0x10/0x1000\n"), "{text}");
+        assert!(text.contains("    | CPU 1: nr_run=1 flags=0x1\n"), "{text}");
+        assert!(text.contains("events: SELECT_CPU_FALLBACK=12"), "{text}");
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r, "{name}: JSON round trip");
+    }
 }

@@ -8,6 +8,7 @@ use std::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use super::events::{self, EventCount};
 use super::findings::{Inconsistency, ListName};
 use super::health::HealthReport;
 use super::names::SchedClass;
@@ -45,6 +46,24 @@ pub struct CpuReport {
     pub runnable: Vec<TaskRef>,
     /// Why this CPU could not be read fully.
     pub fault: Option<String>,
+    /// `rq->scx.clock` (ns).
+    #[serde(default)]
+    pub scx_clock_ns: Option<u64>,
+    /// `rq->scx.ops_qseq` (kernels that keep it per rq).
+    #[serde(default)]
+    pub ops_qseq: Option<u64>,
+    /// `rq->scx.kick_sync`.
+    #[serde(default)]
+    pub kick_sync: Option<u64>,
+    /// `rq->scx.cpuperf_target`.
+    #[serde(default)]
+    pub cpuperf_target: Option<u32>,
+    /// `rq->scx.nr_immed`.
+    #[serde(default)]
+    pub nr_immed: Option<u32>,
+    /// This CPU's `SCX_EV_*` counters.
+    #[serde(default)]
+    pub events: Option<Vec<EventCount>>,
 }
 
 /// Every CPU of `buf`; list walks that ended early and runnable lists that
@@ -58,7 +77,8 @@ pub(super) fn build(
     buf.cpus
         .as_slice()
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             health.note_walk(ListName::RunnableList { cpu: c.cpu }, &c.runnable_walk);
             check_runnable_list(c, ix, ctx, health);
             CpuReport {
@@ -88,6 +108,15 @@ pub(super) fn build(
                     .unwrap_or_default(),
                 runnable: ix.span(ix.runnable, c.runnable),
                 fault: fault_text(c.fault),
+                scx_clock_ns: c.scx_clock,
+                ops_qseq: c.ops_qseq,
+                kick_sync: c.kick_sync,
+                cpuperf_target: c.cpuperf_target,
+                nr_immed: c.nr_immed,
+                events: buf
+                    .events(i)
+                    .map(|b| events::decode(b, ctx.names))
+                    .filter(|e| !e.is_empty()),
             }
         })
         .collect()

@@ -7,10 +7,12 @@
 
 mod cpus;
 mod dsqs;
+mod events;
 pub mod findings;
 mod health;
 pub mod names;
 mod scheduler;
+pub mod symbolize;
 mod tasks;
 mod text;
 
@@ -25,10 +27,12 @@ use crate::layout::Layout;
 use crate::symbols::Symbols;
 pub use cpus::CpuReport;
 pub use dsqs::{DsqReport, WalkReport, dsq_name};
+pub use events::EventCount;
 pub use health::{HealthReport, PauseSplit};
 pub use names::{Names, SchedClass};
-pub use scheduler::SchedulerReport;
-pub use tasks::{Placement, TaskReport};
+pub use scheduler::{Frame, SchedulerReport};
+pub use symbolize::{Symbolizer, TextSymbols};
+pub use tasks::{Placement, Priorities, TaskReport};
 use text::{list, who};
 
 /// Version of the JSON schema; bumped on any incompatible change.
@@ -47,6 +51,8 @@ pub struct RenderContext<'a> {
     pub pause_ns: Option<u64>,
     /// The pause in its parts, if measured.
     pub pause: Option<PauseSplit>,
+    /// Names for kernel text addresses (the exit's backtrace), if known.
+    pub symbolizer: Option<Symbolizer<'a>>,
 }
 
 /// A sched_ext state dump.
@@ -134,7 +140,7 @@ impl Report {
         let tasks = tasks::build(buf, ctx, &cpus, &dsqs, &mut health);
         Report {
             schema_version: SCHEMA_VERSION,
-            scheduler: SchedulerReport::build(&buf.sched, ctx),
+            scheduler: SchedulerReport::build(buf, ctx),
             cpus,
             dsqs,
             tasks,

@@ -15,6 +15,11 @@ pub struct Names {
     pub task_flags: Vec<(String, i64)>,
     /// `enum scx_rq_flags`.
     pub rq_flags: Vec<(String, i64)>,
+    /// `struct scx_event_stats`: each `SCX_EV_*` counter's name and byte
+    /// offset (empty: the counters are not shown).
+    pub events: Vec<(String, u32)>,
+    /// `enum scx_enable_state`.
+    pub enable_states: Vec<(String, i64)>,
     /// Ticks per second (`CONFIG_HZ`) for turning jiffies into time.
     pub hz: u64,
 }
@@ -55,6 +60,14 @@ impl Default for Names {
                 ("SCX_RQ_CAN_STOP_TICK", 2),
                 ("SCX_RQ_CLK_VALID", 32),
             ]),
+            // Offsets moved between kernels: only a kernel's BTF names them.
+            events: Vec::new(),
+            enable_states: owned(&[
+                ("SCX_ENABLING", 0),
+                ("SCX_ENABLED", 1),
+                ("SCX_DISABLING", 2),
+                ("SCX_DISABLED", 3),
+            ]),
             hz: 250,
         }
     }
@@ -70,6 +83,8 @@ impl Names {
             exit_kinds: or(btf.enum_members("scx_exit_kind"), d.exit_kinds),
             task_flags: or(btf.enum_members("scx_ent_flags"), d.task_flags),
             rq_flags: or(btf.enum_members("scx_rq_flags"), d.rq_flags),
+            events: btf.struct_members("scx_event_stats"),
+            enable_states: or(btf.enum_members("scx_enable_state"), d.enable_states),
             hz: hz.unwrap_or(d.hz),
         }
     }
@@ -125,6 +140,14 @@ impl Names {
     /// Names of the `SCX_RQ_*` bits set in `flags`.
     pub fn rq_flags(&self, flags: u32) -> Vec<String> {
         bits(&self.rq_flags, flags, |_| true)
+    }
+
+    /// `SCX_*` name of enable state `v`, or its number.
+    pub fn enable_state(&self, v: u32) -> String {
+        self.enable_states
+            .iter()
+            .find(|(_, x)| *x == i64::from(v))
+            .map_or_else(|| v.to_string(), |(n, _)| n.clone())
     }
 
     /// Ticks to milliseconds.

@@ -103,6 +103,41 @@ pub struct TaskReport {
     /// Its cgroup in the default hierarchy (`/a/b`), when known.
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// `prio`, `static_prio`, `normal_prio`.
+    #[serde(default)]
+    pub prio: Priorities,
+    /// `nr_cpus_allowed`.
+    #[serde(default)]
+    pub nr_cpus_allowed: Option<i32>,
+    /// The CPUs of `cpus_ptr` (its first 64), when it points at the
+    /// task's own `cpus_mask`.
+    #[serde(default)]
+    pub cpus_allowed: Option<Vec<u32>>,
+    /// `migration_disabled`.
+    #[serde(default)]
+    pub migration_disabled: Option<u16>,
+    /// `scx.dsq_flags` (`SCX_TASK_DSQ_ON_PRIQ` = 1).
+    #[serde(default)]
+    pub dsq_flags: Option<u32>,
+    /// `scx.ops_qseq` (kernels that keep it per task).
+    #[serde(default)]
+    pub ops_qseq: Option<u32>,
+}
+
+/// A task's priorities (lower is more important; 120 is nice 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Priorities {
+    /// `prio`: the effective one (boosted by priority inheritance).
+    pub prio: Option<i32>,
+    /// `static_prio`: from the nice value.
+    pub static_prio: Option<i32>,
+    /// `normal_prio`: from the policy, without boosting.
+    pub normal_prio: Option<i32>,
+}
+
+/// The CPUs set in a mask's first word.
+fn cpu_list(mask: u64) -> Vec<u32> {
+    (0..64).filter(|b| mask & (1 << b) != 0).collect()
 }
 
 fn ops_state(v: u64) -> String {
@@ -259,6 +294,16 @@ pub(super) fn build(
                 runnable_for_ms,
                 placement,
                 cgroup: cgroups.get(&t.css_set).cloned(),
+                prio: Priorities {
+                    prio: t.prio,
+                    static_prio: t.static_prio,
+                    normal_prio: t.normal_prio,
+                },
+                nr_cpus_allowed: t.nr_cpus_allowed,
+                cpus_allowed: t.cpus_mask.map(cpu_list),
+                migration_disabled: t.migration_disabled,
+                dsq_flags: t.dsq_flags,
+                ops_qseq: t.ops_qseq,
             }
         })
         .collect()

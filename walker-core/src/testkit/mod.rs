@@ -123,6 +123,11 @@ impl SyntheticKernel {
             ("rt_sched_class", 64),
             ("dl_sched_class", 64),
             ("stop_sched_class", 64),
+            ("scx_enable_state_var", 8),
+            ("scx_enable_seq", 8),
+            ("scx_nr_rejected", 8),
+            ("scx_switching_all", 8),
+            ("__scx_switched_all", 16),
         ] {
             k.global(name, size);
         }
@@ -382,6 +387,18 @@ impl SyntheticKernel {
         self.write_u64(scx + e.slice as u64, 20_000_000);
         self.list_init(scx + e.runnable_node as u64);
         self.list_init(scx + e.dsq_list as u64 + self.dsq_node_offset());
+        // Nice 0, allowed on every CPU, through its own mask.
+        for o in [t.prio, t.static_prio, t.normal_prio].into_iter().flatten() {
+            self.write_u32(task + o as u64, 120);
+        }
+        if let (Some(ptr), Some(mask)) = (t.cpus_ptr, t.cpus_mask) {
+            self.write_u64(task + ptr as u64, task + mask as u64);
+            let all = u64::MAX >> (64 - self.nr_cpus.clamp(1, 64));
+            self.write_u64(task + mask as u64, all);
+        }
+        if let Some(o) = t.nr_cpus_allowed {
+            self.write_u32(task + o as u64, self.nr_cpus as u32);
+        }
         task
     }
 
