@@ -15,6 +15,7 @@ pub mod nested;
 pub mod run;
 pub mod scenario;
 pub mod scheduler;
+pub mod series;
 pub mod session;
 pub mod testing;
 pub mod vm;

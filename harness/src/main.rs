@@ -49,9 +49,21 @@ enum Command {
         /// How long the workers run (e.g. 10s, 1m).
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         duration: std::time::Duration,
-        /// Freeze and dump this long after the workers start (e.g. 2s).
+        /// Freeze and dump this long after the workers start (e.g. 2s);
+        /// repeat or separate with commas for several (1s,3s).
+        #[arg(long, value_parser = parse_duration, value_delimiter = ',')]
+        dump_at: Vec<std::time::Duration>,
+        /// Freeze and dump every this long (a series, within --dump-budget).
         #[arg(long, value_parser = parse_duration)]
-        dump_at: Option<std::time::Duration>,
+        dump_every: Option<std::time::Duration>,
+        /// After each problem the monitor sees, a second dump this long
+        /// later, to show what moved (0: none).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        dump_follow_up: std::time::Duration,
+        /// Bytes (of JSON) the run's dumps may take, e.g. 16M; dumps past it
+        /// are counted, not kept.
+        #[arg(long, default_value = "16M", value_parser = parse_bytes)]
+        dump_budget: u64,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -155,6 +167,22 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("{s}: not a duration (e.g. 10s, 500ms, 2.5): {e}"))
 }
 
+/// A byte count: a number, optionally with K, M or G (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s}: not a byte count (e.g. 4096, 512K, 16M)"))
+}
+
 fn parse_hex(s: &str) -> Result<u64, String> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16)
         .map_err(|e| format!("{s}: not a hex number: {e}"))
@@ -236,6 +264,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fairness_spread,
             duration,
             dump_at,
+            dump_every,
+            dump_follow_up,
+            dump_budget,
             json,
         } => {
             install_interrupt_handler()?;
@@ -247,8 +278,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fairness_spread: fairness_spread / 100.0,
             };
             let progress = Progress::new();
+            let plan = ktstr::series::DumpPlan {
+                at: dump_at,
+                every: dump_every,
+                follow_up: Some(dump_follow_up).filter(|d| !d.is_zero()),
+                budget_bytes: dump_budget,
+            };
             let report =
-                ktstr::run::run_with(&cfg, &scenario, &thresholds, dump_at, &|p| progress.set(p));
+                ktstr::run::run_planned(&cfg, &scenario, &thresholds, &plan, &|p| progress.set(p));
             progress.done();
             let report = report?;
             print!("{}", terminal_safe(&report.to_text()));
@@ -520,6 +557,17 @@ mod tests {
             error_text(&e),
             "dumping: cannot read core file x: is a FIFO"
         );
+    }
+
+    #[test]
+    fn byte_counts_take_binary_suffixes_and_refuse_the_rest() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("16M"), Ok(16 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        for bad in ["", "M", "-1K", "1.5M", "99999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

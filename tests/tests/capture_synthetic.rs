@@ -895,3 +895,41 @@ fn an_error_exit_comes_with_its_backtrace_dump_text_events_and_state() {
         assert_eq!(back, r, "{name}: JSON round trip");
     }
 }
+
+#[test]
+fn consecutive_dumps_say_what_moved() {
+    let mut k = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    let sched = k.attach_scheduler("moves", 4).unwrap();
+    let dsq = k.add_user_dsq(sched, 0x5);
+    let t = k.add_task(21, "mover");
+    k.make_runnable(t, 0, 0);
+    k.enqueue(dsq, t);
+    let mut store = Store::new(8);
+    let before = report(&k, &run(&k, &mut store), None);
+    assert_eq!(
+        before.changes_since(&before),
+        ["cpu 0: clock did not move"],
+        "a busy CPU against itself"
+    );
+    // Dispatched: off the DSQ (as dispatch_dequeue leaves it), running.
+    let e = k.layout.entity.unwrap();
+    let node = k.layout.dsq_list_node.unwrap().node;
+    k.list_del_init(k.entity(t) + (e.dsq_list + node) as u64);
+    k.write_u64(k.entity(t) + e.dsq as u64, 0);
+    let nr = dsq + k.layout.dsq.unwrap().nr as u64;
+    k.write_u32(nr, 0);
+    k.run_on(t, 0);
+    let clock = k.rq(0) + k.layout.rq.unwrap().clock as u64;
+    k.write_u64(clock, k.read_u64(clock) + 1_000_000);
+    let after = report(&k, &run(&k, &mut store), None);
+    let changes = after.changes_since(&before);
+    assert_eq!(
+        changes,
+        [
+            "cpu 0: curr idle -> mover[21]",
+            "user 0x5: nr 1 -> 0",
+            "mover[21]: queued on user 0x5 -> running on cpu 0",
+        ],
+        "{changes:#?}"
+    );
+}

@@ -6,6 +6,7 @@
 //! CPUs, DSQs, tasks, health) holds its types, how it is built and its text.
 
 mod cpus;
+mod diff;
 mod dsqs;
 mod events;
 pub mod findings;
