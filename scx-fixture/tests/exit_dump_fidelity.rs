@@ -7,13 +7,13 @@
 //! same way; every task the kernel listed, with its comm and weight; the
 //! stalled task's DSQ, flags and ops state; the CPUs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ktstr::agent::proto::Work;
 use ktstr::checks::Thresholds;
 use ktstr::run::RunReport;
-use ktstr::scenario::{CgroupSpec, Count, Cpuset, Scenario, Workers};
 use ktstr::testing::KtstrTest;
 use ktstr_walker::render::{Placement, Report};
 
@@ -129,19 +129,7 @@ fn dumps(r: &RunReport) -> Vec<&Report> {
 
 #[test]
 fn the_kernels_own_dump_of_an_error_exit_agrees_with_the_walkers() {
-    let scenario = Scenario {
-        name: "stall".into(),
-        description: "one stuck worker next to two spinners".into(),
-        cgroups: vec![CgroupSpec {
-            name: "work".into(),
-            cpuset: Cpuset::All,
-            workers: vec![
-                Workers::new("stuck", Count::Fixed(1), Work::Spin),
-                Workers::new("ktstr-spin", Count::Fixed(2), Work::Spin),
-            ],
-        }],
-        steps: vec![],
-    };
+    let scenario = common::stuck_next_to_spinners();
     // The monitor's stall (1.5 s) and its follow-up (2.5 s) come before
     // the kernel's watchdog (4 s); ops.exit() then holds for 3 s.
     let report = KtstrTest::new("the_kernels_own_dump_of_an_error_exit_agrees_with_the_walkers")
@@ -253,6 +241,15 @@ fn the_kernels_own_dump_of_an_error_exit_agrees_with_the_walkers() {
         }
     );
     assert_eq!(ours.dsq.as_deref(), Some("user 0xdead"));
+    // Sitting there for seconds, it keeps every invariant of a queued task
+    // (a freeze lands mid-update only for tasks that move).
+    let about_stuck: Vec<_> = before
+        .health
+        .inconsistencies
+        .iter()
+        .filter(|f| f.what.pid() == Some(stuck.pid))
+        .collect();
+    assert!(about_stuck.is_empty(), "{about_stuck:#?}");
     let queued = ours.scx_flags.iter().any(|f| f == "SCX_TASK_QUEUED");
     assert_eq!(queued, stuck.flags & 1 != 0, "{ours:?} vs {stuck:?}");
     assert_eq!(

@@ -117,9 +117,12 @@ fn read_bt<M: GuestMem + ?Sized>(
 
 /// Bytes of a text read at once: a page, so a short text costs one read.
 const TEXT_PIECE: usize = 4096;
+/// Bytes read at once of a page of text that is not readable whole.
+const TAIL_PIECE: usize = 64;
 
-/// The NUL-terminated text at `va` into `out`, a page at a time up to its
-/// NUL, an unreadable page or the room; its length.
+/// The NUL-terminated text at `va` into `out` (up to its room); its
+/// length. A page at a time; a page that cannot be read whole is read in
+/// smaller pieces, then bytes, up to the NUL or the first unreadable byte.
 fn read_text<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
@@ -129,51 +132,54 @@ fn read_text<M: GuestMem + ?Sized>(
     if va == 0 {
         return 0;
     }
+    read_pieces(cx, tr, va, out, TEXT_PIECE, &mut |tr, at, page| {
+        read_pieces(cx, tr, at, page, TAIL_PIECE, &mut |tr, at, piece| {
+            read_bytes(cx, tr, at, piece)
+        })
+    })
+}
+
+/// Text at `va` into `out`, `piece` bytes a read, up to its NUL; a piece
+/// that cannot be read whole goes to `rest`, which says how much of it
+/// is text. The text's length.
+fn read_pieces<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    va: u64,
+    out: &mut [u8],
+    piece: usize,
+    rest: &mut dyn FnMut(&mut Translator, u64, &mut [u8]) -> usize,
+) -> usize {
     let mut len = 0;
-    for (i, piece) in out.chunks_mut(TEXT_PIECE).enumerate() {
-        let at = va.wrapping_add((i * TEXT_PIECE) as u64);
-        if tr.read_virt(cx.mem, at, piece).is_err() {
-            // The text may end before the unreadable part of this page.
-            return len + read_tail(cx, tr, at, piece);
+    for (i, chunk) in out.chunks_mut(piece.max(1)).enumerate() {
+        let at = va.wrapping_add((i * piece) as u64);
+        if tr.read_virt(cx.mem, at, chunk).is_err() {
+            chunk.fill(0);
+            return len + rest(tr, at, chunk);
         }
-        match piece.iter().position(|&b| b == 0) {
+        match chunk.iter().position(|&b| b == 0) {
             Some(end) => return len + end,
-            None => len += piece.len(),
+            None => len += chunk.len(),
         }
     }
     len
 }
 
-/// Bytes of the text's last piece read at once, when its page is not
-/// readable whole.
-const TAIL_PIECE: usize = 64;
-
-/// [`read_text`] of one piece, [`TAIL_PIECE`] bytes at a time.
-fn read_tail<M: GuestMem + ?Sized>(
+/// Text at `va` into `out` byte by byte, up to its NUL or the first
+/// unreadable byte; its length.
+fn read_bytes<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
     va: u64,
     out: &mut [u8],
 ) -> usize {
-    let mut len = 0;
-    for (i, piece) in out.chunks_mut(TAIL_PIECE).enumerate() {
-        let at = va.wrapping_add((i * TAIL_PIECE) as u64);
-        if tr.read_virt(cx.mem, at, piece).is_err() {
-            // Byte by byte, up to the NUL or the first unreadable byte.
-            for (j, b) in piece.iter_mut().enumerate() {
-                match tr.read_virt_pod::<u8, _>(cx.mem, at.wrapping_add(j as u64)) {
-                    Ok(0) | Err(_) => return len + j,
-                    Ok(v) => *b = v,
-                }
-            }
-            return len + piece.len();
-        }
-        match piece.iter().position(|&b| b == 0) {
-            Some(end) => return len + end,
-            None => len += piece.len(),
+    for (j, b) in out.iter_mut().enumerate() {
+        match tr.read_virt_pod::<u8, _>(cx.mem, va.wrapping_add(j as u64)) {
+            Ok(0) | Err(_) => return j,
+            Ok(v) => *b = v,
         }
     }
-    len
+    out.len()
 }
 
 /// `*scx_root` and its exit info; where the exit's backtrace and dump
@@ -272,21 +278,7 @@ pub(super) fn read_str<M: GuestMem + ?Sized>(
         return;
     }
     out.fill(0);
-    for (i, piece) in out.chunks_mut(16).enumerate() {
-        let at = va.wrapping_add(i as u64 * 16);
-        if tr.read_virt(cx.mem, at, piece).is_err() {
-            piece.fill(0);
-            // The tail of the string may sit in a shorter readable run.
-            for (j, b) in piece.iter_mut().enumerate() {
-                match tr.read_virt_pod::<u8, _>(cx.mem, at.wrapping_add(j as u64)) {
-                    Ok(v) => *b = v,
-                    Err(_) => break,
-                }
-            }
-            break;
-        }
-        if piece.contains(&0) {
-            break;
-        }
-    }
+    read_pieces(cx, tr, va, out, 16, &mut |tr, at, piece| {
+        read_bytes(cx, tr, at, piece)
+    });
 }

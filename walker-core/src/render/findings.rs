@@ -307,6 +307,17 @@ pub enum Inconsistency {
 }
 
 impl Inconsistency {
+    /// The task it is about, if it is about one.
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Self::QueuedFlag { pid, .. }
+            | Self::DsqPointer { pid, .. }
+            | Self::OpsState { pid, .. }
+            | Self::RunningOnDsq { pid, .. } => Some(*pid),
+            Self::DsqCount { .. } | Self::RunnableList { .. } => None,
+        }
+    }
+
     /// The kernel invariant this breaks.
     pub fn invariant(&self) -> &'static str {
         match self {
