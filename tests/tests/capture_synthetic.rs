@@ -7,6 +7,7 @@
 use ktstr_tests::{Need, skip};
 use ktstr_walker::Layout;
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
+use ktstr_walker::capture::vcpus::VcpuState;
 use ktstr_walker::capture::{
     CaptureBuf, Capturer, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture,
 };
@@ -932,4 +933,82 @@ fn consecutive_dumps_say_what_moved() {
         ],
         "{changes:#?}"
     );
+}
+
+#[test]
+fn each_vcpu_shows_its_rip_and_the_return_addresses_on_its_kernel_stack() {
+    let mut k = SyntheticKernel::new(compact_layout(), 2, PerCpuStyle::Absolute).unwrap();
+    let text = TextSymbols::from_pairs([
+        (0xffff_ffff_8100_0000, "do_idle"),
+        (0xffff_ffff_8100_1000, "cpu_startup_entry"),
+        (0xffff_ffff_8100_2000, "end_of_text"),
+    ]);
+    // A kernel stack: a data word, two return addresses, a heap pointer.
+    let stack = k.alloc(4096);
+    for (i, w) in [
+        7u64,
+        0xffff_ffff_8100_0040,
+        0xffff_8880_0000_1000,
+        0xffff_ffff_8100_1008,
+    ]
+    .iter()
+    .enumerate()
+    {
+        k.write_u64(stack + 8 * i as u64, *w);
+    }
+    let regs = [
+        VcpuState {
+            index: 0,
+            rip: 0xffff_ffff_8100_0010,
+            rsp: stack,
+            rflags: 0x246,
+            cr3: Some(0x1000),
+            cs: Some(0x10),
+        },
+        VcpuState {
+            index: 1,
+            rip: 0x40_1000,
+            rsp: 0x7fff_0000,
+            rflags: 0x202,
+            cr3: None,
+            cs: Some(0x33),
+        },
+    ];
+    let mut store = Store::new(8);
+    let mut buf = store.buf();
+    let mut tr = Translator::default();
+    capture(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
+    ktstr_walker::capture::vcpus::capture(&k.mem(), &mut tr, &regs, &mut buf.vcpus);
+    let names = Names::default();
+    let ctx = RenderContext {
+        layout: &k.layout,
+        symbols: &k.symbols,
+        names: &names,
+        pause_ns: None,
+        pause: None,
+        symbolizer: Some(Symbolizer {
+            table: &text,
+            slide: 0,
+        }),
+    };
+    let r = Report::from_capture(&buf, &ctx);
+    let v0 = &r.vcpus[0];
+    assert_eq!(v0.rip.symbol.as_deref(), Some("do_idle+0x10/0x1000"));
+    let frames: Vec<&str> = v0
+        .stack
+        .iter()
+        .filter_map(|f| f.symbol.as_deref())
+        .collect();
+    assert_eq!(
+        frames,
+        ["do_idle+0x40/0x1000", "cpu_startup_entry+0x8/0x1000"]
+    );
+    let v1 = &r.vcpus[1];
+    assert!(
+        !v1.in_kernel && v1.stack.is_empty() && v1.rip.symbol.is_none(),
+        "{v1:?}"
+    );
+    let text = r.to_text();
+    assert!(text.contains("vcpu 0   rip=do_idle+0x10/0x1000"), "{text}");
+    assert!(text.contains("(user)"), "{text}");
 }

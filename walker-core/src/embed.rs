@@ -254,6 +254,17 @@ impl Dumper {
     /// byte budget, no allocation, no formatting. The result borrows the
     /// buffers until it is reported or dropped.
     pub fn capture<M: GuestMem + ?Sized>(&mut self, mem: &M) -> Captured<'_> {
+        self.capture_with(mem, &[])
+    }
+
+    /// [`Dumper::capture`], with each vCPU's registers (from the VMM or a
+    /// core's notes): the report then shows what each was executing, its
+    /// RIP and the return addresses on its kernel stack, named.
+    pub fn capture_with<M: GuestMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        vcpus: &[crate::capture::vcpus::VcpuState],
+    ) -> Captured<'_> {
         let start = Instant::now();
         let Dumper {
             kernel,
@@ -275,6 +286,7 @@ impl Dumper {
         kernel
             .capturer
             .capture_raw(mem, tr, &target, limits, &mut buf);
+        crate::capture::vcpus::capture(mem, tr, vcpus, &mut buf.vcpus);
         Captured {
             capture_ns: start.elapsed().as_nanos() as u64,
             buf,

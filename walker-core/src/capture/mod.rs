@@ -16,6 +16,7 @@ mod sched;
 #[cfg(feature = "alloc")]
 pub mod storage;
 mod tasks;
+pub mod vcpus;
 
 pub use buf::Slots;
 pub use records::{
@@ -145,6 +146,9 @@ pub struct CaptureBuf<'a> {
     exit_dump: &'a mut [u8],
     /// Bytes of `exit_dump` used.
     exit_dump_len: usize,
+    /// Each vCPU's registers and kernel stack window, when the caller
+    /// gave them ([`vcpus::capture`]).
+    pub vcpus: Slots<'a, vcpus::VcpuRecord>,
     /// Each CPU record's `struct scx_event_stats` bytes, by CPU record
     /// (see [`CaptureBuf::with_events`]).
     events: &'a mut [[u8; EVENT_BYTES]],
@@ -194,7 +198,15 @@ impl<'a> CaptureBuf<'a> {
             exit_dump: &mut [],
             exit_dump_len: 0,
             events: &mut [],
+            vcpus: Slots::new(&mut []),
         }
+    }
+
+    /// Room for `vcpus` vCPUs' registers and stacks; without it none are
+    /// kept.
+    pub fn with_vcpus(mut self, vcpus: &'a mut [vcpus::VcpuRecord]) -> Self {
+        self.vcpus = Slots::new(vcpus);
+        self
     }
 
     /// Room for the exit's backtrace (`bt`, [`EXIT_BT_LEN`] is the
@@ -232,6 +244,7 @@ impl<'a> CaptureBuf<'a> {
         self.tasks.clear();
         self.cgroups.clear();
         self.exit_bt.clear();
+        self.vcpus.clear();
         self.exit_dump_len = 0;
         self.sched = SchedRecord::default();
         self.jiffies = None;

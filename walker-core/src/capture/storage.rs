@@ -58,6 +58,8 @@ pub struct CaptureStorage {
     exit_dump: Vec<u8>,
     /// [`EVENT_BYTES`] per CPU record.
     events: Vec<u8>,
+    /// One per CPU: the vCPUs, when the caller gives their registers.
+    vcpus: Vec<super::vcpus::VcpuRecord>,
 }
 
 impl CaptureStorage {
@@ -87,6 +89,7 @@ impl CaptureStorage {
             exit_bt: vec![0; EXIT_BT_LEN],
             exit_dump: vec![0; EXIT_DUMP_LEN],
             events: vec![0; c.cpus.saturating_mul(EVENT_BYTES)],
+            vcpus: vec![super::vcpus::VcpuRecord::default(); c.cpus],
         }
     }
 
@@ -104,5 +107,6 @@ impl CaptureStorage {
         )
         .with_exit(&mut self.exit_bt, &mut self.exit_dump)
         .with_events(&mut self.events)
+        .with_vcpus(&mut self.vcpus)
     }
 }

@@ -16,6 +16,7 @@ mod scheduler;
 pub mod symbolize;
 mod tasks;
 mod text;
+mod vcpus;
 
 use std::collections::HashMap;
 use std::string::{String, ToString};
@@ -35,6 +36,7 @@ pub use scheduler::{Frame, SchedulerReport};
 pub use symbolize::{Symbolizer, TextSymbols};
 pub use tasks::{Placement, Priorities, TaskReport};
 use text::{list, who};
+pub use vcpus::VcpuReport;
 
 /// Version of the JSON schema; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -71,6 +73,9 @@ pub struct Report {
     pub tasks: Vec<TaskReport>,
     /// Cost and health of the capture.
     pub health: HealthReport,
+    /// Each vCPU's registers and kernel stack, when the capture had them.
+    #[serde(default)]
+    pub vcpus: Vec<VcpuReport>,
 }
 
 /// A task as other entries refer to it.
@@ -146,6 +151,7 @@ impl Report {
             dsqs,
             tasks,
             health,
+            vcpus: vcpus::build(buf, ctx),
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::string::String;
 use std::vec::Vec;
 
-use super::{Report, TaskRef, cpus, dsqs, tasks};
+use super::{Report, TaskRef, cpus, dsqs, tasks, vcpus};
 
 /// A task as the text names it: `comm[pid]`, or its address.
 pub(super) fn who(t: &TaskRef) -> String {
@@ -36,6 +36,7 @@ impl Report {
         cpus::write_text(&self.cpus, s)?;
         dsqs::write_text(&self.dsqs, s)?;
         tasks::write_text(&self.tasks, s)?;
+        vcpus::write_text(&self.vcpus, s)?;
         self.health.write_text(s)
     }
 }
