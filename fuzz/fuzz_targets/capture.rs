@@ -57,9 +57,9 @@ fn read_bound() -> u64 {
     // 6.16 event counters' base (1).
     let sched = 1 + 5 + string + 9 + 2 * string + 1 + 7 + 1 + (8 + 64 + 64) + 1;
     // The offsets batch and the CPU's own entry, rq (4 chunks), rq->scx
-    // with the runnable and local DSQ heads (13) then alone (8), two DSQs,
+    // with the runnable and local DSQ heads (12) then alone (7), two DSQs,
     // the runnable list, the event counters (1).
-    let per_cpu = 2 + 4 + 13 + 8 + 2 * dsq + list(LIMITS.max_list) + 1;
+    let per_cpu = 2 + 4 + 12 + 7 + 2 * dsq + list(LIMITS.max_list) + 1;
     let cpus = 1 + u64::from(MAX_CPUS) * per_cpu;
     let shared = 1
         + u64::from(MAX_NODES) * (1 + dsq)
@@ -67,9 +67,9 @@ fn read_bound() -> u64 {
         + u64::from(LIMITS.hash.max_buckets) / 64
         + 1
         + u64::from(LIMITS.hash.max_entries) * (1 + dsq);
-    // Per task: its plan (up to 30 chunks, links included), then its
+    // Per task: its plan (up to 29 chunks, links included), then its
     // links alone (2).
-    let tasks = 2 + u64::from(LIMITS.max_tasks) * (30 + 2);
+    let tasks = 2 + u64::from(LIMITS.max_tasks) * (29 + 2);
     // Per distinct cgroup (at most CGROUPS kept): css_set and cgroup
     // pointers, then up to 16 levels of parent, name pointer and a name in
     // up to 4 pieces.

@@ -121,7 +121,6 @@ layout_group! {
         cpuperf_target: "cpuperf_target",
         nr_immed: "nr_immed",
         bypass_dsq: "bypass_dsq",
-        kick_sync: "kick_sync",
     }
 }
 
@@ -147,7 +146,6 @@ layout_group! {
         nr_cpus_allowed: "nr_cpus_allowed",
         cpus_ptr: "cpus_ptr",
         cpus_mask: "cpus_mask",
-        migration_disabled: "migration_disabled",
     }
 }
 

@@ -11,7 +11,7 @@ use crate::walk::{Step, read_link, walk_list_with};
 use zerocopy::IntoBytes;
 
 /// rq->scx scalars read (the wide plan's first fields).
-const SCALARS: usize = 8;
+const SCALARS: usize = 7;
 
 /// `__per_cpu_offset` entries read at once.
 const OFFSET_BATCH: usize = 64;
@@ -41,7 +41,7 @@ pub(super) struct Plans {
     scx_at: usize,
     /// The rq->scx scalars, with the runnable list head's `next` and the
     /// local DSQ's head, so that one read starts the CPU's walks.
-    scx: FieldPlan<13>,
+    scx: FieldPlan<12>,
     /// The scalars alone, for when that wider read fails: read as if the
     /// rest were not there (the walks read them).
     scx_alone: FieldPlan<SCALARS>,
@@ -62,11 +62,10 @@ impl Plans {
             opt(scx_l.cpu_released, 1),
             opt(scx_l.ops_qseq, 8),
             opt(scx_l.clock, 8),
-            opt(scx_l.kick_sync, 8),
             opt(scx_l.cpuperf_target, 4),
             opt(scx_l.nr_immed, 4),
         ];
-        let [a, b, c, d, e, k, p, n] = scx_fields;
+        let [a, b, c, d, e, p, n] = scx_fields;
         let runnable_next = scx_l.runnable_list.saturating_add(lh.next);
         let [f, g, h, i] = dsqs
             .as_ref()
@@ -90,7 +89,7 @@ impl Plans {
             scx_at: RQ_AT + rq.len(),
             rq,
             scx: FieldPlan::within(
-                [a, b, c, d, e, k, p, n, req(runnable_next, 8), f, g, h, i],
+                [a, b, c, d, e, p, n, req(runnable_next, 8), f, g, h, i],
                 half,
             ),
             scx_alone: FieldPlan::within(scx_fields, half),
@@ -325,16 +324,7 @@ pub(super) fn decode(plans: &Plans, buf: &mut CaptureBuf<'_>) {
         } else {
             [None; SCALARS]
         };
-        let [
-            scx_nr,
-            scx_flags,
-            released,
-            qseq,
-            scx_clock,
-            kick_sync,
-            perf,
-            immed,
-        ] = scalars;
+        let [scx_nr, scx_flags, released, qseq, scx_clock, perf, immed] = scalars;
         rec.nr_running = nr_running.unwrap_or(0) as u32;
         rec.clock = clock.unwrap_or(0);
         rec.curr = curr.unwrap_or(0);
@@ -344,7 +334,6 @@ pub(super) fn decode(plans: &Plans, buf: &mut CaptureBuf<'_>) {
         rec.cpu_released = released.map(|r| r != 0);
         rec.ops_qseq = qseq;
         rec.scx_clock = scx_clock;
-        rec.kick_sync = kick_sync;
         rec.cpuperf_target = perf.map(|v| v as u32);
         rec.nr_immed = immed.map(|v| v as u32);
     }

@@ -133,8 +133,6 @@ pub struct CpuRecord {
     pub ops_qseq: Option<u64>,
     /// `rq->scx.clock`.
     pub scx_clock: Option<u64>,
-    /// `rq->scx.kick_sync`.
-    pub kick_sync: Option<u64>,
     /// `rq->scx.cpuperf_target`.
     pub cpuperf_target: Option<u32>,
     /// `rq->scx.nr_immed`.
@@ -203,8 +201,6 @@ pub struct TaskRecord {
     /// task's own `cpus_mask` (it does unless migration is disabled or
     /// the kernel changed it): read with the task, no extra read.
     pub cpus_mask: Option<u64>,
-    /// `migration_disabled`.
-    pub migration_disabled: Option<u16>,
     /// `scx.dsq_flags`.
     pub dsq_flags: Option<u32>,
     /// `scx.ops_qseq` (7.x).

@@ -38,7 +38,6 @@ enum Member {
     NrCpusAllowed,
     CpusPtr,
     CpusMask,
-    MigrationDisabled,
     DsqFlags,
     OpsQseq,
     Next,
@@ -46,7 +45,7 @@ enum Member {
 }
 
 /// Every member once; a member's plan index is its discriminant.
-const ALL: [Member; 30] = [
+const ALL: [Member; 29] = [
     Member::Pid,
     Member::Tgid,
     Member::Comm0,
@@ -72,7 +71,6 @@ const ALL: [Member; 30] = [
     Member::NrCpusAllowed,
     Member::CpusPtr,
     Member::CpusMask,
-    Member::MigrationDisabled,
     Member::DsqFlags,
     Member::OpsQseq,
     Member::Next,
@@ -116,7 +114,6 @@ fn member(
         Member::NrCpusAllowed => opt(t.nr_cpus_allowed, 4),
         Member::CpusPtr => opt(t.cpus_ptr, 8),
         Member::CpusMask => opt(t.cpus_mask, 8),
-        Member::MigrationDisabled => opt(t.migration_disabled, 2),
         Member::DsqFlags => opt(e.dsq_flags.map(se), 4),
         Member::OpsQseq => opt(e.ops_qseq.map(se), 4),
         // The scx_tasks links, so that one read usually covers both the
@@ -272,7 +269,6 @@ fn record(task: u64, plans: &Plans, bytes: &[u8]) -> TaskRecord {
             }
             _ => None,
         },
-        migration_disabled: v(Member::MigrationDisabled).map(|v| v as u16),
         dsq_flags: v(Member::DsqFlags).map(|v| v as u32),
         ops_qseq: v(Member::OpsQseq).map(|v| v as u32),
         css_set: u(Member::CssSet),

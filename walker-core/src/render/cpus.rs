@@ -52,9 +52,6 @@ pub struct CpuReport {
     /// `rq->scx.ops_qseq` (kernels that keep it per rq).
     #[serde(default)]
     pub ops_qseq: Option<u64>,
-    /// `rq->scx.kick_sync`.
-    #[serde(default)]
-    pub kick_sync: Option<u64>,
     /// `rq->scx.cpuperf_target`.
     #[serde(default)]
     pub cpuperf_target: Option<u32>,
@@ -110,7 +107,6 @@ pub(super) fn build(
                 fault: fault_text(c.fault),
                 scx_clock_ns: c.scx_clock,
                 ops_qseq: c.ops_qseq,
-                kick_sync: c.kick_sync,
                 cpuperf_target: c.cpuperf_target,
                 nr_immed: c.nr_immed,
                 events: buf

@@ -113,9 +113,6 @@ pub struct TaskReport {
     /// task's own `cpus_mask`.
     #[serde(default)]
     pub cpus_allowed: Option<Vec<u32>>,
-    /// `migration_disabled`.
-    #[serde(default)]
-    pub migration_disabled: Option<u16>,
     /// `scx.dsq_flags` (`SCX_TASK_DSQ_ON_PRIQ` = 1).
     #[serde(default)]
     pub dsq_flags: Option<u32>,
@@ -301,7 +298,6 @@ pub(super) fn build(
                 },
                 nr_cpus_allowed: t.nr_cpus_allowed,
                 cpus_allowed: t.cpus_mask.map(cpu_list),
-                migration_disabled: t.migration_disabled,
                 dsq_flags: t.dsq_flags,
                 ops_qseq: t.ops_qseq,
             }
