@@ -61,6 +61,17 @@ if ! "$tools/bin/scx_bpfland" --version 2>/dev/null | grep -q "$SCX_BPFLAND_VERS
         --version "$SCX_BPFLAND_VERSION" --root "$tools"
 fi
 
+step "scx_lavd, a scheduler of another design for the end-to-end tests"
+# Pinned and cached like scx_bpfland: 450 CPU-seconds to build (about 4 min
+# on 2 idle cores), nothing once cached.
+SCX_LAVD_VERSION=1.1.4
+if ! "$tools/bin/scx_lavd" --version 2>/dev/null | grep -q "$SCX_LAVD_VERSION"; then
+    mkdir -p "$tools/llvm-bin"
+    ln -sf "$(command -v clang-19)" "$tools/llvm-bin/clang"
+    PATH="$tools/llvm-bin:$PATH" cargo install --locked scx_lavd \
+        --version "$SCX_LAVD_VERSION" --root "$tools"
+fi
+
 step "build"
 cargo build --workspace --all-targets
 
