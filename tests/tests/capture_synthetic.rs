@@ -71,6 +71,28 @@ fn report(k: &SyntheticKernel, buf: &CaptureBuf<'_>, pause_ns: Option<u64>) -> R
     Report::from_capture(buf, &ctx)
 }
 
+/// The report of `buf`, a capture of `k`, with `names` and text symbols
+/// `text` (no KASLR slide).
+fn report_named(
+    k: &SyntheticKernel,
+    buf: &CaptureBuf<'_>,
+    names: &Names,
+    text: &TextSymbols,
+) -> Report {
+    let ctx = RenderContext {
+        layout: &k.layout,
+        symbols: &k.symbols,
+        names,
+        pause_ns: None,
+        pause: None,
+        symbolizer: Some(Symbolizer {
+            table: text,
+            slide: 0,
+        }),
+    };
+    Report::from_capture(buf, &ctx)
+}
+
 fn dsq_tasks<'a>(buf: &'a CaptureBuf<'_>, d: &DsqRecord) -> &'a [u64] {
     &buf.queued.as_slice()[d.tasks.start as usize..(d.tasks.start + d.tasks.len) as usize]
 }
@@ -848,18 +870,7 @@ fn an_error_exit_comes_with_its_backtrace_dump_text_events_and_state() {
             (0xffff_ffff_8100_2000, "scx_bpf_error_bstr"),
             (0xffff_ffff_8100_3000, "next"),
         ]);
-        let ctx = RenderContext {
-            layout: &k.layout,
-            symbols: &k.symbols,
-            names: &names,
-            pause_ns: None,
-            pause: None,
-            symbolizer: Some(Symbolizer {
-                table: &text,
-                slide: 0,
-            }),
-        };
-        let r = Report::from_capture(&buf, &ctx);
+        let r = report_named(&k, &buf, &names, &text);
         let s = &r.scheduler;
         assert_eq!(s.exit_cpu, Some(1), "{name}");
         let frames: Vec<Option<&str>> = s
@@ -979,19 +990,7 @@ fn each_vcpu_shows_its_rip_and_the_return_addresses_on_its_kernel_stack() {
     let mut tr = Translator::default();
     capture(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
     ktstr_walker::capture::vcpus::capture(&k.mem(), &mut tr, &regs, &mut buf.vcpus);
-    let names = Names::default();
-    let ctx = RenderContext {
-        layout: &k.layout,
-        symbols: &k.symbols,
-        names: &names,
-        pause_ns: None,
-        pause: None,
-        symbolizer: Some(Symbolizer {
-            table: &text,
-            slide: 0,
-        }),
-    };
-    let r = Report::from_capture(&buf, &ctx);
+    let r = report_named(&k, &buf, &Names::default(), &text);
     let v0 = &r.vcpus[0];
     assert_eq!(v0.rip.symbol.as_deref(), Some("do_idle+0x10/0x1000"));
     let frames: Vec<&str> = v0
