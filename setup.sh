@@ -50,19 +50,28 @@ else
     echo "warning: no nightly toolchain: fuzzing (fuzz/) is unavailable" >&2
 fi
 
-step "scx_bpfland, the reference scheduler of the end-to-end tests"
-# Built once into ktstr's tool cache (~4 min on 2 cores); pinned so a new
-# release cannot change what the tests run. Its build wants `clang` to be
-# clang-19: a private symlink, the system's alternatives untouched.
+# The end-to-end tests' schedulers, built once into ktstr's tool cache and
+# pinned so a new release cannot change what the tests run. Their builds
+# want `clang` to be clang-19: a private symlink, the system's
+# alternatives untouched.
 cache="${KTSTR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ktstr}"
 tools="$cache/tools"
-SCX_BPFLAND_VERSION=1.1.4
-if ! "$tools/bin/scx_bpfland" --version 2>/dev/null | grep -q "$SCX_BPFLAND_VERSION"; then
-    mkdir -p "$tools/llvm-bin"
-    ln -sf "$(command -v clang-19)" "$tools/llvm-bin/clang"
-    PATH="$tools/llvm-bin:$PATH" cargo install --locked scx_bpfland \
-        --version "$SCX_BPFLAND_VERSION" --root "$tools"
-fi
+install_scheduler() { # NAME VERSION
+    if ! "$tools/bin/$1" --version 2>/dev/null | grep -q "$2"; then
+        mkdir -p "$tools/llvm-bin"
+        ln -sf "$(command -v clang-19)" "$tools/llvm-bin/clang"
+        PATH="$tools/llvm-bin:$PATH" cargo install --locked "$1" \
+            --version "$2" --root "$tools"
+    fi
+}
+
+step "scx_bpfland, the reference scheduler of the end-to-end tests"
+# ~4 min on 2 cores, once.
+install_scheduler scx_bpfland 1.1.4
+
+step "scx_lavd, a scheduler of another design for the end-to-end tests"
+# 450 CPU-seconds to build (about 4 min on 2 idle cores), once.
+install_scheduler scx_lavd 1.1.4
 
 step "build"
 cargo build --workspace --all-targets

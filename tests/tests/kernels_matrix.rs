@@ -120,7 +120,9 @@ fn check_dump(test: &str, l: &Layout, d: &Report) {
     }
     let (task, entity) = (l.task.expect("task"), l.entity.expect("entity"));
     assert!(
-        d.tasks.iter().any(|t| t.class == "ext"),
+        d.tasks
+            .iter()
+            .any(|t| t.class == ktstr_walker::render::SchedClass::Ext),
         "{test}: sched_ext tasks"
     );
     for t in &d.tasks {

@@ -107,6 +107,22 @@ symbols! {
     idle_sched_class = "idle_sched_class",
     /// `stop_sched_class`.
     stop_sched_class = "stop_sched_class",
+    /// `atomic_t scx_enable_state_var`: `enum scx_enable_state`.
+    scx_enable_state_var = "scx_enable_state_var",
+    /// `atomic_long_t scx_enable_seq`: schedulers enabled since boot.
+    scx_enable_seq = "scx_enable_seq",
+    /// `atomic_long_t scx_nr_rejected`: tasks whose switch to sched_ext
+    /// was rejected.
+    scx_nr_rejected = "scx_nr_rejected",
+    /// `bool scx_switching_all`: the scheduler takes every task
+    /// (`SCX_OPS_SWITCH_PARTIAL` unset).
+    scx_switching_all = "scx_switching_all",
+    /// `struct static_key_false __scx_switched_all`.
+    scx_switched_all = "__scx_switched_all",
+    /// `int scx_bypass_depth` (before it moved into `scx_sched`).
+    scx_bypass_depth = "scx_bypass_depth",
+    /// `atomic_t scx_breather_depth` (6.15 to 6.19).
+    scx_breather_depth = "scx_breather_depth",
 }
 
 #[cfg(test)]
@@ -121,7 +137,7 @@ mod tests {
         s.slide(0x20_0000);
         assert_eq!(s.get("scx_tasks"), Some(0xffff_ffff_8120_0000));
         assert_eq!(s.scx_root, None);
-        assert_eq!(Symbols::NAMES.len(), 30);
+        assert_eq!(Symbols::NAMES.len(), 37);
         for n in Symbols::NAMES {
             assert!(s.set(n, 7), "{n}");
             assert_eq!(s.get(n), Some(7));

@@ -8,7 +8,7 @@
 //! static variables too).
 
 use super::dsq::SharedDsqs;
-use super::sched::{Plans, read_exit_info, read_str};
+use super::sched::{ExitBuffers, Plans, read_exit_info, read_str};
 use super::{Cx, Fault, SchedRecord};
 use crate::mem::GuestMem;
 use crate::symbols::Symbols;
@@ -22,7 +22,7 @@ pub(super) fn capture_sched<M: GuestMem + ?Sized>(
     plans: &Plans,
     tr: &mut Translator,
     rec: &mut SchedRecord,
-) -> Result<(), Fault> {
+) -> Result<Option<ExitBuffers>, Fault> {
     let syms = cx.target.symbols;
     let ops = syms.scx_ops.ok_or(Fault::MissingSymbol("scx_root"))?;
     let o = cx
@@ -39,7 +39,7 @@ pub(super) fn capture_sched<M: GuestMem + ?Sized>(
         None => info.is_some_and(|p| p != 0),
     };
     if !attached {
-        return Ok(()); // no scheduler attached: a state, not an error
+        return Ok(None); // no scheduler attached: a state, not an error
     }
     rec.root = ops;
     read_str(

@@ -117,4 +117,42 @@ impl SyntheticKernel {
             self.write_u64(info + off as u64, buf);
         }
     }
+
+    /// Fill the exit info's backtrace, CPU and the kernel's dump text, as
+    /// `scx_exit_info` holds them after an error exit (`bt` has room for
+    /// `SCX_EXIT_BT_LEN` entries; the dump buffer is NUL-terminated).
+    pub fn set_exit_detail(&mut self, sched: u64, cpu: i32, bt: &[u64], dump: &str) {
+        let s = self.layout.sched.unwrap_or_default();
+        let ei = self.layout.exit_info.unwrap_or_default();
+        let info = self.read_u64(sched + s.exit_info as u64);
+        if info == 0 {
+            return;
+        }
+        if let Some(o) = ei.exit_cpu {
+            self.write_u32(info + o as u64, cpu as u32);
+        }
+        if let (Some(b), Some(n)) = (ei.bt, ei.bt_len) {
+            let buf = self.alloc(8 * 64);
+            for (i, a) in bt.iter().enumerate() {
+                self.write_u64(buf + 8 * i as u64, *a);
+            }
+            self.write_u64(info + b as u64, buf);
+            self.write_u32(info + n as u64, bt.len() as u32);
+        }
+        if let Some(d) = ei.dump {
+            let buf = self.alloc(dump.len() as u64 + 1);
+            self.write(buf, dump.as_bytes());
+            self.write_u64(info + d as u64, buf);
+        }
+    }
+
+    /// Set `cpu`'s event counter at byte `offset` of its `scx_event_stats`
+    /// (in the scheduler's per-CPU part, as 7.x keeps them).
+    pub fn set_event(&mut self, sched: u64, cpu: usize, offset: u32, value: i64) {
+        let s = self.layout.sched.unwrap_or_default();
+        let pc = self.layout.sched_pcpu.unwrap_or_default();
+        let pcpu = self.read_u64(sched + s.pcpu.unwrap_or(0) as u64);
+        let at = pcpu.wrapping_add(self.per_cpu_offset(cpu)) + pc.event_stats.unwrap_or(0) as u64;
+        self.write_u64(at + offset as u64, value as u64);
+    }
 }
