@@ -429,6 +429,99 @@ impl Resolved {
     }
 }
 
+/// One step's action made concrete on `t` at `at_ms`; `names` are the
+/// cgroups that exist then (an added or removed cgroup changes them).
+fn resolve_action(
+    action: &Action,
+    t: &Topology,
+    names: &mut BTreeSet<String>,
+    at_ms: u64,
+) -> Result<proto::StepAction, ScenarioError> {
+    let missing = |c: &str| ScenarioError::NoSuchCgroup {
+        at: format!("{at_ms} ms"),
+        cgroup: c.to_string(),
+    };
+    let exists = |names: &BTreeSet<String>, c: &str| {
+        if names.contains(c) {
+            Ok(())
+        } else {
+            Err(missing(c))
+        }
+    };
+    Ok(match action {
+        Action::SetCpuset { cgroup, cpuset } => {
+            exists(names, cgroup)?;
+            let mut spec = CgroupSpec::new(cgroup);
+            spec.cpuset(cpuset.clone());
+            proto::StepAction::SetCpus {
+                cgroup: cgroup.clone(),
+                cpus: resolve_cgroup(&spec, t)?.cpus,
+            }
+        }
+        Action::AddCgroup(cg) => {
+            if !names.insert(cg.name.clone()) {
+                return Err(ScenarioError::Duplicate(cg.name.clone()));
+            }
+            proto::StepAction::AddCgroup(resolve_cgroup(cg, t)?)
+        }
+        Action::RemoveCgroup(name) => {
+            if !names.remove(name) {
+                return Err(missing(name));
+            }
+            proto::StepAction::RemoveCgroup {
+                cgroup: name.clone(),
+            }
+        }
+        Action::MoveWorkers { from, to } => {
+            exists(names, from)?;
+            exists(names, to)?;
+            proto::StepAction::MoveWorkers {
+                from: from.clone(),
+                to: to.clone(),
+            }
+        }
+        Action::Hotplug { cpu, online } => {
+            if *cpu == 0 || *cpu >= t.nr_cpus() {
+                return Err(ScenarioError::Hotplug {
+                    at: format!("{at_ms} ms"),
+                    cpu: *cpu,
+                    topology: t.to_string(),
+                });
+            }
+            proto::StepAction::Hotplug {
+                cpu: *cpu,
+                online: *online,
+            }
+        }
+        Action::SetAffinity { cgroup, cpuset } => {
+            exists(names, cgroup)?;
+            let cpus = cpuset.cpus(t).map_err(|why| ScenarioError::Cpuset {
+                cgroup: cgroup.clone(),
+                cpuset: cpuset.clone(),
+                topology: t.to_string(),
+                why,
+            })?;
+            proto::StepAction::SetAffinity {
+                cgroup: cgroup.clone(),
+                cpus,
+            }
+        }
+        Action::SetWeight { cgroup, weight } => {
+            exists(names, cgroup)?;
+            if !(1..=10_000).contains(weight) {
+                return Err(ScenarioError::Weight {
+                    cgroup: cgroup.clone(),
+                    weight: *weight,
+                });
+            }
+            proto::StepAction::SetWeight {
+                cgroup: cgroup.clone(),
+                weight: *weight,
+            }
+        }
+    })
+}
+
 impl Scenario {
     /// Resolve against `t`, with step times from `duration`.
     pub fn resolve(&self, t: &Topology, duration: Duration) -> Result<Resolved, ScenarioError> {
@@ -453,96 +546,7 @@ impl Scenario {
                 return Err(ScenarioError::StepTime(i));
             }
             last = at_ms;
-            let missing = |c: &str| ScenarioError::NoSuchCgroup {
-                at: format!("{at_ms} ms"),
-                cgroup: c.to_string(),
-            };
-            let action = match &s.action {
-                Action::SetCpuset { cgroup, cpuset } => {
-                    if !names.contains(cgroup) {
-                        return Err(missing(cgroup));
-                    }
-                    let spec = CgroupSpec {
-                        name: cgroup.clone(),
-                        cpuset: cpuset.clone(),
-                        workers: vec![],
-                        weight: None,
-                        cpu_max: None,
-                    };
-                    proto::StepAction::SetCpus {
-                        cgroup: cgroup.clone(),
-                        cpus: resolve_cgroup(&spec, t)?.cpus,
-                    }
-                }
-                Action::AddCgroup(cg) => {
-                    if !names.insert(cg.name.clone()) {
-                        return Err(ScenarioError::Duplicate(cg.name.clone()));
-                    }
-                    proto::StepAction::AddCgroup(resolve_cgroup(cg, t)?)
-                }
-                Action::RemoveCgroup(name) => {
-                    if !names.remove(name) {
-                        return Err(missing(name));
-                    }
-                    proto::StepAction::RemoveCgroup {
-                        cgroup: name.clone(),
-                    }
-                }
-                Action::MoveWorkers { from, to } => {
-                    for c in [from, to] {
-                        if !names.contains(c) {
-                            return Err(missing(c));
-                        }
-                    }
-                    proto::StepAction::MoveWorkers {
-                        from: from.clone(),
-                        to: to.clone(),
-                    }
-                }
-                Action::Hotplug { cpu, online } => {
-                    if *cpu == 0 || *cpu >= t.nr_cpus() {
-                        return Err(ScenarioError::Hotplug {
-                            at: format!("{at_ms} ms"),
-                            cpu: *cpu,
-                            topology: t.to_string(),
-                        });
-                    }
-                    proto::StepAction::Hotplug {
-                        cpu: *cpu,
-                        online: *online,
-                    }
-                }
-                Action::SetAffinity { cgroup, cpuset } => {
-                    if !names.contains(cgroup) {
-                        return Err(missing(cgroup));
-                    }
-                    let cpus = cpuset.cpus(t).map_err(|why| ScenarioError::Cpuset {
-                        cgroup: cgroup.clone(),
-                        cpuset: cpuset.clone(),
-                        topology: t.to_string(),
-                        why,
-                    })?;
-                    proto::StepAction::SetAffinity {
-                        cgroup: cgroup.clone(),
-                        cpus,
-                    }
-                }
-                Action::SetWeight { cgroup, weight } => {
-                    if !names.contains(cgroup) {
-                        return Err(missing(cgroup));
-                    }
-                    if !(1..=10_000).contains(weight) {
-                        return Err(ScenarioError::Weight {
-                            cgroup: cgroup.clone(),
-                            weight: *weight,
-                        });
-                    }
-                    proto::StepAction::SetWeight {
-                        cgroup: cgroup.clone(),
-                        weight: *weight,
-                    }
-                }
-            };
+            let action = resolve_action(&s.action, t, &mut names, at_ms)?;
             steps.push(proto::Step { at_ms, action });
         }
         if cgroups
