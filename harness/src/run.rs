@@ -11,7 +11,7 @@ use crate::agent::proto::{SchedExtState, ScxState, WorkerResult};
 #[cfg(test)]
 use crate::checks::CheckKind;
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
-use crate::monitor::{Monitor, MonitorConfig};
+use crate::monitor::{Monitor, MonitorConfig, Trigger};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::series::{DumpPlan, PlanError, Series, TimedDump};
 use crate::session::{Session, SessionConfig, SessionError, StartPhases};
@@ -275,17 +275,19 @@ pub fn run_planned(
         "workload running"
     );
     let running = Instant::now();
-    let mut monitor = Monitor::new(MonitorConfig {
-        interval: Duration::from_millis(100),
-        stall: thresholds.max_gap,
-        scheduler: cfg.scheduler.is_some(),
-    });
-    let mut series = Series::new(plan.clone());
+    let mut watch = Watch {
+        monitor: Monitor::new(MonitorConfig {
+            interval: Duration::from_millis(100),
+            stall: thresholds.max_gap,
+            scheduler: cfg.scheduler.is_some(),
+        }),
+        series: Series::new(plan.clone()),
+        last_sample: None,
+        caught: None,
+    };
     // The agent ends the workload itself after the duration; past this the
     // guest has stopped talking.
     let deadline = running + cfg.duration + FINISH_GRACE;
-    let mut last_sample: Option<(Report, Instant)> = None;
-    let mut caught = None;
     // Sample until the guest reports the end; dump when the plan says and
     // on each new problem the monitor sees.
     while !session.poll_finished()? {
@@ -302,14 +304,59 @@ pub fn run_planned(
             running.elapsed().as_secs().min(cfg.duration.as_secs()),
             cfg.duration.as_secs()
         ));
-        let elapsed = running.elapsed();
-        let mut reason = series.due(elapsed).map(|d| d.to_string());
+        watch.step(&mut session, running.elapsed(), phase)?;
+        std::thread::sleep(watch.monitor.interval());
+    }
+    watch.conclude(
+        session,
+        &Run {
+            cfg: &cfg,
+            scenario,
+            resolved: &resolved,
+            thresholds,
+            start,
+            running,
+        },
+        phase,
+    )
+}
+
+/// What a run was asked to do and when it started, for its report.
+struct Run<'a> {
+    cfg: &'a SessionConfig,
+    scenario: &'a Scenario,
+    resolved: &'a crate::scenario::Resolved,
+    thresholds: &'a Thresholds,
+    start: Instant,
+    running: Instant,
+}
+
+/// What the run loop keeps between samples.
+struct Watch {
+    monitor: Monitor,
+    series: Series,
+    /// The newest live sample, and when.
+    last_sample: Option<(Report, Instant)>,
+    /// The first problem the monitor saw.
+    caught: Option<Trigger>,
+}
+
+impl Watch {
+    /// One turn of the loop `elapsed` into the workload: a planned dump,
+    /// or a live sample and, on a new problem, a dump for it.
+    fn step(
+        &mut self,
+        session: &mut Session,
+        elapsed: Duration,
+        phase: &dyn Fn(&str),
+    ) -> Result<(), RunError> {
+        let mut reason = self.series.due(elapsed).map(|d| d.to_string());
         let mut trigger = None;
         if reason.is_none() {
             match session.sample() {
                 Ok(r) => {
-                    trigger = monitor.observe(&r, Instant::now());
-                    last_sample = Some((r, Instant::now()));
+                    trigger = self.monitor.observe(&r, Instant::now());
+                    self.last_sample = Some((r, Instant::now()));
                 }
                 Err(e) => tracing::debug!("monitor sample failed: {e:#}"),
             }
@@ -318,113 +365,148 @@ pub fn run_planned(
                 reason = Some(format!("monitor: {t}"));
             }
         }
-        if let Some(reason) = reason
-            && !series.spent()
-        {
-            phase("freezing for a dump");
-            let (report, window) = session.capture(None)?;
-            let reason = match trigger {
-                Some(t) => {
-                    let t = t.restated(&report);
-                    series.triggered(elapsed, &t.to_string());
-                    caught.get_or_insert(t.clone());
-                    format!("monitor: {t}")
+        match reason {
+            Some(reason) if !self.series.spent() => {
+                phase("freezing for a dump");
+                let (report, window) = session.capture(None)?;
+                let reason = match trigger {
+                    Some(t) => {
+                        let t = t.restated(&report);
+                        self.series.triggered(elapsed, &t.to_string());
+                        self.caught.get_or_insert(t.clone());
+                        format!("monitor: {t}")
+                    }
+                    None => reason,
+                };
+                self.series.record(elapsed, reason, report, Some(window));
+            }
+            _ => {
+                if let Some(t) = trigger {
+                    self.caught.get_or_insert(t);
                 }
-                None => reason,
-            };
-            series.record(elapsed, reason, report, Some(window));
-        } else if let Some(t) = trigger {
-            caught.get_or_insert(t);
+            }
         }
-        std::thread::sleep(monitor.interval());
+        Ok(())
     }
-    let frozen_ns = series.frozen_ns();
-    let dumps_over_budget = series.over_budget;
-    let mut taken = series.taken.into_iter();
-    let first = taken.next();
-    let more_dumps: Vec<TimedDump> = taken.collect();
-    let pause = first.as_ref().and_then(|d| d.pause);
-    let (mut dump, mut dump_reason) = match first {
-        Some(d) => (Some(d.report), Some(d.reason)),
-        None => (None, None),
-    };
-    let release = session.release.clone();
-    let nr_cpus = session.nr_cpus;
-    let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
-    let backend = session.backend();
-    let start_phases = session.phases;
-    phase("collecting results");
-    let finished_at = Instant::now();
-    let mut done = session.finish()?;
-    let phases = Phases {
-        start: start_phases,
-        workload_ms: finished_at.duration_since(running).as_millis() as u64,
-        teardown_ms: finished_at.elapsed().as_millis() as u64,
-    };
-    done.workers
-        .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));
-    let workload_ns = running.elapsed().as_nanos().max(1) as f64;
-    let survived = done.sched_ext.state == ScxState::Enabled && done.scheduler_exit.is_none();
-    let checks = evaluate(
-        &Outcome {
-            scheduler: scheduler.is_some(),
-            survived,
-            scheduler_end: format!(
-                "sched_ext is {} (scheduler exit: {}); its output ends:\n{}",
-                done.sched_ext.state,
-                done.scheduler_exit.as_deref().unwrap_or("still running"),
-                done.scheduler_output
-            ),
-            workers: &done.workers,
-            resolved: &resolved,
-            nr_cpus,
-            monitor: caught.map(|t| t.to_string()),
-            cpu_busy: &done.cpu_busy,
-            topology: Some(&cfg.topology),
-        },
-        thresholds,
-    );
-    // A check failed with no dump taken: the monitor's last look at the
-    // guest is the closest to a dump there is (the guest is gone by now).
+
+    /// The guest reported the end: collect its results, judge them, and
+    /// make the report.
+    fn conclude(
+        self,
+        session: Session,
+        run: &Run<'_>,
+        phase: &dyn Fn(&str),
+    ) -> Result<RunReport, RunError> {
+        let Watch {
+            monitor,
+            series,
+            last_sample,
+            caught,
+        } = self;
+        let Run {
+            cfg,
+            scenario,
+            resolved,
+            thresholds,
+            start,
+            running,
+        } = *run;
+        let frozen_ns = series.frozen_ns();
+        let dumps_over_budget = series.over_budget;
+        let mut taken = series.taken.into_iter();
+        let first = taken.next();
+        let more_dumps: Vec<TimedDump> = taken.collect();
+        let pause = first.as_ref().and_then(|d| d.pause);
+        let (mut dump, mut dump_reason) = match first {
+            Some(d) => (Some(d.report), Some(d.reason)),
+            None => (None, None),
+        };
+        let release = session.release.clone();
+        let nr_cpus = session.nr_cpus;
+        let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
+        let backend = session.backend();
+        let start_phases = session.phases;
+        phase("collecting results");
+        let finished_at = Instant::now();
+        let mut done = session.finish()?;
+        let phases = Phases {
+            start: start_phases,
+            workload_ms: finished_at.duration_since(running).as_millis() as u64,
+            teardown_ms: finished_at.elapsed().as_millis() as u64,
+        };
+        done.workers
+            .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));
+        let workload_ns = running.elapsed().as_nanos().max(1) as f64;
+        let survived = done.sched_ext.state == ScxState::Enabled && done.scheduler_exit.is_none();
+        let checks = evaluate(
+            &Outcome {
+                scheduler: scheduler.is_some(),
+                survived,
+                scheduler_end: format!(
+                    "sched_ext is {} (scheduler exit: {}); its output ends:\n{}",
+                    done.sched_ext.state,
+                    done.scheduler_exit.as_deref().unwrap_or("still running"),
+                    done.scheduler_output
+                ),
+                workers: &done.workers,
+                resolved,
+                nr_cpus,
+                monitor: caught.map(|t| t.to_string()),
+                cpu_busy: &done.cpu_busy,
+                topology: Some(&cfg.topology),
+            },
+            thresholds,
+        );
+        if dump.is_none()
+            && let Some((sample, reason)) = last_look(&checks, last_sample, finished_at)
+        {
+            (dump, dump_reason) = (Some(sample), Some(reason));
+        }
+        Ok(RunReport {
+            schema_version: RUN_SCHEMA_VERSION,
+            test_name: None,
+            kernel_release: release,
+            topology: cfg.topology.to_string(),
+            scenario: scenario.name.clone(),
+            scheduler_survived: survived,
+            checks,
+            scheduler,
+            scheduler_exit: done.scheduler_exit,
+            sched_ext: done.sched_ext,
+            workers: done.workers,
+            dump,
+            dump_reason,
+            monitor_samples: monitor.samples,
+            wall_ms: start.elapsed().as_millis() as u64,
+            frozen_ratio: frozen_ns as f64 / workload_ns,
+            backend: backend.to_string(),
+            pause,
+            more_dumps,
+            dumps_over_budget,
+            phases,
+        })
+    }
+}
+
+/// A check failed with no dump taken: the monitor's last look at the
+/// guest is the closest to a dump there is (the guest is gone by now).
+fn last_look(
+    checks: &[Check],
+    last_sample: Option<(Report, Instant)>,
+    finished_at: Instant,
+) -> Option<(Report, String)> {
     let failed: Vec<&str> = checks
         .iter()
         .filter(|c| !c.passed)
         .map(|c| c.name.as_str())
         .collect();
-    if dump.is_none()
-        && !failed.is_empty()
-        && let Some((sample, at)) = last_sample
-    {
-        dump_reason = Some(format!(
-            "checks failed ({}): the monitor's last live sample, {} ms before the end, not frozen",
-            failed.join(", "),
-            finished_at.duration_since(at).as_millis()
-        ));
-        dump = Some(sample);
-    }
-    Ok(RunReport {
-        schema_version: RUN_SCHEMA_VERSION,
-        test_name: None,
-        kernel_release: release,
-        topology: cfg.topology.to_string(),
-        scenario: scenario.name.clone(),
-        scheduler_survived: survived,
-        checks,
-        scheduler,
-        scheduler_exit: done.scheduler_exit,
-        sched_ext: done.sched_ext,
-        workers: done.workers,
-        dump,
-        dump_reason,
-        monitor_samples: monitor.samples,
-        wall_ms: start.elapsed().as_millis() as u64,
-        frozen_ratio: frozen_ns as f64 / workload_ns,
-        backend: backend.to_string(),
-        pause,
-        more_dumps,
-        dumps_over_budget,
-        phases,
-    })
+    let (sample, at) = last_sample.filter(|_| !failed.is_empty())?;
+    let reason = format!(
+        "checks failed ({}): the monitor's last live sample, {} ms before the end, not frozen",
+        failed.join(", "),
+        finished_at.duration_since(at).as_millis()
+    );
+    Some((sample, reason))
 }
 
 #[cfg(test)]
