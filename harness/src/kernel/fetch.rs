@@ -196,7 +196,7 @@ pub fn fetch(opts: &FetchOptions) -> Result<Fetched, FetchError> {
     std::fs::create_dir_all(&kernels).map_err(io(&kernels))?;
     sweep_stale_staging(&kernels);
     if let Some(spec) = &opts.release
-        && let Some(dir) = cached_match(&kernels, spec)
+        && let Some(dir) = fetched_match(&kernels, spec)
     {
         match store::verify(&dir, Verify::Hashes) {
             Ok(_) => return Ok(Fetched::cached(dir)),
@@ -210,7 +210,8 @@ pub fn fetch(opts: &FetchOptions) -> Result<Fetched, FetchError> {
                 "--offline, and no cached kernel matches {spec} (cached: {})",
                 cached_names(&kernels)
             ))),
-            None => store::newest_complete(&kernels)
+            None => store::fetched_releases(&kernels)
+                .pop()
                 .map(Fetched::cached)
                 .ok_or_else(|| FetchError::OfflineEmpty("--offline".into())),
         };
@@ -325,8 +326,17 @@ fn cached_names(kernels: &Path) -> String {
 
 /// The newest complete cached release matching `spec`.
 pub fn cached_match(kernels: &Path, spec: &str) -> Option<PathBuf> {
-    store::complete_releases(kernels)
-        .into_iter()
+    newest_matching(store::complete_releases(kernels), spec)
+}
+
+/// [`cached_match`] among kernels fetched from the archive: a built kernel
+/// of the same version is not what a fetch was asked for.
+pub fn fetched_match(kernels: &Path, spec: &str) -> Option<PathBuf> {
+    newest_matching(store::fetched_releases(kernels), spec)
+}
+
+fn newest_matching(dirs: Vec<PathBuf>, spec: &str) -> Option<PathBuf> {
+    dirs.into_iter()
         .rev()
         .find(|d| store::release_name(d).is_some_and(|n| spec_matches(&version_of(&n), spec)))
 }

@@ -12,8 +12,14 @@ use super::config::REQUIRED;
 /// walker reads; without one the walker reads what stands in its place:
 /// before 6.16 there is no `struct scx_sched` (the scheduler's state is in
 /// globals), 6.16 has no per-CPU/per-node parts, 6.19's per-CPU part holds
-/// no bypass DSQ (it is in `rq->scx`).
-pub const VERSION_GATED: &[&str] = &["scx_sched", "scx_sched_pcpu", "scx_sched_pnode"];
+/// no bypass DSQ (it is in `rq->scx`), and the event counters
+/// (`scx_event_stats`) came after 6.12.
+pub const VERSION_GATED: &[&str] = &[
+    "scx_sched",
+    "scx_sched_pcpu",
+    "scx_sched_pnode",
+    "scx_event_stats",
+];
 
 /// Facts about one kernel, as printed by `ktstr kernel info`.
 #[derive(Debug, Serialize)]

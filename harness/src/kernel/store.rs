@@ -420,6 +420,15 @@ pub fn complete_releases(kernels: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// Every complete release fetched from the archive (not built), oldest
+/// version first: what a fetch may answer from the cache.
+pub fn fetched_releases(kernels: &Path) -> Vec<PathBuf> {
+    complete_releases(kernels)
+        .into_iter()
+        .filter(|d| Marker::read(d).is_some_and(|m| m.origin == Origin::Fetched))
+        .collect()
+}
+
 /// The newest complete release under `kernels`.
 pub fn newest_complete(kernels: &Path) -> Option<PathBuf> {
     complete_releases(kernels).pop()
