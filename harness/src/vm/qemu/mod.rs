@@ -298,7 +298,19 @@ impl QemuVm {
     /// when dropped, so no error path leaves the guest frozen.
     pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
         let asked = Instant::now();
-        self.qmp.stop()?;
+        let before = self.qmp.set_timeout(QUICK_TIMEOUT)?;
+        let stopped = self.qmp.stop();
+        self.qmp.set_timeout(before)?;
+        match stopped {
+            Err(QmpError::Timeout { cmd, after }) => {
+                return Err(VmError::Timeout {
+                    waiting: format!("QEMU to answer QMP {cmd} (freezing the guest)"),
+                    secs: after.as_secs(),
+                    console: self.console_tail(),
+                });
+            }
+            r => r?,
+        }
         Ok(Frozen {
             asked,
             stopped: asked.elapsed(),
@@ -342,7 +354,10 @@ impl GuestVm for QemuVm {
 
     /// From `info registers`; the guest may be running.
     fn root(&mut self) -> Result<PageTableRoot, VmError> {
-        let info = self.qmp.hmp("info registers")?;
+        let before = self.qmp.set_timeout(QUICK_TIMEOUT)?;
+        let info = self.qmp.hmp("info registers");
+        self.qmp.set_timeout(before)?;
+        let info = info?;
         let cr3 = qmp::register(&info, "CR3")
             .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
         Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
@@ -458,6 +473,11 @@ fn connect(
     }
 }
 
+/// How long QEMU may take to pause or resume the guest, or to show its
+/// registers: milliseconds normally, even under TCG; longer means QEMU
+/// itself hangs, and a run must not wait QMP's minute for it.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Bytes of a console log read back: the guest decides how much it writes.
 const CONSOLE_READ_LIMIT: u64 = 1 << 20;
 
@@ -526,7 +546,13 @@ impl Frozen<'_> {
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
         if !self.thawed {
+            // A QEMU that did not answer `stop` in time may not answer
+            // this either: the same bound.
+            let before = self.vm.qmp.set_timeout(QUICK_TIMEOUT);
             let _ = self.vm.qmp.execute("cont", serde_json::json!({}));
+            if let Ok(before) = before {
+                let _ = self.vm.qmp.set_timeout(before);
+            }
         }
     }
 }
