@@ -74,8 +74,10 @@ fn run_and_freeze(kernel: &std::path::Path, extra: &[&str]) -> (Option<i32>, Str
 /// The run's grace past the scenario's duration, shortened.
 const GRACE: u64 = 5;
 
-/// With the monitor off (a stall threshold longer than the run), nothing
-/// but the run loop's own deadline ends the wait for the guest's report.
+/// With the monitor's stall trigger off (a threshold longer than the run),
+/// the run loop's own deadline ends the wait for the guest's report. On
+/// the way, each sample asks QEMU for the vCPU registers, which it no
+/// longer answers: that wait is bounded too (10 s, not QMP's minute).
 #[test]
 fn guest_that_hangs_mid_run_ends_by_the_deadline_with_the_console_tail() {
     const TEST: &str = "guest_that_hangs_mid_run_ends_by_the_deadline_with_the_console_tail";
@@ -88,31 +90,15 @@ fn guest_that_hangs_mid_run_ends_by_the_deadline_with_the_console_tail() {
         stderr.contains("timed out") && stderr.contains("waiting for the workload to finish"),
         "{stderr}"
     );
-    assert!(stderr.contains("--- console tail ---"), "{stderr}");
+    // The tail holds the kernel's own lines (timestamped), read back
+    // from the console file.
+    let tail = stderr
+        .split("--- console tail ---")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(tail.contains("[    "), "{stderr}");
     // Duration 3 s + grace from the start of the workload, plus teardown:
     // far from the minute the default grace takes.
-    assert!(
-        took < Duration::from_secs(3 + GRACE + 20),
-        "ended {took:?} after the guest froze"
-    );
-}
-
-/// With the monitor on, the frozen guest looks stalled and the monitor
-/// asks QEMU to pause it: QEMU does not answer, and the run ends after
-/// the freeze's own bound, saying so, instead of QMP's minute.
-#[test]
-fn qemu_that_stops_answering_ends_the_run_naming_the_command() {
-    const TEST: &str = "qemu_that_stops_answering_ends_the_run_naming_the_command";
-    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST) else {
-        return;
-    };
-    let (code, stderr, took) = run_and_freeze(&kernel, &[]);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("timed out") && stderr.contains("QEMU to answer QMP stop"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("--- console tail ---"), "{stderr}");
     assert!(
         took < Duration::from_secs(3 + GRACE + 20),
         "ended {took:?} after the guest froze"

@@ -1,6 +1,7 @@
 //! The QEMU backend: one `qemu-system-x86_64` per VM, with guest RAM in
 //! memory-backend files the host maps ([`mem::SharedRam`]), the console on
-//! COM1 and the agent channel on COM2 (both to files), QMP on a private
+//! COM1 (QEMU's stdout, copied to a bounded file by [`console`]) and the
+//! agent channel on COM2 (to a file), QMP on a private
 //! socket for freeze (`stop`), thaw (`cont`), registers and core dumps.
 //!
 //! Hygiene: QEMU gets SIGKILL when the thread that started it dies
@@ -8,6 +9,7 @@
 //! both QEMU and the host have them open, so no exit path leaves one
 //! behind; stale files of dead ktstr processes are swept at start.
 
+mod console;
 pub mod mem;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -101,6 +103,8 @@ pub struct QemuVm {
     ram: Arc<SharedRam>,
     ram_files: Vec<PathBuf>,
     agent: AgentLog,
+    /// Copies the console to `console.log` until QEMU exits.
+    console: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Guest RAM files, made by us before QEMU opens them: exclusive (no file
@@ -222,11 +226,12 @@ impl QemuVm {
                         "chardev:console".to_string(),
                     ]
                 } else {
+                    // To stdout, which the console thread bounds on disk.
                     [
+                        "-chardev".to_string(),
+                        "stdio,id=console,signal=off".to_string(),
                         "-serial".to_string(),
-                        format!("file:{}", dir.path().join("console.log").display()),
-                        String::new(),
-                        String::new(),
+                        "chardev:console".to_string(),
                     ]
                 }
                 .into_iter()
@@ -244,7 +249,7 @@ impl QemuVm {
             .stdout(if cfg.console_stdio {
                 Stdio::inherit()
             } else {
-                Stdio::null()
+                Stdio::piped()
             })
             .stderr(
                 std::fs::File::create(dir.path().join("qemu.stderr"))
@@ -258,10 +263,21 @@ impl QemuVm {
             });
         }
         tracing::debug!(?cmd, "starting QEMU");
-        let child = cmd.spawn().map_err(|err| VmError::Spawn {
+        let mut child = cmd.spawn().map_err(|err| VmError::Spawn {
             bin: "qemu-system-x86_64".into(),
             err,
         })?;
+        let console_log = dir.path().join("console.log");
+        let console = match child.stdout.take() {
+            Some(out) => match console::spawn(out, &console_log, console::limit()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    reap(&mut child, &ram_files);
+                    return Err(io("writing the console log")(e));
+                }
+            },
+            None => None,
+        };
         live().push(Live {
             pid: child.id(),
             pidfd: pidfd_open(child.id()),
@@ -286,6 +302,7 @@ impl QemuVm {
             qmp,
             ram: Arc::new(ram),
             ram_files,
+            console,
         })
     }
 
@@ -424,6 +441,10 @@ fn reap(child: &mut Child, ram_files: &[PathBuf]) {
 impl Drop for QemuVm {
     fn drop(&mut self) {
         reap(&mut self.child, &self.ram_files);
+        // QEMU is gone: its stdout has ended, and so does the copy.
+        if let Some(c) = self.console.take() {
+            let _ = c.join();
+        }
     }
 }
 
