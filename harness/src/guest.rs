@@ -6,11 +6,10 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use ktstr_walker::GuestMem;
-use ktstr_walker::discover::VcpuRegs;
+use ktstr_walker::discover::{DiscoverError, VcpuRegs};
 use ktstr_walker::embed::{Dumper, Kernel as WalkerKernel};
-use ktstr_walker::kernel::vmlinux::Vmlinux;
+use ktstr_walker::kernel::vmlinux::{Vmlinux, VmlinuxError};
 use ktstr_walker::layout::Layout;
 use ktstr_walker::translate::PageTableRoot;
 
@@ -24,7 +23,7 @@ pub struct GuestKernel {
 impl GuestKernel {
     /// Read `kernel`'s BTF, symbols (its `.symtab`, else its kallsyms
     /// tables) and banner; `CONFIG_HZ` from its config.
-    pub fn load(kernel: &Kernel) -> Result<GuestKernel> {
+    pub fn load(kernel: &Kernel) -> Result<GuestKernel, VmlinuxError> {
         let source = kernel.image.source().display().to_string();
         let vmlinux = Vmlinux::from_bytes(kernel.image.elf_bytes(), &source)?;
         let mut k = WalkerKernel::from_vmlinux(&vmlinux)?;
@@ -53,9 +52,12 @@ impl GuestKernel {
 
     /// Find this kernel in `mem` from one vCPU's page-table root, and a
     /// dumper for it (buffers sized for its `nr_cpu_ids`).
-    pub fn dumper(&self, mem: &(impl GuestMem + ?Sized), root: PageTableRoot) -> Result<Dumper> {
+    pub fn dumper(
+        &self,
+        mem: &(impl GuestMem + ?Sized),
+        root: PageTableRoot,
+    ) -> Result<Dumper, DiscoverError> {
         Dumper::discover(Arc::clone(&self.kernel), mem, regs(root))
-            .context("finding the kernel in guest memory")
     }
 }
 

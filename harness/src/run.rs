@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
 use ktstr_walker::render::Report;
 use serde::{Deserialize, Serialize};
 
@@ -13,8 +12,8 @@ use crate::agent::proto::{SchedExtState, ScxState, WorkerResult};
 use crate::checks::CheckKind;
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
 use crate::monitor::{Monitor, MonitorConfig};
-use crate::scenario::Scenario;
-use crate::session::{Session, SessionConfig};
+use crate::scenario::{Scenario, ScenarioError};
+use crate::session::{Session, SessionConfig, SessionError, StartPhases};
 use crate::vm::PauseWindow;
 
 /// How long past the scenario's duration the guest may take to report
@@ -31,6 +30,66 @@ fn finish_grace() -> Duration {
         .map_or(FINISH_GRACE, Duration::from_secs)
 }
 
+/// Why a run ended without a report (a failed check is not an error: it
+/// is in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The scenario does not fit the topology or duration.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// `--dump-at` past the run's end.
+    #[error("--dump-at {at:?} is not within the run's {duration:?} duration")]
+    DumpAtOutside {
+        /// When the dump was asked for.
+        at: Duration,
+        /// How long the workload runs.
+        duration: Duration,
+    },
+    /// The guest could not be booted, followed or captured.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The guest stopped reporting before the workload's end.
+    #[error(
+        "timed out after {waited_s} s waiting for the workload to finish (the scenario lasts {duration_s} s)\n--- console tail ---\n{console}"
+    )]
+    Hung {
+        /// Seconds since the workers started.
+        waited_s: u64,
+        /// The scenario's duration in seconds.
+        duration_s: u64,
+        /// The guest console's last lines.
+        console: String,
+    },
+}
+
+/// Where a run's wall time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phases {
+    /// Up to the running workload.
+    #[serde(flatten)]
+    pub start: StartPhases,
+    /// From the workers' start to the agent's report of their end.
+    pub workload_ms: u64,
+    /// From there to the guest's power-off.
+    pub teardown_ms: u64,
+}
+
+impl Phases {
+    /// `prepare 0.41 s, boot 3.20 s, ...`.
+    pub fn to_text(&self) -> String {
+        let s = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
+        format!(
+            "prepare {}, boot {}, attach {}, start workers {}, workload {}, teardown {}",
+            s(self.start.prepare_ms),
+            s(self.start.boot_ms),
+            s(self.start.attach_ms),
+            s(self.start.start_workers_ms),
+            s(self.workload_ms),
+            s(self.teardown_ms)
+        )
+    }
+}
+
 /// Version of [`RunReport`]'s JSON.
 pub const RUN_SCHEMA_VERSION: u32 = 1;
 
@@ -39,6 +98,10 @@ pub const RUN_SCHEMA_VERSION: u32 = 1;
 pub struct RunReport {
     /// [`RUN_SCHEMA_VERSION`].
     pub schema_version: u32,
+    /// The test that ran it (`module::function`, with the topology and
+    /// profile of a gauntlet's combination); `None` for `ktstr run`.
+    #[serde(default)]
+    pub test_name: Option<String>,
     /// The guest's `uname -r`.
     pub kernel_release: String,
     /// The topology, as `1n2l4c2t`.
@@ -73,6 +136,9 @@ pub struct RunReport {
     /// Where the frozen dump's pause went (none without a frozen dump).
     #[serde(default)]
     pub pause: Option<PauseWindow>,
+    /// Where the run's wall time went.
+    #[serde(default)]
+    pub phases: Phases,
 }
 
 impl RunReport {
@@ -133,6 +199,7 @@ impl RunReport {
                 c.detail
             ));
         }
+        out.push_str(&format!("phases: {}\n", self.phases.to_text()));
         out.push_str(&format!(
             "{} in {:.1} s (guest frozen {:.2}% of the workload)\n",
             if self.passed() { "PASSED" } else { "FAILED" },
@@ -150,7 +217,7 @@ pub fn run(
     scenario: &Scenario,
     thresholds: &Thresholds,
     dump_at: Option<Duration>,
-) -> Result<RunReport> {
+) -> Result<RunReport, RunError> {
     run_with(cfg, scenario, thresholds, dump_at, &|_| {})
 }
 
@@ -161,16 +228,16 @@ pub fn run_with(
     thresholds: &Thresholds,
     dump_at: Option<Duration>,
     phase: &dyn Fn(&str),
-) -> Result<RunReport> {
+) -> Result<RunReport, RunError> {
     let mut cfg = cfg.clone();
     let resolved = cfg.scenario(scenario)?;
     if let Some(at) = dump_at
         && at >= cfg.duration
     {
-        bail!(
-            "--dump-at {at:?} is not within the run's {:?} duration",
-            cfg.duration
-        );
+        return Err(RunError::DumpAtOutside {
+            at,
+            duration: cfg.duration,
+        });
     }
     let start = Instant::now();
     let mut session = Session::start_with(&cfg, phase)?;
@@ -197,12 +264,11 @@ pub fn run_with(
     // --dump-at or a monitor trigger.
     while !session.poll_finished()? {
         if Instant::now() >= deadline {
-            bail!(
-                "timed out after {} s waiting for the workload to finish (the scenario lasts {} s)\n--- console tail ---\n{}",
-                running.elapsed().as_secs(),
-                cfg.duration.as_secs(),
-                crate::vm::backend::last_lines(&session.console())
-            );
+            return Err(RunError::Hung {
+                waited_s: running.elapsed().as_secs(),
+                duration_s: cfg.duration.as_secs(),
+                console: crate::vm::backend::last_lines(&session.console()),
+            });
         }
         phase(&format!(
             "running {} ({}/{} s)",
@@ -224,7 +290,7 @@ pub fn run_with(
                         trigger
                     }
                     Err(e) => {
-                        tracing::debug!("monitor sample failed: {e:#}");
+                        tracing::debug!("monitor sample failed: {e}");
                         None
                     }
                 },
@@ -249,9 +315,15 @@ pub fn run_with(
     let nr_cpus = session.nr_cpus;
     let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
     let backend = session.backend();
+    let start_phases = session.phases;
     phase("collecting results");
     let finished_at = Instant::now();
     let mut done = session.finish()?;
+    let phases = Phases {
+        start: start_phases,
+        workload_ms: finished_at.duration_since(running).as_millis() as u64,
+        teardown_ms: finished_at.elapsed().as_millis() as u64,
+    };
     done.workers
         .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));
     let workload_ns = running.elapsed().as_nanos().max(1) as f64;
@@ -293,6 +365,7 @@ pub fn run_with(
     }
     Ok(RunReport {
         schema_version: RUN_SCHEMA_VERSION,
+        test_name: None,
         kernel_release: release,
         topology: cfg.topology.to_string(),
         scenario: scenario.name.clone(),
@@ -309,17 +382,19 @@ pub fn run_with(
         frozen_ratio: frozen_ns as f64 / workload_ns,
         backend: backend.to_string(),
         pause,
+        phases,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A report written by hand: one worker, one failing check.
-    fn report() -> RunReport {
+    pub(crate) fn report() -> RunReport {
         RunReport {
             schema_version: RUN_SCHEMA_VERSION,
+            test_name: None,
             kernel_release: "7.3.4".into(),
             topology: "1n1l2c1t".into(),
             scenario: "steady".into(),
@@ -365,6 +440,16 @@ mod tests {
             frozen_ratio: 0.0,
             backend: "qemu".into(),
             pause: None,
+            phases: Phases {
+                start: StartPhases {
+                    prepare_ms: 410,
+                    boot_ms: 3200,
+                    attach_ms: 750,
+                    start_workers_ms: 90,
+                },
+                workload_ms: 3010,
+                teardown_ms: 800,
+            },
         }
     }
 
@@ -382,6 +467,10 @@ mod tests {
         assert!(text.contains("wakeup avg 100 us max 900 us"), "{text}");
         assert!(text.contains("FAIL scheduler attached to the end: sched_ext is disabled"));
         assert!(text.contains("ok   every worker ran"));
+        assert!(
+            text.contains("phases: prepare 0.41 s, boot 3.20 s, attach 0.75 s, start workers 0.09 s, workload 3.01 s, teardown 0.80 s"),
+            "{text}"
+        );
         assert!(
             text.trim_end()
                 .ends_with("FAILED in 12.3 s (guest frozen 0.00% of the workload)")

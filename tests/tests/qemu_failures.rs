@@ -6,13 +6,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ktstr::session::{SchedulerConfig, Session, SessionConfig};
+use ktstr::kernel::ResolveError;
+use ktstr::kernel::config::ConfigError;
+use ktstr::session::{SchedulerConfig, Session, SessionConfig, SessionError};
+use ktstr::vm::VmError;
 use ktstr_tests::assert_no_vm_left_behind;
 
-fn start_err(cfg: &SessionConfig) -> String {
+fn start_err(cfg: &SessionConfig) -> SessionError {
     match Session::start(cfg) {
         Ok(_) => panic!("the session started"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => e,
     }
 }
 
@@ -32,12 +35,14 @@ fn scheduler_that_exits_before_attaching_is_reported_with_its_output() {
             "echo boom-from-the-scheduler >&2; exit 3".into(),
         ],
     });
-    let e = start_err(&cfg);
-    assert!(e.contains("exited before attaching"), "{e}");
-    assert!(e.contains("exit status: 3"), "{e}");
+    let SessionError::SchedulerFailed { reason, output } = start_err(&cfg) else {
+        panic!("not a scheduler failure");
+    };
+    assert!(reason.contains("exited before attaching"), "{reason}");
+    assert!(reason.contains("exit status: 3"), "{reason}");
     assert!(
-        e.contains("boom-from-the-scheduler"),
-        "its output is in the error: {e}"
+        output.contains("boom-from-the-scheduler"),
+        "its output is in the error: {output}"
     );
     assert_no_vm_left_behind();
 }
@@ -53,9 +58,11 @@ fn guest_that_does_not_come_up_in_time_is_killed_with_its_console_tail() {
     // hundred ms, so this is a timeout on both.
     cfg.boot_timeout = Duration::from_millis(50);
     let e = start_err(&cfg);
-    assert!(e.contains("timed out after"), "{e}");
-    assert!(e.contains("the guest agent's hello"), "{e}");
-    assert!(e.contains("console tail"), "{e}");
+    let SessionError::Vm(VmError::Timeout { waiting, .. }) = &e else {
+        panic!("not a timeout: {e}");
+    };
+    assert_eq!(waiting, "the guest agent's hello");
+    assert!(e.to_string().contains("console tail"), "{e}");
     assert_no_vm_left_behind();
 }
 
@@ -78,15 +85,26 @@ fn kernel_without_sched_ext_is_refused_naming_the_option() {
         "1n1l1c1t".parse().unwrap(),
     );
     let e = start_err(&cfg);
-    assert!(e.contains("CONFIG_SCHED_CLASS_EXT"), "{e}");
+    assert!(
+        matches!(
+            &e,
+            SessionError::Config(ConfigError::Missing { option: "CONFIG_SCHED_CLASS_EXT", found, .. })
+                if found == "# CONFIG_SCHED_CLASS_EXT is not set"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_kernel_says_what_to_pass() {
     let cfg = SessionConfig::new("no-such-kernel-9.9", "1n1l1c1t".parse().unwrap());
     let e = start_err(&cfg);
-    assert!(e.contains("no-such-kernel-9.9"), "{e}");
-    assert!(e.contains("ktstr kernel fetch"), "{e}");
+    assert!(
+        matches!(&e, SessionError::Kernel(ResolveError::NotFound { spec, .. }) if spec == "no-such-kernel-9.9")
+            || matches!(&e, SessionError::Kernel(ResolveError::Fetch { spec, .. }) if spec == "no-such-kernel-9.9"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("ktstr kernel fetch"), "{e}");
 }
 
 #[test]
@@ -101,8 +119,6 @@ fn kvm_backend_without_hardware_virtualization_says_so() {
     let mut cfg = SessionConfig::new("no-kernel-needed", "1n1l1c1t".parse().unwrap());
     cfg.backend = ktstr::vm::Backend::Kvm;
     let e = start_err(&cfg);
-    assert!(
-        e.contains("needs VT-x/AMD-V") && e.contains("--backend qemu"),
-        "{e}"
-    );
+    assert!(matches!(e, SessionError::NoHardwareVirt), "{e}");
+    assert!(e.to_string().contains("--backend qemu"), "{e}");
 }

@@ -248,14 +248,113 @@ pub fn discover<M: GuestMem + ?Sized>(
         reads: core::cell::Cell::new(0),
     };
     let mem = &counted;
-    let link = image.symbols;
-    let banner_va = link
-        .linux_banner
-        .ok_or(DiscoverError::MissingSymbol("linux_banner"))?;
     let banner = image.banner;
     if !banner.starts_with(b"Linux version ") || banner.len() > BANNER_MAX {
         return Err(DiscoverError::BadBanner);
     }
+    let found = locate_image(mem, vcpu, image)?;
+    let banner_rt = found.banner_va.wrapping_add(found.slide);
+    // The image mapping is linear: pa = va - __START_KERNEL_map + phys_base.
+    let phys_base = found
+        .banner_pa
+        .wrapping_sub(banner_rt.wrapping_sub(START_KERNEL_MAP));
+    let mut symbols = *image.symbols;
+    slide_image_symbols(&mut symbols, found.slide);
+    let mut image_tr = image_translator(phys_base);
+    if !reads_back(mem, &mut image_tr, banner_rt, banner) {
+        return Err(DiscoverError::Mismatch("kernel-image mapping"));
+    }
+    let phys_base_var: u64 = read_symbol(mem, &mut image_tr, "phys_base", symbols.phys_base)?;
+    if phys_base_var != phys_base {
+        return Err(DiscoverError::Implausible {
+            what: "phys_base",
+            value: phys_base_var,
+            why: "differs from where the kernel image was found",
+        });
+    }
+    let page_offset_base = plausible_page_offset_base(read_symbol(
+        mem,
+        &mut image_tr,
+        "page_offset_base",
+        symbols.page_offset_base,
+    )?)?;
+    // The kernel's own root, read through the image mapping.
+    let levels = found.root.levels;
+    let kernel_root = symbols
+        .init_top_pgt
+        .and_then(|va| image_tr.translate(mem, va).ok())
+        .map(|pa| PageTableRoot {
+            cr3: pa,
+            levels,
+            pti: false,
+        })
+        .filter(|r| reads_back(mem, &mut walk_only(*r), banner_rt, banner));
+    let root = kernel_root.unwrap_or(found.root);
+    // Direct-map validation below needs the banner's page in the shortcut.
+    let direct_map_size = match symbols.max_pfn {
+        Some(va) => direct_map_size(
+            image_tr
+                .read_virt_pod(mem, va)
+                .map_err(|source| DiscoverError::Read {
+                    what: "max_pfn",
+                    source,
+                })?,
+            levels,
+            found.banner_pa,
+        )?,
+        None => 0,
+    };
+    let mut d = Discovered {
+        slide: found.slide,
+        phys_base,
+        page_offset_base,
+        root: Some(root),
+        kernel_root: kernel_root.is_some(),
+        user_pti_root: found.root.pti,
+        symbols,
+        nr_cpu_ids: 0,
+        nr_node_ids: 1,
+        direct_map_size,
+        reads: 0,
+    };
+    let mut tr = d.translator();
+    // Every way of reaching the banner agrees, or nothing is returned.
+    if !reads_back(mem, &mut walk_only(root), banner_rt, banner) {
+        return Err(DiscoverError::Mismatch("page tables"));
+    }
+    // Without max_pfn the direct map is walked: check it the same way.
+    let direct = page_offset_base.wrapping_add(found.banner_pa);
+    if !reads_back(mem, &mut tr, direct, banner) {
+        return Err(DiscoverError::Mismatch("direct map"));
+    }
+    (d.nr_cpu_ids, d.nr_node_ids) = cpu_and_node_ids(mem, &mut tr, &symbols)?;
+    d.reads = counted.reads.get();
+    Ok(d)
+}
+
+/// Where the vCPU's page tables map the vmlinux's banner.
+struct ImageFound {
+    /// The root that maps it (the kernel half under PTI).
+    root: PageTableRoot,
+    /// KASLR's slide of the kernel image.
+    slide: u64,
+    /// The banner's link-time address.
+    banner_va: u64,
+    /// The banner's guest-physical address.
+    banner_pa: u64,
+}
+
+/// Find the banner through the vCPU's root, or under PTI through the
+/// kernel half of its PGD pair.
+fn locate_image<M: GuestMem + ?Sized>(
+    mem: &M,
+    vcpu: VcpuRegs,
+    image: &KernelImage<'_>,
+) -> Result<ImageFound, DiscoverError> {
+    let banner_va = image
+        .symbols
+        .linux_banner
+        .ok_or(DiscoverError::MissingSymbol("linux_banner"))?;
     let vcpu_root = vcpu.root();
     // Under PTI, a CR3 with bit 12 set may be the user half of the pair.
     let pti_tried = vcpu.cr3 & (1 << 12) != 0;
@@ -266,139 +365,108 @@ pub fn discover<M: GuestMem + ?Sized>(
             ..vcpu_root
         }),
     ];
-    let (root, slide, banner_pa) = roots
+    roots
         .into_iter()
         .flatten()
-        .find_map(|r| find_slide(mem, r, banner_va, banner).map(|(s, pa)| (r, s, pa)))
+        .find_map(|root| {
+            find_slide(mem, root, banner_va, image.banner).map(|(slide, banner_pa)| ImageFound {
+                root,
+                slide,
+                banner_va,
+                banner_pa,
+            })
+        })
         .ok_or(DiscoverError::BannerNotFound {
             cr3: vcpu.cr3,
             levels: vcpu_root.levels,
             pti_tried,
             slides: SLIDE_CANDIDATES,
-        })?;
-    let banner_rt = banner_va.wrapping_add(slide);
-    // The image mapping is linear: pa = va - __START_KERNEL_map + phys_base.
-    let phys_base = banner_pa.wrapping_sub(banner_rt.wrapping_sub(START_KERNEL_MAP));
-    let mut symbols = *link;
-    slide_image_symbols(&mut symbols, slide);
-    let mut image_tr = Translator::new(TranslatorConfig {
+        })
+}
+
+/// A translator for the kernel-image mapping only.
+fn image_translator(phys_base: u64) -> Translator {
+    Translator::new(TranslatorConfig {
         phys_base,
         page_offset_base: 0,
         direct_map_size: 0,
         kernel_image_size: KERNEL_IMAGE_SIZE,
         root: None,
-    });
-    if !reads_back(mem, &mut image_tr, banner_rt, banner) {
-        return Err(DiscoverError::Mismatch("kernel-image mapping"));
-    }
-    let mut read_u64 = |what: &'static str, sym: Option<u64>| -> Result<u64, DiscoverError> {
-        let va = sym.ok_or(DiscoverError::MissingSymbol(what))?;
-        image_tr
-            .read_virt_pod::<u64, _>(mem, va)
-            .map_err(|source| DiscoverError::Read { what, source })
-    };
-    let phys_base_var = read_u64("phys_base", symbols.phys_base)?;
-    if phys_base_var != phys_base {
-        return Err(DiscoverError::Implausible {
-            what: "phys_base",
-            value: phys_base_var,
-            why: "differs from where the kernel image was found",
-        });
-    }
-    let page_offset_base = read_u64("page_offset_base", symbols.page_offset_base)?;
-    // KASLR places the direct map on a PUD (1 GiB) boundary in the upper half.
-    if page_offset_base >> 63 == 0 || page_offset_base & ((1 << 30) - 1) != 0 {
+    })
+}
+
+/// The value of the variable at `sym`, or why it could not be read.
+fn read_symbol<T, M>(
+    mem: &M,
+    tr: &mut Translator,
+    what: &'static str,
+    sym: Option<u64>,
+) -> Result<T, DiscoverError>
+where
+    T: zerocopy::FromBytes + zerocopy::IntoBytes,
+    M: GuestMem + ?Sized,
+{
+    let va = sym.ok_or(DiscoverError::MissingSymbol(what))?;
+    tr.read_virt_pod(mem, va)
+        .map_err(|source| DiscoverError::Read { what, source })
+}
+
+/// KASLR places the direct map on a PUD (1 GiB) boundary in the upper half.
+fn plausible_page_offset_base(value: u64) -> Result<u64, DiscoverError> {
+    if value >> 63 == 0 || value & ((1 << 30) - 1) != 0 {
         return Err(DiscoverError::Implausible {
             what: "page_offset_base",
-            value: page_offset_base,
+            value,
             why: "not a 1 GiB-aligned kernel address",
         });
     }
-    // The kernel's own root, read through the image mapping.
-    let kernel_root = symbols
-        .init_top_pgt
-        .and_then(|va| image_tr.translate(mem, va).ok())
-        .map(|pa| PageTableRoot {
-            cr3: pa,
-            levels: vcpu_root.levels,
-            pti: false,
-        })
-        .filter(|r| reads_back(mem, &mut walk_only(*r), banner_rt, banner));
-    let mut d = Discovered {
-        slide,
-        phys_base,
-        page_offset_base,
-        root: Some(kernel_root.unwrap_or(root)),
-        kernel_root: kernel_root.is_some(),
-        user_pti_root: root.pti,
-        symbols,
-        nr_cpu_ids: 0,
-        nr_node_ids: 1,
-        direct_map_size: 0,
-        reads: 0,
-    };
-    // Direct-map validation below needs the banner's page in the shortcut.
-    let nominal = match vcpu_root.levels {
+    Ok(value)
+}
+
+/// The RAM's part of the direct map, `max_pfn` pages: it must fit the
+/// paging mode's direct map and hold the kernel image.
+fn direct_map_size(max_pfn: u64, levels: Levels, banner_pa: u64) -> Result<u64, DiscoverError> {
+    let nominal = match levels {
         Levels::Four => DIRECT_MAP_SIZE_L4,
         Levels::Five => DIRECT_MAP_SIZE_L5,
     };
-    if let Some(va) = symbols.max_pfn {
-        let max_pfn: u64 =
-            image_tr
-                .read_virt_pod(mem, va)
-                .map_err(|source| DiscoverError::Read {
-                    what: "max_pfn",
-                    source,
-                })?;
-        d.direct_map_size = max_pfn
-            .checked_mul(4096)
-            .filter(|b| (1..=nominal).contains(b) && *b > banner_pa)
-            .ok_or(DiscoverError::Implausible {
-                what: "max_pfn",
-                value: max_pfn,
-                why: "no direct map of that many pages holds the kernel",
-            })?;
-    }
-    let mut tr = d.translator();
-    // Every way of reaching the banner agrees, or nothing is returned.
-    if !reads_back(
-        mem,
-        &mut walk_only(kernel_root.unwrap_or(root)),
-        banner_rt,
-        banner,
-    ) {
-        return Err(DiscoverError::Mismatch("page tables"));
-    }
-    let direct = page_offset_base.wrapping_add(banner_pa);
-    // Without max_pfn the direct map is walked: check it the same way.
-    if !reads_back(mem, &mut tr, direct, banner) {
-        return Err(DiscoverError::Mismatch("direct map"));
-    }
-    let mut read_u32 = |what: &'static str, sym: Option<u64>| -> Result<u32, DiscoverError> {
-        let va = sym.ok_or(DiscoverError::MissingSymbol(what))?;
-        tr.read_virt_pod::<u32, _>(mem, va)
-            .map_err(|source| DiscoverError::Read { what, source })
-    };
-    d.nr_cpu_ids = read_u32("nr_cpu_ids", symbols.nr_cpu_ids)?;
-    if !(1..=MAX_CPUS).contains(&d.nr_cpu_ids) {
+    max_pfn
+        .checked_mul(4096)
+        .filter(|b| (1..=nominal).contains(b) && *b > banner_pa)
+        .ok_or(DiscoverError::Implausible {
+            what: "max_pfn",
+            value: max_pfn,
+            why: "no direct map of that many pages holds the kernel",
+        })
+}
+
+/// `nr_cpu_ids`, and `nr_node_ids` where the kernel has it (else 1), each
+/// within what x86-64 kernels allow.
+fn cpu_and_node_ids<M: GuestMem + ?Sized>(
+    mem: &M,
+    tr: &mut Translator,
+    symbols: &Symbols,
+) -> Result<(u32, u32), DiscoverError> {
+    let nr_cpu_ids: u32 = read_symbol(mem, tr, "nr_cpu_ids", symbols.nr_cpu_ids)?;
+    if !(1..=MAX_CPUS).contains(&nr_cpu_ids) {
         return Err(DiscoverError::Implausible {
             what: "nr_cpu_ids",
-            value: u64::from(d.nr_cpu_ids),
+            value: u64::from(nr_cpu_ids),
             why: "not between 1 and NR_CPUS (8192)",
         });
     }
-    if symbols.nr_node_ids.is_some() {
-        d.nr_node_ids = read_u32("nr_node_ids", symbols.nr_node_ids)?;
-        if !(1..=MAX_NODES).contains(&d.nr_node_ids) {
-            return Err(DiscoverError::Implausible {
-                what: "nr_node_ids",
-                value: u64::from(d.nr_node_ids),
-                why: "not between 1 and 1024",
-            });
-        }
+    let nr_node_ids: u32 = match symbols.nr_node_ids {
+        Some(_) => read_symbol(mem, tr, "nr_node_ids", symbols.nr_node_ids)?,
+        None => 1,
+    };
+    if !(1..=MAX_NODES).contains(&nr_node_ids) {
+        return Err(DiscoverError::Implausible {
+            what: "nr_node_ids",
+            value: u64::from(nr_node_ids),
+            why: "not between 1 and 1024",
+        });
     }
-    d.reads = counted.reads.get();
-    Ok(d)
+    Ok((nr_cpu_ids, nr_node_ids))
 }
 
 /// Most physical load offsets tried by [`discover_from_symbols`]: 64 GiB
@@ -425,54 +493,29 @@ pub fn discover_from_symbols<M: GuestMem + ?Sized>(
     let var = symbols
         .phys_base
         .ok_or(DiscoverError::MissingSymbol("phys_base"))?;
-    let image = |phys_base| {
-        Translator::new(TranslatorConfig {
-            phys_base,
-            page_offset_base: 0,
-            direct_map_size: 0,
-            kernel_image_size: KERNEL_IMAGE_SIZE,
-            root: None,
-        })
-    };
     // The variable's physical address moves with phys_base by the same
     // amount, so only the right candidate reads back as itself.
     let phys_base = (0..PHYS_BASE_CANDIDATES)
         .map(|k| k * SLIDE_STEP)
         .chain((1..PHYS_BASE_CANDIDATES).map(|k| (k * SLIDE_STEP).wrapping_neg()))
-        .find(|p| image(*p).read_virt_pod::<u64, _>(mem, var).ok() == Some(*p))
+        .find(|p| image_translator(*p).read_virt_pod::<u64, _>(mem, var).ok() == Some(*p))
         .ok_or(DiscoverError::Implausible {
             what: "phys_base",
             value: 0,
             why: "no 2 MiB load offset reads the phys_base variable back as itself",
         })?;
-    let mut tr = image(phys_base);
-    let mut read = |what: &'static str, sym: Option<u64>| -> Result<u64, DiscoverError> {
-        let va = sym.ok_or(DiscoverError::MissingSymbol(what))?;
-        tr.read_virt_pod::<u64, _>(mem, va)
-            .map_err(|source| DiscoverError::Read { what, source })
-    };
-    let page_offset_base = read("page_offset_base", symbols.page_offset_base)?;
-    if page_offset_base >> 63 == 0 || page_offset_base & ((1 << 30) - 1) != 0 {
-        return Err(DiscoverError::Implausible {
-            what: "page_offset_base",
-            value: page_offset_base,
-            why: "not a 1 GiB-aligned kernel address",
-        });
-    }
-    let nr_cpu_ids = read("nr_cpu_ids", symbols.nr_cpu_ids)? as u32;
-    if !(1..=MAX_CPUS).contains(&nr_cpu_ids) {
-        return Err(DiscoverError::Implausible {
-            what: "nr_cpu_ids",
-            value: u64::from(nr_cpu_ids),
-            why: "not between 1 and NR_CPUS (8192)",
-        });
-    }
-    let nr_node_ids = match symbols.nr_node_ids {
-        Some(_) => (read("nr_node_ids", symbols.nr_node_ids)? as u32).clamp(1, MAX_NODES),
-        None => 1,
-    };
+    let mut tr = image_translator(phys_base);
+    let page_offset_base = plausible_page_offset_base(read_symbol(
+        mem,
+        &mut tr,
+        "page_offset_base",
+        symbols.page_offset_base,
+    )?)?;
+    let (nr_cpu_ids, nr_node_ids) = cpu_and_node_ids(mem, &mut tr, symbols)?;
     let direct_map_size = match symbols.max_pfn {
-        Some(_) => read("max_pfn", symbols.max_pfn)?.saturating_mul(4096),
+        Some(_) => {
+            read_symbol::<u64, _>(mem, &mut tr, "max_pfn", symbols.max_pfn)?.saturating_mul(4096)
+        }
         // Without KASLR the direct map's nominal size holds nothing else.
         None => DIRECT_MAP_SIZE_L4,
     };

@@ -240,62 +240,8 @@ impl<'a> Kallsyms<'a> {
         index: usize,
         end: usize,
     ) -> Result<Self, KallsymsError> {
-        let va = |at: usize| base.wrapping_add(at as u64);
-        let no_markers = KallsymsError::NoMarkers(va(table));
-        if end > table || table - end > 4 || !Self::aligned(base, end, 4) {
-            return Err(no_markers);
-        }
-        // Increasing u32s, the first 0.
-        let mut markers = end;
-        let mut next = u32::MAX;
-        for _ in 0..(MAX_SYMS / 256) {
-            let at = markers.checked_sub(4).ok_or(no_markers)?;
-            let v = u32_at(d, at).ok_or(no_markers)?;
-            if v >= next {
-                return Err(no_markers);
-            }
-            markers = at;
-            next = v;
-            if v == 0 {
-                break;
-            }
-        }
-        if next != 0 {
-            return Err(no_markers);
-        }
-        let nr_markers = ((end - markers) / 4) as u32;
-        let last_marker = u32_at(d, end - 4).ok_or(no_markers)? as usize;
-        // kallsyms_names ends (maybe padded) at the markers, and starts
-        // after kallsyms_num_syms (maybe padded to 8), whose count fits the
-        // markers: scan back from the last marked name.
-        let no_names = KallsymsError::NoNames {
-            at: va(markers),
-            markers: nr_markers,
-        };
-        let lo = u64::from((nr_markers - 1).saturating_mul(256));
-        let hi = u64::from(nr_markers.saturating_mul(256).min(MAX_SYMS));
-        let mut names = markers.checked_sub(last_marker).ok_or(no_names)?;
-        names = names
-            .checked_sub((va(names) & 3) as usize)
-            .ok_or(no_names)?;
-        let (num_syms_at, num_syms) = loop {
-            let fits = |count_at: usize| {
-                let n = u64::from(u32_at(d, count_at)?);
-                (n > lo && n <= hi && Self::names_fit(d, names, n as u32, markers, end))
-                    .then_some((count_at, n as u32))
-            };
-            let padded = names
-                .checked_sub(8)
-                .filter(|c| u32_at(d, c + 4) == Some(0) && Self::aligned(base, *c, 8));
-            if let Some(found) = names
-                .checked_sub(4)
-                .and_then(fits)
-                .or_else(|| padded.and_then(fits))
-            {
-                break found;
-            }
-            names = names.checked_sub(4).ok_or(no_names)?;
-        };
+        let markers = Self::markers(d, base, table, end)?;
+        let (names, num_syms_at, num_syms) = Self::names(d, base, markers, end)?;
         let mut k = Self {
             data: d,
             base,
@@ -309,22 +255,96 @@ impl<'a> Kallsyms<'a> {
             relative_base_at: None,
             encoding: Encoding::PcRelative,
         };
+        k.find_offsets()?;
+        Ok(k)
+    }
+
+    /// Where `kallsyms_markers` starts, given that it ends at `end`, just
+    /// before the token table at `table`: increasing u32s, the first 0.
+    fn markers(d: &[u8], base: u64, table: usize, end: usize) -> Result<usize, KallsymsError> {
+        let no_markers = KallsymsError::NoMarkers(base.wrapping_add(table as u64));
+        if end > table || table - end > 4 || !Self::aligned(base, end, 4) {
+            return Err(no_markers);
+        }
+        let mut markers = end;
+        let mut next = u32::MAX;
+        for _ in 0..(MAX_SYMS / 256) {
+            let at = markers.checked_sub(4).ok_or(no_markers)?;
+            let v = u32_at(d, at).ok_or(no_markers)?;
+            if v >= next {
+                return Err(no_markers);
+            }
+            markers = at;
+            next = v;
+            if v == 0 {
+                return Ok(markers);
+            }
+        }
+        Err(no_markers)
+    }
+
+    /// `kallsyms_names` and `kallsyms_num_syms`: the names end (maybe
+    /// padded) at the markers and start after the count (maybe padded to
+    /// 8), which fits the markers; found by scanning back from the last
+    /// marked name.
+    fn names(
+        d: &[u8],
+        base: u64,
+        markers: usize,
+        end: usize,
+    ) -> Result<(usize, usize, u32), KallsymsError> {
+        let va = |at: usize| base.wrapping_add(at as u64);
+        let nr_markers = ((end - markers) / 4) as u32;
+        let no_names = KallsymsError::NoNames {
+            at: va(markers),
+            markers: nr_markers,
+        };
+        let last_marker = u32_at(d, end - 4).ok_or(no_names)? as usize;
+        let lo = u64::from((nr_markers - 1).saturating_mul(256));
+        let hi = u64::from(nr_markers.saturating_mul(256).min(MAX_SYMS));
+        let mut names = markers.checked_sub(last_marker).ok_or(no_names)?;
+        names = names
+            .checked_sub((va(names) & 3) as usize)
+            .ok_or(no_names)?;
+        loop {
+            let fits = |count_at: usize| {
+                let n = u64::from(u32_at(d, count_at)?);
+                (n > lo && n <= hi && Self::names_fit(d, names, n as u32, markers, end))
+                    .then_some((names, count_at, n as u32))
+            };
+            let padded = names
+                .checked_sub(8)
+                .filter(|c| u32_at(d, c + 4) == Some(0) && Self::aligned(base, *c, 8));
+            if let Some(found) = names
+                .checked_sub(4)
+                .and_then(fits)
+                .or_else(|| padded.and_then(fits))
+            {
+                return Ok(found);
+            }
+            names = names.checked_sub(4).ok_or(no_names)?;
+        }
+    }
+
+    /// `kallsyms_offsets` and the relative base. 6.4+: offsets right after
+    /// the token index (maybe padded), then in 6.x the relative base, 8-byte
+    /// aligned. Before 6.4: offsets, relative base, num_syms.
+    fn find_offsets(&mut self) -> Result<(), KallsymsError> {
+        let va = |at: usize| self.base.wrapping_add(at as u64);
+        let index = self.token_index;
         let no_offsets = KallsymsError::NoOffsets(va(index));
-        // 6.4+: offsets right after the index (maybe padded), then in 6.x
-        // the relative base, 8-byte aligned. Before 6.4: offsets, relative
-        // base, num_syms.
-        let len = num_syms as usize * 4;
+        let len = self.num_syms as usize * 4;
         let align8 = |at: usize| at + (va(at).wrapping_neg() & 7) as usize;
         // The offsets start at the first 4-byte boundary (any later one
         // would decode as the same sorted list shifted by one).
         let offsets = index + 512 + (va(index + 512).wrapping_neg() & 3) as usize;
-        if k.try_offsets(offsets, Some(align8(offsets + len))) {
-            return Ok(k);
+        if self.try_offsets(offsets, Some(align8(offsets + len))) {
+            return Ok(());
         }
-        let older_rb = num_syms_at.checked_sub(8).ok_or(no_offsets)?;
+        let older_rb = self.num_syms_at.checked_sub(8).ok_or(no_offsets)?;
         let older = older_rb.checked_sub(len + (len & 4)).ok_or(no_offsets)?;
-        if k.try_offsets(older, Some(older_rb)) {
-            return Ok(k);
+        if self.try_offsets(older, Some(older_rb)) {
+            return Ok(());
         }
         Err(no_offsets)
     }

@@ -128,31 +128,59 @@ impl<'r, 'a> RegionMem<'r, 'a> {
 
 impl GuestMem for RegionMem<'_, '_> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        end_of(gpa, buf.len())?;
-        let unmapped = MemError::Unmapped {
+        read_regions(
             gpa,
-            len: buf.len() as u64,
+            buf,
+            self.regions.len(),
+            |at| self.region_at(at).map(|r| (r.gpa, r.bytes.len() as u64, r)),
+            |r, off, dst| copy_from(r.bytes, off, r.gpa, dst),
+        )
+    }
+}
+
+/// A read of `buf` at `gpa` from memory made of regions, split into one
+/// piece per region: `locate(at)` gives the region holding `at` as (its
+/// first address, its length, a handle), and `copy(handle, offset in the
+/// region, piece)` fills the piece. Every [`GuestMem`] of several regions
+/// (the walker's, an ELF core's segments, a VMM's RAM files) reads through
+/// this. Each piece ends at a region's end or the buffer's, so at most
+/// `max_regions + 1` steps run, whatever `locate` answers; any failure is
+/// the whole read's [`MemError::Unmapped`].
+pub fn read_regions<R>(
+    gpa: u64,
+    buf: &mut [u8],
+    max_regions: usize,
+    locate: impl Fn(u64) -> Option<(u64, u64, R)>,
+    mut copy: impl FnMut(R, u64, &mut [u8]) -> Result<(), MemError>,
+) -> Result<(), MemError> {
+    end_of(gpa, buf.len())?;
+    let unmapped = MemError::Unmapped {
+        gpa,
+        len: buf.len() as u64,
+    };
+    let mut done = 0usize;
+    for _ in 0..=max_regions {
+        let Some(rest) = buf.get_mut(done..) else {
+            return Err(unmapped);
         };
-        let mut done = 0usize;
-        // Each step consumes at least one byte or fails, and the number of
-        // regions bounds how many distinct pieces a read can span.
-        for _ in 0..=self.regions.len() {
-            if done == buf.len() {
-                return Ok(());
-            }
-            let at = gpa + done as u64;
-            let r = self.region_at(at).ok_or(unmapped)?;
-            let off = (at - r.gpa) as usize;
-            let n = (r.bytes.len() - off).min(buf.len() - done);
-            let dst = buf.get_mut(done..done + n).ok_or(unmapped)?;
-            copy_from(r.bytes, off as u64, at, dst)?;
-            done += n;
+        if rest.is_empty() {
+            return Ok(());
         }
-        if done == buf.len() {
-            Ok(())
-        } else {
-            Err(unmapped)
-        }
+        let at = gpa.checked_add(done as u64).ok_or(unmapped)?;
+        let (start, len, region) = locate(at).ok_or(unmapped)?;
+        let off = at
+            .checked_sub(start)
+            .filter(|off| *off < len)
+            .ok_or(unmapped)?;
+        let n = usize::try_from(len - off).map_or(rest.len(), |left| left.min(rest.len()));
+        let piece = rest.get_mut(..n).ok_or(unmapped)?;
+        copy(region, off, piece).map_err(|_| unmapped)?;
+        done += n;
+    }
+    if done == buf.len() {
+        Ok(())
+    } else {
+        Err(unmapped)
     }
 }
 

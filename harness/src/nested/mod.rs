@@ -558,11 +558,35 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
     // A VM directory like the backends' (`ktstr-<pid>-vm-*`): removed on
     // drop, and by the CLI's signal handlers.
     let dir = crate::vm::vm_dir()?;
+    let (archive, initramfs) = l1_archive(cfg, dir.path())?;
+    let files = L1Files::in_dir(dir.path());
+    let mut cmd = l1_command(cfg, &archive, &files)?;
+    tracing::info!(?cmd, "booting L1");
+    let start = Instant::now();
+    let qemu = L1Qemu(cmd.spawn().map_err(io("starting qemu-system-x86_64"))?);
+    let (end, reader) = watch(qemu, &files, start, cfg.deadline)?;
+    let mut run = reader.run;
+    run.end = end;
+    run.wall = start.elapsed();
+    run.initramfs = initramfs;
+    // Lossy: a serial line can carry bytes that are not UTF-8, and the
+    // rest of the console is still worth showing.
+    let text =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    run.console = text(&files.console);
+    run.qemu_stderr = text(&files.stderr);
+    Ok(run)
+}
+
+/// L1's initramfs archive (cached by content; older ones pruned), and how
+/// long it took and how big it is.
+fn l1_archive(cfg: &L1Config, dir: &Path) -> Result<(PathBuf, (Duration, u64)), NestedError> {
     let t = Instant::now();
-    let ramfs = initramfs(cfg, dir.path())?;
+    let ramfs = initramfs(cfg, dir)?;
     let archive = ramfs.cached_uncompressed_in(&cfg.cache_dir)?;
     drop(ramfs);
     let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+    // Its mtime marks it as used for the pruning.
     if let Ok(f) = std::fs::File::options().append(true).open(&archive) {
         let _ = f.set_modified(std::time::SystemTime::now());
     }
@@ -574,11 +598,30 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
         size >> 20,
         built.as_secs_f64()
     );
+    Ok((archive, (built, size)))
+}
 
-    let console = dir.path().join("console.log");
-    let results = dir.path().join("results.log");
-    let heartbeat = dir.path().join("heartbeat.log");
-    let stderr = dir.path().join("qemu.stderr");
+/// L1's three serial ports and QEMU's stderr, as files.
+struct L1Files {
+    console: PathBuf,
+    results: PathBuf,
+    heartbeat: PathBuf,
+    stderr: PathBuf,
+}
+
+impl L1Files {
+    fn in_dir(dir: &Path) -> L1Files {
+        L1Files {
+            console: dir.join("console.log"),
+            results: dir.join("results.log"),
+            heartbeat: dir.join("heartbeat.log"),
+            stderr: dir.join("qemu.stderr"),
+        }
+    }
+}
+
+/// The QEMU command that boots L1 with nested SVM.
+fn l1_command(cfg: &L1Config, archive: &Path, files: &L1Files) -> Result<Command, NestedError> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-no-reboot", "-machine", "q35"])
@@ -588,18 +631,15 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
         .arg("-kernel")
         .arg(cfg.kernel_dir.join("vmlinux"))
         .arg("-initrd")
-        .arg(&archive)
+        .arg(archive)
         .arg("-append")
-        .arg(L1_CMDLINE)
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", results.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", heartbeat.display()))
-        .stdin(Stdio::null())
+        .arg(L1_CMDLINE);
+    for port in [&files.console, &files.results, &files.heartbeat] {
+        cmd.arg("-serial").arg(format!("file:{}", port.display()));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).map_err(io("creating QEMU's stderr log"))?);
+        .stderr(std::fs::File::create(&files.stderr).map_err(io("creating QEMU's stderr log"))?);
     // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
     unsafe {
         cmd.pre_exec(|| {
@@ -607,51 +647,44 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
             Ok(())
         });
     }
-    tracing::info!(?cmd, "booting L1");
-    let start = Instant::now();
-    let mut qemu = L1Qemu(cmd.spawn().map_err(io("starting qemu-system-x86_64"))?);
+    Ok(cmd)
+}
+
+/// Follow L1 until it powers off, stops beating, or passes the deadline
+/// (then it is killed); QEMU is reaped on return.
+fn watch(
+    mut qemu: L1Qemu,
+    files: &L1Files,
+    start: Instant,
+    deadline: Duration,
+) -> Result<(L1End, ResultsReader), NestedError> {
     let mut reader = ResultsReader::default();
     let (mut beats, mut last_beat) = (0u64, Instant::now());
     let end = loop {
-        reader.feed(&results);
-        let len = std::fs::metadata(&heartbeat).map(|m| m.len()).unwrap_or(0);
+        reader.feed(&files.results);
+        let len = std::fs::metadata(&files.heartbeat).map_or(0, |m| m.len());
         if len != beats {
             (beats, last_beat) = (len, Instant::now());
         } else if last_beat.elapsed() >= HUNG_AFTER {
-            let _ = qemu.0.kill();
-            let _ = qemu.0.wait();
-            reader.feed(&results);
             break L1End::Hung(last_beat.elapsed());
         }
         if let Some(status) = qemu.0.try_wait().map_err(io("waiting for QEMU"))? {
-            reader.feed(&results);
+            reader.feed(&files.results);
             break if reader.run.done_at.is_some() {
                 L1End::Finished
             } else {
                 L1End::Exited(status.to_string())
             };
         }
-        if start.elapsed() >= cfg.deadline {
-            let _ = qemu.0.kill();
-            let _ = qemu.0.wait();
-            reader.feed(&results);
-            break L1End::Deadline(cfg.deadline);
+        if start.elapsed() >= deadline {
+            break L1End::Deadline(deadline);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let wall = start.elapsed();
+    // Killed (if still running) and reaped before the last results read.
     drop(qemu);
-    let mut run = reader.run;
-    run.end = end;
-    run.wall = wall;
-    run.initramfs = (built, size);
-    // Lossy: a serial line can carry bytes that are not UTF-8, and the
-    // rest of the console is still worth showing.
-    let text =
-        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
-    run.console = text(&console);
-    run.qemu_stderr = text(&stderr);
-    Ok(run)
+    reader.feed(&files.results);
+    Ok((end, reader))
 }
 
 /// Follows the results file as it grows and parses its lines.

@@ -93,6 +93,35 @@ pub struct CgroupSpec {
     pub workers: Vec<Workers>,
 }
 
+impl CgroupSpec {
+    /// A cgroup on every CPU, without workers yet.
+    pub fn new(name: &str) -> CgroupSpec {
+        CgroupSpec {
+            name: name.to_string(),
+            cpuset: Cpuset::All,
+            workers: Vec::new(),
+        }
+    }
+
+    /// Restrict it to `cpuset`.
+    pub fn cpuset(&mut self, cpuset: Cpuset) -> &mut CgroupSpec {
+        self.cpuset = cpuset;
+        self
+    }
+
+    /// Add a group of workers.
+    pub fn workers(&mut self, workers: Workers) -> &mut CgroupSpec {
+        self.workers.push(workers);
+        self
+    }
+
+    /// Add `per_cpu` busy spinners per CPU of its cpuset, named after it.
+    pub fn spinners(&mut self, per_cpu: u32) -> &mut CgroupSpec {
+        let name = format!("ktstr-{}", self.name);
+        self.workers(Workers::new(&name, Count::PerCpu(per_cpu), Work::Spin))
+    }
+}
+
 /// When a step happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,6 +1,8 @@
 //! `struct rhashtable` walks: bucket table, per-bucket chains ending in
 //! "nulls" markers, bucket lock bits.
 
+use core::ops::ControlFlow;
+
 use super::{Brent, Broken, Corrupt, Step, WalkSummary};
 use crate::layout::{BucketTableLayout, RhashHeadLayout, RhashtableLayout};
 use crate::mem::GuestMem;
@@ -48,126 +50,169 @@ where
     F: FnMut(&mut Translator, u64) -> Step,
 {
     let (rht, bt, rh) = layouts;
-    let mut s = WalkSummary::default();
-    let fail = |s: &mut WalkSummary, at: u64, why: Broken| {
-        s.corrupt = Some(Corrupt { at, why });
+    let mut walk = Walk {
+        mem,
+        rh,
+        limits,
+        total: 0,
+        s: WalkSummary::default(),
     };
+    let ended = open_table(mem, tr, rht, bt, ht, limits, &mut walk.s.truncated)
+        .and_then(|(buckets, size)| walk.buckets(tr, buckets, size, &mut visit));
+    if let Err(c) = ended {
+        walk.s.corrupt = Some(c);
+    }
+    walk.s
+}
+
+/// The bucket array and bucket count of the table at `ht`, checked;
+/// `resizing` is set when a future table holds part of the entries.
+fn open_table<M: GuestMem + ?Sized>(
+    mem: &M,
+    tr: &mut Translator,
+    rht: &RhashtableLayout,
+    bt: &BucketTableLayout,
+    ht: u64,
+    limits: HashLimits,
+    resizing: &mut bool,
+) -> Result<(u64, u32), Corrupt> {
+    let corrupt = |at, why| Corrupt { at, why };
     let tbl_at = ht.wrapping_add(rht.tbl as u64);
-    let tbl: u64 = match tr.read_virt_pod(mem, tbl_at) {
-        Ok(t) => t,
-        Err(e) => {
-            fail(&mut s, tbl_at, Broken::Unreadable(e));
-            return s;
-        }
-    };
-    if tbl == 0 || !tbl.is_multiple_of(8) {
-        fail(
-            &mut s,
-            tbl_at,
-            if tbl == 0 {
-                Broken::Null
-            } else {
-                Broken::Misaligned
-            },
-        );
-        return s;
+    let tbl: u64 = tr
+        .read_virt_pod(mem, tbl_at)
+        .map_err(|e| corrupt(tbl_at, Broken::Unreadable(e)))?;
+    if tbl == 0 {
+        return Err(corrupt(tbl_at, Broken::Null));
     }
-    let read_u32 = |tr: &mut Translator, off: u32| {
+    if !tbl.is_multiple_of(8) {
+        return Err(corrupt(tbl_at, Broken::Misaligned));
+    }
+    let mut read_u32 = |off: u32| {
         tr.read_virt_pod::<u32, M>(mem, tbl.wrapping_add(off as u64))
+            .map_err(|e| corrupt(tbl, Broken::Unreadable(e)))
     };
-    let size = match read_u32(tr, bt.size) {
-        Ok(v) => v,
-        Err(e) => {
-            fail(&mut s, tbl, Broken::Unreadable(e));
-            return s;
-        }
-    };
+    let size = read_u32(bt.size)?;
     if !size.is_power_of_two() || size > limits.max_buckets {
-        fail(&mut s, tbl, Broken::BadValue(size as u64));
-        return s;
+        return Err(corrupt(tbl, Broken::BadValue(size as u64)));
     }
-    if let Some(nest) = bt.nest {
-        match read_u32(tr, nest) {
-            Ok(0) => {}
-            Ok(_) => {
-                fail(&mut s, tbl, Broken::Nested);
-                return s;
-            }
-            Err(e) => {
-                fail(&mut s, tbl, Broken::Unreadable(e));
-                return s;
-            }
-        }
+    if let Some(nest) = bt.nest
+        && read_u32(nest)? != 0
+    {
+        return Err(corrupt(tbl, Broken::Nested));
     }
     if let Some(f) = bt.future_tbl
         && tr
             .read_virt_pod::<u64, M>(mem, tbl.wrapping_add(f as u64))
             .is_ok_and(|p| p != 0)
     {
-        s.truncated = true;
+        *resizing = true;
     }
-    let buckets = tbl.wrapping_add(bt.buckets as u64);
-    let mut batch = [0u64; BUCKET_BATCH];
-    let mut total = 0u32;
-    let mut first = 0u32;
-    while first < size {
-        let n = (size - first).min(BUCKET_BATCH as u32) as usize;
-        let Some(slots) = batch.get_mut(..n) else {
-            break;
-        };
-        let at = buckets.wrapping_add(first as u64 * 8);
-        if let Err(e) = tr.read_virt(mem, at, zerocopy::IntoBytes::as_mut_bytes(slots)) {
-            fail(&mut s, at, Broken::Unreadable(e));
-            return s;
-        }
-        for (i, &bucket) in slots.iter().enumerate() {
-            // Bit 0 of a bucket pointer is its lock; a NULL bucket or an odd
-            // (nulls-marker) pointer is an empty chain. Most buckets are
-            // empty: they cost a test, no chain set-up.
-            let mut node = bucket & !1;
-            if node == 0 {
-                continue;
+    Ok((tbl.wrapping_add(bt.buckets as u64), size))
+}
+
+/// One walk's state across buckets.
+struct Walk<'a, M: ?Sized> {
+    mem: &'a M,
+    rh: &'a RhashHeadLayout,
+    limits: HashLimits,
+    /// Entries followed so far, over all chains.
+    total: u32,
+    s: WalkSummary,
+}
+
+impl<M: GuestMem + ?Sized> Walk<'_, M> {
+    /// Every chain of the `size` buckets at `buckets`, read in batches.
+    fn buckets<F>(
+        &mut self,
+        tr: &mut Translator,
+        buckets: u64,
+        size: u32,
+        visit: &mut F,
+    ) -> Result<(), Corrupt>
+    where
+        F: FnMut(&mut Translator, u64) -> Step,
+    {
+        let mut batch = [0u64; BUCKET_BATCH];
+        let mut first = 0u32;
+        while first < size {
+            let n = (size - first).min(BUCKET_BATCH as u32) as usize;
+            let Some(slots) = batch.get_mut(..n) else {
+                break;
+            };
+            let at = buckets.wrapping_add(first as u64 * 8);
+            tr.read_virt(self.mem, at, zerocopy::IntoBytes::as_mut_bytes(slots))
+                .map_err(|e| Corrupt {
+                    at,
+                    why: Broken::Unreadable(e),
+                })?;
+            for (i, &bucket) in slots.iter().enumerate() {
+                let slot = at.wrapping_add(i as u64 * 8);
+                if self.chain(tr, slot, bucket, visit)?.is_break() {
+                    return Ok(());
+                }
             }
-            let mut brent = Brent::new(at.wrapping_add(i as u64 * 8));
-            let mut chain = 0u32;
-            while node != 0 && node & 1 == 0 {
-                if total >= limits.max_entries || chain >= limits.max_chain {
-                    s.truncated = true;
-                    break;
-                }
-                if node % 8 != 0 {
-                    fail(&mut s, node, Broken::Misaligned);
-                    return s;
-                }
-                if brent.step(node) {
-                    s.cycle = true;
-                    return s;
-                }
-                total += 1;
-                chain += 1;
-                let next = match tr.read_virt_pod::<u64, M>(mem, node.wrapping_add(rh.next as u64))
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        fail(&mut s, node, Broken::Unreadable(e));
-                        return s;
-                    }
-                };
-                match visit(tr, node) {
-                    Step::Continue => s.visited += 1,
-                    Step::Skip => s.skipped += 1,
-                    Step::Stop => {
-                        s.visited += 1;
-                        s.stopped = true;
-                        return s;
-                    }
-                }
-                node = next;
-            }
+            first += n as u32;
         }
-        first += n as u32;
+        Ok(())
     }
-    s
+
+    /// The chain starting at `bucket` (the value of the slot at `slot`);
+    /// `Break` when the walk ends here (a cycle or the visitor's stop).
+    fn chain<F>(
+        &mut self,
+        tr: &mut Translator,
+        slot: u64,
+        bucket: u64,
+        visit: &mut F,
+    ) -> Result<ControlFlow<()>, Corrupt>
+    where
+        F: FnMut(&mut Translator, u64) -> Step,
+    {
+        // Bit 0 of a bucket pointer is its lock; a NULL bucket or an odd
+        // (nulls-marker) pointer is an empty chain. Most buckets are
+        // empty: they cost a test, no chain set-up.
+        let mut node = bucket & !1;
+        if node == 0 {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let mut brent = Brent::new(slot);
+        let mut chain = 0u32;
+        while node != 0 && node & 1 == 0 {
+            if self.total >= self.limits.max_entries || chain >= self.limits.max_chain {
+                self.s.truncated = true;
+                break;
+            }
+            if !node.is_multiple_of(8) {
+                return Err(Corrupt {
+                    at: node,
+                    why: Broken::Misaligned,
+                });
+            }
+            if brent.step(node) {
+                self.s.cycle = true;
+                return Ok(ControlFlow::Break(()));
+            }
+            self.total += 1;
+            chain += 1;
+            let next = tr
+                .read_virt_pod::<u64, M>(self.mem, node.wrapping_add(self.rh.next as u64))
+                .map_err(|e| Corrupt {
+                    at: node,
+                    why: Broken::Unreadable(e),
+                })?;
+            match visit(tr, node) {
+                Step::Continue => self.s.visited += 1,
+                Step::Skip => self.s.skipped += 1,
+                Step::Stop => {
+                    self.s.visited += 1;
+                    self.s.stopped = true;
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            node = next;
+        }
+        Ok(ControlFlow::Continue(()))
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::path::Path;
 
+use ktstr_walker::mem::read_regions;
 use ktstr_walker::{GuestMem, MemError};
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -84,44 +85,43 @@ impl SharedRam {
 
 impl GuestMem for SharedRam {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let len = buf.len() as u64;
-        let unmapped = MemError::Unmapped { gpa, len };
-        gpa.checked_add(len)
-            .ok_or(MemError::Overflow { gpa, len })?;
-        let mut done = 0usize;
-        // Each pass consumes one region's worth at least: bounded by the
-        // number of regions.
-        for _ in 0..=self.regions.len() {
-            if done == buf.len() {
-                return Ok(());
-            }
-            let at = gpa + done as u64;
-            let r = self
-                .regions
-                .iter()
-                .find(|r| at >= r.gpa && at - r.gpa < r.len)
-                .ok_or(unmapped)?;
-            let n = (r.len - (at - r.gpa)).min((buf.len() - done) as u64) as usize;
-            let src_off = (r.offset + (at - r.gpa)) as usize;
-            let map = &self.maps[r.map];
-            // SAFETY: [src_off, src_off + n) lies inside the mapping (the
-            // region is within the file's length, checked above). The guest
-            // may write these bytes concurrently; a raw copy reads whatever
-            // is there without asserting Rust aliasing rules over them.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    map.as_ptr().add(src_off),
-                    buf[done..].as_mut_ptr(),
-                    n,
-                );
-            }
-            done += n;
-        }
-        if done == buf.len() {
-            Ok(())
-        } else {
-            Err(unmapped)
-        }
+        read_regions(
+            gpa,
+            buf,
+            self.regions.len(),
+            |at| {
+                self.regions
+                    .iter()
+                    .find(|r| at >= r.gpa && at - r.gpa < r.len)
+                    .map(|r| (r.gpa, r.len, r))
+            },
+            |r, off, piece| {
+                let unmapped = MemError::Unmapped {
+                    gpa: r.gpa,
+                    len: r.len,
+                };
+                let map = self.maps.get(r.map).ok_or(unmapped)?;
+                let src_off = usize::try_from(r.offset + off).map_err(|_| unmapped)?;
+                if src_off
+                    .checked_add(piece.len())
+                    .is_none_or(|end| end > map.len())
+                {
+                    return Err(unmapped);
+                }
+                // SAFETY: [src_off, src_off + len) lies inside the mapping
+                // (checked above). The guest may write these bytes
+                // concurrently; a raw copy reads whatever is there without
+                // asserting Rust aliasing rules over them.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        map.as_ptr().add(src_off),
+                        piece.as_mut_ptr(),
+                        piece.len(),
+                    );
+                }
+                Ok(())
+            },
+        )
     }
 }
 

@@ -24,7 +24,7 @@ pub use cpu::CpuState;
 pub use note::{Note, NoteError, Notes};
 pub use vmcoreinfo::VmcoreInfo;
 
-use crate::mem::{GuestMem, MemError};
+use crate::mem::{GuestMem, MemError, read_regions};
 
 /// Why an ELF core file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -266,43 +266,30 @@ impl<S: AsRef<[u8]>> ElfCore<S> {
 
 impl<S: AsRef<[u8]>> GuestMem for ElfCore<S> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let len = buf.len() as u64;
-        gpa.checked_add(len)
-            .ok_or(MemError::Overflow { gpa, len })?;
-        let unmapped = MemError::Unmapped { gpa, len };
         let bytes = self.data.as_ref();
-        let mut done = 0usize;
-        // Each step ends at a segment end or at the end of `buf`, and segment
-        // ends strictly increase, so there are at most segments + 1 steps.
-        for _ in 0..=self.segments.len() {
-            let Some(rest) = buf.get_mut(done..) else {
-                return Err(unmapped);
-            };
-            if rest.is_empty() {
-                return Ok(());
-            }
-            let at = gpa.checked_add(done as u64).ok_or(unmapped)?;
-            let seg = self.segment_at(at).ok_or(unmapped)?;
-            let off = at - seg.paddr;
-            let n =
-                usize::try_from(seg.memsz - off).map_or(rest.len(), |left| left.min(rest.len()));
-            let chunk = rest.get_mut(..n).ok_or(unmapped)?;
-            // File-backed part first, then zeros past p_filesz.
-            let in_file = usize::try_from(seg.filesz.saturating_sub(off)).map_or(n, |f| f.min(n));
-            let (file_part, zero_part) = chunk.split_at_mut(in_file);
-            if !file_part.is_empty() {
-                let start = seg.file_offset.checked_add(off).ok_or(unmapped)?;
-                let src = file_range(bytes, start, file_part.len() as u64).ok_or(unmapped)?;
-                file_part.copy_from_slice(src);
-            }
-            zero_part.fill(0);
-            done += n;
-        }
-        if done == buf.len() {
-            Ok(())
-        } else {
-            Err(unmapped)
-        }
+        read_regions(
+            gpa,
+            buf,
+            self.segments.len(),
+            |at| self.segment_at(at).map(|s| (s.paddr, s.memsz, s)),
+            |seg, off, piece| {
+                let unmapped = MemError::Unmapped {
+                    gpa: seg.paddr,
+                    len: seg.memsz,
+                };
+                // File-backed part first, then zeros past p_filesz.
+                let in_file = usize::try_from(seg.filesz.saturating_sub(off))
+                    .map_or(piece.len(), |f| f.min(piece.len()));
+                let (file_part, zero_part) = piece.split_at_mut(in_file);
+                if !file_part.is_empty() {
+                    let start = seg.file_offset.checked_add(off).ok_or(unmapped)?;
+                    let src = file_range(bytes, start, file_part.len() as u64).ok_or(unmapped)?;
+                    file_part.copy_from_slice(src);
+                }
+                zero_part.fill(0);
+                Ok(())
+            },
+        )
     }
 }
 

@@ -26,15 +26,40 @@
 //! [`KtstrTest`] that does not choose one itself: the nested tier runs the
 //! same tests on ktstr's KVM VMM with `KTSTR_BACKEND=kvm`.
 
+mod case;
+
 use std::time::Duration;
 
-use anyhow::Result;
+pub use case::{Case, DeclError, Declared, Variant, report_dir, report_path, selected};
 
 use crate::checks::Thresholds;
-use crate::run::{RunReport, run};
-use crate::scenario::{Scenario, catalogue};
+use crate::kernel::store::NoFetchedKernel;
+use crate::run::{RunError, RunReport, run};
+use crate::scenario::{Scenario, ScenarioError, catalogue};
+use crate::scheduler::NotFound;
 use crate::session::{SchedulerConfig, SessionConfig};
 use crate::vm::Backend;
+
+/// Why a declared test could not be run (its checks failing is not an
+/// error: they are in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    /// No kernel given and none fetched.
+    #[error(transparent)]
+    NoKernel(#[from] NoFetchedKernel),
+    /// The topology string does not parse.
+    #[error(transparent)]
+    Topology(#[from] ktstr_vmm::TopologyError),
+    /// The scheduler binary is not there.
+    #[error(transparent)]
+    Scheduler(#[from] NotFound),
+    /// No such scenario.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The run itself failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
 
 /// Why a test could not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +121,7 @@ pub struct KtstrTest {
     thresholds: Thresholds,
     dump_at: Option<Duration>,
     backend: Option<Backend>,
+    memory_mib: Option<u64>,
 }
 
 /// The backend `KTSTR_BACKEND` names; `None` when unset. A value that
@@ -124,6 +150,7 @@ impl KtstrTest {
             thresholds: Thresholds::default(),
             dump_at: None,
             backend: None,
+            memory_mib: None,
         }
     }
 
@@ -223,7 +250,7 @@ impl KtstrTest {
 
     /// Run it. Errors are infrastructure failures; check failures are in
     /// the report.
-    pub fn run(&self) -> Result<RunReport> {
+    pub fn run(&self) -> Result<RunReport, TestError> {
         let kernel = match &self.kernel {
             Some(k) => k.clone(),
             None => crate::kernel::store::newest_fetched()?
@@ -233,6 +260,9 @@ impl KtstrTest {
         let topology = self.topology.parse()?;
         let mut cfg = SessionConfig::new(kernel, topology);
         cfg.duration = self.duration;
+        if let Some(m) = self.memory_mib {
+            cfg.memory_mib = m;
+        }
         cfg.backend = self.resolved_backend();
         cfg.scheduler = match &self.scheduler {
             Some((s, args)) => Some(SchedulerConfig {
@@ -245,7 +275,7 @@ impl KtstrTest {
             Some(s) => s.clone(),
             None => catalogue::find(&self.scenario_name)?,
         };
-        run(&cfg, &scenario, &self.thresholds, self.dump_at)
+        Ok(run(&cfg, &scenario, &self.thresholds, self.dump_at)?)
     }
 
     /// Run it as a `#[test]` whose checks may fail (a scheduler broken on
@@ -256,9 +286,7 @@ impl KtstrTest {
             skip(&self.name, need, &reason);
             return None;
         }
-        let report = self
-            .run()
-            .unwrap_or_else(|e| panic!("{}: {e:#}", self.name));
+        let report = self.run().unwrap_or_else(|e| panic!("{}: {e}", self.name));
         eprintln!("{}:\n{}", self.name, report.to_text());
         Some(report)
     }

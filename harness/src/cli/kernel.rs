@@ -1,0 +1,173 @@
+//! `ktstr kernel`: fetch, list, clean and inspect kernels.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use ktstr::kernel::Kernel;
+use ktstr::kernel::fetch::{FetchOptions, FetchedFrom, fetch};
+use ktstr::kernel::info::KernelInfo;
+
+use super::output::terminal_safe;
+
+#[derive(Subcommand)]
+pub enum KernelCommand {
+    /// Download a Debian cloud kernel with sched_ext and BTF (the newest,
+    /// or --release) from trixie or trixie-backports into the cache;
+    /// prints its directory as the last line.
+    Fetch {
+        /// A version (`6.16`, `6.16.12`, `7.3.4+deb13`) or release
+        /// (`7.3.4+deb13-cloud-amd64`): the newest matching one.
+        #[arg(long)]
+        release: Option<String>,
+        /// Do not contact the archive; use what is cached.
+        #[arg(long)]
+        offline: bool,
+        /// Also fetch the kernel's KVM modules (irqbypass, kvm, kvm-amd
+        /// from its linux-modules package), for booting it as the L1 guest
+        /// of the nested-virtualization tier (README: backends).
+        #[arg(long)]
+        kvm_modules: bool,
+    },
+    /// List cached kernels: version, origin, sched_ext and BTF, size,
+    /// last use.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached kernels (all, or those matching VERSION), keeping the
+    /// --keep N most recently used.
+    Clean {
+        /// Only kernels matching this version (`6.16`, `6.16.12+deb13`).
+        version: Option<String>,
+        /// Keep the N most recently used of them.
+        #[arg(long)]
+        keep: Option<usize>,
+    },
+    /// Show what ktstr knows about a kernel: release, image, required config
+    /// options, and the struct layout its BTF gives.
+    Info {
+        /// A bzImage, vmlinux, build directory, cache directory or cached
+        /// release name.
+        kernel: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Carry out one `ktstr kernel` command.
+pub fn kernel(command: KernelCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KernelCommand::Fetch {
+            release,
+            offline,
+            kvm_modules,
+        } => {
+            let got = fetch(&FetchOptions { release, offline })?;
+            match &got.from {
+                FetchedFrom::Cache => tracing::info!("{} (cached)", got.release),
+                FetchedFrom::Archive { suite } => {
+                    tracing::info!("{} (downloaded from {suite})", got.release)
+                }
+                FetchedFrom::StaleCache { reason } => eprintln!(
+                    "WARNING: could not ask the archive ({reason}); using the newest CACHED kernel {}, which may not be the newest available",
+                    got.release
+                ),
+            }
+            let dir = got.dir;
+            if kvm_modules {
+                for m in ktstr::kernel::modules::fetch_kvm_modules(&dir, offline)? {
+                    tracing::info!("KVM module {}", m.display());
+                }
+            }
+            println!("{}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        KernelCommand::List { json } => {
+            let kernels = ktstr::cache::kernels_dir()?;
+            let all = ktstr::kernel::store::list(&kernels);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("no kernels cached under {}", kernels.display());
+            } else {
+                print!("{}", kernel_table(&all));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KernelCommand::Clean { version, keep } => {
+            let kernels = ktstr::cache::kernels_dir()?;
+            let removed = ktstr::kernel::store::clean(
+                &kernels,
+                &ktstr::kernel::store::CleanOptions { keep, version },
+            )?;
+            for d in &removed {
+                println!("removed {}", d.display());
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KernelCommand::Info { kernel, json } => {
+            let k = Kernel::resolve(&kernel)?;
+            let info = KernelInfo::gather(&k);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{}", terminal_safe(&info.to_text()));
+            }
+            Ok(if info.usable() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// `ktstr kernel list`'s table.
+fn kernel_table(all: &[ktstr::kernel::store::CachedKernel]) -> String {
+    let yn = |b: bool| if b { "yes" } else { "NO" };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut s = format!(
+        "{:<28} {:<28} {:<9} {:<4} {:>8} {}\n",
+        "VERSION", "SOURCE", "SCHED_EXT", "BTF", "SIZE", "LAST USED"
+    );
+    for k in all {
+        let mut source = match &k.suite {
+            Some(suite) => format!("{} ({suite})", k.origin),
+            None => k.origin.to_string(),
+        };
+        if k.config_from_image {
+            // Footnoted below the table.
+            source.push('*');
+        }
+        let used = k.last_used.map_or("never".to_string(), |t| {
+            let ago = std::time::Duration::from_secs(now.saturating_sub(t));
+            let coarse: Vec<String> = humantime::format_duration(ago)
+                .to_string()
+                .split(' ')
+                .take(2)
+                .map(str::to_string)
+                .collect();
+            format!("{} ago", coarse.join(" "))
+        });
+        s += &format!(
+            "{:<28} {:<28} {:<9} {:<4} {:>6}MB {}\n",
+            k.release,
+            source,
+            yn(k.sched_ext),
+            yn(k.btf),
+            k.size / 1_000_000,
+            used
+        );
+    }
+    if all.iter().any(|k| k.config_from_image) {
+        s += "* the archive has no config for it: sched_ext and BTF were checked in the image's BTF\n";
+    }
+    s
+}
