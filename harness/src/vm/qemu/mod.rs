@@ -216,27 +216,11 @@ impl QemuVm {
             .arg(&cfg.initrd)
             .arg("-append")
             .arg(&cfg.cmdline)
-            .args(
-                if cfg.console_stdio {
-                    // signal=off: Ctrl-C goes to the guest's shell, not QEMU.
-                    [
-                        "-chardev".to_string(),
-                        "stdio,id=console,signal=off".to_string(),
-                        "-serial".to_string(),
-                        "chardev:console".to_string(),
-                    ]
-                } else {
-                    // To stdout, which the console thread bounds on disk.
-                    [
-                        "-chardev".to_string(),
-                        "stdio,id=console,signal=off".to_string(),
-                        "-serial".to_string(),
-                        "chardev:console".to_string(),
-                    ]
-                }
-                .into_iter()
-                .filter(|a| !a.is_empty()),
-            )
+            // COM1 on QEMU's stdout: the terminal in a shell, else a pipe to
+            // the thread that bounds console.log. signal=off: Ctrl-C goes
+            // to the guest's shell, not QEMU.
+            .args(["-chardev", "stdio,id=console,signal=off"])
+            .args(["-serial", "chardev:console"])
             .arg("-serial")
             .arg(format!("file:{}", dir.path().join("agent.log").display()))
             .arg("-qmp")
