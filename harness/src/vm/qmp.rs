@@ -76,10 +76,24 @@ impl Qmp {
         Ok(qmp)
     }
 
-    /// Bound later reads by `timeout` instead; returns the bound before.
-    pub fn set_timeout(&mut self, timeout: Duration) -> Result<Duration, QmpError> {
+    /// Run `f` with every read bounded by `timeout` instead, then go back
+    /// to the connection's own bound.
+    pub fn within<T>(
+        &mut self,
+        timeout: Duration,
+        f: impl FnOnce(&mut Qmp) -> Result<T, QmpError>,
+    ) -> Result<T, QmpError> {
+        let before = self.timeout;
+        self.set_timeout(timeout)?;
+        let r = f(self);
+        self.set_timeout(before)?;
+        r
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) -> Result<(), QmpError> {
         self.writer.set_read_timeout(Some(timeout))?;
-        Ok(std::mem::replace(&mut self.timeout, timeout))
+        self.timeout = timeout;
+        Ok(())
     }
 
     fn read(&mut self) -> Result<Value, QmpError> {
@@ -238,6 +252,25 @@ mod tests {
         }
         let r = qmp.execute("query-status", json!({})).unwrap();
         assert_eq!(r["status"], "running", "{r}");
+    }
+
+    #[test]
+    fn within_bounds_one_exchange_and_restores_the_connections_bound() {
+        let (mut qmp, _server) = serve(|req| {
+            let id = req["id"].as_u64().unwrap();
+            if req["execute"] == "stop" {
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            vec![json!({"return": {}, "id": id}).to_string()]
+        });
+        match qmp.within(Duration::from_millis(50), |q| q.execute("stop", json!({}))) {
+            Err(QmpError::Timeout { cmd, after }) => {
+                assert_eq!((cmd.as_str(), after), ("stop", Duration::from_millis(50)));
+            }
+            other => panic!("expected a timeout naming stop, got {other:?}"),
+        }
+        // Back to the connection's 300 ms: a 150 ms answer arrives in time.
+        qmp.execute("stop", json!({})).unwrap();
     }
 
     #[test]

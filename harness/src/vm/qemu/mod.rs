@@ -299,10 +299,7 @@ impl QemuVm {
     /// when dropped, so no error path leaves the guest frozen.
     pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
         let asked = Instant::now();
-        let before = self.qmp.set_timeout(QUICK_TIMEOUT)?;
-        let stopped = self.qmp.stop();
-        self.qmp.set_timeout(before)?;
-        match stopped {
+        match self.qmp.within(QUICK_TIMEOUT, Qmp::stop) {
             Err(QmpError::Timeout { cmd, after }) => {
                 return Err(VmError::Timeout {
                     waiting: format!("QEMU to answer QMP {cmd} (freezing the guest)"),
@@ -355,10 +352,9 @@ impl GuestVm for QemuVm {
 
     /// From `info registers`; the guest may be running.
     fn root(&mut self) -> Result<PageTableRoot, VmError> {
-        let before = self.qmp.set_timeout(QUICK_TIMEOUT)?;
-        let info = self.qmp.hmp("info registers");
-        self.qmp.set_timeout(before)?;
-        let info = info?;
+        let info = self
+            .qmp
+            .within(QUICK_TIMEOUT, |q| q.hmp("info registers"))?;
         let cr3 = qmp::register(&info, "CR3")
             .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
         Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
@@ -553,11 +549,10 @@ impl Drop for Frozen<'_> {
         if !self.thawed {
             // A QEMU that did not answer `stop` in time may not answer
             // this either: the same bound.
-            let before = self.vm.qmp.set_timeout(QUICK_TIMEOUT);
-            let _ = self.vm.qmp.execute("cont", serde_json::json!({}));
-            if let Ok(before) = before {
-                let _ = self.vm.qmp.set_timeout(before);
-            }
+            let _ = self
+                .vm
+                .qmp
+                .within(QUICK_TIMEOUT, |q| q.execute("cont", serde_json::json!({})));
         }
     }
 }
