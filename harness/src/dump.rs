@@ -102,7 +102,7 @@ pub enum DumpError {
     )]
     NoTranslation,
     /// The kernel was not found in the core.
-    #[error("finding the kernel in the core: {source}{}", holds.as_deref().map(|h| format!("; the core's memory holds \"{h}\", the vmlinux is \"{}\"", vmlinux)).unwrap_or_default())]
+    #[error("finding the kernel in the core: {source}{}", instead(holds.as_deref(), vmlinux))]
     Discover {
         /// What discovery said.
         source: DiscoverError,
@@ -111,6 +111,13 @@ pub enum DumpError {
         /// The vmlinux's banner.
         vmlinux: String,
     },
+}
+
+/// What [`DumpError::Discover`] adds when the core names its kernel.
+fn instead(holds: Option<&str>, vmlinux: &str) -> String {
+    holds
+        .map(|h| format!("; the core's memory holds \"{h}\", the vmlinux is \"{vmlinux}\""))
+        .unwrap_or_default()
 }
 
 /// Read the core and render its sched_ext state.
