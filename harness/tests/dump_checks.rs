@@ -14,7 +14,7 @@ use ktstr_tests::qemu::{Qemu, connect};
 use ktstr_tests::{Need, have_tool, skip};
 use ktstr_walker::discover::DiscoverError;
 use ktstr_walker::kernel::elfcore::CoreError;
-use ktstr_walker::kernel::vmlinux::VmlinuxError;
+use ktstr_walker::kernel::vmlinux::{Vmlinux, VmlinuxError};
 
 /// An ELF64 core: a VMCOREINFO note (when given) and one PT_LOAD of
 /// `mem` at physical address 0, no CPU notes.
@@ -338,9 +338,9 @@ fn qemu_core(dir: &Path, tmp: &Path, core: &Path) {
     .unwrap();
 }
 
-/// A real core of one kernel: dumped with its own vmlinux it reads; with
-/// another kernel's vmlinux the error names the release the core holds;
-/// cut short, it is a truncated core.
+/// A real core of one kernel (KASLR on): dumped with its own vmlinux, or
+/// its own System.map, it reads; with another kernel's vmlinux the error
+/// names the release the core holds; cut short, it is a truncated core.
 #[test]
 fn core_of_another_kernel_is_named() {
     const TEST: &str = "core_of_another_kernel_is_named";
@@ -355,6 +355,48 @@ fn core_of_another_kernel_is_named() {
 
     let own = dump_of(&core, theirs);
     assert!(own.is_ok(), "its own vmlinux: {:?}", own.err());
+
+    // A System.map of its link-time addresses is slid by what discovery
+    // finds (KASLR is on), and reads the same kernel. Debian ships a stub
+    // System.map: this one is written from the vmlinux's kallsyms tables.
+    let map = tmp.path().join("System.map");
+    {
+        let v = Vmlinux::open(theirs.join("vmlinux")).unwrap();
+        let mut text = String::new();
+        v.kallsyms()
+            .unwrap()
+            .for_each(|kind, name, addr| {
+                let name = String::from_utf8_lossy(name);
+                text.push_str(&format!("{addr:016x} {} {name}\n", kind as char));
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        std::fs::write(&map, text).unwrap();
+    }
+    {
+        let with_map = |vmlinux: &Path| {
+            dump(&DumpOptions {
+                core: core.clone(),
+                vmlinux: vmlinux.display().to_string(),
+                kallsyms: None,
+                system_map: Some(map.clone()),
+                cr3: None,
+            })
+        };
+        let mapped = with_map(theirs).expect("its own System.map");
+        assert_eq!(
+            mapped.cpus.len(),
+            own.as_ref().unwrap().cpus.len(),
+            "the same CPUs through the System.map"
+        );
+        // Another kernel's vmlinux with this System.map: its banner is
+        // not where the map says.
+        let err = with_map(ours).unwrap_err();
+        assert!(
+            matches!(err, DumpError::Discover { .. } | DumpError::Mismatch { .. }),
+            "{err:?}"
+        );
+    }
 
     match dump_of(&core, ours) {
         Err(DumpError::Discover {
