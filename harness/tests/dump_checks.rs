@@ -113,7 +113,11 @@ fn build_id(vmlinux: &Path) -> String {
 
 #[test]
 fn vmcoreinfo_of_another_kernel_is_named() {
-    let Some(dirs) = kernels("vmcoreinfo_of_another_kernel_is_named", 1) else {
+    const TEST: &str = "vmcoreinfo_of_another_kernel_is_named";
+    if !have_tool("readelf") {
+        return skip(TEST, Need::Tool, "readelf not installed (binutils)");
+    }
+    let Some(dirs) = kernels(TEST, 1) else {
         return;
     };
     let dir = &dirs[0];
