@@ -296,10 +296,10 @@ fn check_vmcoreinfo_ids(info: &VmcoreInfo, vmlinux: &Vmlinux<&[u8]>) -> Result<(
     {
         return Err(mismatch("VMCOREINFO OSRELEASE", theirs.trim(), ours));
     }
-    if let (Some(theirs), Some(ours)) = (info.get("BUILD-ID"), build_id(vmlinux.bytes()))
-        && !theirs.trim().eq_ignore_ascii_case(&ours)
+    if let (Some(theirs), Some(ours)) = (info.build_id(), build_id(vmlinux.bytes()))
+        && !theirs.eq_ignore_ascii_case(&ours)
     {
-        return Err(mismatch("VMCOREINFO BUILD-ID", theirs.trim(), &ours));
+        return Err(mismatch("VMCOREINFO BUILD-ID", theirs, &ours));
     }
     Ok(())
 }
