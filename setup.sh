@@ -19,10 +19,13 @@ step "system packages"
 # pkg-config: building scx_bpfland and the workspace's fixture scheduler
 # (scx-fixture/; BPF C needs a recent clang); acpica-tools (iasl): an
 # independent AML disassembler the VMM's ACPI tests read the DSDT with.
+# make, gcc, flex, bison, bc (and libelf-dev, dwarves): `ktstr kernel
+# build`, which builds the pre-6.16 sched_ext kernel below.
 # --no-install-recommends: qemu's recommends pull hundreds of packages.
 pkgs=(qemu-system-x86 busybox-static dwarves bpftool zstd xz-utils lz4 gzip
       ca-certificates debian-archive-keyring libc6-dev
-      clang-19 libelf-dev zlib1g-dev pkg-config acpica-tools)
+      clang-19 libelf-dev zlib1g-dev pkg-config acpica-tools
+      make gcc flex bison bc)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -47,19 +50,28 @@ else
     echo "warning: no nightly toolchain: fuzzing (fuzz/) is unavailable" >&2
 fi
 
-step "scx_bpfland, the reference scheduler of the end-to-end tests"
-# Built once into ktstr's tool cache (~4 min on 2 cores); pinned so a new
-# release cannot change what the tests run. Its build wants `clang` to be
-# clang-19: a private symlink, the system's alternatives untouched.
+# The end-to-end tests' schedulers, built once into ktstr's tool cache and
+# pinned so a new release cannot change what the tests run. Their builds
+# want `clang` to be clang-19: a private symlink, the system's
+# alternatives untouched.
 cache="${KTSTR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ktstr}"
 tools="$cache/tools"
-SCX_BPFLAND_VERSION=1.1.4
-if ! "$tools/bin/scx_bpfland" --version 2>/dev/null | grep -q "$SCX_BPFLAND_VERSION"; then
-    mkdir -p "$tools/llvm-bin"
-    ln -sf "$(command -v clang-19)" "$tools/llvm-bin/clang"
-    PATH="$tools/llvm-bin:$PATH" cargo install --locked scx_bpfland \
-        --version "$SCX_BPFLAND_VERSION" --root "$tools"
-fi
+install_scheduler() { # NAME VERSION
+    if ! "$tools/bin/$1" --version 2>/dev/null | grep -q "$2"; then
+        mkdir -p "$tools/llvm-bin"
+        ln -sf "$(command -v clang-19)" "$tools/llvm-bin/clang"
+        PATH="$tools/llvm-bin:$PATH" cargo install --locked "$1" \
+            --version "$2" --root "$tools"
+    fi
+}
+
+step "scx_bpfland, the reference scheduler of the end-to-end tests"
+# ~4 min on 2 cores, once.
+install_scheduler scx_bpfland 1.1.4
+
+step "scx_lavd, a scheduler of another design for the end-to-end tests"
+# 450 CPU-seconds to build (about 4 min on 2 idle cores), once.
+install_scheduler scx_lavd 1.1.4
 
 step "build"
 cargo build --workspace --all-targets
@@ -73,6 +85,14 @@ kernel_dir=$(./target/debug/ktstr kernel fetch --kvm-modules | tail -n 1)
 # each is downloaded once, later runs find them cached.
 ./target/debug/ktstr kernel fetch --release 6.16.12 >/dev/null
 ./target/debug/ktstr kernel fetch --release 6.19 >/dev/null
+
+step "build the pre-6.16 sched_ext kernel (6.12)"
+# Debian's 6.12 images lack sched_ext: ktstr builds one from Debian's
+# linux-source-6.12 with its harness config, once (measured: 26 min at nice 19
+# under a load of 7-9, 541 s of CPU: ~5 min on an idle 2-core machine; a
+# 153 MB download, 2.6 GB unpacked and built under ~/.cache/ktstr/sources).
+# A later run finds it cached and builds nothing.
+nice -n 19 ./target/debug/ktstr kernel build 6.12 >/dev/null
 ./target/debug/ktstr kernel list
 
 step "what ktstr reads from it"

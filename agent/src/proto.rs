@@ -50,6 +50,21 @@ pub struct CgroupJob {
     pub cpus: Option<Vec<u32>>,
     /// Its workers.
     pub workers: Vec<WorkerSpec>,
+    /// `cpu.weight` (1..=10000; the kernel's default is 100).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// `cpu.max`: at most `quota_us` of CPU time per `period_us`.
+    #[serde(default)]
+    pub cpu_max: Option<CpuMax>,
+}
+
+/// A cgroup's CPU bandwidth limit (`cpu.max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuMax {
+    /// CPU time allowed per period.
+    pub quota_us: u64,
+    /// The period.
+    pub period_us: u64,
 }
 
 /// A change at a point of the run.
@@ -85,6 +100,27 @@ pub enum StepAction {
         from: String,
         /// To.
         to: String,
+    },
+    /// Take a CPU offline or bring it back (CPU hotplug).
+    Hotplug {
+        /// The CPU.
+        cpu: u32,
+        /// Online (true) or offline.
+        online: bool,
+    },
+    /// Change the CPU affinity of every worker of a cgroup.
+    SetAffinity {
+        /// The cgroup.
+        cgroup: String,
+        /// The CPUs.
+        cpus: Vec<u32>,
+    },
+    /// Rewrite a cgroup's `cpu.weight`.
+    SetWeight {
+        /// The cgroup.
+        cgroup: String,
+        /// The weight.
+        weight: u32,
     },
 }
 
@@ -154,6 +190,51 @@ pub enum Work {
     /// Two threads waking each other through pipes (one round trip is one
     /// iteration): wakeup latency.
     PingPong,
+    /// Sleep `interval_us`, again (cyclictest): how late each wakeup is.
+    Cyclic {
+        /// The sleep.
+        interval_us: u64,
+    },
+    /// `pairs` sender/receiver thread pairs exchanging 100-byte messages
+    /// over pipes or Unix sockets (hackbench): messages are iterations,
+    /// delivery delay is the wakeup latency.
+    Messages {
+        /// Sender/receiver pairs.
+        pairs: u32,
+        /// Unix stream sockets instead of pipes.
+        sockets: bool,
+    },
+    /// Fork a child that execs `/bin/busybox true`, wait for it, again.
+    ForkExec,
+    /// `waiters` threads blocked on one futex, all woken at once, again
+    /// (a thundering herd): each wakeup's delay is measured.
+    FutexHerd {
+        /// Threads woken together.
+        waiters: u32,
+    },
+    /// A producer and a consumer thread over a queue of `depth` items:
+    /// items are iterations, queueing delay the wakeup latency.
+    ProducerConsumer {
+        /// Queue capacity.
+        depth: u32,
+    },
+    /// Block in `poll` until a helper thread writes `block_us` later (a
+    /// task that waits on I/O): the wake delay past `block_us` is measured.
+    Blocking {
+        /// How long each wait lasts.
+        block_us: u64,
+    },
+    /// Touch `mib` MiB of memory, placed by `mbind` on NUMA node `node`
+    /// (`preferred`: MPOL_PREFERRED, else MPOL_BIND), page after page;
+    /// reports the share of pages on another node than the CPU's.
+    MemTouch {
+        /// Memory size.
+        mib: u32,
+        /// The node, or `None` for the default policy.
+        node: Option<u32>,
+        /// Preferred instead of bound.
+        preferred: bool,
+    },
 }
 
 /// A scheduling policy.
@@ -260,12 +341,32 @@ pub struct WorkerResult {
     pub wake_max_us: Option<u64>,
     /// Wakeup latency: mean.
     pub wake_avg_us: Option<u64>,
+    /// Wakeup latency percentiles: 50th, 99th, 99.9th.
+    #[serde(default)]
+    pub wake_pct_us: Option<Percentiles>,
+    /// Share of memory pages on another NUMA node than the worker's CPU,
+    /// in thousandths (memory work only).
+    #[serde(default)]
+    pub remote_permille: Option<u32>,
     /// Times it was seen on another CPU than the time before.
     pub migrations: u64,
     /// CPUs it was seen on.
     pub cpus: Vec<u32>,
     /// Why it ended badly, if it did.
     pub error: Option<String>,
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: u64,
+    /// 99th.
+    pub p99: u64,
+    /// 99.9th.
+    pub p999: u64,
+    /// How many samples they are of.
+    pub samples: u64,
 }
 
 /// A message from the agent.
@@ -323,6 +424,10 @@ pub enum Msg {
         scheduler_exit: Option<String>,
         /// The tail of the scheduler's output.
         scheduler_output: String,
+        /// Per 500 ms window of the workload, each CPU's busy share in
+        /// thousandths (`u16::MAX`: offline then).
+        #[serde(default)]
+        cpu_busy: Vec<Vec<u16>>,
     },
     /// The agent could not go on.
     Error {
@@ -563,6 +668,11 @@ mod tests {
             cgroups: vec![CgroupJob {
                 name: "a".into(),
                 cpus: Some(vec![0, 1]),
+                weight: Some(200),
+                cpu_max: Some(CpuMax {
+                    quota_us: 50_000,
+                    period_us: 100_000,
+                }),
                 workers: vec![WorkerSpec::new(
                     "spin",
                     2,

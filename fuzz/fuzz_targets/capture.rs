@@ -52,11 +52,14 @@ fn read_bound() -> u64 {
     // the list head's links (2); per node its links and flags (3 chunks),
     // then the links (2) and the flags (1) alone.
     let dsq = 4 + 3 + 2 + 6 * u64::from(LIMITS.max_list);
-    let sched = 1 + 5 + string + 3 + 2 * string + 1; // + jiffies
+    // + jiffies; the exit info (9 chunks), 7 globals, the backtrace (1),
+    // the dump text (8 pages, then one in 64 pieces and 64 bytes), the
+    // 6.16 event counters' base (1).
+    let sched = 1 + 5 + string + 9 + 2 * string + 1 + 7 + 1 + (8 + 64 + 64) + 1;
     // The offsets batch and the CPU's own entry, rq (4 chunks), rq->scx
-    // with the runnable and local DSQ heads (10) then alone (5), two DSQs,
-    // the runnable list.
-    let per_cpu = 2 + 4 + 10 + 5 + 2 * dsq + list(LIMITS.max_list);
+    // with the runnable and local DSQ heads (12) then alone (7), two DSQs,
+    // the runnable list, the event counters (1).
+    let per_cpu = 2 + 4 + 12 + 7 + 2 * dsq + list(LIMITS.max_list) + 1;
     let cpus = 1 + u64::from(MAX_CPUS) * per_cpu;
     let shared = 1
         + u64::from(MAX_NODES) * (1 + dsq)
@@ -64,9 +67,9 @@ fn read_bound() -> u64 {
         + u64::from(LIMITS.hash.max_buckets) / 64
         + 1
         + u64::from(LIMITS.hash.max_entries) * (1 + dsq);
-    // Per task: its plan (up to 22 chunks, links included), then its
+    // Per task: its plan (up to 29 chunks, links included), then its
     // links alone (2).
-    let tasks = 2 + u64::from(LIMITS.max_tasks) * (22 + 2);
+    let tasks = 2 + u64::from(LIMITS.max_tasks) * (29 + 2);
     // Per distinct cgroup (at most CGROUPS kept): css_set and cgroup
     // pointers, then up to 16 levels of parent, name pointer and a name in
     // up to 4 pieces.
@@ -150,6 +153,7 @@ fuzz_target!(|data: &[u8]| {
             names: &names,
             pause_ns: None,
             pause: None,
+            symbolizer: None,
         },
     );
     let _ = report.to_text();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::checks::Thresholds;
 use crate::profiles::{self, ProfileError};
-use crate::run::{RunError, RunReport, run_with};
+use crate::run::{RunReport, run_with};
 use crate::scenario::{ScenarioError, catalogue};
 use crate::session::SessionConfig;
 use crate::summary::Summary;
@@ -64,14 +64,6 @@ pub enum GauntletError {
     /// An unknown scenario.
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
-    /// A run broke (not a failed check: those are in the summary).
-    #[error("{combo}: {source}")]
-    Run {
-        /// Which combination.
-        combo: String,
-        /// Why.
-        source: Box<RunError>,
-    },
     /// A report could not be written.
     #[error("writing {}: {source}", path.display())]
     Write {
@@ -137,24 +129,33 @@ pub fn run(
         prepared.push((c, session, catalogue::find(&c.scenario)?));
     }
     let mut reports = Vec::new();
+    let mut broken = Vec::new();
     for (i, (combo, session, scenario)) in prepared.into_iter().enumerate() {
         let name = combo.name();
         let at = format!("[{}/{}] {name}", i + 1, combos.len());
         progress(&at);
-        let mut report = run_with(&session, &scenario, &cfg.thresholds, None, &|p| {
+        // A run that breaks (a guest that panicked, a timeout) is one
+        // failed line; the rest of the gauntlet still runs.
+        match run_with(&session, &scenario, &cfg.thresholds, None, &|p| {
             progress(&format!("{at}: {p}"))
-        })
-        .map_err(|source| GauntletError::Run {
-            combo: name.clone(),
-            source: Box::new(source),
-        })?;
-        report.test_name = Some(name);
-        if let Some(dir) = &cfg.json_dir {
-            write(dir, &report)?;
+        }) {
+            Ok(mut report) => {
+                report.test_name = Some(name);
+                if let Some(dir) = &cfg.json_dir {
+                    write(dir, &report)?;
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                tracing::warn!("{name}: {e}");
+                broken.push((name, combo.topology.clone(), e));
+            }
         }
-        reports.push(report);
     }
-    let summary = Summary::of(&reports);
+    let mut summary = Summary::of(&reports);
+    for (name, topology, e) in broken {
+        summary.add_broken(&name, &topology, &e.to_string());
+    }
     Ok((reports, summary))
 }
 

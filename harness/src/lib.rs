@@ -17,6 +17,7 @@ pub mod profiles;
 pub mod run;
 pub mod scenario;
 pub mod scheduler;
+pub mod series;
 pub mod session;
 pub mod summary;
 pub mod testing;

@@ -5,10 +5,10 @@
 //! freeze and dump: a scheduler that is exiting or went away, a task left
 //! runnable past the threshold, or a busy CPU whose clock stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use ktstr_walker::render::{Placement, Report};
+use ktstr_walker::render::{Placement, Report, SchedClass};
 
 /// What the monitor watches for.
 #[derive(Debug, Clone, Copy)]
@@ -98,10 +98,33 @@ impl std::fmt::Display for Trigger {
     }
 }
 
+/// What a trigger is about: the monitor keeps sampling after a dump and
+/// says each once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Subject {
+    Detached,
+    Exiting,
+    Task(i32),
+    Clock(u32),
+}
+
+impl Trigger {
+    fn subject(&self) -> Subject {
+        match self {
+            Trigger::SchedulerDetached => Subject::Detached,
+            Trigger::SchedulerExiting { .. } => Subject::Exiting,
+            Trigger::Stall { pid, .. } => Subject::Task(*pid),
+            Trigger::ClockStopped { cpu, .. } => Subject::Clock(*cpu),
+        }
+    }
+}
+
 /// State kept across samples.
 pub struct Monitor {
     cfg: MonitorConfig,
     seen_attached: bool,
+    /// What was already said.
+    said: BTreeSet<Subject>,
     /// Per CPU: the clock, and since when it has not moved while busy.
     clocks: BTreeMap<u32, (u64, Instant)>,
     /// Samples taken.
@@ -114,6 +137,7 @@ impl Monitor {
         Monitor {
             cfg,
             seen_attached: false,
+            said: BTreeSet::new(),
             clocks: BTreeMap::new(),
             samples: 0,
         }
@@ -124,14 +148,26 @@ impl Monitor {
         self.cfg.interval
     }
 
-    /// Look at one sample taken at `now`.
+    /// Look at one sample taken at `now`: the first problem not said
+    /// before (a stall of the same task, the same CPU's clock, the exit
+    /// or the detach are said once).
     pub fn observe(&mut self, r: &Report, now: Instant) -> Option<Trigger> {
         self.samples += 1;
+        let t = self.problem(r, now)?;
+        self.said.insert(t.subject());
+        Some(t)
+    }
+
+    fn unsaid(&self, s: Subject) -> bool {
+        !self.said.contains(&s)
+    }
+
+    fn problem(&mut self, r: &Report, now: Instant) -> Option<Trigger> {
         let s = &r.scheduler;
         if self.cfg.scheduler {
             if s.attached {
                 self.seen_attached = true;
-                if s.exit_kind != 0 {
+                if s.exit_kind != 0 && self.unsaid(Subject::Exiting) {
                     return Some(Trigger::SchedulerExiting {
                         kind: s.exit_kind_name.clone(),
                         reason: format!("{} {}", s.exit_reason, s.exit_msg)
@@ -139,7 +175,7 @@ impl Monitor {
                             .to_string(),
                     });
                 }
-            } else if self.seen_attached {
+            } else if self.seen_attached && self.unsaid(Subject::Detached) {
                 return Some(Trigger::SchedulerDetached);
             }
         }
@@ -149,7 +185,8 @@ impl Monitor {
             .iter()
             // runnable_at is kept by sched_ext only: other classes' (and
             // the idle tasks') ages mean nothing.
-            .filter(|t| t.class == "ext" && t.pid > 0)
+            .filter(|t| t.class == SchedClass::Ext && t.pid > 0)
+            .filter(|t| self.unsaid(Subject::Task(t.pid)))
             .filter(|t| {
                 matches!(
                     t.placement,
@@ -167,7 +204,7 @@ impl Monitor {
             });
         }
         for c in &r.cpus {
-            if c.fault.is_some() {
+            if c.fault.is_some() || !self.unsaid(Subject::Clock(c.cpu)) {
                 continue;
             }
             let busy = c.nr_running > 0 && !c.curr_is_idle;
@@ -250,10 +287,29 @@ mod tests {
     }
 
     #[test]
+    fn sampling_goes_on_after_a_trigger_and_says_each_problem_once() {
+        let mut m = monitor();
+        let t0 = Instant::now();
+        assert!(matches!(
+            m.observe(&report(true, 0, Some(2500), 1), t0),
+            Some(Trigger::Stall { pid: 11, .. })
+        ));
+        // The same task still waiting: said already.
+        assert_eq!(m.observe(&report(true, 0, Some(3500), 2), t0), None);
+        // Then the scheduler exits: a new problem.
+        assert!(matches!(
+            m.observe(&report(true, 1024, Some(4500), 3), t0),
+            Some(Trigger::SchedulerExiting { .. })
+        ));
+        assert_eq!(m.observe(&report(true, 1024, Some(5500), 4), t0), None);
+        assert_eq!(m.samples, 4);
+    }
+
+    #[test]
     fn ages_of_tasks_outside_sched_ext_are_ignored() {
         let mut m = monitor();
         let mut r = report(true, 0, Some(9000), 1);
-        r.tasks[0].class = "fair".into();
+        r.tasks[0].class = SchedClass::Fair;
         assert_eq!(m.observe(&r, Instant::now()), None);
     }
 

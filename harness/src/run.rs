@@ -13,6 +13,7 @@ use crate::checks::CheckKind;
 use crate::checks::{Check, Outcome, Thresholds, evaluate};
 use crate::monitor::{Monitor, MonitorConfig};
 use crate::scenario::{Scenario, ScenarioError};
+use crate::series::{DumpPlan, PlanError, Series, TimedDump};
 use crate::session::{Session, SessionConfig, SessionError, StartPhases};
 use crate::vm::PauseWindow;
 
@@ -37,14 +38,9 @@ pub enum RunError {
     /// The scenario does not fit the topology or duration.
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
-    /// `--dump-at` past the run's end.
-    #[error("--dump-at {at:?} is not within the run's {duration:?} duration")]
-    DumpAtOutside {
-        /// When the dump was asked for.
-        at: Duration,
-        /// How long the workload runs.
-        duration: Duration,
-    },
+    /// The dump plan does not fit the run (`--dump-at` past its end).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     /// The guest could not be booted, followed or captured.
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -136,6 +132,13 @@ pub struct RunReport {
     /// Where the frozen dump's pause went (none without a frozen dump).
     #[serde(default)]
     pub pause: Option<PauseWindow>,
+    /// The dumps after the first, in time order (follow-ups of monitor
+    /// triggers, further `--dump-at` times, a `--dump-every` series).
+    #[serde(default)]
+    pub more_dumps: Vec<TimedDump>,
+    /// Dumps taken but not kept: past the byte budget.
+    #[serde(default)]
+    pub dumps_over_budget: u32,
     /// Where the run's wall time went.
     #[serde(default)]
     pub phases: Phases,
@@ -164,16 +167,46 @@ impl RunReport {
             out.push_str(&d.to_text());
             out.push_str("--- end of dump ---\n\n");
         }
+        let mut prev = self.dump.as_ref();
+        for d in &self.more_dumps {
+            out.push_str(&format!("--- dump at {} ms ({}) ---\n", d.at_ms, d.reason));
+            if let Some(p) = prev {
+                let changes = d.report.changes_since(p);
+                out.push_str("changed since the previous dump:\n");
+                if changes.is_empty() {
+                    out.push_str("  nothing\n");
+                }
+                for c in &changes {
+                    out.push_str(&format!("  {c}\n"));
+                }
+                out.push('\n');
+            }
+            out.push_str(&d.report.to_text());
+            out.push_str("--- end of dump ---\n\n");
+            prev = Some(&d.report);
+        }
+        if self.dumps_over_budget > 0 {
+            out.push_str(&format!(
+                "{} more dumps were taken but not kept: the byte budget was spent\n\n",
+                self.dumps_over_budget
+            ));
+        }
         let mut cgroup = None;
         for w in &self.workers {
             if cgroup != Some(&w.cgroup) {
                 out.push_str(&format!("cgroup {}\n", w.cgroup));
                 cgroup = Some(&w.cgroup);
             }
-            let wake = match (w.wake_avg_us, w.wake_max_us) {
+            let mut wake = match (w.wake_avg_us, w.wake_max_us) {
                 (Some(a), Some(m)) => format!(", wakeup avg {a} us max {m} us"),
                 _ => String::new(),
             };
+            if let Some(p) = w.wake_pct_us {
+                wake += &format!(" (p50 {} p99 {} p99.9 {} us)", p.p50, p.p99, p.p999);
+            }
+            if let Some(r) = w.remote_permille {
+                wake += &format!(", {:.1}% of its pages remote", f64::from(r) / 10.0);
+            }
             out.push_str(&format!(
                 "  {}[{}]: {} iterations, {} ms CPU of {} ms, longest wait {:.1} ms{wake}, {} migrations, CPUs {:?}{}\n",
                 w.name,
@@ -229,16 +262,20 @@ pub fn run_with(
     dump_at: Option<Duration>,
     phase: &dyn Fn(&str),
 ) -> Result<RunReport, RunError> {
+    run_planned(cfg, scenario, thresholds, &DumpPlan::at(dump_at), phase)
+}
+
+/// [`run_with`], dumping as `plan` says.
+pub fn run_planned(
+    cfg: &SessionConfig,
+    scenario: &Scenario,
+    thresholds: &Thresholds,
+    plan: &DumpPlan,
+    phase: &dyn Fn(&str),
+) -> Result<RunReport, RunError> {
     let mut cfg = cfg.clone();
     let resolved = cfg.scenario(scenario)?;
-    if let Some(at) = dump_at
-        && at >= cfg.duration
-    {
-        return Err(RunError::DumpAtOutside {
-            at,
-            duration: cfg.duration,
-        });
-    }
+    plan.check(cfg.duration)?;
     let start = Instant::now();
     let mut session = Session::start_with(&cfg, phase)?;
     tracing::info!(
@@ -252,16 +289,14 @@ pub fn run_with(
         stall: thresholds.max_gap,
         scheduler: cfg.scheduler.is_some(),
     });
-    let mut dump = None;
-    let mut dump_reason = None;
-    let mut pause = None;
+    let mut series = Series::new(plan.clone());
     // The agent ends the workload itself after the duration; past this the
     // guest has stopped talking.
     let deadline = running + cfg.duration + finish_grace();
     let mut last_sample: Option<(Report, Instant)> = None;
     let mut caught = None;
-    // Sample until the guest reports the end; dump once, on the first of
-    // --dump-at or a monitor trigger.
+    // Sample until the guest reports the end; dump when the plan says and
+    // on each new problem the monitor sees.
     while !session.poll_finished()? {
         if Instant::now() >= deadline {
             return Err(RunError::Hung {
@@ -276,41 +311,52 @@ pub fn run_with(
             running.elapsed().as_secs().min(cfg.duration.as_secs()),
             cfg.duration.as_secs()
         ));
-        if dump.is_none() {
-            let reason = match dump_at {
-                Some(at) if running.elapsed() >= at => Some(format!("--dump-at {at:?}")),
-                _ => match session.sample() {
-                    Ok(r) => {
-                        let trigger = monitor.observe(&r, Instant::now()).map(|t| {
-                            tracing::warn!(%t, "monitor: freezing for a dump");
-                            caught = Some(t.clone());
-                            format!("monitor: {t}")
-                        });
-                        last_sample = Some((r, Instant::now()));
-                        trigger
-                    }
-                    Err(e) => {
-                        tracing::debug!("monitor sample failed: {e}");
-                        None
-                    }
-                },
-            };
-            if let Some(reason) = reason {
-                phase("freezing for a dump");
-                let (report, window) = session.capture(None)?;
-                if let Some(t) = &caught {
-                    let t = t.restated(&report);
-                    dump_reason = Some(format!("monitor: {t}"));
-                    caught = Some(t);
+        let elapsed = running.elapsed();
+        let mut reason = series.due(elapsed).map(|d| d.to_string());
+        let mut trigger = None;
+        if reason.is_none() {
+            match session.sample() {
+                Ok(r) => {
+                    trigger = monitor.observe(&r, Instant::now());
+                    last_sample = Some((r, Instant::now()));
                 }
-                dump = Some(report);
-                pause = Some(window);
-                dump_reason = dump_reason.or(Some(reason));
+                Err(e) => tracing::debug!("monitor sample failed: {e:#}"),
             }
+            if let Some(t) = &trigger {
+                tracing::warn!(%t, "monitor: freezing for a dump");
+                reason = Some(format!("monitor: {t}"));
+            }
+        }
+        if let Some(reason) = reason
+            && !series.spent()
+        {
+            phase("freezing for a dump");
+            let (report, window) = session.capture(None)?;
+            let reason = match trigger {
+                Some(t) => {
+                    let t = t.restated(&report);
+                    series.triggered(elapsed, &t.to_string());
+                    caught.get_or_insert(t.clone());
+                    format!("monitor: {t}")
+                }
+                None => reason,
+            };
+            series.record(elapsed, reason, report, Some(window));
+        } else if let Some(t) = trigger {
+            caught.get_or_insert(t);
         }
         std::thread::sleep(monitor.interval());
     }
-    let frozen_ns = dump.as_ref().and_then(|d| d.health.pause_ns).unwrap_or(0);
+    let frozen_ns = series.frozen_ns();
+    let dumps_over_budget = series.over_budget;
+    let mut taken = series.taken.into_iter();
+    let first = taken.next();
+    let more_dumps: Vec<TimedDump> = taken.collect();
+    let pause = first.as_ref().and_then(|d| d.pause);
+    let (mut dump, mut dump_reason) = match first {
+        Some(d) => (Some(d.report), Some(d.reason)),
+        None => (None, None),
+    };
     let release = session.release.clone();
     let nr_cpus = session.nr_cpus;
     let scheduler = session.attached.as_ref().map(|a| a.ops.clone());
@@ -342,6 +388,8 @@ pub fn run_with(
             resolved: &resolved,
             nr_cpus,
             monitor: caught.map(|t| t.to_string()),
+            cpu_busy: &done.cpu_busy,
+            topology: Some(&cfg.topology),
         },
         thresholds,
     );
@@ -382,6 +430,8 @@ pub fn run_with(
         frozen_ratio: frozen_ns as f64 / workload_ns,
         backend: backend.to_string(),
         pause,
+        more_dumps,
+        dumps_over_budget,
         phases,
     })
 }
@@ -415,6 +465,13 @@ pub(crate) mod tests {
                 max_gap_us: 1500,
                 wake_max_us: Some(900),
                 wake_avg_us: Some(100),
+                wake_pct_us: Some(crate::agent::proto::Percentiles {
+                    p50: 80,
+                    p99: 700,
+                    p999: 880,
+                    samples: 1000,
+                }),
+                remote_permille: None,
                 migrations: 2,
                 cpus: vec![1],
                 error: None,
@@ -440,6 +497,8 @@ pub(crate) mod tests {
             frozen_ratio: 0.0,
             backend: "qemu".into(),
             pause: None,
+            more_dumps: Vec::new(),
+            dumps_over_budget: 0,
             phases: Phases {
                 start: StartPhases {
                     prepare_ms: 410,
@@ -464,7 +523,10 @@ pub(crate) mod tests {
         };
         assert!(at("scenario steady on 1n1l2c1t") < at("cgroup duty"));
         assert!(at("ktstr-duty[42]: 7 iterations, 30 ms CPU of 3000 ms") > at("cgroup duty"));
-        assert!(text.contains("wakeup avg 100 us max 900 us"), "{text}");
+        assert!(
+            text.contains("wakeup avg 100 us max 900 us (p50 80 p99 700 p99.9 880 us)"),
+            "{text}"
+        );
         assert!(text.contains("FAIL scheduler attached to the end: sched_ext is disabled"));
         assert!(text.contains("ok   every worker ran"));
         assert!(

@@ -112,6 +112,24 @@ impl Summary {
         Ok(summary)
     }
 
+    /// A run that ended without a report (its VM broke): a failed line
+    /// carrying the error's first line.
+    pub fn add_broken(&mut self, name: &str, topology: &str, error: &str) {
+        self.runs.push(Line {
+            name: name.to_string(),
+            what: format!("on {topology}: no report"),
+            passed: false,
+            failed_checks: vec![format!(
+                "run broke: {}",
+                error.lines().next().unwrap_or_default()
+            )],
+            wall_ms: 0,
+            dumped: false,
+        });
+        self.runs.sort_by(|a, b| a.name.cmp(&b.name));
+        self.failed += 1;
+    }
+
     /// A table, failures first, then the totals.
     pub fn to_text(&self) -> String {
         let mut out = String::new();

@@ -1,7 +1,8 @@
 //! The kernel cache under stress, through the `ktstr` binary on temporary
 //! caches (KTSTR_CACHE_DIR): two fetches of one release at once, a fetch
-//! killed mid-download, `kernel list`/`clean`, `--kernel VERSION`, and a
-//! hostile KTSTR_DEBIAN_MIRROR. The real-archive cases reuse the package
+//! killed mid-download, `kernel list`/`clean`, `--kernel VERSION`, a
+//! hostile KTSTR_DEBIAN_MIRROR, and `kernel build` of a stand-in source
+//! tree (refused when Kconfig drops a fragment line; two builds at once). The real-archive cases reuse the package
 //! lists and .debs of ~/.cache/ktstr where they are, so they cost little
 //! more than an `apt-get update`.
 
@@ -311,6 +312,8 @@ fn fake_release(kernels: &Path, name: &str, used_secs_ago: u64) {
             package_version: None,
             config_from_image: false,
             debs: vec![format!("linux-image-{name}_1_amd64.deb")],
+            source: None,
+            kernel_release: None,
             files: Default::default(),
         },
     )
@@ -440,4 +443,295 @@ fn an_unreachable_archive_falls_back_to_the_cache_loudly_but_not_for_a_pinned_re
     // A pinned release that is cached needs no archive at all.
     let out = fetch(&["--release", "7.3"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_built_kernel_is_listed_as_built_and_cleaned_like_any_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kernels = tmp.path().join("kernels");
+    let name = "6.12.117+ktstr.0123456789ab";
+    fake_release(&kernels, name, 60);
+    fake_release(&kernels, "7.3.4+deb13-cloud-amd64", 30);
+    // What `kernel build` records (fake files: list and clean read no image).
+    let dir = kernels.join(name);
+    std::fs::write(dir.join("build.log"), b"  CC      kernel/sched/core.o\n").unwrap();
+    let m = store::Marker::record(
+        &dir,
+        store::Marker {
+            release: name.into(),
+            origin: store::Origin::Built,
+            suite: None,
+            package_version: None,
+            config_from_image: false,
+            debs: vec![],
+            source: Some("linux-source-6.12 6.12.117-1".into()),
+            kernel_release: Some("6.12.117".into()),
+            files: Default::default(),
+        },
+    )
+    .unwrap();
+    assert!(m.files.contains_key("build.log"));
+    m.write(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = wait(
+            ktstr(tmp.path()).args(args).spawn().unwrap(),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let table = run(&["kernel", "list"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains(" built "), "{table}");
+    // A build log cut short is damage, like any recorded file.
+    std::fs::write(dir.join("build.log"), b"x").unwrap();
+    assert!(!store::is_complete(&dir));
+    std::fs::write(dir.join("build.log"), b"  CC      kernel/sched/core.o\n").unwrap();
+    let out = run(&["kernel", "clean", "6.12"]);
+    assert!(out.contains(name), "{out}");
+    assert!(!dir.exists());
+    assert_eq!(store::complete_releases(&kernels).len(), 1);
+}
+
+/// A stand-in kernel source tree (test fixture): a Makefile with kbuild's
+/// version head and targets. `tinyconfig` writes a small .config,
+/// `olddefconfig` drops DEBUG_INFO_BTF when FAKE_DROP is set (as Kconfig
+/// does with a pahole too old), `bzImage` "builds" by copying the images
+/// of the real kernel in FAKE_REAL (make imports both from the
+/// environment).
+fn fake_tree(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("Kconfig"), "mainmenu \"fixture\"\n").unwrap();
+    std::fs::write(
+        dir.join("Makefile"),
+        "VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 999\nEXTRAVERSION =\n\
+         tinyconfig:\n\t@printf '# CONFIG_SMP is not set\\nCONFIG_NR_CPUS=1\\n' > .config\n\
+         olddefconfig:\n\t@if [ -n \"$(FAKE_DROP)\" ]; then sed -i 's/^CONFIG_DEBUG_INFO_BTF=y/# CONFIG_DEBUG_INFO_BTF is not set/' .config; fi\n\
+         bzImage:\n\t@echo '  CC      kernel/sched/ext.o'\n\t@sleep 1\n\
+         \t@if [ -n \"$(FAKE_FAIL)\" ]; then echo 'ext.c:1: error: fixture' >&2; exit 1; fi\n\
+         \t@cp $(FAKE_REAL)/vmlinux vmlinux\n\t@mkdir -p arch/x86/boot\n\
+         \t@cp $(FAKE_REAL)/vmlinuz arch/x86/boot/bzImage\n\
+         \t@echo 'ffffffff81000000 T _text' > System.map\n",
+    )
+    .unwrap();
+}
+
+/// What a fake build needs, or `None` after a skip.
+fn build_prerequisites(test: &str) -> Option<PathBuf> {
+    if let Err(e) = ktstr::kernel::build::check_tools() {
+        skip(test, Need::Tool, &e.to_string());
+        return None;
+    }
+    match ktstr_tests::cached_kernel_dir() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            skip(test, Need::Kernel, &e);
+            None
+        }
+    }
+}
+
+fn entries(kernels: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(kernels)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn a_fragment_line_kconfig_drops_refuses_the_build_and_keeps_its_log() {
+    let test = "a_fragment_line_kconfig_drops_refuses_the_build";
+    let Some(real) = build_prerequisites(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("linux");
+    fake_tree(&tree);
+    let out = wait(
+        ktstr(&tmp.path().join("cache"))
+            .args(["kernel", "build"])
+            .arg(&tree)
+            .env("FAKE_REAL", &real)
+            .env("FAKE_DROP", "1")
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("lacks `CONFIG_DEBUG_INFO_BTF=y`")
+            && err.contains("`# CONFIG_DEBUG_INFO_BTF is not set`")
+            && err.contains("pahole"),
+        "{err}"
+    );
+    let kernels = tmp.path().join("cache/kernels");
+    assert!(staging_dirs(&kernels).is_empty());
+    assert!(entries(&kernels, "6.12.999").is_empty(), "no cache entry");
+    let logs = entries(&kernels, ".failed-6.12.999+ktstr.");
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let log = std::fs::read_to_string(kernels.join(&logs[0])).unwrap();
+    assert!(
+        log.contains("### make -j") && log.contains("olddefconfig"),
+        "{log}"
+    );
+    // `kernel clean` of that version takes the log too.
+    let out = wait(
+        ktstr(&tmp.path().join("cache"))
+            .args(["kernel", "clean", "6.12"])
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(entries(&kernels, ".failed-").is_empty());
+}
+
+#[test]
+fn a_failing_make_names_the_kept_log_and_leaves_no_entry() {
+    let test = "a_failing_make_names_the_kept_log";
+    let Some(real) = build_prerequisites(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("linux");
+    fake_tree(&tree);
+    let out = wait(
+        ktstr(&tmp.path().join("cache"))
+            .args(["kernel", "build"])
+            .arg(&tree)
+            .env("FAKE_REAL", &real)
+            .env("FAKE_FAIL", "1")
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`make bzImage`") && err.contains("error: fixture"),
+        "{err}"
+    );
+    let kernels = tmp.path().join("cache/kernels");
+    let logs = entries(&kernels, ".failed-");
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert!(
+        err.contains(&logs[0]),
+        "the error names the kept log: {err}"
+    );
+    assert!(staging_dirs(&kernels).is_empty());
+    assert!(entries(&kernels, "6.12.999").is_empty());
+}
+
+#[test]
+fn two_builds_of_one_tree_at_once_take_turns_and_publish_one_built_entry() {
+    let test = "two_builds_of_one_tree_at_once";
+    let Some(real) = build_prerequisites(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let tree = tmp.path().join("linux");
+    fake_tree(&tree);
+    let frag = tmp.path().join("hz.config");
+    std::fs::write(&frag, "CONFIG_HZ_100=y\n").unwrap();
+    let start = || {
+        ktstr(&cache)
+            .args(["kernel", "build"])
+            .arg(&tree)
+            .arg("--config-fragment")
+            .arg(&frag)
+            .env("FAKE_REAL", &real)
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    let (a, b) = (
+        wait(a, Duration::from_secs(300)),
+        wait(b, Duration::from_secs(300)),
+    );
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    let dir_of = |o: &Output| PathBuf::from(text(&o.stdout).lines().last().unwrap_or(""));
+    assert_eq!(dir_of(&a), dir_of(&b));
+    let dir = dir_of(&a);
+    let name = store::release_name(&dir).unwrap();
+    assert!(name.starts_with("6.12.999+ktstr."), "{name}");
+    let marker = store::verify(&dir, Verify::Hashes).unwrap();
+    assert_eq!(marker.origin, store::Origin::Built);
+    assert_eq!(
+        marker.source.as_deref(),
+        Some(tree.canonicalize().unwrap().to_str().unwrap())
+    );
+    assert!(marker.files.contains_key("build.log"));
+    let config = std::fs::read_to_string(dir.join("config")).unwrap();
+    assert!(
+        config.contains("CONFIG_HZ_100=y\n")
+            && config.contains("CONFIG_SCHED_CLASS_EXT=y\n")
+            && !config.contains("CONFIG_NR_CPUS=1\n"),
+        "{config}"
+    );
+    let kernels = cache.join("kernels");
+    assert!(staging_dirs(&kernels).is_empty());
+    assert_eq!(entries(&kernels, "6.12.999").len(), 1);
+    // Another fragment is another build.
+    std::fs::write(&frag, "CONFIG_HZ_1000=y\n").unwrap();
+    let c = wait(start(), Duration::from_secs(300));
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    assert_ne!(dir_of(&c), dir);
+    assert_eq!(entries(&kernels, "6.12.999").len(), 2);
+}
+
+#[test]
+fn clean_sources_removes_unpacked_trees_by_version_but_not_one_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sources = tmp.path().join("sources");
+    // Stand-ins for unpacked linux-source packages: a Makefile head each.
+    for (name, pkg, sub) in [
+        (
+            "linux-source-6.12_6.12.117-1",
+            "linux-source-6.12",
+            "6.12.117",
+        ),
+        ("linux-source-7.3_7.3.4-1", "linux-source-7.3", "7.3.4"),
+    ] {
+        let tree = sources.join(name).join(pkg);
+        std::fs::create_dir_all(&tree).unwrap();
+        let mut v = sub.split('.');
+        std::fs::write(
+            tree.join("Makefile"),
+            format!(
+                "VERSION = {}\nPATCHLEVEL = {}\nSUBLEVEL = {}\nEXTRAVERSION =\n",
+                v.next().unwrap(),
+                v.next().unwrap(),
+                v.next().unwrap()
+            ),
+        )
+        .unwrap();
+        std::fs::write(sources.join(name).join(COMPLETE_MARKER), name).unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = wait(
+            ktstr(tmp.path()).args(args).spawn().unwrap(),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let out = run(&["kernel", "clean", "--sources", "6.12"]);
+    assert!(out.contains("linux-source-6.12_6.12.117-1"), "{out}");
+    assert!(!sources.join("linux-source-6.12_6.12.117-1").exists());
+    assert!(sources.join("linux-source-7.3_7.3.4-1").exists());
+    // One being unpacked (its lock held) stays.
+    let held = store::ReleaseLock::acquire(&sources, "linux-source-7.3_7.3.4-1").unwrap();
+    assert!(run(&["kernel", "clean", "--sources"]).contains("nothing to remove"));
+    drop(held);
+    run(&["kernel", "clean", "--sources"]);
+    assert!(!sources.join("linux-source-7.3_7.3.4-1").exists());
 }

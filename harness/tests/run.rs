@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ktstr::run::RunReport;
+use ktstr_walker::render::SchedClass;
 
 #[test]
 fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
@@ -36,7 +37,17 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
 
     let report: RunReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(report.passed(), "{:#?}", report.checks);
-    assert_eq!(report.checks.len(), 6, "{:#?}", report.checks);
+    // The six of every run, and wakeup latency: the duty-cycle workers
+    // measure it.
+    assert_eq!(report.checks.len(), 7, "{:#?}", report.checks);
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|c| c.kind == ktstr::checks::CheckKind::WakeupLatency && c.detail.contains("p99")),
+        "{:#?}",
+        report.checks
+    );
     assert_eq!(report.scenario, "steady");
     assert!(
         report
@@ -64,7 +75,7 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
             .unwrap_or_else(|| panic!("worker {} not in the dump", w.pid));
         assert_eq!(t.comm, w.name);
         assert_eq!(t.cgroup, Some(format!("/{}", w.cgroup)), "in its cgroup");
-        assert_eq!(t.class, "ext");
+        assert_eq!(t.class, SchedClass::Ext);
         let home = if w.cgroup == "spin" { 0 } else { 1 };
         assert_eq!(w.cpus, vec![home], "{w:?} stays in its cpuset");
     }

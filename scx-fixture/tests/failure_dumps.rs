@@ -7,12 +7,13 @@
 //! the guest spent frozen. Between them the tests run every mode of the
 //! fixture: global, local, user and vtime.
 
+mod common;
+
 use std::time::Duration;
 
-use ktstr::agent::proto::{Work, WorkerResult};
+use ktstr::agent::proto::WorkerResult;
 use ktstr::checks::{CheckKind, Thresholds};
 use ktstr::run::RunReport;
-use ktstr::scenario::{CgroupSpec, Count, Cpuset, Scenario, Workers};
 use ktstr::testing::KtstrTest;
 use ktstr_walker::render::{DsqReport, Placement, Report};
 use scx_fixture::intf;
@@ -68,20 +69,7 @@ fn pids(r: &RunReport, which: impl Fn(&WorkerResult) -> bool) -> Vec<i32> {
 
 #[test]
 fn a_task_the_scheduler_never_dispatches_is_caught_as_a_stall_on_its_dsq() {
-    // One worker the fixture never dispatches, two spinners it does.
-    let scenario = Scenario {
-        name: "stall".into(),
-        description: "one stuck worker next to two spinners".into(),
-        cgroups: vec![CgroupSpec {
-            name: "work".into(),
-            cpuset: Cpuset::All,
-            workers: vec![
-                Workers::new("stuck", Count::Fixed(1), Work::Spin),
-                Workers::new("ktstr-spin", Count::Fixed(2), Work::Spin),
-            ],
-        }],
-        steps: vec![],
-    };
+    let scenario = common::stuck_next_to_spinners();
     let threshold = Duration::from_millis(1500);
     // The kernel's watchdog (6 s) ends the stall after the monitor (1.5 s).
     let report = fixture_test(

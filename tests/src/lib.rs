@@ -45,7 +45,13 @@ pub fn qemu_kernel_or_skip(test: &str) -> Option<PathBuf> {
 /// The scx_bpfland binary (`./setup.sh` builds it), or `None` after
 /// reporting why the test is skipped.
 pub fn bpfland_or_skip(test: &str) -> Option<PathBuf> {
-    match ktstr::scheduler::resolve("bpfland") {
+    scheduler_or_skip(test, "bpfland")
+}
+
+/// The scheduler `name` (`bpfland`, `lavd`: `./setup.sh` builds them), or
+/// `None` after reporting why the test is skipped.
+pub fn scheduler_or_skip(test: &str, name: &str) -> Option<PathBuf> {
+    match ktstr::scheduler::resolve(name) {
         Ok(bin) => Some(bin),
         Err(e) => {
             skip(test, Need::Tool, &e.to_string());

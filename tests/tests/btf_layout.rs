@@ -203,6 +203,7 @@ fn layout_field_names() -> Vec<&'static str> {
         "css_set",
         "cgroup",
         "kernfs_node",
+        "event_stats",
     ]
 }
 

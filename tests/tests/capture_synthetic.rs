@@ -7,11 +7,13 @@
 use ktstr_tests::{Need, skip};
 use ktstr_walker::Layout;
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
+use ktstr_walker::capture::vcpus::VcpuState;
 use ktstr_walker::capture::{
     CaptureBuf, Capturer, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture,
 };
 use ktstr_walker::kernel::btf::KernelBtf;
-use ktstr_walker::render::{Names, RenderContext, Report};
+use ktstr_walker::render::findings::{FaultFinding, Inconsistency};
+use ktstr_walker::render::{Names, RenderContext, Report, SchedClass, Symbolizer, TextSymbols};
 use ktstr_walker::testkit::{DIRECT_MAP, PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::Translator;
 
@@ -64,6 +66,29 @@ fn report(k: &SyntheticKernel, buf: &CaptureBuf<'_>, pause_ns: Option<u64>) -> R
         names: &names,
         pause_ns,
         pause: None,
+        symbolizer: None,
+    };
+    Report::from_capture(buf, &ctx)
+}
+
+/// The report of `buf`, a capture of `k`, with `names` and text symbols
+/// `text` (no KASLR slide).
+fn report_named(
+    k: &SyntheticKernel,
+    buf: &CaptureBuf<'_>,
+    names: &Names,
+    text: &TextSymbols,
+) -> Report {
+    let ctx = RenderContext {
+        layout: &k.layout,
+        symbols: &k.symbols,
+        names,
+        pause_ns: None,
+        pause: None,
+        symbolizer: Some(Symbolizer {
+            table: text,
+            slide: 0,
+        }),
     };
     Report::from_capture(buf, &ctx)
 }
@@ -269,7 +294,7 @@ fn values_decoded_after_the_thaw_are_those_of_the_pause() {
                 .health
                 .faults
                 .iter()
-                .any(|f| f.contains("not decoded")),
+                .any(|f| f.what == FaultFinding::NotDecoded),
             "{name}: {:?}",
             undecoded.health.faults
         );
@@ -492,7 +517,7 @@ fn render_places_every_task_decodes_exit_and_round_trips_through_json() {
         let t1 = report.tasks.iter().find(|r| r.addr == t[1]).unwrap();
         assert_eq!(t1.runnable_for_ms, Some(3000), "{name}");
         assert_eq!(t1.dsq.as_deref(), Some("local[cpu 1]"));
-        assert_eq!(t1.class, "ext");
+        assert_eq!(t1.class, SchedClass::Ext);
         let t3 = report.tasks.iter().find(|r| r.addr == t[3]).unwrap();
         assert_eq!(t3.ops_state, "SCX_OPSS_QUEUED qseq=7");
 
@@ -521,7 +546,7 @@ fn render_places_every_task_decodes_exit_and_round_trips_through_json() {
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report, "{name}: JSON round trip");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["schema_version"], 2);
         assert_eq!(v["tasks"][3]["placement"]["kind"], "held_by_bpf");
 
         let text = report.to_text();
@@ -561,11 +586,18 @@ fn counters_that_disagree_with_queues_are_reported_not_asserted() {
         report.health
     );
     let finding = &report.health.inconsistencies[0];
-    assert!(
-        finding.contains("nr_running=2 with no queued sched_ext task running, so 2 should be")
-            && finding.contains("but 1 are"),
-        "{finding}"
+    assert_eq!(
+        finding.what,
+        Inconsistency::RunnableList {
+            cpu: 0,
+            nr_running: 2,
+            curr_queued_ext: false,
+            expected: 2,
+            listed: 1
+        }
     );
+    assert_eq!(finding.kept_by, finding.what.kept_by());
+    assert!(finding.kept_by.contains("set_next_task_scx"), "{finding:?}");
 }
 
 #[test]
@@ -599,9 +631,15 @@ fn the_running_task_off_its_runnable_list_is_consistent_and_counted() {
         "{:?}",
         report.health
     );
-    assert!(
-        report.health.inconsistencies[0]
-            .contains("with a queued sched_ext task running, so 1 should be")
+    assert_eq!(
+        report.health.inconsistencies[0].what,
+        Inconsistency::RunnableList {
+            cpu: 0,
+            nr_running: 2,
+            curr_queued_ext: true,
+            expected: 1,
+            listed: 2
+        }
     );
 }
 
@@ -693,7 +731,7 @@ fn cgroup_paths_are_read_once_per_css_set_and_rendered_per_task() {
                 .health
                 .faults
                 .iter()
-                .any(|f| f.contains("cgroup of css_set")),
+                .any(|f| matches!(f.what, FaultFinding::Cgroup { .. })),
             "{name}: {:?}",
             report.health.faults
         );
@@ -728,4 +766,248 @@ fn an_unreadable_per_cpu_offset_faults_only_its_cpu() {
     for c in &cpus[2..] {
         assert_eq!(c.fault, Fault::Unreadable(end - 16 + 8 * u64::from(c.cpu)));
     }
+}
+
+#[test]
+fn a_task_on_a_dsq_that_breaks_the_kernels_invariants_is_named_with_who_keeps_them() {
+    let mut k = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    let sched = k.attach_scheduler("inv", 4).unwrap();
+    let dsq = k.add_user_dsq(sched, 0x7);
+    let t: Vec<u64> = (0..4).map(|i| k.add_task(10 + i, "q")).collect();
+    for &task in &t {
+        k.enqueue(dsq, task);
+    }
+    let mut store = Store::new(16);
+    let buf = run(&k, &mut store);
+    let consistent = report(&k, &buf, None);
+    assert!(
+        consistent.health.inconsistencies.is_empty(),
+        "as dispatch_enqueue leaves them: {:?}",
+        consistent.health.inconsistencies
+    );
+    // Break one invariant per task, as a freeze mid-update could find them.
+    let e = k.layout.entity.unwrap();
+    k.write_u32(k.entity(t[0]) + e.flags as u64, 0);
+    k.write_u64(k.entity(t[1]) + e.dsq as u64, 0);
+    k.write_u64(k.entity(t[2]) + e.ops_state as u64, (3 << 2) | 2);
+    k.run_on(t[3], 0);
+    let buf = run(&k, &mut store);
+    let r = report(&k, &buf, None);
+    let got: Vec<&Inconsistency> = r.health.inconsistencies.iter().map(|f| &f.what).collect();
+    let dsq = || "user 0x7".to_string();
+    assert_eq!(
+        got,
+        [
+            &Inconsistency::QueuedFlag {
+                pid: 10,
+                dsq: dsq()
+            },
+            &Inconsistency::DsqPointer {
+                pid: 11,
+                dsq: dsq(),
+                points_at: None
+            },
+            &Inconsistency::OpsState {
+                pid: 12,
+                dsq: dsq(),
+                ops_state: "SCX_OPSS_QUEUED qseq=3".into()
+            },
+            &Inconsistency::RunningOnDsq {
+                cpu: 0,
+                pid: 13,
+                dsq: dsq()
+            },
+        ]
+    );
+    let v = serde_json::to_value(&r.health.inconsistencies[1]).unwrap();
+    assert_eq!(v["kind"], "dsq_pointer");
+    assert_eq!(v["kept_by"], "dispatch_enqueue, task_unlink_from_dsq");
+    assert_eq!(
+        v["invariant"],
+        "a task on a DSQ has scx.dsq pointing at that DSQ"
+    );
+    assert!(
+        r.to_text()
+            .contains("task 11 is on user 0x7 but its scx.dsq is NULL")
+    );
+}
+
+#[test]
+fn an_error_exit_comes_with_its_backtrace_dump_text_events_and_state() {
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 2, PerCpuStyle::Absolute).unwrap();
+        let sched = k.attach_scheduler("exits", 4).unwrap();
+        let t = k.add_task(77, "victim");
+        k.make_runnable(t, 1, 0);
+        k.set_exit(sched, 1024, "runtime error", "scx_bpf_error called");
+        // A fixture's text: the kernel's own dump starts like this.
+        let dump = "Error: runtime error\nCPU 1: nr_run=1 flags=0x1\n";
+        k.set_exit_detail(
+            sched,
+            1,
+            &[0xffff_ffff_8100_1010, 0xffff_ffff_8100_2004],
+            dump,
+        );
+        let fallback = k.layout.event_stats.unwrap().select_cpu_fallback;
+        k.set_event(sched, 0, fallback, 5);
+        k.set_event(sched, 1, fallback, 7);
+        k.write_u64(k.sym("scx_enable_seq"), 3);
+        k.write_u32(k.sym("scx_enable_state_var"), 1);
+        let mut store = Store::new(16);
+        let buf = run(&k, &mut store);
+        assert_eq!(
+            buf.exit_bt.as_slice(),
+            [0xffff_ffff_8100_1010, 0xffff_ffff_8100_2004]
+        );
+        assert_eq!(buf.exit_dump(), dump.as_bytes(), "{name}");
+        // What Names::from_btf finds in struct scx_event_stats.
+        let names = Names {
+            events: vec![("SCX_EV_SELECT_CPU_FALLBACK".into(), fallback)],
+            ..Names::default()
+        };
+        let text = TextSymbols::from_pairs([
+            (0xffff_ffff_8100_1000, "scx_vexit"),
+            (0xffff_ffff_8100_2000, "scx_bpf_error_bstr"),
+            (0xffff_ffff_8100_3000, "next"),
+        ]);
+        let r = report_named(&k, &buf, &names, &text);
+        let s = &r.scheduler;
+        assert_eq!(s.exit_cpu, Some(1), "{name}");
+        let frames: Vec<Option<&str>> = s
+            .exit_backtrace
+            .iter()
+            .map(|f| f.symbol.as_deref())
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                Some("scx_vexit+0x10/0x1000"),
+                Some("scx_bpf_error_bstr+0x4/0x1000")
+            ]
+        );
+        assert_eq!(s.exit_dump.as_deref(), Some(dump), "{name}");
+        let sum = s.events.as_ref().expect("event counters");
+        assert_eq!(
+            (sum[0].name.as_str(), sum[0].value),
+            ("SCX_EV_SELECT_CPU_FALLBACK", 12)
+        );
+        assert_eq!(r.cpus[1].events.as_ref().unwrap()[0].value, 7);
+        assert_eq!(s.globals.enable_seq, Some(3));
+        assert_eq!(s.globals.enable_state.as_deref(), Some("SCX_ENABLED"));
+        assert_eq!(s.globals.breather_depth, None, "no such global here");
+        let task = r.tasks.iter().find(|x| x.pid == 77).unwrap();
+        assert_eq!(task.prio.static_prio, Some(120), "{name}");
+        assert_eq!(task.cpus_allowed.as_deref(), Some(&[0, 1][..]), "{name}");
+        assert_eq!(task.nr_cpus_allowed, Some(2));
+        let text = r.to_text();
+        assert!(text.contains("    scx_vexit+0x10/0x1000\n"), "{text}");
+        assert!(text.contains("    | CPU 1: nr_run=1 flags=0x1\n"), "{text}");
+        assert!(text.contains("events: SELECT_CPU_FALLBACK=12"), "{text}");
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r, "{name}: JSON round trip");
+    }
+}
+
+#[test]
+fn consecutive_dumps_say_what_moved() {
+    let mut k = SyntheticKernel::new(compact_layout(), 1, PerCpuStyle::Absolute).unwrap();
+    let sched = k.attach_scheduler("moves", 4).unwrap();
+    let dsq = k.add_user_dsq(sched, 0x5);
+    let t = k.add_task(21, "mover");
+    k.make_runnable(t, 0, 0);
+    k.enqueue(dsq, t);
+    let mut store = Store::new(8);
+    let before = report(&k, &run(&k, &mut store), None);
+    assert_eq!(
+        before.changes_since(&before),
+        ["cpu 0: clock did not move"],
+        "a busy CPU against itself"
+    );
+    // Dispatched: off the DSQ (as dispatch_dequeue leaves it), running.
+    let e = k.layout.entity.unwrap();
+    let node = k.layout.dsq_list_node.unwrap().node;
+    k.list_del_init(k.entity(t) + (e.dsq_list + node) as u64);
+    k.write_u64(k.entity(t) + e.dsq as u64, 0);
+    let nr = dsq + k.layout.dsq.unwrap().nr as u64;
+    k.write_u32(nr, 0);
+    k.run_on(t, 0);
+    let clock = k.rq(0) + k.layout.rq.unwrap().clock as u64;
+    k.write_u64(clock, k.read_u64(clock) + 1_000_000);
+    let after = report(&k, &run(&k, &mut store), None);
+    let changes = after.changes_since(&before);
+    assert_eq!(
+        changes,
+        [
+            "cpu 0: curr idle -> mover[21]",
+            "user 0x5: nr 1 -> 0",
+            "mover[21]: queued on user 0x5 -> running on cpu 0",
+        ],
+        "{changes:#?}"
+    );
+}
+
+#[test]
+fn each_vcpu_shows_its_rip_and_the_return_addresses_on_its_kernel_stack() {
+    let mut k = SyntheticKernel::new(compact_layout(), 2, PerCpuStyle::Absolute).unwrap();
+    let text = TextSymbols::from_pairs([
+        (0xffff_ffff_8100_0000, "do_idle"),
+        (0xffff_ffff_8100_1000, "cpu_startup_entry"),
+        (0xffff_ffff_8100_2000, "end_of_text"),
+    ]);
+    // A kernel stack: a data word, two return addresses, a heap pointer.
+    let stack = k.alloc(4096);
+    for (i, w) in [
+        7u64,
+        0xffff_ffff_8100_0040,
+        0xffff_8880_0000_1000,
+        0xffff_ffff_8100_1008,
+    ]
+    .iter()
+    .enumerate()
+    {
+        k.write_u64(stack + 8 * i as u64, *w);
+    }
+    let regs = [
+        VcpuState {
+            index: 0,
+            rip: 0xffff_ffff_8100_0010,
+            rsp: stack,
+            rflags: 0x246,
+            cr3: Some(0x1000),
+            cs: Some(0x10),
+        },
+        VcpuState {
+            index: 1,
+            rip: 0x40_1000,
+            rsp: 0x7fff_0000,
+            rflags: 0x202,
+            cr3: None,
+            cs: Some(0x33),
+        },
+    ];
+    let mut store = Store::new(8);
+    let mut buf = store.buf();
+    let mut tr = Translator::default();
+    capture(&k.mem(), &mut tr, &k.target(), &Limits::default(), &mut buf);
+    ktstr_walker::capture::vcpus::capture(&k.mem(), &mut tr, &regs, &mut buf.vcpus);
+    let r = report_named(&k, &buf, &Names::default(), &text);
+    let v0 = &r.vcpus[0];
+    assert_eq!(v0.rip.symbol.as_deref(), Some("do_idle+0x10/0x1000"));
+    let frames: Vec<&str> = v0
+        .stack
+        .iter()
+        .filter_map(|f| f.symbol.as_deref())
+        .collect();
+    assert_eq!(
+        frames,
+        ["do_idle+0x40/0x1000", "cpu_startup_entry+0x8/0x1000"]
+    );
+    let v1 = &r.vcpus[1];
+    assert!(
+        !v1.in_kernel && v1.stack.is_empty() && v1.rip.symbol.is_none(),
+        "{v1:?}"
+    );
+    let text = r.to_text();
+    assert!(text.contains("vcpu 0   rip=do_idle+0x10/0x1000"), "{text}");
+    assert!(text.contains("(user)"), "{text}");
 }

@@ -45,3 +45,37 @@ fn bpfland_keeps_each_llc_cgroup_on_its_llc(t: &mut Case) {
     assert_eq!(saved.test_name.as_deref(), Some(name.as_str()));
     assert_eq!(saved.workers.len(), 4);
 }
+
+/// The schbench/cyclictest-like scenario: every timer worker reports
+/// wakeup percentiles from a real sample, in order, and the report's
+/// wakeup-latency check states the worst p99.
+#[ktstr_test(
+    topology = "1n1l2c1t",
+    scheduler = "bpfland",
+    scenario = "wakeup-latency",
+    duration = "3s"
+)]
+fn bpfland_wakeup_latency_percentiles(t: &mut Case) {
+    let r = t.run();
+    let timers: Vec<_> = r
+        .workers
+        .iter()
+        .filter(|w| w.name == "ktstr-cyclic")
+        .collect();
+    assert_eq!(timers.len(), 2, "{}", r.to_text());
+    for w in timers {
+        let p = w
+            .wake_pct_us
+            .unwrap_or_else(|| panic!("{} has no percentiles", w.name));
+        // 1 ms timers for ~3 s: hundreds of wakeups even under TCG.
+        assert!(p.samples > 100, "{p:?}");
+        assert!(p.p50 <= p.p99 && p.p99 <= p.p999, "{p:?}");
+        assert!(w.wake_max_us.is_some_and(|m| m >= p.p999), "{w:?}");
+    }
+    let lat = r
+        .checks
+        .iter()
+        .find(|c| c.kind == ktstr::checks::CheckKind::WakeupLatency)
+        .expect("a wakeup-latency check");
+    assert!(lat.detail.starts_with("worst p99 "), "{lat:?}");
+}

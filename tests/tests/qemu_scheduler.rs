@@ -16,12 +16,15 @@ use ktstr::session::{SchedulerConfig, Session, SessionConfig};
 use ktstr::vm::Backend;
 use ktstr_tests::{Need, have_tool, skip};
 use ktstr_vmm::Topology;
-use ktstr_walker::render::{Placement, Report};
+use ktstr_walker::render::{Placement, Report, SchedClass};
 
 const WORKER: &str = "ktstr-spin";
 
 /// Everything a real-kernel run needs, or the reason it cannot run.
-fn prerequisites(test: &str, scheduler: bool) -> Option<(String, Option<std::path::PathBuf>)> {
+fn prerequisites(
+    test: &str,
+    scheduler: Option<&str>,
+) -> Option<(String, Option<std::path::PathBuf>)> {
     if !have_tool("busybox") {
         skip(
             test,
@@ -33,10 +36,10 @@ fn prerequisites(test: &str, scheduler: bool) -> Option<(String, Option<std::pat
     let kernel = ktstr_tests::qemu_kernel_or_skip(test)?
         .display()
         .to_string();
-    if !scheduler {
+    let Some(name) = scheduler else {
         return Some((kernel, None));
-    }
-    Some((kernel, Some(ktstr_tests::bpfland_or_skip(test)?)))
+    };
+    Some((kernel, Some(ktstr_tests::scheduler_or_skip(test, name)?)))
 }
 
 /// The parts of a report that must not differ between two reads of the same
@@ -61,7 +64,7 @@ enum Boot {
     BzImageKaslrPti,
 }
 
-fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: bool) {
+fn run(test: &str, backend: Backend, topology: &str, workers: u32, scheduler: Option<&str>) {
     run_booted(test, backend, topology, workers, scheduler, Boot::Pvh)
 }
 
@@ -70,7 +73,7 @@ fn run_booted(
     backend: Backend,
     topology: &str,
     workers: u32,
-    scheduler: bool,
+    scheduler: Option<&str>,
     boot: Boot,
 ) {
     if backend == Backend::Kvm && !ktstr_vmm::hardware_virt() {
@@ -83,6 +86,7 @@ fn run_booted(
     let Some((kernel, bin)) = prerequisites(test, scheduler) else {
         return;
     };
+    let scheduler = scheduler.is_some();
     let topology: Topology = topology.parse().unwrap();
     let kernel = match boot {
         Boot::Pvh => kernel,
@@ -105,6 +109,8 @@ fn run_booted(
         name: "work".into(),
         cpus: None,
         workers: vec![WorkerSpec::new(WORKER, workers, Work::Spin)],
+        weight: None,
+        cpu_max: None,
     }];
     cfg.duration = Duration::from_secs(6);
     let mut s = Session::start(&cfg).unwrap_or_else(|e| panic!("{test}: {e:#}"));
@@ -234,6 +240,20 @@ fn run_booted(
             .filter(|d| d.name.starts_with("global"))
             .count();
         assert_eq!(global as u32, topology.numa_nodes, "a global DSQ per node");
+        // sched_ext's counters, named from BTF, and its global state.
+        let s = &report.scheduler;
+        assert!(
+            s.events
+                .iter()
+                .flatten()
+                .any(|e| e.name == "SCX_EV_SELECT_CPU_FALLBACK"),
+            "{s:?}"
+        );
+        assert_eq!(s.globals.enable_state.as_deref(), Some("SCX_ENABLED"));
+        assert!(
+            s.exit_dump.is_none() && s.exit_backtrace.is_empty(),
+            "running"
+        );
     }
 
     let by_pid: BTreeMap<i32, _> = report.tasks.iter().map(|t| (t.pid, t)).collect();
@@ -245,7 +265,17 @@ fn run_booted(
         assert_eq!(t.comm, w.comm, "comm of pid {}", w.pid);
         assert_eq!(t.comm, WORKER);
         assert_eq!(t.cgroup.as_deref(), Some("/work"), "the agent's cgroup");
-        assert_eq!(t.class, if scheduler { "ext" } else { "fair" });
+        let every_cpu: Vec<u32> = (0..topology.nr_cpus()).collect();
+        assert_eq!(t.cpus_allowed.as_ref(), Some(&every_cpu), "no cpuset");
+        assert_eq!(t.prio.static_prio, Some(120), "nice 0");
+        assert_eq!(
+            t.class,
+            if scheduler {
+                SchedClass::Ext
+            } else {
+                SchedClass::Fair
+            }
+        );
         assert!(
             !matches!(t.placement, Placement::NotRunnable),
             "a spinning worker is runnable: {:?}",
@@ -336,7 +366,7 @@ fn bpfland_on_2_cpus_frozen_mid_run() {
         Backend::Qemu,
         "1n1l2c1t",
         3,
-        true,
+        Some("bpfland"),
     );
 }
 
@@ -347,7 +377,7 @@ fn kvm_backend_bpfland_on_2_cpus_frozen_mid_run() {
         Backend::Kvm,
         "1n1l2c1t",
         3,
-        true,
+        Some("bpfland"),
     );
 }
 
@@ -358,7 +388,7 @@ fn kvm_backend_bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run() {
         Backend::Kvm,
         "2n2l1c2t",
         6,
-        true,
+        Some("bpfland"),
     );
 }
 
@@ -369,7 +399,20 @@ fn bpfland_on_4_cpus_in_2_numa_nodes_frozen_mid_run() {
         Backend::Qemu,
         "2n2l1c2t",
         6,
-        true,
+        Some("bpfland"),
+    );
+}
+
+/// A scheduler of another design (scx_lavd: deadline-based, per-LLC
+/// domains), on 4 CPUs over 2 LLCs.
+#[test]
+fn lavd_on_4_cpus_in_2_llcs_frozen_mid_run() {
+    run(
+        "lavd_on_4_cpus_in_2_llcs_frozen_mid_run",
+        Backend::Qemu,
+        "1n2l2c1t",
+        6,
+        Some("lavd"),
     );
 }
 
@@ -380,7 +423,7 @@ fn default_scheduler_baseline_frozen_mid_run() {
         Backend::Qemu,
         "1n1l2c1t",
         3,
-        false,
+        None,
     );
 }
 
@@ -391,7 +434,7 @@ fn bpfland_kaslr_5_level_pti_frozen_mid_run() {
         Backend::Qemu,
         "1n1l2c1t",
         3,
-        true,
+        Some("bpfland"),
         Boot::BzImageKaslrPti,
     );
 }

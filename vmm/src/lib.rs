@@ -49,7 +49,7 @@ pub mod vstate;
 
 pub use boot::{Boot, CODE_ADDR, CODE_MAX, COUNTER_ADDR};
 pub use freeze::{DEFAULT_PARK_TIMEOUT, FreezeReport, Frozen};
-pub use topology::{Topology, TopologyError};
+pub use topology::{CpuPlace, Topology, TopologyError};
 pub use vm::{ExitReason, Vm, VmConfig, VmError};
 pub use vstate::memory::VmMemory;
 pub use vstate::vcpu::{VcpuState, kick_signal};

@@ -36,7 +36,7 @@ use crate::discover::{DiscoverError, Discovered, VcpuRegs, discover};
 use crate::kernel::vmlinux::{Vmlinux, VmlinuxError};
 use crate::layout::Layout;
 use crate::mem::GuestMem;
-use crate::render::{Names, PauseSplit, RenderContext, Report};
+use crate::render::{Names, PauseSplit, RenderContext, Report, Symbolizer, TextSymbols};
 use crate::symbols::Symbols;
 use crate::translate::Translator;
 
@@ -58,6 +58,8 @@ pub struct Kernel {
     link: Symbols,
     banner: Vec<u8>,
     capturer: Capturer,
+    /// Text symbols for the exit's backtrace (link-time addresses).
+    text: Option<Arc<TextSymbols>>,
 }
 
 impl Kernel {
@@ -65,13 +67,29 @@ impl Kernel {
     /// and banner; `HZ` defaults to 250 for ages (see [`Kernel::with_hz`]).
     pub fn from_vmlinux<S: AsRef<[u8]>>(vmlinux: &Vmlinux<S>) -> Result<Self, VmlinuxError> {
         let btf = vmlinux.btf()?;
-        Ok(Self::new(
+        // Without kallsyms tables the backtrace shows bare addresses.
+        let text = vmlinux
+            .kallsyms()
+            .and_then(|k| TextSymbols::from_kallsyms(&k))
+            .ok();
+        let kernel = Self::new(
             btf.layout(),
             btf.consts(),
             Names::from_btf(&btf, None),
             *vmlinux.link_symbols(),
             vmlinux.banner().to_vec(),
-        ))
+        );
+        Ok(match text {
+            Some(t) => kernel.with_text_symbols(t),
+            None => kernel,
+        })
+    }
+
+    /// The same kernel naming backtrace addresses with `text` (link-time
+    /// addresses; the guest's slide is applied at render).
+    pub fn with_text_symbols(mut self, text: TextSymbols) -> Self {
+        self.text = Some(Arc::new(text));
+        self
     }
 
     /// From parts: `link` are link-time addresses, `banner` the vmlinux's
@@ -90,6 +108,7 @@ impl Kernel {
             names,
             link,
             banner,
+            text: None,
         }
     }
 
@@ -235,6 +254,17 @@ impl Dumper {
     /// byte budget, no allocation, no formatting. The result borrows the
     /// buffers until it is reported or dropped.
     pub fn capture<M: GuestMem + ?Sized>(&mut self, mem: &M) -> Captured<'_> {
+        self.capture_with(mem, &[])
+    }
+
+    /// [`Dumper::capture`], with each vCPU's registers (from the VMM or a
+    /// core's notes): the report then shows what each was executing, its
+    /// RIP and the return addresses on its kernel stack, named.
+    pub fn capture_with<M: GuestMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        vcpus: &[crate::capture::vcpus::VcpuState],
+    ) -> Captured<'_> {
         let start = Instant::now();
         let Dumper {
             kernel,
@@ -256,11 +286,13 @@ impl Dumper {
         kernel
             .capturer
             .capture_raw(mem, tr, &target, limits, &mut buf);
+        crate::capture::vcpus::capture(mem, tr, vcpus, &mut buf.vcpus);
         Captured {
             capture_ns: start.elapsed().as_nanos() as u64,
             buf,
             kernel,
             symbols: &found.symbols,
+            slide: found.slide,
         }
     }
 }
@@ -271,6 +303,8 @@ pub struct Captured<'d> {
     buf: CaptureBuf<'d>,
     kernel: &'d Kernel,
     symbols: &'d Symbols,
+    /// The guest kernel's KASLR slide, for naming text addresses.
+    slide: u64,
     capture_ns: u64,
 }
 
@@ -325,6 +359,10 @@ impl Captured<'_> {
             names: &self.kernel.names,
             pause_ns: p.total_ns,
             pause: Some(split),
+            symbolizer: self.kernel.text.as_deref().map(|table| Symbolizer {
+                table,
+                slide: self.slide,
+            }),
         };
         Report::from_capture(&self.buf, &ctx)
     }

@@ -142,6 +142,10 @@ layout_group! {
         static_prio: "static_prio",
         flags: "flags",
         cgroups: "cgroups",
+        normal_prio: "normal_prio",
+        nr_cpus_allowed: "nr_cpus_allowed",
+        cpus_ptr: "cpus_ptr",
+        cpus_mask: "cpus_mask",
     }
 }
 
@@ -192,6 +196,7 @@ layout_group! {
         dsq_seq: "dsq_seq",
         dsq_flags: "dsq_flags",
         sched: "sched",
+        ops_qseq: "ops_qseq",
     }
 }
 
@@ -249,6 +254,7 @@ layout_group! {
         aborting: "aborting",
         watchdog_timeout: "watchdog_timeout",
         level: "level",
+        event_stats_cpu: "event_stats_cpu",
     }
 }
 
@@ -259,6 +265,7 @@ layout_group! {
     }
     optional {
         flags: "flags",
+        event_stats: "event_stats",
     }
 }
 
@@ -280,7 +287,21 @@ layout_group! {
     optional {
         exit_code: "exit_code",
         exit_cpu: "exit_cpu",
+        flags: "flags",
+        bt: "bt",
+        bt_len: "bt_len",
+        dump: "dump",
     }
+}
+
+layout_group! {
+    /// `struct scx_event_stats`: sched_ext's event counters, one `s64` per
+    /// `SCX_EV_*` member (their names and offsets come from BTF at render;
+    /// the group holds the size, which bounds the capture's read).
+    ScxEventStatsLayout, "scx_event_stats", "scx_event_stats" {
+        select_cpu_fallback: "SCX_EV_SELECT_CPU_FALLBACK",
+    }
+    optional {}
 }
 
 layout_group! {
@@ -381,6 +402,7 @@ layout! {
     css_set: CssSetLayout,
     cgroup: CgroupLayout,
     kernfs_node: KernfsNodeLayout,
+    event_stats: ScxEventStatsLayout,
 }
 
 #[cfg(test)]

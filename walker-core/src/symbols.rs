@@ -61,6 +61,24 @@ symbols! {
     scx_root = "scx_root",
     /// `struct sched_ext_ops scx_ops` (before `scx_root` existed).
     scx_ops = "scx_ops",
+    /// `atomic_t scx_ops_enable_state_var` (before `scx_root`).
+    scx_ops_enable_state_var = "scx_ops_enable_state_var",
+    /// `atomic_t scx_exit_kind` (before `scx_root`).
+    scx_exit_kind = "scx_exit_kind",
+    /// `struct scx_exit_info *scx_exit_info` (before `scx_root`).
+    scx_exit_info = "scx_exit_info",
+    /// `int scx_ops_bypass_depth` (before `scx_root`).
+    scx_ops_bypass_depth = "scx_ops_bypass_depth",
+    /// `unsigned long scx_watchdog_timeout`, in jiffies (before `scx_root`).
+    scx_watchdog_timeout = "scx_watchdog_timeout",
+    /// `struct scx_dispatch_q **global_dsqs`: per-node global DSQs
+    /// (6.12.y and 6.13 to 6.15).
+    global_dsqs = "global_dsqs",
+    /// `struct scx_dispatch_q scx_dsq_global`: the one global DSQ of the
+    /// first 6.12 releases.
+    scx_dsq_global = "scx_dsq_global",
+    /// `struct rhashtable dsq_hash`: user DSQs (before `scx_root`).
+    dsq_hash = "dsq_hash",
     /// `struct list_head scx_tasks`: every task sched_ext knows.
     scx_tasks = "scx_tasks",
     /// `u64 jiffies_64`.
@@ -89,6 +107,22 @@ symbols! {
     idle_sched_class = "idle_sched_class",
     /// `stop_sched_class`.
     stop_sched_class = "stop_sched_class",
+    /// `atomic_t scx_enable_state_var`: `enum scx_enable_state`.
+    scx_enable_state_var = "scx_enable_state_var",
+    /// `atomic_long_t scx_enable_seq`: schedulers enabled since boot.
+    scx_enable_seq = "scx_enable_seq",
+    /// `atomic_long_t scx_nr_rejected`: tasks whose switch to sched_ext
+    /// was rejected.
+    scx_nr_rejected = "scx_nr_rejected",
+    /// `bool scx_switching_all`: the scheduler takes every task
+    /// (`SCX_OPS_SWITCH_PARTIAL` unset).
+    scx_switching_all = "scx_switching_all",
+    /// `struct static_key_false __scx_switched_all`.
+    scx_switched_all = "__scx_switched_all",
+    /// `int scx_bypass_depth` (before it moved into `scx_sched`).
+    scx_bypass_depth = "scx_bypass_depth",
+    /// `atomic_t scx_breather_depth` (6.15 to 6.19).
+    scx_breather_depth = "scx_breather_depth",
 }
 
 #[cfg(test)]
@@ -103,7 +137,7 @@ mod tests {
         s.slide(0x20_0000);
         assert_eq!(s.get("scx_tasks"), Some(0xffff_ffff_8120_0000));
         assert_eq!(s.scx_root, None);
-        assert_eq!(Symbols::NAMES.len(), 22);
+        assert_eq!(Symbols::NAMES.len(), 37);
         for n in Symbols::NAMES {
             assert!(s.set(n, 7), "{n}");
             assert_eq!(s.get(n), Some(7));

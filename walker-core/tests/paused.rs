@@ -11,7 +11,7 @@ use ktstr_walker::capture::storage::Capacity;
 use ktstr_walker::capture::{Consts, Fault, Health, kernel_str};
 use ktstr_walker::discover::Discovered;
 use ktstr_walker::embed::{Dumper, Kernel};
-use ktstr_walker::render::Names;
+use ktstr_walker::render::{Names, SchedClass};
 use ktstr_walker::testkit::{PerCpuStyle, SyntheticKernel, compact_layout};
 use ktstr_walker::translate::{DEFAULT_PAGE_OFFSET_BASE, DIRECT_MAP_SIZE_L4};
 
@@ -144,7 +144,7 @@ fn each_cpu_carries_its_current_task_read_while_paused() {
         (t[0], k.idle_task(1))
     );
     assert_eq!(r.cpus[1].curr.comm.as_deref(), Some("swapper/1"));
-    assert_eq!(r.cpus[0].curr_class.as_deref(), Some("ext"));
+    assert_eq!(r.cpus[0].curr_class, Some(SchedClass::Ext));
     let p = r.health.pause.expect("the capture times itself");
     assert!(p.capture_ns > 0);
     assert_eq!(

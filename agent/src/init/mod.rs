@@ -5,8 +5,10 @@
 
 mod cgroup;
 mod channel;
+mod load;
 mod mounts;
 mod scheduler;
+mod work;
 pub mod worker;
 
 use std::time::{Duration, Instant};
@@ -54,11 +56,13 @@ fn run(ch: &Channel) -> Result<(), String> {
         None => None,
     };
 
-    let results = if job.shell {
+    let (results, cpu_busy) = if job.shell {
         shell(ch, &job)?;
-        Vec::new()
+        (Vec::new(), Vec::new())
     } else {
-        workload(ch, &job)?
+        let sampler = load::Sampler::start(Duration::from_millis(500));
+        let results = workload(ch, &job);
+        (results?, sampler.finish())
     };
     let sched_ext = sched_ext_state();
     let (scheduler_exit, scheduler_output) = match sched.as_mut() {
@@ -70,6 +74,7 @@ fn run(ch: &Channel) -> Result<(), String> {
         sched_ext,
         scheduler_exit,
         scheduler_output,
+        cpu_busy,
     });
     if let Some(s) = sched {
         s.stop();
@@ -84,7 +89,7 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
     let end = start + Duration::from_millis(job.duration_ms);
     let mut groups: Vec<(String, Vec<worker::Worker>)> = Vec::new();
     for cg in &job.cgroups {
-        cgroup::create(&cg.name, &cg.cpus)?;
+        cgroup::create(cg)?;
         groups.push((cg.name.clone(), worker::start(cg, end - Instant::now())?));
     }
     ch.send(&Msg::Running {
@@ -104,7 +109,7 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
         match &step.action {
             StepAction::SetCpus { cgroup: name, cpus } => cgroup::set_cpus(name, cpus)?,
             StepAction::AddCgroup(cg) => {
-                cgroup::create(&cg.name, &cg.cpus)?;
+                cgroup::create(cg)?;
                 let ws = worker::start(cg, end.saturating_duration_since(Instant::now()))?;
                 groups.push((cg.name.clone(), ws));
             }
@@ -125,6 +130,18 @@ fn workload(ch: &Channel, job: &Job) -> Result<Vec<proto::WorkerResult>, String>
                     }
                 }
             }
+            StepAction::Hotplug { cpu, online } => cgroup::hotplug(*cpu, *online)?,
+            StepAction::SetAffinity { cgroup: name, cpus } => {
+                for (_, ws) in groups.iter().filter(|(n, _)| n == name) {
+                    for w in ws {
+                        cgroup::set_affinity(w.info.pid, cpus)?;
+                    }
+                }
+            }
+            StepAction::SetWeight {
+                cgroup: name,
+                weight,
+            } => cgroup::set_weight(name, *weight)?,
         }
     }
     for (_, ws) in groups {

@@ -19,10 +19,12 @@ pub struct Scheduler {
 impl Scheduler {
     /// Start `job` and wait until it attached; the message says how that
     /// went, and on failure there is no scheduler to keep.
-    pub fn start(job: &SchedulerJob) -> Result<(Scheduler, Msg), Msg> {
-        let failed = |reason: String| Msg::SchedulerFailed {
-            reason,
-            output: tail(),
+    pub fn start(job: &SchedulerJob) -> Result<(Scheduler, Msg), Box<Msg>> {
+        let failed = |reason: String| {
+            Box::new(Msg::SchedulerFailed {
+                reason,
+                output: tail(),
+            })
         };
         let log = File::create(LOG).map_err(|e| failed(format!("creating {LOG}: {e}")))?;
         let log2 = log

@@ -3,16 +3,16 @@
 //! and affinity, names itself, works until its deadline (or SIGTERM), and
 //! prints what it measured as JSON on stdout.
 
-use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ktstr_agent::proto::{self, CgroupJob, Policy, Work, WorkerInfo, WorkerResult, WorkerSpec};
+use ktstr_agent::proto::{self, CgroupJob, Policy, WorkerInfo, WorkerResult, WorkerSpec};
 use serde::{Deserialize, Serialize};
 
 use super::cgroup;
+use super::work::{self, Meter, STOP};
 
 /// What a worker process is told.
 #[derive(Debug, Serialize, Deserialize)]
@@ -161,66 +161,8 @@ pub fn finish(workers: Vec<Worker>, deadline: Instant) -> Vec<WorkerResult> {
         .collect()
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
 extern "C" fn on_term(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
-}
-
-/// What a worker measures as it goes.
-struct Meter {
-    last: Instant,
-    max_gap: Duration,
-    cpu: Option<u32>,
-    migrations: u64,
-    cpus: BTreeSet<u32>,
-    wake_max: Duration,
-    wake_sum: Duration,
-    wakes: u64,
-}
-
-impl Meter {
-    fn new() -> Meter {
-        Meter {
-            last: Instant::now(),
-            max_gap: Duration::ZERO,
-            cpu: None,
-            migrations: 0,
-            cpus: BTreeSet::new(),
-            wake_max: Duration::ZERO,
-            wake_sum: Duration::ZERO,
-            wakes: 0,
-        }
-    }
-
-    /// One iteration done; `slept` is sleep it asked for since the last.
-    fn tick(&mut self, slept: Duration) {
-        let now = Instant::now();
-        let gap = now.duration_since(self.last).saturating_sub(slept);
-        self.max_gap = self.max_gap.max(gap);
-        self.last = now;
-        // SAFETY: no arguments, no memory.
-        let cpu = unsafe { libc::sched_getcpu() };
-        if let Ok(cpu) = u32::try_from(cpu) {
-            if self.cpu.is_some_and(|c| c != cpu) {
-                self.migrations += 1;
-            }
-            self.cpu = Some(cpu);
-            self.cpus.insert(cpu);
-        }
-    }
-
-    fn wake(&mut self, latency: Duration) {
-        self.wake_max = self.wake_max.max(latency);
-        self.wake_sum += latency;
-        self.wakes += 1;
-    }
-}
-
-fn burn(x: &mut u64, rounds: u32) {
-    for _ in 0..rounds {
-        *x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-    }
 }
 
 fn setup(a: &Args) -> Result<(), String> {
@@ -274,129 +216,6 @@ fn setup(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn now_ns(origin: Instant) -> u64 {
-    origin.elapsed().as_nanos() as u64
-}
-
-/// Two threads, two pipes: A writes its clock, B wakes, notes the delay,
-/// answers with its clock, A wakes and notes its delay.
-fn ping_pong(deadline: Instant, m: &mut Meter) -> Result<u64, String> {
-    let mut a_to_b = [0i32; 2];
-    let mut b_to_a = [0i32; 2];
-    // SAFETY: pipe() fills two fds we then own.
-    if unsafe { libc::pipe(a_to_b.as_mut_ptr()) } != 0
-        || unsafe { libc::pipe(b_to_a.as_mut_ptr()) } != 0
-    {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
-    use std::os::fd::FromRawFd;
-    // SAFETY: fresh fds from pipe(), each wrapped once.
-    let (mut a_rx, mut a_tx, mut b_rx, mut b_tx) = unsafe {
-        (
-            std::fs::File::from_raw_fd(b_to_a[0]),
-            std::fs::File::from_raw_fd(a_to_b[1]),
-            std::fs::File::from_raw_fd(a_to_b[0]),
-            std::fs::File::from_raw_fd(b_to_a[1]),
-        )
-    };
-    let origin = Instant::now();
-    let partner = std::thread::spawn(move || {
-        let (mut max, mut sum, mut n) = (0u64, 0u64, 0u64);
-        let mut buf = [0u8; 8];
-        while b_rx.read_exact(&mut buf).is_ok() {
-            let lat = now_ns(origin).saturating_sub(u64::from_le_bytes(buf));
-            max = max.max(lat);
-            sum += lat;
-            n += 1;
-            if b_tx.write_all(&now_ns(origin).to_le_bytes()).is_err() {
-                break;
-            }
-        }
-        (max, sum, n)
-    });
-    let mut rounds = 0u64;
-    let mut buf = [0u8; 8];
-    while Instant::now() < deadline && !STOP.load(Ordering::Relaxed) {
-        a_tx.write_all(&now_ns(origin).to_le_bytes())
-            .map_err(|e| format!("ping: {e}"))?;
-        a_rx.read_exact(&mut buf)
-            .map_err(|e| format!("pong: {e}"))?;
-        m.wake(Duration::from_nanos(
-            now_ns(origin).saturating_sub(u64::from_le_bytes(buf)),
-        ));
-        rounds += 1;
-        m.tick(Duration::ZERO);
-    }
-    drop(a_tx);
-    let (max, sum, n) = partner.join().map_err(|_| "ping-pong partner panicked")?;
-    m.wake_max = m.wake_max.max(Duration::from_nanos(max));
-    m.wake_sum += Duration::from_nanos(sum);
-    m.wakes += n;
-    Ok(rounds)
-}
-
-fn work(a: &Args, m: &mut Meter) -> Result<u64, String> {
-    let deadline = Instant::now() + Duration::from_millis(a.run_ms);
-    let going = || Instant::now() < deadline && !STOP.load(Ordering::Relaxed);
-    let mut x = 1u64;
-    let mut iterations = 0u64;
-    match a.spec.work {
-        Work::Spin => {
-            while going() {
-                burn(&mut x, 256);
-                iterations += 1;
-                m.tick(Duration::ZERO);
-            }
-        }
-        Work::DutyCycle { run_us, sleep_us } => {
-            let (run, sleep) = (
-                Duration::from_micros(run_us),
-                Duration::from_micros(sleep_us),
-            );
-            while going() {
-                let busy_until = Instant::now() + run;
-                while Instant::now() < busy_until {
-                    burn(&mut x, 64);
-                    m.tick(Duration::ZERO);
-                }
-                let before = Instant::now();
-                std::thread::sleep(sleep);
-                m.wake(before.elapsed().saturating_sub(sleep));
-                m.tick(sleep);
-                iterations += 1;
-            }
-        }
-        Work::Yield => {
-            while going() {
-                burn(&mut x, 64);
-                std::thread::yield_now();
-                iterations += 1;
-                m.tick(Duration::ZERO);
-            }
-        }
-        Work::ForkExit => {
-            while going() {
-                // SAFETY: the child only calls _exit, which is
-                // async-signal-safe.
-                let pid = unsafe { libc::fork() };
-                match pid {
-                    0 => unsafe { libc::_exit(0) },
-                    -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
-                    _ => {
-                        let mut status = 0;
-                        // SAFETY: waiting for our own child.
-                        unsafe { libc::waitpid(pid, &mut status, 0) };
-                    }
-                }
-                iterations += 1;
-                m.tick(Duration::ZERO);
-            }
-        }
-        Work::PingPong => iterations = ping_pong(deadline, m)?,
-    }
-    Ok(iterations)
-}
-
 /// A worker process: `args` is its JSON.
 pub fn main(args: &[String]) {
     let started = Instant::now();
@@ -409,12 +228,14 @@ pub fn main(args: &[String]) {
         Ok(a) => {
             let outcome = setup(&a).and_then(|()| {
                 m = Meter::new();
-                work(&a, &mut m)
+                let deadline = Instant::now() + Duration::from_millis(a.run_ms);
+                work::run(a.spec.work, deadline, &mut m)
             });
             (a.spec.name, a.cgroup, outcome)
         }
         Err(e) => ("worker".into(), String::new(), Err(e)),
     };
+    let wake_pct_us = m.percentiles();
     let (iterations, error) = match outcome {
         Ok(n) => (n, None),
         Err(e) => (0, Some(e)),
@@ -429,7 +250,12 @@ pub fn main(args: &[String]) {
         wall_ms: started.elapsed().as_millis() as u64,
         max_gap_us: us(m.max_gap),
         wake_max_us: (m.wakes > 0).then(|| us(m.wake_max)),
-        wake_avg_us: (m.wakes > 0).then(|| us(m.wake_sum) / m.wakes),
+        wake_avg_us: m.wake_avg().map(us),
+        wake_pct_us,
+        remote_permille: m
+            .remote
+            .filter(|(_, checked)| *checked > 0)
+            .map(|(remote, checked)| (remote * 1000 / checked) as u32),
         migrations: m.migrations,
         cpus: m.cpus.into_iter().collect(),
         error,

@@ -1,11 +1,14 @@
-//! `ktstr kernel`: fetch, list, clean and inspect kernels.
+//! `ktstr kernel`: fetch, build, list, clean and inspect kernels.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use ktstr::kernel::Kernel;
+use ktstr::kernel::build::{BuildOptions, BuildSource, build};
 use ktstr::kernel::fetch::{FetchOptions, FetchedFrom, fetch};
 use ktstr::kernel::info::KernelInfo;
+use ktstr::kernel::version::looks_like_version;
 
 use super::output::terminal_safe;
 
@@ -28,6 +31,29 @@ pub enum KernelCommand {
         #[arg(long)]
         kvm_modules: bool,
     },
+    /// Build a kernel with ktstr's small config (tinyconfig + its harness
+    /// fragment + yours) from a source tree, or from Debian's
+    /// linux-source-X.Y package for a version (`6.12`); cached by source
+    /// and config, so the same build twice builds once. Prints its
+    /// directory as the last line.
+    Build {
+        /// A kernel source tree (built in place), or a version whose
+        /// Debian linux-source package is downloaded and unpacked once.
+        source: String,
+        /// A config fragment (`CONFIG_X=y` lines) merged after ktstr's own;
+        /// may be given several times.
+        #[arg(long = "config-fragment", value_name = "FILE")]
+        config_fragments: Vec<PathBuf>,
+        /// Parallel make jobs (default: every core).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Build even when the cache has this build.
+        #[arg(long)]
+        force: bool,
+        /// Do not contact the archive (the source package must be cached).
+        #[arg(long)]
+        offline: bool,
+    },
     /// List cached kernels: version, origin, sched_ext and BTF, size,
     /// last use.
     List {
@@ -43,6 +69,10 @@ pub enum KernelCommand {
         /// Keep the N most recently used of them.
         #[arg(long)]
         keep: Option<usize>,
+        /// Instead, remove the unpacked kernel sources `kernel build`
+        /// builds in (all, or those of VERSION); built kernels stay.
+        #[arg(long, conflicts_with = "keep")]
+        sources: bool,
     },
     /// Show what ktstr knows about a kernel: release, image, required config
     /// options, and the struct layout its BTF gives.
@@ -84,6 +114,32 @@ pub fn kernel(command: KernelCommand) -> anyhow::Result<ExitCode> {
             println!("{}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
+        KernelCommand::Build {
+            source,
+            config_fragments,
+            jobs,
+            force,
+            offline,
+        } => {
+            let path = Path::new(&source);
+            let source = if path.exists() || !looks_like_version(&source) {
+                BuildSource::Tree(path.to_path_buf())
+            } else {
+                BuildSource::Version(source)
+            };
+            let built = build(&BuildOptions {
+                source,
+                fragments: config_fragments,
+                jobs,
+                force,
+                offline,
+            })?;
+            if built.build_time.is_none() {
+                tracing::info!("{} (cached)", built.name);
+            }
+            println!("{}", built.dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         KernelCommand::List { json } => {
             let kernels = ktstr::cache::kernels_dir()?;
             let all = ktstr::kernel::store::list(&kernels);
@@ -96,7 +152,21 @@ pub fn kernel(command: KernelCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KernelCommand::Clean { version, keep } => {
+        KernelCommand::Clean {
+            version,
+            sources: true,
+            ..
+        } => {
+            let removed = ktstr::kernel::build::clean_sources(version.as_deref())?;
+            for d in &removed {
+                println!("removed {}", d.display());
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KernelCommand::Clean { version, keep, .. } => {
             let kernels = ktstr::cache::kernels_dir()?;
             let removed = ktstr::kernel::store::clean(
                 &kernels,

@@ -22,7 +22,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Kernels: fetch a sched_ext kernel, inspect one.
+    /// Kernels: fetch or build a sched_ext kernel, list, clean, inspect.
     Kernel {
         #[command(subcommand)]
         command: kernel::KernelCommand,
@@ -119,6 +119,22 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("{s}: not a duration (e.g. 10s, 500ms, 2.5): {e}"))
 }
 
+/// A byte count: a number, optionally with K, M or G (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s}: not a byte count (e.g. 4096, 512K, 16M)"))
+}
+
 pub fn parse_hex(s: &str) -> Result<u64, String> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16)
         .map_err(|e| format!("{s}: not a hex number: {e}"))
@@ -150,5 +166,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => gauntlet::merge(paths, json),
         Command::Dump(args) => dump::dump(args),
         Command::Kernel { command } => kernel::kernel(command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_take_binary_suffixes_and_refuse_the_rest() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("16M"), Ok(16 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        for bad in ["", "M", "-1K", "1.5M", "99999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::output::{Progress, install_interrupt_handler, terminal_safe};
-use super::{VmArgs, parse_duration};
+use super::{VmArgs, parse_bytes, parse_duration};
 
 /// `ktstr run`'s arguments.
 #[derive(clap::Args)]
@@ -22,12 +22,32 @@ pub struct RunArgs {
     /// than this percentage.
     #[arg(long, default_value_t = 25.0)]
     fairness_spread: f64,
+    /// Fail a worker whose 99th-percentile wakeup latency exceeds this
+    /// (e.g. 20ms); reported without a limit otherwise.
+    #[arg(long, value_parser = parse_duration)]
+    max_wake_p99: Option<std::time::Duration>,
+    /// Fail when competing weighted cgroups' CPU time per unit of
+    /// cpu.weight spreads more than this percentage.
+    #[arg(long, default_value_t = 50.0)]
+    weight_spread: f64,
     /// How long the workers run (e.g. 10s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     duration: std::time::Duration,
-    /// Freeze and dump this long after the workers start (e.g. 2s).
+    /// Freeze and dump this long after the workers start (e.g. 2s);
+    /// repeat or separate with commas for several (1s,3s).
+    #[arg(long, value_parser = parse_duration, value_delimiter = ',')]
+    dump_at: Vec<std::time::Duration>,
+    /// Freeze and dump every this long (a series, within --dump-budget).
     #[arg(long, value_parser = parse_duration)]
-    dump_at: Option<std::time::Duration>,
+    dump_every: Option<std::time::Duration>,
+    /// After each problem the monitor sees, a second dump this long
+    /// later, to show what moved (0: none).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    dump_follow_up: std::time::Duration,
+    /// Bytes (of JSON) the run's dumps may take, e.g. 16M; dumps past it
+    /// are counted, not kept.
+    #[arg(long, default_value = "16M", value_parser = parse_bytes)]
+    dump_budget: u64,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -40,8 +60,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scenario,
         max_gap,
         fairness_spread,
+        max_wake_p99,
+        weight_spread,
         duration,
         dump_at,
+        dump_every,
+        dump_follow_up,
+        dump_budget,
         json,
     } = args;
     install_interrupt_handler()?;
@@ -51,9 +76,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let thresholds = ktstr::checks::Thresholds {
         max_gap,
         fairness_spread: fairness_spread / 100.0,
+        weight_spread: weight_spread / 100.0,
+        max_wake_p99,
+        ..Default::default()
     };
     let progress = Progress::new();
-    let report = ktstr::run::run_with(&cfg, &scenario, &thresholds, dump_at, &|p| progress.set(p));
+    let plan = ktstr::series::DumpPlan {
+        at: dump_at,
+        every: dump_every,
+        follow_up: Some(dump_follow_up).filter(|d| !d.is_zero()),
+        budget_bytes: dump_budget,
+    };
+    let report = ktstr::run::run_planned(&cfg, &scenario, &thresholds, &plan, &|p| progress.set(p));
     progress.done();
     let report = report?;
     print!("{}", terminal_safe(&report.to_text()));

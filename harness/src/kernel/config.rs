@@ -27,7 +27,7 @@ pub enum ConfigError {
     },
     /// A required option is unset or not `=y`.
     #[error(
-        "kernel config {source_name} has `{found}` where ktstr needs `{option}=y` (for {why}); build the kernel with it or fetch one that has it (Debian's sched_ext kernels start at 6.16, in trixie-backports)"
+        "kernel config {source_name} has `{found}` where ktstr needs `{option}=y` (for {why}); build one with it (`ktstr kernel build VERSION` builds from Debian's linux-source-X.Y package, and `--kernel VERSION` does so on first use) or fetch one that has it (Debian's sched_ext kernels start at 6.16, in trixie-backports)"
     )]
     Missing {
         /// Where the config came from.

@@ -826,6 +826,8 @@ fn install(debs: &[PathBuf], staging: &Path, dir: &Path, plan: &Plan) -> Result<
                 .iter()
                 .filter_map(|d| d.file_name()?.to_str().map(str::to_string))
                 .collect(),
+            source: None,
+            kernel_release: None,
             files: BTreeMap::new(),
         },
     )?;

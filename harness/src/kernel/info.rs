@@ -8,6 +8,13 @@ use serde::Serialize;
 use super::Kernel;
 use super::config::REQUIRED;
 
+/// Layout groups that only some sched_ext kernels have in the form the
+/// walker reads; without one the walker reads what stands in its place:
+/// before 6.16 there is no `struct scx_sched` (the scheduler's state is in
+/// globals), 6.16 has no per-CPU/per-node parts, 6.19's per-CPU part holds
+/// no bypass DSQ (it is in `rq->scx`).
+pub const VERSION_GATED: &[&str] = &["scx_sched", "scx_sched_pcpu", "scx_sched_pnode"];
+
 /// Facts about one kernel, as printed by `ktstr kernel info`.
 #[derive(Debug, Serialize)]
 pub struct KernelInfo {
@@ -68,10 +75,15 @@ impl KernelInfo {
         }
     }
 
-    /// Whether nothing ktstr needs is known to be missing.
+    /// Whether nothing ktstr needs is known to be missing: every group
+    /// but the [`VERSION_GATED`] ones resolves, and the required options
+    /// are set (when the config is known).
     pub fn usable(&self) -> bool {
         self.btf_error.is_none()
-            && self.layout.iter().all(GroupReport::resolved)
+            && self
+                .layout
+                .iter()
+                .all(|g| g.resolved() || VERSION_GATED.contains(&g.group))
             && self
                 .required_options
                 .iter()
@@ -109,13 +121,21 @@ impl KernelInfo {
             self.layout.len()
         );
         for g in &self.layout {
-            let status = match (g.struct_found, g.resolved()) {
-                (false, _) => "MISSING (no such struct)".to_string(),
-                (true, false) => format!("MISSING required {}", g.missing_required.join(", ")),
-                (true, true) => format!("ok, {} bytes", g.size.unwrap_or(0)),
+            let gated = VERSION_GATED.contains(&g.group);
+            let status = match (g.struct_found, g.resolved(), gated) {
+                (_, true, _) => format!("ok, {} bytes", g.size.unwrap_or(0)),
+                (false, _, true) => "not in this kernel (fine: its layout predates it)".to_string(),
+                (true, _, true) => format!(
+                    "not in the walker's form here (lacks {}; fine: read elsewhere)",
+                    g.missing_required.join(", ")
+                ),
+                (false, _, false) => "MISSING (no such struct)".to_string(),
+                (true, _, false) => {
+                    format!("MISSING required {}", g.missing_required.join(", "))
+                }
             };
             s += &format!("  {:<18} {status}", g.group);
-            if !g.missing_optional.is_empty() {
+            if g.struct_found && !g.missing_optional.is_empty() {
                 s += &format!(" (absent here: {})", g.missing_optional.join(", "));
             }
             s += "\n";
@@ -123,6 +143,79 @@ impl KernelInfo {
         if let Some(o) = self.runqueues_percpu_offset {
             s += &format!("per-CPU runqueues at .data..percpu+{o:#x}\n");
         }
+        if self
+            .layout
+            .iter()
+            .any(|g| g.group == "scx_sched" && !g.struct_found)
+        {
+            s += "scheduler state: in globals (a kernel before 6.16: no scx_root)\n";
+        }
+        s += if self.usable() {
+            "usable:    yes\n"
+        } else {
+            "usable:    NO (see MISSING above)\n"
+        };
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(name: &'static str, found: bool, missing: &[&'static str]) -> GroupReport {
+        GroupReport {
+            group: name,
+            strukt: name,
+            struct_found: found,
+            size: found.then_some(64),
+            missing_required: missing.to_vec(),
+            missing_optional: Vec::new(),
+        }
+    }
+
+    fn info(layout: Vec<GroupReport>) -> KernelInfo {
+        KernelInfo {
+            release: Some("6.16.12".into()),
+            source: "fixture".into(),
+            image: "Elf".into(),
+            vmlinux_bytes: 1,
+            pvh_entry: Some(0x100_0000),
+            config: None,
+            required_options: Vec::new(),
+            btf_error: None,
+            layout,
+            runqueues_percpu_offset: None,
+        }
+    }
+
+    // Fixture: the shapes `ktstr kernel info` found in the BTF of 6.16.12
+    // (no per-CPU/per-node parts), 6.19.14 (a per-CPU part without a bypass
+    // DSQ) and a built 6.12 (no scx_sched at all).
+    #[test]
+    fn version_gated_groups_may_be_absent_and_core_ones_may_not() {
+        let v616 = info(vec![
+            group("rq", true, &[]),
+            group("scx_sched", true, &[]),
+            group("scx_sched_pcpu", false, &[]),
+            group("scx_sched_pnode", false, &[]),
+        ]);
+        assert!(v616.usable());
+        let t = v616.to_text();
+        assert!(t.contains("scx_sched_pcpu     not in this kernel"), "{t}");
+        assert!(
+            t.contains("usable:    yes") && !t.contains("MISSING"),
+            "{t}"
+        );
+        let v619 = info(vec![group("scx_sched_pcpu", true, &["bypass_dsq"])]);
+        assert!(v619.usable());
+        assert!(v619.to_text().contains("lacks bypass_dsq"));
+        let v612 = info(vec![group("scx_sched", false, &[])]);
+        assert!(v612.usable());
+        assert!(v612.to_text().contains("in globals"));
+        let broken = info(vec![group("scx_dispatch_q", true, &["nr"])]);
+        assert!(!broken.usable());
+        assert!(broken.to_text().contains("MISSING required nr"));
+        assert!(!info(vec![group("rq", false, &[])]).usable());
     }
 }

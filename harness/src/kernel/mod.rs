@@ -1,6 +1,7 @@
 //! Kernels: acquisition (`fetch`), the cache (`store`), resolving what a
 //! user passes as `--kernel`, and checking its configuration.
 
+pub mod build;
 pub mod config;
 pub mod fetch;
 pub mod info;
@@ -36,6 +37,19 @@ pub enum ResolveError {
         /// Why the fetch failed.
         source: Box<fetch::FetchError>,
     },
+    /// No sched_ext kernel of that version can be fetched, and building
+    /// it from Debian's source package failed.
+    #[error(
+        "kernel '{spec}' cannot be fetched with sched_ext ({fetch}), and building it from Debian's linux-source package failed: {source}"
+    )]
+    Build {
+        /// What the user passed.
+        spec: String,
+        /// Why no fetched kernel would do.
+        fetch: String,
+        /// Why the build failed.
+        source: Box<build::BuildError>,
+    },
     /// The image could not be used.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -63,6 +77,14 @@ pub enum Resolved {
         /// Its directory.
         dir: PathBuf,
     },
+    /// Built now from Debian's source package, on first use (no kernel of
+    /// that version with sched_ext can be fetched).
+    Built {
+        /// The cache entry's name (`6.12.117+ktstr.<key>`).
+        release: String,
+        /// Its directory.
+        dir: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Resolved {
@@ -74,6 +96,9 @@ impl std::fmt::Display for Resolved {
             }
             Resolved::Fetched { release, dir } => {
                 write!(f, "{release} (fetched now, {})", dir.display())
+            }
+            Resolved::Built { release, dir } => {
+                write!(f, "{release} (built now, {})", dir.display())
             }
         }
     }
@@ -103,7 +128,8 @@ impl Kernel {
         tracing::info!("kernel: {resolved}");
         let (Resolved::Path(path)
         | Resolved::Cached { dir: path, .. }
-        | Resolved::Fetched { dir: path, .. }) = &resolved;
+        | Resolved::Fetched { dir: path, .. }
+        | Resolved::Built { dir: path, .. }) = &resolved;
         // A cache release given by its directory counts as a use too.
         let in_cache = crate::cache::kernels_dir()
             .is_ok_and(|k| path.parent() == Some(k.as_path()) && store::is_complete(path));
@@ -149,14 +175,23 @@ impl Kernel {
             });
         }
         tracing::info!("kernel {spec} is not cached: fetching it (once)");
-        let got = fetch::fetch(&fetch::FetchOptions {
+        let got = match fetch::fetch(&fetch::FetchOptions {
             release: Some(spec.to_string()),
             offline: false,
-        })
-        .map_err(|e| ResolveError::Fetch {
-            spec: spec.to_string(),
-            source: Box::new(e),
-        })?;
+        }) {
+            Ok(got) => got,
+            // Debian ships no sched_ext kernel of this version (6.12's
+            // images lack SCHED_CLASS_EXT): build one from its source.
+            Err(e @ (fetch::FetchError::Refused { .. } | fetch::FetchError::NoPackage { .. })) => {
+                return Self::build_version(spec, e);
+            }
+            Err(e) => {
+                return Err(ResolveError::Fetch {
+                    spec: spec.to_string(),
+                    source: Box::new(e),
+                });
+            }
+        };
         Ok(match got.from {
             fetch::FetchedFrom::Archive { .. } => Resolved::Fetched {
                 release: got.release,
@@ -165,6 +200,32 @@ impl Kernel {
             _ => Resolved::Cached {
                 release: got.release,
                 dir: got.dir,
+            },
+        })
+    }
+
+    /// Build `spec` from Debian's `linux-source-X.Y` (once: a second use
+    /// is a cache hit in [`Kernel::locate`]).
+    fn build_version(spec: &str, why: fetch::FetchError) -> Result<Resolved, ResolveError> {
+        tracing::info!(
+            "no sched_ext kernel {spec} to fetch ({why}); building it from Debian's linux-source package (once; minutes)"
+        );
+        let built = build::build(&build::BuildOptions::new(build::BuildSource::Version(
+            spec.to_string(),
+        )))
+        .map_err(|e| ResolveError::Build {
+            spec: spec.to_string(),
+            fetch: why.to_string(),
+            source: Box::new(e),
+        })?;
+        Ok(match built.build_time {
+            Some(_) => Resolved::Built {
+                release: built.name,
+                dir: built.dir,
+            },
+            None => Resolved::Cached {
+                release: built.name,
+                dir: built.dir,
             },
         })
     }

@@ -34,6 +34,8 @@ pub const STAGING_PREFIX: &str = ".staging-";
 pub const LOCKS_DIR: &str = ".locks";
 /// Files a release directory must have.
 pub const RELEASE_FILES: [&str; 3] = ["vmlinuz", "vmlinux", "config"];
+/// Files a release directory may have (recorded in the marker when there).
+pub const OPTIONAL_FILES: [&str; 2] = ["System.map", "build.log"];
 
 /// What can go wrong in the cache itself.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,13 @@ pub struct Marker {
     /// The .deb files it was unpacked from (names under `apt/debs/`).
     #[serde(default)]
     pub debs: Vec<String>,
+    /// For a built kernel: its source (`linux-source-6.12 6.12.117-1`, or
+    /// the tree's path).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// For a built kernel: the release its banner says (`uname -r`).
+    #[serde(default)]
+    pub kernel_release: Option<String>,
     /// Every file of the release directory with its sum.
     pub files: BTreeMap<String, FileSum>,
 }
@@ -147,7 +156,7 @@ impl Marker {
     /// Record the sums of `dir`'s files.
     pub fn record(dir: &Path, mut marker: Marker) -> Result<Marker, StoreError> {
         marker.files.clear();
-        for name in RELEASE_FILES.iter().copied().chain(["System.map"]) {
+        for name in RELEASE_FILES.iter().copied().chain(OPTIONAL_FILES) {
             let p = dir.join(name);
             if p.is_file() {
                 marker.files.insert(name.to_string(), FileSum::of(&p)?);
@@ -251,6 +260,8 @@ pub fn upgrade_legacy_marker(dir: &Path) -> Result<bool, StoreError> {
             package_version: None,
             config_from_image: false,
             debs: Vec::new(),
+            source: None,
+            kernel_release: None,
             files: BTreeMap::new(),
         },
     )?;
@@ -549,8 +560,24 @@ pub fn clean(kernels: &Path, opts: &CleanOptions) -> Result<Vec<PathBuf>, StoreE
         let _ = std::fs::remove_file(kernels.join(LOCKS_DIR).join(format!("{release}.lock")));
         removed.push(dir);
     }
+    // Logs of failed builds (`kernel build`) of matching versions.
+    for e in std::fs::read_dir(kernels).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(release) = name
+            .strip_prefix(FAILED_LOG_PREFIX)
+            .and_then(|n| n.strip_suffix(".log"))
+            && opts.version.as_deref().is_none_or(|v| {
+                super::version::spec_matches(&super::version::version_of(release), v)
+            })
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     Ok(removed)
 }
+
+/// Prefix of the kept log of a failed build: `.failed-<name>.log`.
+pub const FAILED_LOG_PREFIX: &str = ".failed-";
 
 /// No kernel was given and none is fetched.
 #[derive(Debug, thiserror::Error)]
@@ -582,6 +609,8 @@ mod tests {
                 package_version: None,
                 config_from_image: false,
                 debs: vec![],
+                source: None,
+                kernel_release: None,
                 files: BTreeMap::new(),
             },
         )
@@ -726,6 +755,8 @@ mod tests {
             package_version: None,
             config_from_image: false,
             debs: vec![],
+            source: None,
+            kernel_release: None,
             files: BTreeMap::new(),
         }
     }

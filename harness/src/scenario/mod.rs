@@ -91,6 +91,12 @@ pub struct CgroupSpec {
     pub cpuset: Cpuset,
     /// Its workers.
     pub workers: Vec<Workers>,
+    /// `cpu.weight` (1..=10000, default 100): its share against siblings.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// `cpu.max`: a bandwidth limit.
+    #[serde(default)]
+    pub cpu_max: Option<proto::CpuMax>,
 }
 
 impl CgroupSpec {
@@ -100,7 +106,15 @@ impl CgroupSpec {
             name: name.to_string(),
             cpuset: Cpuset::All,
             workers: Vec::new(),
+            weight: None,
+            cpu_max: None,
         }
+    }
+
+    /// Its `cpu.weight`.
+    pub fn weight(&mut self, weight: u32) -> &mut CgroupSpec {
+        self.weight = Some(weight);
+        self
     }
 
     /// Restrict it to `cpuset`.
@@ -153,6 +167,27 @@ pub enum Action {
         from: String,
         /// To.
         to: String,
+    },
+    /// Take CPU `cpu` offline (or bring it back).
+    Hotplug {
+        /// The CPU.
+        cpu: u32,
+        /// Back online.
+        online: bool,
+    },
+    /// Change the affinity of a cgroup's workers.
+    SetAffinity {
+        /// The cgroup.
+        cgroup: String,
+        /// Their new CPUs.
+        cpuset: Cpuset,
+    },
+    /// Change a cgroup's `cpu.weight`.
+    SetWeight {
+        /// The cgroup.
+        cgroup: String,
+        /// The weight.
+        weight: u32,
     },
 }
 
@@ -230,6 +265,27 @@ pub enum ScenarioError {
     /// Nothing to run.
     #[error("scenario {0} starts no worker")]
     Empty(String),
+    /// A `cpu.weight` the kernel refuses.
+    #[error("cgroup {cgroup}: cpu.weight {weight} is outside 1..=10000")]
+    Weight {
+        /// Which cgroup.
+        cgroup: String,
+        /// The weight.
+        weight: u32,
+    },
+    /// CPU hotplug of a CPU the topology lacks, or of CPU 0 (which
+    /// x86 cannot take offline).
+    #[error(
+        "step at {at}: CPU {cpu} cannot be hotplugged on topology {topology} (CPU 0 never can)"
+    )]
+    Hotplug {
+        /// When.
+        at: String,
+        /// Which CPU.
+        cpu: u32,
+        /// The topology.
+        topology: String,
+    },
 }
 
 impl Cpuset {
@@ -321,10 +377,18 @@ fn resolve_cgroup(cg: &CgroupSpec, t: &Topology) -> Result<proto::CgroupJob, Sce
             affinity,
         });
     }
+    if let Some(w) = cg.weight.filter(|w| !(1..=10_000).contains(w)) {
+        return Err(ScenarioError::Weight {
+            cgroup: cg.name.clone(),
+            weight: w,
+        });
+    }
     Ok(proto::CgroupJob {
         name: cg.name.clone(),
         cpus: (cg.cpuset != Cpuset::All).then_some(cpus),
         workers,
+        weight: cg.weight,
+        cpu_max: cg.cpu_max,
     })
 }
 
@@ -402,6 +466,8 @@ impl Scenario {
                         name: cgroup.clone(),
                         cpuset: cpuset.clone(),
                         workers: vec![],
+                        weight: None,
+                        cpu_max: None,
                     };
                     proto::StepAction::SetCpus {
                         cgroup: cgroup.clone(),
@@ -431,6 +497,49 @@ impl Scenario {
                     proto::StepAction::MoveWorkers {
                         from: from.clone(),
                         to: to.clone(),
+                    }
+                }
+                Action::Hotplug { cpu, online } => {
+                    if *cpu == 0 || *cpu >= t.nr_cpus() {
+                        return Err(ScenarioError::Hotplug {
+                            at: format!("{at_ms} ms"),
+                            cpu: *cpu,
+                            topology: t.to_string(),
+                        });
+                    }
+                    proto::StepAction::Hotplug {
+                        cpu: *cpu,
+                        online: *online,
+                    }
+                }
+                Action::SetAffinity { cgroup, cpuset } => {
+                    if !names.contains(cgroup) {
+                        return Err(missing(cgroup));
+                    }
+                    let cpus = cpuset.cpus(t).map_err(|why| ScenarioError::Cpuset {
+                        cgroup: cgroup.clone(),
+                        cpuset: cpuset.clone(),
+                        topology: t.to_string(),
+                        why,
+                    })?;
+                    proto::StepAction::SetAffinity {
+                        cgroup: cgroup.clone(),
+                        cpus,
+                    }
+                }
+                Action::SetWeight { cgroup, weight } => {
+                    if !names.contains(cgroup) {
+                        return Err(missing(cgroup));
+                    }
+                    if !(1..=10_000).contains(weight) {
+                        return Err(ScenarioError::Weight {
+                            cgroup: cgroup.clone(),
+                            weight: *weight,
+                        });
+                    }
+                    proto::StepAction::SetWeight {
+                        cgroup: cgroup.clone(),
+                        weight: *weight,
                     }
                 }
             };

@@ -43,6 +43,8 @@ fn impossible_cpusets_say_why() {
                 name: "g".into(),
                 cpuset: cpuset.clone(),
                 workers: vec![Workers::new("w", Count::Fixed(1), Work::Spin)],
+                weight: None,
+                cpu_max: None,
             }],
             steps: vec![],
         };
@@ -122,6 +124,49 @@ fn every_catalogue_scenario_resolves_on_the_test_topologies() {
             assert!(!r.cgroups.is_empty());
         }
     }
+}
+
+#[test]
+fn the_catalogue_has_twenty_documented_scenarios_with_distinct_names() {
+    let all = catalogue::all();
+    assert!(all.len() >= 20, "{} scenarios", all.len());
+    let names: std::collections::BTreeSet<&str> = all.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.len(), all.len(), "a name twice");
+    for s in &all {
+        assert!(s.description.len() > 30, "{}: {:?}", s.name, s.description);
+    }
+}
+
+#[test]
+fn new_actions_resolve_and_refuse_what_cannot_be() {
+    let hot = catalogue::find("hotplug").unwrap();
+    let r = hot.resolve(&topo("1n1l2c1t"), RUN).unwrap();
+    assert!(matches!(
+        r.steps[0].action,
+        proto::StepAction::Hotplug {
+            cpu: 1,
+            online: false
+        }
+    ));
+    // One CPU: nothing to take offline (CPU 0 never goes).
+    assert!(matches!(
+        hot.resolve(&topo("1n1l1c1t"), RUN),
+        Err(ScenarioError::Hotplug { cpu: 1, .. })
+    ));
+    let aff = catalogue::find("affinity-churn").unwrap();
+    let r = aff.resolve(&topo("1n1l4c1t"), RUN).unwrap();
+    assert!(
+        matches!(&r.steps[0].action, proto::StepAction::SetAffinity { cpus, .. } if cpus == &[0, 1])
+    );
+    let w = catalogue::find("weights").unwrap();
+    let r = w.resolve(&topo("1n1l2c1t"), RUN).unwrap();
+    assert_eq!(r.cgroups[0].weight, Some(300));
+    let mut bad = w.clone();
+    bad.cgroups[0].weight = Some(0);
+    assert!(matches!(
+        bad.resolve(&topo("1n1l2c1t"), RUN),
+        Err(ScenarioError::Weight { weight: 0, .. })
+    ));
 }
 
 #[test]

@@ -43,6 +43,9 @@ pub struct Finished {
     pub scheduler_exit: Option<String>,
     /// The tail of its output.
     pub scheduler_output: String,
+    /// Each CPU's busy share per 500 ms window, in thousandths
+    /// (`u16::MAX`: offline).
+    pub cpu_busy: Vec<Vec<u16>>,
 }
 
 /// Where the time to a running workload went, in milliseconds.
@@ -224,6 +227,7 @@ impl Session {
             sched_ext,
             scheduler_exit,
             scheduler_output,
+            cpu_busy,
         } = msg
         else {
             return Err(start::unexpected(WAITING, msg));
@@ -234,6 +238,7 @@ impl Session {
             sched_ext,
             scheduler_exit,
             scheduler_output,
+            cpu_busy,
         })
     }
 }

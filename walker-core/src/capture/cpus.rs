@@ -2,13 +2,16 @@
 //! bypass DSQs and its runnable list.
 
 use super::fields::{FieldPlan, opt, req};
-use super::records::{CPU_BYTES, CpuRecord, DsqOrigin, Fault, Span};
+use super::records::{CPU_BYTES, CpuRecord, DsqOrigin, EVENT_BYTES, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, dsq, list_health};
 use crate::layout::{Layout, ListHeadLayout, RqLayout, ScxRqLayout};
 use crate::mem::GuestMem;
 use crate::translate::{Translator, per_cpu_addr};
 use crate::walk::{Step, read_link, walk_list_with};
 use zerocopy::IntoBytes;
+
+/// rq->scx scalars read (the wide plan's first fields).
+const SCALARS: usize = 7;
 
 /// `__per_cpu_offset` entries read at once.
 const OFFSET_BATCH: usize = 64;
@@ -38,10 +41,10 @@ pub(super) struct Plans {
     scx_at: usize,
     /// The rq->scx scalars, with the runnable list head's `next` and the
     /// local DSQ's head, so that one read starts the CPU's walks.
-    scx: FieldPlan<10>,
+    scx: FieldPlan<12>,
     /// The scalars alone, for when that wider read fails: read as if the
     /// rest were not there (the walks read them).
-    scx_alone: FieldPlan<5>,
+    scx_alone: FieldPlan<SCALARS>,
 }
 
 impl Plans {
@@ -59,8 +62,10 @@ impl Plans {
             opt(scx_l.cpu_released, 1),
             opt(scx_l.ops_qseq, 8),
             opt(scx_l.clock, 8),
+            opt(scx_l.cpuperf_target, 4),
+            opt(scx_l.nr_immed, 4),
         ];
-        let [a, b, c, d, e] = scx_fields;
+        let [a, b, c, d, e, p, n] = scx_fields;
         let runnable_next = scx_l.runnable_list.saturating_add(lh.next);
         let [f, g, h, i] = dsqs
             .as_ref()
@@ -83,7 +88,10 @@ impl Plans {
             to_task: [entity.runnable_node, task.scx],
             scx_at: RQ_AT + rq.len(),
             rq,
-            scx: FieldPlan::within([a, b, c, d, e, req(runnable_next, 8), f, g, h, i], half),
+            scx: FieldPlan::within(
+                [a, b, c, d, e, p, n, req(runnable_next, 8), f, g, h, i],
+                half,
+            ),
             scx_alone: FieldPlan::within(scx_fields, half),
         })
     }
@@ -126,6 +134,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             .map(|p| (p, pc.bypass_dsq)),
         _ => None,
     };
+    let events = event_stats(cx, tr, sched_pcpu.map(|(p, _)| p), buf.sched.root);
     // `__per_cpu_offset` a batch at a time; a batch that cannot be read
     // whole is read entry by entry, so a bad entry faults only its CPU.
     let mut batch = [0u64; OFFSET_BATCH];
@@ -136,6 +145,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         dsqs: dsq_slots,
         queued,
         runnable,
+        events: event_bytes,
         ..
     } = buf;
     let mut sink = dsq::Sink {
@@ -223,7 +233,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         }
         let wide = state & WIDE_READ != 0;
         let [next, id, dsq_nr, seq, dsq_next] = core::array::from_fn(|k| match wide {
-            true => scx_plan.get_or_zero(scx_bytes, 5 + k),
+            true => scx_plan.get_or_zero(scx_bytes, SCALARS + k),
             false => 0,
         });
         if let Some(s) = rq_bytes.get_mut(STATE) {
@@ -261,6 +271,14 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             },
         );
         let len = runnable.len() as u32 - start;
+        let events_read = match (events, event_bytes.get_mut(cpus.len())) {
+            (Some((base, size)), Some(out)) => {
+                let at = per_cpu_addr(base, off);
+                let out = out.get_mut(..size).unwrap_or_default();
+                tr.read_virt(cx.mem, at, out).is_ok()
+            }
+            _ => false,
+        };
         // Built in its slot: a copy of the record per CPU showed up. The
         // rest is `decode`'s.
         cpus.push_with(|rec| {
@@ -273,6 +291,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             rec.curr_pid = curr_pid;
             rec.curr_comm = curr_comm;
             rec.curr_class = curr_class;
+            rec.events = events_read;
         });
     }
     match first_fault {
@@ -296,15 +315,16 @@ pub(super) fn decode(plans: &Plans, buf: &mut CaptureBuf<'_>) {
             true => plans.rq.values(rq_bytes.get(RQ_AT..).unwrap_or_default()),
             false => [None; 4],
         };
-        // Both rq->scx plans start with the same five members.
-        let [scx_nr, scx_flags, released, qseq, scx_clock] = if state & WIDE_READ != 0 {
+        // Both rq->scx plans start with the same scalars.
+        let scalars: [Option<u64>; SCALARS] = if state & WIDE_READ != 0 {
             let v = plans.scx.values(scx_bytes);
-            [v[0], v[1], v[2], v[3], v[4]]
+            core::array::from_fn(|k| v.get(k).copied().flatten())
         } else if state & ALONE_READ != 0 {
             plans.scx_alone.values(scx_bytes)
         } else {
-            [None; 5]
+            [None; SCALARS]
         };
+        let [scx_nr, scx_flags, released, qseq, scx_clock, perf, immed] = scalars;
         rec.nr_running = nr_running.unwrap_or(0) as u32;
         rec.clock = clock.unwrap_or(0);
         rec.curr = curr.unwrap_or(0);
@@ -314,5 +334,32 @@ pub(super) fn decode(plans: &Plans, buf: &mut CaptureBuf<'_>) {
         rec.cpu_released = released.map(|r| r != 0);
         rec.ops_qseq = qseq;
         rec.scx_clock = scx_clock;
+        rec.cpuperf_target = perf.map(|v| v as u32);
+        rec.nr_immed = immed.map(|v| v as u32);
     }
+}
+
+/// Where each CPU's `struct scx_event_stats` is, as a per-CPU base (add a
+/// CPU's offset), and how many of its bytes to read: in `scx_sched_pcpu`
+/// (7.x; `pcpu` is the scheduler's per-CPU base), else behind
+/// `scx_sched.event_stats_cpu` (6.16).
+fn event_stats<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    pcpu: Option<u64>,
+    root: u64,
+) -> Option<(u64, usize)> {
+    let l = cx.target.layout;
+    let size = (l.event_stats?.struct_size as usize).min(EVENT_BYTES);
+    if let (Some(pcpu), Some(off)) = (pcpu, l.sched_pcpu.and_then(|p| p.event_stats)) {
+        return Some((pcpu.wrapping_add(u64::from(off)), size));
+    }
+    let off = l.sched?.event_stats_cpu?;
+    if root == 0 || cx.target.symbols.scx_root.is_none() {
+        return None;
+    }
+    let base: u64 = tr
+        .read_virt_pod(cx.mem, root.wrapping_add(u64::from(off)))
+        .ok()?;
+    (base != 0).then_some((base, size))
 }

@@ -176,6 +176,18 @@ pub(super) fn capture_one<M: GuestMem + ?Sized>(
     Some(at as u32)
 }
 
+/// Where a kernel keeps its shared DSQs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SharedDsqs {
+    /// The address of a pointer to the per-node pointers, and the offset
+    /// of the DSQ in what they point to.
+    pub(super) per_node: Option<(u64, u32)>,
+    /// A global DSQ embedded at this address (the first 6.12 releases).
+    pub(super) single: Option<u64>,
+    /// The user DSQs' `struct rhashtable`.
+    pub(super) hash: Option<u64>,
+}
+
 /// The global DSQ of every node and every user DSQ.
 pub(super) fn capture_shared<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
@@ -185,11 +197,27 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
 ) -> Result<(), Fault> {
     let root = buf.sched.root;
     let l = cx.target.layout;
-    let Some(s) = l
-        .sched
-        .filter(|_| root != 0 && cx.target.symbols.scx_root.is_some())
-    else {
+    if root == 0 {
         return Ok(()); // no scheduler instance: no shared DSQs to read
+    }
+    let at = if cx.target.symbols.scx_root.is_some() {
+        let Some(s) = l.sched else {
+            return Ok(());
+        };
+        // Per-node global DSQs: `pnode[node]->global_dsq` (7.x) or
+        // `global_dsqs[node]` (6.16-era).
+        let per_node = match (s.pnode, l.sched_pnode, s.global_dsqs) {
+            (Some(p), Some(pn), _) => Some((p, pn.global_dsq)),
+            (_, _, Some(g)) => Some((g, 0)),
+            _ => None,
+        };
+        SharedDsqs {
+            per_node: per_node.map(|(off, inner)| (root.wrapping_add(u64::from(off)), inner)),
+            single: None,
+            hash: s.dsq_hash.map(|h| root.wrapping_add(u64::from(h))),
+        }
+    } else {
+        super::pre_root::shared_dsqs(cx.target.symbols)
     };
     let mut first_fault = Fault::None;
     let mut note = |f: Fault| {
@@ -201,15 +229,8 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
         dsqs: &mut buf.dsqs,
         queued: &mut buf.queued,
     };
-    // Per-node global DSQs: `pnode[node]->global_dsq` (7.x) or
-    // `global_dsqs[node]` (6.16-era).
-    let per_node = match (s.pnode, l.sched_pnode, s.global_dsqs) {
-        (Some(p), Some(pn), _) => Some((p, pn.global_dsq)),
-        (_, _, Some(g)) => Some((g, 0)),
-        _ => None,
-    };
-    if let Some((array_off, inner)) = per_node {
-        match tr.read_virt_pod::<u64, _>(cx.mem, root.wrapping_add(u64::from(array_off))) {
+    if let Some((array_at, inner)) = at.per_node {
+        match tr.read_virt_pod::<u64, _>(cx.mem, array_at) {
             Ok(array) if array != 0 => {
                 for node in 0..cx.target.nr_nodes.max(1) {
                     let slot = array.wrapping_add(u64::from(node) * 8);
@@ -229,23 +250,39 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
                 }
             }
             Ok(_) => {}
-            Err(_) => note(Fault::Unreadable(root)),
+            Err(_) => note(Fault::Unreadable(array_at)),
+        }
+    }
+    if let Some(dsq) = at.single {
+        let mut f = Fault::None;
+        capture_one(
+            cx,
+            tr,
+            &mut sink,
+            reader,
+            dsq,
+            DsqOrigin::Global(0),
+            None,
+            &mut f,
+        );
+        if f.is_fault() {
+            note(f);
         }
     }
     // User DSQs from the scheduler's hash table.
     match (
-        s.dsq_hash,
+        at.hash,
         l.rhashtable,
         l.bucket_table,
         l.rhash_head,
         l.dsq.and_then(|d| d.hash_node),
     ) {
-        (Some(h), Some(rht), Some(bt), Some(rh), Some(hash_node)) => {
+        (Some(dsq_hash), Some(rht), Some(bt), Some(rh), Some(hash_node)) => {
             let walk = walk_rhashtable(
                 cx.mem,
                 tr,
                 (&rht, &bt, &rh),
-                root.wrapping_add(u64::from(h)),
+                dsq_hash,
                 cx.limits.hash,
                 |tr, e| {
                     let dsq = container_of(e, &[hash_node]);

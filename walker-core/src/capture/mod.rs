@@ -11,16 +11,19 @@ mod cgroups;
 mod cpus;
 mod dsq;
 pub mod fields;
+mod pre_root;
 pub mod records;
 mod sched;
 #[cfg(feature = "alloc")]
 pub mod storage;
 mod tasks;
+pub mod vcpus;
 
 pub use buf::Slots;
 pub use records::{
-    CPU_BYTES, CgroupRecord, CpuRecord, DsqOrigin, DsqRecord, Fault, ListHealth, SchedRecord, Span,
-    TASK_BYTES, TaskRecord, kernel_bytes, kernel_str,
+    CPU_BYTES, CgroupRecord, CpuRecord, DsqOrigin, DsqRecord, EVENT_BYTES, EXIT_BT_LEN,
+    EXIT_DUMP_LEN, Fault, GlobalsRecord, ListHealth, SchedRecord, Span, TASK_BYTES, TaskRecord,
+    kernel_bytes, kernel_str,
 };
 use records::{CpuBytes, TaskBytes};
 
@@ -39,6 +42,9 @@ pub struct Consts {
     pub dsq_iter_cursor: u32,
     /// `SCX_TASK_CURSOR`: an `scx_tasks` entry that is an iterator cursor.
     pub task_cursor: u32,
+    /// `SCX_OPS_DISABLED`: `scx_ops_enable_state_var` with no scheduler
+    /// (kernels before `scx_root`).
+    pub ops_disabled: u32,
 }
 
 impl Default for Consts {
@@ -46,6 +52,7 @@ impl Default for Consts {
         Self {
             dsq_iter_cursor: 1,
             task_cursor: 1 << 31,
+            ops_disabled: 3,
         }
     }
 }
@@ -136,6 +143,20 @@ pub struct CaptureBuf<'a> {
     pub jiffies: Option<u64>,
     /// Cost and health.
     pub health: Health,
+    /// The exit backtrace's return addresses (`exit_info->bt`), as many as
+    /// fit (see [`CaptureBuf::with_exit`]).
+    pub exit_bt: Slots<'a, u64>,
+    /// The kernel's exit dump text (`exit_info->dump`), up to its NUL or
+    /// the room given.
+    exit_dump: &'a mut [u8],
+    /// Bytes of `exit_dump` used.
+    exit_dump_len: usize,
+    /// Each vCPU's registers and kernel stack window, when the caller
+    /// gave them ([`vcpus::capture`]).
+    pub vcpus: Slots<'a, vcpus::VcpuRecord>,
+    /// Each CPU record's `struct scx_event_stats` bytes, by CPU record
+    /// (see [`CaptureBuf::with_events`]).
+    events: &'a mut [[u8; EVENT_BYTES]],
     /// The bytes of each CPU's rq reads, by CPU record (see [`Capturer::decode`]).
     cpu_bytes: &'a mut [CpuBytes],
     /// The bytes of each task, by task record.
@@ -178,7 +199,46 @@ impl<'a> CaptureBuf<'a> {
             sched: SchedRecord::default(),
             jiffies: None,
             health: Health::default(),
+            exit_bt: Slots::new(&mut []),
+            exit_dump: &mut [],
+            exit_dump_len: 0,
+            events: &mut [],
+            vcpus: Slots::new(&mut []),
         }
+    }
+
+    /// Room for `vcpus` vCPUs' registers and stacks; without it none are
+    /// kept.
+    pub fn with_vcpus(mut self, vcpus: &'a mut [vcpus::VcpuRecord]) -> Self {
+        self.vcpus = Slots::new(vcpus);
+        self
+    }
+
+    /// Room for the exit's backtrace (`bt`, [`EXIT_BT_LEN`] is the
+    /// kernel's most) and the kernel's dump text (`dump`, up to
+    /// [`EXIT_DUMP_LEN`] by default); without it neither is read.
+    pub fn with_exit(mut self, bt: &'a mut [u64], dump: &'a mut [u8]) -> Self {
+        self.exit_bt = Slots::new(bt);
+        self.exit_dump = dump;
+        self
+    }
+
+    /// Room for [`EVENT_BYTES`] of event counters per CPU record; without
+    /// it the counters are not read.
+    pub fn with_events(mut self, events: &'a mut [u8]) -> Self {
+        self.events = events.as_chunks_mut().0;
+        self
+    }
+
+    /// The kernel's exit dump text as captured (up to its NUL).
+    pub fn exit_dump(&self) -> &[u8] {
+        self.exit_dump.get(..self.exit_dump_len).unwrap_or_default()
+    }
+
+    /// CPU record `i`'s `struct scx_event_stats` bytes, when they were read.
+    pub fn events(&self, i: usize) -> Option<&[u8; EVENT_BYTES]> {
+        let read = self.cpus.as_slice().get(i)?.events;
+        self.events.get(i).filter(|_| read)
     }
 
     fn reset(&mut self) {
@@ -188,6 +248,9 @@ impl<'a> CaptureBuf<'a> {
         self.runnable.clear();
         self.tasks.clear();
         self.cgroups.clear();
+        self.exit_bt.clear();
+        self.vcpus.clear();
+        self.exit_dump_len = 0;
         self.sched = SchedRecord::default();
         self.jiffies = None;
         self.health = Health::default();
@@ -290,7 +353,7 @@ impl Capturer {
             .symbols
             .jiffies_64
             .and_then(|j| tr.read_virt_pod(&counted, j).ok());
-        if let Err(f) = sched::capture(&cx, &self.sched, tr, &mut buf.sched) {
+        if let Err(f) = sched::capture(&cx, &self.sched, tr, buf) {
             buf.health.sched = f;
         }
         // Shared by the per-CPU and the shared DSQs; its scratch is per capture.

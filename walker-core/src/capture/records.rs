@@ -133,6 +133,13 @@ pub struct CpuRecord {
     pub ops_qseq: Option<u64>,
     /// `rq->scx.clock`.
     pub scx_clock: Option<u64>,
+    /// `rq->scx.cpuperf_target`.
+    pub cpuperf_target: Option<u32>,
+    /// `rq->scx.nr_immed`.
+    pub nr_immed: Option<u32>,
+    /// Whether this CPU's `scx_event_stats` bytes were read (see
+    /// [`super::CaptureBuf::events`]).
+    pub events: bool,
     /// Index of its local DSQ in [`super::CaptureBuf::dsqs`].
     pub local_dsq: Option<u32>,
     /// Tasks on `rq->scx.runnable_list`, in [`super::CaptureBuf::runnable`].
@@ -184,6 +191,20 @@ pub struct TaskRecord {
     pub runnable_at: u64,
     /// `prio`.
     pub prio: Option<i32>,
+    /// `static_prio`.
+    pub static_prio: Option<i32>,
+    /// `normal_prio`.
+    pub normal_prio: Option<i32>,
+    /// `nr_cpus_allowed`.
+    pub nr_cpus_allowed: Option<i32>,
+    /// The first 64 CPUs of `cpus_ptr`'s mask, when it points at the
+    /// task's own `cpus_mask` (it does unless migration is disabled or
+    /// the kernel changed it): read with the task, no extra read.
+    pub cpus_mask: Option<u64>,
+    /// `scx.dsq_flags`.
+    pub dsq_flags: Option<u32>,
+    /// `scx.ops_qseq` (7.x).
+    pub ops_qseq: Option<u32>,
     /// `cgroups`: the task's `css_set` (0: unknown).
     pub css_set: u64,
 }
@@ -222,6 +243,34 @@ pub const EXIT_REASON_LEN: usize = 64;
 /// Bytes of the exit message kept.
 pub const EXIT_MSG_LEN: usize = 256;
 
+/// Most return addresses of the exit backtrace kept (`SCX_EXIT_BT_LEN`).
+pub const EXIT_BT_LEN: usize = 64;
+/// Bytes of the kernel's exit dump text kept: the kernel's default
+/// `exit_dump_len` (`SCX_EXIT_DUMP_DFL_LEN`).
+pub const EXIT_DUMP_LEN: usize = 32 << 10;
+/// Bytes of one CPU's `struct scx_event_stats` kept (7.3 has 168).
+pub const EVENT_BYTES: usize = 256;
+
+/// sched_ext's kernel-wide state, kept in globals whatever scheduler is
+/// attached; `None` where this kernel has no such global.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GlobalsRecord {
+    /// `scx_enable_state_var` (`enum scx_enable_state`).
+    pub enable_state: Option<u32>,
+    /// `scx_enable_seq`.
+    pub enable_seq: Option<u64>,
+    /// `scx_nr_rejected`.
+    pub nr_rejected: Option<u64>,
+    /// `scx_switching_all`.
+    pub switching_all: Option<bool>,
+    /// `__scx_switched_all` is enabled.
+    pub switched_all: Option<bool>,
+    /// `scx_bypass_depth` (kernels that keep it global).
+    pub bypass_depth: Option<i32>,
+    /// `scx_breather_depth`.
+    pub breather_depth: Option<i32>,
+}
+
 /// The attached scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedRecord {
@@ -243,6 +292,15 @@ pub struct SchedRecord {
     pub exit_reason: [u8; EXIT_REASON_LEN],
     /// `exit_info->msg`, NUL-padded.
     pub exit_msg: [u8; EXIT_MSG_LEN],
+    /// `exit_info->exit_cpu`.
+    pub exit_cpu: Option<i32>,
+    /// `exit_info->flags`.
+    pub exit_flags: Option<u64>,
+    /// `exit_info->bt_len`: return addresses the kernel recorded (those
+    /// kept are in [`super::CaptureBuf::exit_bt`]).
+    pub exit_bt_len: Option<u32>,
+    /// Kernel-wide state.
+    pub globals: GlobalsRecord,
     /// Why the scheduler could not be read, if it could not.
     pub fault: Fault,
 }
@@ -259,6 +317,10 @@ impl Default for SchedRecord {
             exit_code: None,
             exit_reason: [0; EXIT_REASON_LEN],
             exit_msg: [0; EXIT_MSG_LEN],
+            exit_cpu: None,
+            exit_flags: None,
+            exit_bt_len: None,
+            globals: GlobalsRecord::default(),
             fault: Fault::None,
         }
     }

@@ -4,7 +4,10 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{CPU_BYTES, CaptureBuf, CgroupRecord, CpuRecord, DsqRecord, TASK_BYTES, TaskRecord};
+use super::{
+    CPU_BYTES, CaptureBuf, CgroupRecord, CpuRecord, DsqRecord, EVENT_BYTES, EXIT_BT_LEN,
+    EXIT_DUMP_LEN, TASK_BYTES, TaskRecord,
+};
 
 /// Capacities of a capture's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,12 @@ pub struct CaptureStorage {
     /// [`TASK_BYTES`] per task record.
     task_bytes: Vec<u8>,
     cgroups: Vec<CgroupRecord>,
+    exit_bt: Vec<u64>,
+    exit_dump: Vec<u8>,
+    /// [`EVENT_BYTES`] per CPU record.
+    events: Vec<u8>,
+    /// One per CPU: the vCPUs, when the caller gives their registers.
+    vcpus: Vec<super::vcpus::VcpuRecord>,
 }
 
 impl CaptureStorage {
@@ -77,6 +86,10 @@ impl CaptureStorage {
             tasks: vec![TaskRecord::default(); c.tasks],
             task_bytes: vec![0; c.tasks.saturating_mul(TASK_BYTES)],
             cgroups: vec![CgroupRecord::default(); c.cgroups],
+            exit_bt: vec![0; EXIT_BT_LEN],
+            exit_dump: vec![0; EXIT_DUMP_LEN],
+            events: vec![0; c.cpus.saturating_mul(EVENT_BYTES)],
+            vcpus: vec![super::vcpus::VcpuRecord::default(); c.cpus],
         }
     }
 
@@ -92,5 +105,8 @@ impl CaptureStorage {
             &mut self.task_bytes,
             &mut self.cgroups,
         )
+        .with_exit(&mut self.exit_bt, &mut self.exit_dump)
+        .with_events(&mut self.events)
+        .with_vcpus(&mut self.vcpus)
     }
 }

@@ -33,12 +33,19 @@ enum Member {
     Holding,
     RunnableAt,
     CssSet,
+    StaticPrio,
+    NormalPrio,
+    NrCpusAllowed,
+    CpusPtr,
+    CpusMask,
+    DsqFlags,
+    OpsQseq,
     Next,
     Prev,
 }
 
 /// Every member once; a member's plan index is its discriminant.
-const ALL: [Member; 22] = [
+const ALL: [Member; 29] = [
     Member::Pid,
     Member::Tgid,
     Member::Comm0,
@@ -59,6 +66,13 @@ const ALL: [Member; 22] = [
     Member::Holding,
     Member::RunnableAt,
     Member::CssSet,
+    Member::StaticPrio,
+    Member::NormalPrio,
+    Member::NrCpusAllowed,
+    Member::CpusPtr,
+    Member::CpusMask,
+    Member::DsqFlags,
+    Member::OpsQseq,
     Member::Next,
     Member::Prev,
 ];
@@ -95,6 +109,13 @@ fn member(
         Member::Holding => opt(e.holding_cpu.map(se), 4),
         Member::RunnableAt => req(se(e.runnable_at), 8),
         Member::CssSet => opt(t.cgroups, 8),
+        Member::StaticPrio => opt(t.static_prio, 4),
+        Member::NormalPrio => opt(t.normal_prio, 4),
+        Member::NrCpusAllowed => opt(t.nr_cpus_allowed, 4),
+        Member::CpusPtr => opt(t.cpus_ptr, 8),
+        Member::CpusMask => opt(t.cpus_mask, 8),
+        Member::DsqFlags => opt(e.dsq_flags.map(se), 4),
+        Member::OpsQseq => opt(e.ops_qseq.map(se), 4),
         // The scx_tasks links, so that one read usually covers both the
         // walk and the task.
         Member::Next => req(se(e.tasks_node.saturating_add(lh.next)), 8),
@@ -204,13 +225,14 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
 pub(super) fn decode(plans: &Plans, buf: &mut CaptureBuf<'_>) {
     for i in 0..buf.tasks.len() {
         if let (Some(rec), Some(bytes)) = (buf.tasks.get_mut(i), buf.task_bytes.get(i)) {
-            *rec = record(rec.addr, &plans.plan, bytes);
+            *rec = record(rec.addr, plans, bytes);
         }
     }
 }
 
 /// The record of the task at `task` from its members in `bytes`.
-fn record(task: u64, plan: &FieldPlan<{ ALL.len() }>, bytes: &[u8]) -> TaskRecord {
+fn record(task: u64, plans: &Plans, bytes: &[u8]) -> TaskRecord {
+    let plan = &plans.plan;
     let u = |m: Member| plan.get_or_zero(bytes, m as usize);
     let v = |m: Member| plan.get(bytes, m as usize);
     let mut comm = [0u8; 16];
@@ -237,6 +259,18 @@ fn record(task: u64, plan: &FieldPlan<{ ALL.len() }>, bytes: &[u8]) -> TaskRecor
         holding_cpu: v(Member::Holding).map(|v| v as u32 as i32),
         runnable_at: u(Member::RunnableAt),
         prio: v(Member::Prio).map(|v| v as u32 as i32),
+        static_prio: v(Member::StaticPrio).map(|v| v as u32 as i32),
+        normal_prio: v(Member::NormalPrio).map(|v| v as u32 as i32),
+        nr_cpus_allowed: v(Member::NrCpusAllowed).map(|v| v as u32 as i32),
+        // The mask is in the bytes read when cpus_ptr is &task->cpus_mask.
+        cpus_mask: match (v(Member::CpusPtr), plans.t.cpus_mask) {
+            (Some(ptr), Some(off)) if ptr == task.wrapping_add(u64::from(off)) => {
+                v(Member::CpusMask)
+            }
+            _ => None,
+        },
+        dsq_flags: v(Member::DsqFlags).map(|v| v as u32),
+        ops_qseq: v(Member::OpsQseq).map(|v| v as u32),
         css_set: u(Member::CssSet),
     }
 }

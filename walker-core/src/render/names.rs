@@ -15,6 +15,11 @@ pub struct Names {
     pub task_flags: Vec<(String, i64)>,
     /// `enum scx_rq_flags`.
     pub rq_flags: Vec<(String, i64)>,
+    /// `struct scx_event_stats`: each `SCX_EV_*` counter's name and byte
+    /// offset (empty: the counters are not shown).
+    pub events: Vec<(String, u32)>,
+    /// `enum scx_enable_state`.
+    pub enable_states: Vec<(String, i64)>,
     /// Ticks per second (`CONFIG_HZ`) for turning jiffies into time.
     pub hz: u64,
 }
@@ -55,6 +60,14 @@ impl Default for Names {
                 ("SCX_RQ_CAN_STOP_TICK", 2),
                 ("SCX_RQ_CLK_VALID", 32),
             ]),
+            // Offsets moved between kernels: only a kernel's BTF names them.
+            events: Vec::new(),
+            enable_states: owned(&[
+                ("SCX_ENABLING", 0),
+                ("SCX_ENABLED", 1),
+                ("SCX_DISABLING", 2),
+                ("SCX_DISABLED", 3),
+            ]),
             hz: 250,
         }
     }
@@ -70,6 +83,8 @@ impl Names {
             exit_kinds: or(btf.enum_members("scx_exit_kind"), d.exit_kinds),
             task_flags: or(btf.enum_members("scx_ent_flags"), d.task_flags),
             rq_flags: or(btf.enum_members("scx_rq_flags"), d.rq_flags),
+            events: btf.struct_members("scx_event_stats"),
+            enable_states: or(btf.enum_members("scx_enable_state"), d.enable_states),
             hz: hz.unwrap_or(d.hz),
         }
     }
@@ -127,6 +142,14 @@ impl Names {
         bits(&self.rq_flags, flags, |_| true)
     }
 
+    /// `SCX_*` name of enable state `v`, or its number.
+    pub fn enable_state(&self, v: u32) -> String {
+        self.enable_states
+            .iter()
+            .find(|(_, x)| *x == i64::from(v))
+            .map_or_else(|| v.to_string(), |(n, _)| n.clone())
+    }
+
     /// Ticks to milliseconds.
     pub fn jiffies_to_ms(&self, jiffies: u64) -> u64 {
         jiffies.saturating_mul(1000) / self.hz.max(1)
@@ -151,17 +174,88 @@ fn bits(table: &[(String, i64)], value: u32, keep: impl Fn(&str) -> bool) -> Vec
     out
 }
 
-/// The sched class a `sched_class` pointer designates.
-pub fn sched_class(symbols: &Symbols, ptr: u64) -> String {
-    [
-        (symbols.ext_sched_class, "ext"),
-        (symbols.fair_sched_class, "fair"),
-        (symbols.rt_sched_class, "rt"),
-        (symbols.dl_sched_class, "dl"),
-        (symbols.idle_sched_class, "idle"),
-        (symbols.stop_sched_class, "stop"),
-    ]
-    .iter()
-    .find(|(a, _)| *a == Some(ptr))
-    .map_or_else(|| std::format!("{ptr:#x}"), |(_, n)| n.to_string())
+/// A task's scheduling class. JSON shows it as the kernel's short name
+/// (`ext`, `fair`, ...) or, for a pointer no class symbol matches, the
+/// pointer in hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchedClass {
+    /// `ext_sched_class`: sched_ext.
+    Ext,
+    /// `fair_sched_class`: CFS/EEVDF.
+    Fair,
+    /// `rt_sched_class`.
+    Rt,
+    /// `dl_sched_class`.
+    Dl,
+    /// `idle_sched_class`.
+    Idle,
+    /// `stop_sched_class`.
+    Stop,
+    /// A pointer no known class symbol has.
+    Unknown(u64),
+}
+
+const CLASSES: [(SchedClass, &str); 6] = [
+    (SchedClass::Ext, "ext"),
+    (SchedClass::Fair, "fair"),
+    (SchedClass::Rt, "rt"),
+    (SchedClass::Dl, "dl"),
+    (SchedClass::Idle, "idle"),
+    (SchedClass::Stop, "stop"),
+];
+
+impl SchedClass {
+    /// The class a `sched_class` pointer designates.
+    pub fn of(symbols: &Symbols, ptr: u64) -> Self {
+        [
+            (symbols.ext_sched_class, SchedClass::Ext),
+            (symbols.fair_sched_class, SchedClass::Fair),
+            (symbols.rt_sched_class, SchedClass::Rt),
+            (symbols.dl_sched_class, SchedClass::Dl),
+            (symbols.idle_sched_class, SchedClass::Idle),
+            (symbols.stop_sched_class, SchedClass::Stop),
+        ]
+        .into_iter()
+        .find(|(a, _)| *a == Some(ptr))
+        .map_or(SchedClass::Unknown(ptr), |(_, c)| c)
+    }
+}
+
+impl core::fmt::Display for SchedClass {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match CLASSES.iter().find(|(c, _)| c == self) {
+            Some((_, n)) => f.write_str(n),
+            None => match self {
+                SchedClass::Unknown(p) => write!(f, "{p:#x}"),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+impl core::str::FromStr for SchedClass {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some((c, _)) = CLASSES.iter().find(|(_, n)| *n == s) {
+            return Ok(*c);
+        }
+        s.strip_prefix("0x")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .map(SchedClass::Unknown)
+            .ok_or_else(|| std::format!("{s:?} is neither a sched class name nor a hex pointer"))
+    }
+}
+
+impl serde::Serialize for SchedClass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SchedClass {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }

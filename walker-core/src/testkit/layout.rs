@@ -16,6 +16,7 @@ fn width(strukt: &str, member: &Member, sizes: &dyn Fn(&str) -> u32) -> u32 {
         ("scx_sched_pcpu", "bypass_dsq") | ("scx_sched_pnode", "global_dsq") => {
             sizes("scx_dispatch_q")
         }
+        ("scx_sched_pcpu", "event_stats") => sizes("scx_event_stats"),
         ("task_struct", "scx") => sizes("sched_ext_entity"),
         ("sched_ext_entity", "dsq_list") => sizes("scx_dsq_list_node"),
         ("scx_sched", "dsq_hash") => sizes("rhashtable"),

@@ -11,9 +11,11 @@
 
 mod cgroups;
 mod layout;
+mod pre_root;
 mod sched;
 
 pub use layout::compact_layout;
+pub use pre_root::{SCX_OPS_DISABLED, SCX_OPS_ENABLED};
 
 use std::format;
 use std::vec::Vec;
@@ -123,6 +125,11 @@ impl SyntheticKernel {
             ("rt_sched_class", 64),
             ("dl_sched_class", 64),
             ("stop_sched_class", 64),
+            ("scx_enable_state_var", 8),
+            ("scx_enable_seq", 8),
+            ("scx_nr_rejected", 8),
+            ("scx_switching_all", 8),
+            ("__scx_switched_all", 16),
         ] {
             k.global(name, size);
         }
@@ -382,6 +389,18 @@ impl SyntheticKernel {
         self.write_u64(scx + e.slice as u64, 20_000_000);
         self.list_init(scx + e.runnable_node as u64);
         self.list_init(scx + e.dsq_list as u64 + self.dsq_node_offset());
+        // Nice 0, allowed on every CPU, through its own mask.
+        for o in [t.prio, t.static_prio, t.normal_prio].into_iter().flatten() {
+            self.write_u32(task + o as u64, 120);
+        }
+        if let (Some(ptr), Some(mask)) = (t.cpus_ptr, t.cpus_mask) {
+            self.write_u64(task + ptr as u64, task + mask as u64);
+            let all = u64::MAX >> (64 - self.nr_cpus.clamp(1, 64));
+            self.write_u64(task + mask as u64, all);
+        }
+        if let Some(o) = t.nr_cpus_allowed {
+            self.write_u32(task + o as u64, self.nr_cpus as u32);
+        }
         task
     }
 
@@ -439,8 +458,7 @@ impl SyntheticKernel {
         self.set_cpu(task, cpu);
         let scx = self.entity(task);
         self.write_u64(scx + e.runnable_at as u64, runnable_at);
-        let flags = scx + e.flags as u64;
-        self.write_u32(flags, self.read_u32(flags) | SCX_TASK_QUEUED);
+        self.set_queued(task);
         let scx_rq_va = self.rq(cpu) + rq.scx as u64;
         self.list_add_tail(
             scx_rq_va + scx_rq.runnable_list as u64,
@@ -467,8 +485,18 @@ impl SyntheticKernel {
         self.write_u64(curr, task);
     }
 
-    /// Queue the task at the tail of `dsq` (FIFO), as `dispatch_enqueue` does.
+    /// Mark the task `SCX_TASK_QUEUED`: `enqueue_task_scx` does before any
+    /// dispatch puts it on a DSQ.
+    fn set_queued(&mut self, task: u64) {
+        let e = self.layout.entity.unwrap_or_default();
+        let flags = self.entity(task) + e.flags as u64;
+        self.write_u32(flags, self.read_u32(flags) | SCX_TASK_QUEUED);
+    }
+
+    /// Queue the task at the tail of `dsq` (FIFO), as `dispatch_enqueue` does
+    /// (with the `SCX_TASK_QUEUED` that `enqueue_task_scx` set before).
     pub fn enqueue(&mut self, dsq: u64, task: u64) {
+        self.set_queued(task);
         let d = self.layout.dsq.unwrap_or_default();
         let e = self.layout.entity.unwrap_or_default();
         let scx = self.entity(task);
@@ -483,6 +511,7 @@ impl SyntheticKernel {
     /// list in `dsq_vtime` order (next to its rb-tree), so insert before the
     /// first task with a larger vtime.
     pub fn enqueue_vtime(&mut self, dsq: u64, task: u64, vtime: u64) {
+        self.set_queued(task);
         let d = self.layout.dsq.unwrap_or_default();
         let e = self.layout.entity.unwrap_or_default();
         let lh = self.layout.list_head.unwrap_or_default();

@@ -57,11 +57,16 @@ impl SyntheticKernel {
     /// chain of bucket `id % buckets` (as rhashtable inserts).
     pub fn add_user_dsq(&mut self, sched: u64, id: u64) -> u64 {
         let s = self.layout.sched.unwrap_or_default();
+        self.hash_user_dsq(sched + s.dsq_hash.unwrap_or(0) as u64, id)
+    }
+
+    /// A user DSQ with `id` in the `struct rhashtable` at `table`.
+    pub(super) fn hash_user_dsq(&mut self, table: u64, id: u64) -> u64 {
         let ht = self.layout.rhashtable.unwrap_or_default();
         let bt = self.layout.bucket_table.unwrap_or_default();
         let d = self.layout.dsq.unwrap_or_default();
         let dsq = self.new_dsq(id);
-        let tbl = self.read_u64(sched + s.dsq_hash.unwrap_or(0) as u64 + ht.tbl as u64);
+        let tbl = self.read_u64(table + ht.tbl as u64);
         let size = self.read_u32(tbl + bt.size as u64).max(1) as u64;
         let bucket = tbl + bt.buckets as u64 + 8 * (id % size);
         let head = self.read_u64(bucket);
@@ -94,9 +99,14 @@ impl SyntheticKernel {
     /// `reason` and `msg` strings.
     pub fn set_exit(&mut self, sched: u64, kind: u32, reason: &str, msg: &str) {
         let s = self.layout.sched.unwrap_or_default();
-        let ei = self.layout.exit_info.unwrap_or_default();
         self.write_u32(sched + s.exit_kind as u64, kind);
         let info = self.read_u64(sched + s.exit_info as u64);
+        self.fill_exit_info(info, kind, reason, msg);
+    }
+
+    /// Write `kind`, `reason` and `msg` into the exit info at `info` (0: none).
+    pub(super) fn fill_exit_info(&mut self, info: u64, kind: u32, reason: &str, msg: &str) {
+        let ei = self.layout.exit_info.unwrap_or_default();
         if info == 0 {
             return;
         }
@@ -106,5 +116,43 @@ impl SyntheticKernel {
             self.write(buf, text.as_bytes());
             self.write_u64(info + off as u64, buf);
         }
+    }
+
+    /// Fill the exit info's backtrace, CPU and the kernel's dump text, as
+    /// `scx_exit_info` holds them after an error exit (`bt` has room for
+    /// `SCX_EXIT_BT_LEN` entries; the dump buffer is NUL-terminated).
+    pub fn set_exit_detail(&mut self, sched: u64, cpu: i32, bt: &[u64], dump: &str) {
+        let s = self.layout.sched.unwrap_or_default();
+        let ei = self.layout.exit_info.unwrap_or_default();
+        let info = self.read_u64(sched + s.exit_info as u64);
+        if info == 0 {
+            return;
+        }
+        if let Some(o) = ei.exit_cpu {
+            self.write_u32(info + o as u64, cpu as u32);
+        }
+        if let (Some(b), Some(n)) = (ei.bt, ei.bt_len) {
+            let buf = self.alloc(8 * 64);
+            for (i, a) in bt.iter().enumerate() {
+                self.write_u64(buf + 8 * i as u64, *a);
+            }
+            self.write_u64(info + b as u64, buf);
+            self.write_u32(info + n as u64, bt.len() as u32);
+        }
+        if let Some(d) = ei.dump {
+            let buf = self.alloc(dump.len() as u64 + 1);
+            self.write(buf, dump.as_bytes());
+            self.write_u64(info + d as u64, buf);
+        }
+    }
+
+    /// Set `cpu`'s event counter at byte `offset` of its `scx_event_stats`
+    /// (in the scheduler's per-CPU part, as 7.x keeps them).
+    pub fn set_event(&mut self, sched: u64, cpu: usize, offset: u32, value: i64) {
+        let s = self.layout.sched.unwrap_or_default();
+        let pc = self.layout.sched_pcpu.unwrap_or_default();
+        let pcpu = self.read_u64(sched + s.pcpu.unwrap_or(0) as u64);
+        let at = pcpu.wrapping_add(self.per_cpu_offset(cpu)) + pc.event_stats.unwrap_or(0) as u64;
+        self.write_u64(at + offset as u64, value as u64);
     }
 }

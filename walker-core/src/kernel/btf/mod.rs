@@ -212,6 +212,21 @@ impl KernelBtf {
         self.structs(name).iter().map(|s| s.size() as u32).max()
     }
 
+    /// The named, byte-aligned members of `struct name` (its largest
+    /// definition) with their byte offsets, in order: e.g. the `SCX_EV_*`
+    /// counters of `struct scx_event_stats`.
+    pub fn struct_members(&self, name: &str) -> Vec<(String, u32)> {
+        let structs = self.structs(name);
+        let Some(s) = structs.iter().max_by_key(|s| s.size()) else {
+            return Vec::new();
+        };
+        s.members
+            .iter()
+            .filter(|m| m.bitfield_size().is_none_or(|b| b == 0) && m.bit_offset() % 8 == 0)
+            .filter_map(|m| Some((self.name(m).filter(|n| !n.is_empty())?, m.bit_offset() / 8)))
+            .collect()
+    }
+
     /// Offset of per-CPU variable `name` within the `.data..percpu` section.
     pub fn percpu_var_offset(&self, name: &str) -> Option<u32> {
         let sections = self.btf.resolve_types_by_name(PERCPU_SECTION).ok()?;
@@ -303,6 +318,7 @@ impl KernelBtf {
         crate::capture::Consts {
             dsq_iter_cursor: get("SCX_DSQ_LNODE_ITER_CURSOR", d.dsq_iter_cursor),
             task_cursor: get("SCX_TASK_CURSOR", d.task_cursor),
+            ops_disabled: get("SCX_OPS_DISABLED", d.ops_disabled),
         }
     }
 
