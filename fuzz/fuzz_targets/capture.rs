@@ -90,16 +90,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(setup) = Setup::arbitrary(&mut u) else {
         return;
     };
-    // Offsets inside 4 KiB structs, drawn from the input.
+    // Offsets inside 16 KiB structs (task_struct and rq are larger than a
+    // page), drawn from the input.
     let layout = Layout::build(|_, _, out| {
         for o in out.iter_mut() {
             *o = u
                 .arbitrary::<Option<u16>>()
                 .ok()
                 .flatten()
-                .map(|v| u32::from(v % 4096));
+                .map(|v| u32::from(v % 16384));
         }
-        Some(4096)
+        Some(16384)
     });
     let Ok(mem) = u.arbitrary::<&[u8]>() else {
         return;

@@ -19,7 +19,8 @@ struct Input {
     page_offset_base: u64,
     addrs: [u64; 4],
     max_steps: u8,
-    offsets: [u8; 8],
+    /// Member offsets, up to 64 KiB: past the first page of a struct too.
+    offsets: [u16; 8],
     mem: Vec<u8>,
 }
 

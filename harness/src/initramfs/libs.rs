@@ -71,10 +71,15 @@ pub struct Closure {
     pub libs: BTreeMap<String, PathBuf>,
 }
 
-struct Deps {
-    interp: Option<String>,
-    needed: Vec<String>,
-    search: Vec<PathBuf>,
+/// What one ELF file asks of the loader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deps {
+    /// `PT_INTERP`, if any.
+    pub interp: Option<String>,
+    /// `DT_NEEDED` sonames, in order.
+    pub needed: Vec<String>,
+    /// RPATH/RUNPATH directories with `$ORIGIN` replaced by `origin`.
+    pub search: Vec<PathBuf>,
 }
 
 fn deps(path: &Path) -> Result<Deps, LibsError> {
@@ -82,15 +87,21 @@ fn deps(path: &Path) -> Result<Deps, LibsError> {
         path: path.to_path_buf(),
         err,
     })?;
-    let not_elf = |why: String| LibsError::NotElf {
+    let origin = path.parent().unwrap_or(Path::new("/"));
+    parse_deps(&bytes, origin).map_err(|why| LibsError::NotElf {
         path: path.to_path_buf(),
         why,
-    };
-    let elf = Elf::parse(&bytes).map_err(|e| not_elf(e.to_string()))?;
+    })
+}
+
+/// The loader needs of the ELF file `bytes`, found in directory `origin`
+/// (for `$ORIGIN`); the error says why it is not an x86-64 ELF. Pure, for
+/// the fuzzer.
+pub fn parse_deps(bytes: &[u8], origin: &Path) -> Result<Deps, String> {
+    let elf = Elf::parse(bytes).map_err(|e| e.to_string())?;
     if !elf.is_64 || elf.header.e_machine != EM_X86_64 {
-        return Err(not_elf("wrong class or machine".into()));
+        return Err("wrong class or machine".into());
     }
-    let origin = path.parent().unwrap_or(Path::new("/"));
     let search = elf
         .rpaths
         .iter()

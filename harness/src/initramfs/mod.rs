@@ -48,6 +48,20 @@ pub enum InitramfsError {
     /// Two different things want one path.
     #[error("initramfs path {0} is given twice, with different contents")]
     Conflict(String),
+    /// A path under `/TRAILER!!!`: the name that ends a newc archive, so
+    /// the kernel would stop unpacking there.
+    #[error(
+        "initramfs path {0} starts with {TRAILER}, the name that ends a cpio archive: the kernel would not unpack what follows it; choose another path"
+    )]
+    Reserved(String),
+}
+
+/// The name of the entry that ends a newc archive.
+pub const TRAILER: &str = "TRAILER!!!";
+
+/// Whether `path`'s first component is [`TRAILER`].
+fn reserved(path: &str) -> bool {
+    path.split('/').find(|s| !s.is_empty()) == Some(TRAILER)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,8 +119,12 @@ impl Initramfs {
     }
 
     /// Add an empty directory (and its parents).
-    pub fn directory(&mut self, path: &str) {
+    pub fn directory(&mut self, path: &str) -> Result<(), InitramfsError> {
+        if reserved(path) {
+            return Err(InitramfsError::Reserved(path.to_string()));
+        }
         self.dir(path);
+        Ok(())
     }
 
     fn dir(&mut self, path: &str) {
@@ -119,6 +137,9 @@ impl Initramfs {
     }
 
     fn put(&mut self, path: &str, entry: Entry) -> Result<(), InitramfsError> {
+        if reserved(path) {
+            return Err(InitramfsError::Reserved(path.to_string()));
+        }
         if let Some((parent, _)) = path.rsplit_once('/') {
             self.dir(parent);
         }

@@ -109,3 +109,31 @@ fn cached_archive_is_gzip_of_the_cpio_and_job_follows_it() {
     let parsed: proto::Job = serde_json::from_slice(&e["ktstr/job.json"].1).unwrap();
     assert_eq!(parsed, job);
 }
+
+/// Found by the initramfs_cpio fuzz target: a directory named
+/// `TRAILER!!!` ended the archive for every reader, and the kernel, so
+/// the entries after it were silently lost.
+#[test]
+fn the_trailer_name_is_refused() {
+    let mut i = Initramfs::default();
+    for p in ["/TRAILER!!!", "//TRAILER!!!/x", "/TRAILER!!!/a/b"] {
+        assert!(
+            matches!(i.file(p, vec![1], 0o644), Err(InitramfsError::Reserved(_))),
+            "{p}"
+        );
+        assert!(
+            matches!(i.directory(p), Err(InitramfsError::Reserved(_))),
+            "{p}"
+        );
+        assert!(
+            matches!(i.symlink(p, "x"), Err(InitramfsError::Reserved(_))),
+            "{p}"
+        );
+    }
+    // Elsewhere the name is an ordinary one.
+    i.file("/a/TRAILER!!!", vec![7], 0o644).unwrap();
+    i.file("/z", vec![8], 0o644).unwrap();
+    let e = entries(&i.to_cpio());
+    assert_eq!(e["a/TRAILER!!!"].1, vec![7]);
+    assert_eq!(e["z"].1, vec![8]);
+}

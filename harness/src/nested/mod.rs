@@ -515,7 +515,7 @@ pub fn initramfs(cfg: &L1Config, scratch: &Path) -> Result<Initramfs, NestedErro
         ramfs.libraries(host)?;
     }
     for d in ["/root", OUT_ROOT] {
-        ramfs.directory(d);
+        ramfs.directory(d)?;
     }
     Ok(ramfs)
 }

@@ -16,6 +16,14 @@ pub enum QmpError {
     /// The socket failed or timed out.
     #[error("QMP socket: {0}")]
     Io(#[from] std::io::Error),
+    /// QEMU did not answer a command in time (it hangs, or is stopped).
+    #[error("QEMU did not answer QMP {cmd} within {after:?}")]
+    Timeout {
+        /// The command.
+        cmd: String,
+        /// How long it waited.
+        after: Duration,
+    },
     /// QEMU closed the connection (it exited).
     #[error("QMP connection closed by QEMU")]
     Closed,
@@ -43,6 +51,8 @@ pub struct Qmp {
     id: u64,
     /// A line cut short by a read timeout, completed by the next read.
     partial: String,
+    /// What bounds every read.
+    timeout: Duration,
 }
 
 impl Qmp {
@@ -56,6 +66,7 @@ impl Qmp {
             writer: stream,
             id: 0,
             partial: String::new(),
+            timeout,
         };
         let greeting = qmp.read()?;
         if greeting.get("QMP").is_none() {
@@ -63,6 +74,26 @@ impl Qmp {
         }
         qmp.execute("qmp_capabilities", json!({}))?;
         Ok(qmp)
+    }
+
+    /// Run `f` with every read bounded by `timeout` instead, then go back
+    /// to the connection's own bound.
+    pub fn within<T>(
+        &mut self,
+        timeout: Duration,
+        f: impl FnOnce(&mut Qmp) -> Result<T, QmpError>,
+    ) -> Result<T, QmpError> {
+        let before = self.timeout;
+        self.set_timeout(timeout)?;
+        let r = f(self);
+        self.set_timeout(before)?;
+        r
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) -> Result<(), QmpError> {
+        self.writer.set_read_timeout(Some(timeout))?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     fn read(&mut self) -> Result<Value, QmpError> {
@@ -82,7 +113,20 @@ impl Qmp {
         let req = json!({ "execute": cmd, "arguments": args, "id": id });
         writeln!(self.writer, "{req}")?;
         loop {
-            let v = self.read()?;
+            let v = match self.read() {
+                Err(QmpError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(QmpError::Timeout {
+                        cmd: cmd.to_string(),
+                        after: self.timeout,
+                    });
+                }
+                r => r?,
+            };
             if v.get("event").is_some() {
                 continue;
             }
@@ -200,12 +244,33 @@ mod tests {
             }
             vec![json!({"return": {"running": true, "status": "running"}, "id": id}).to_string()]
         });
-        assert!(matches!(
-            qmp.execute("stop", json!({})),
-            Err(QmpError::Io(_))
-        ));
+        match qmp.execute("stop", json!({})) {
+            Err(QmpError::Timeout { cmd, after }) => {
+                assert_eq!((cmd.as_str(), after), ("stop", Duration::from_millis(300)));
+            }
+            other => panic!("expected a timeout naming stop, got {other:?}"),
+        }
         let r = qmp.execute("query-status", json!({})).unwrap();
         assert_eq!(r["status"], "running", "{r}");
+    }
+
+    #[test]
+    fn within_bounds_one_exchange_and_restores_the_connections_bound() {
+        let (mut qmp, _server) = serve(|req| {
+            let id = req["id"].as_u64().unwrap();
+            if req["execute"] == "stop" {
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            vec![json!({"return": {}, "id": id}).to_string()]
+        });
+        match qmp.within(Duration::from_millis(50), |q| q.execute("stop", json!({}))) {
+            Err(QmpError::Timeout { cmd, after }) => {
+                assert_eq!((cmd.as_str(), after), ("stop", Duration::from_millis(50)));
+            }
+            other => panic!("expected a timeout naming stop, got {other:?}"),
+        }
+        // Back to the connection's 300 ms: a 150 ms answer arrives in time.
+        qmp.execute("stop", json!({})).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The QEMU backend: one `qemu-system-x86_64` per VM, with guest RAM in
 //! memory-backend files the host maps ([`mem::SharedRam`]), the console on
-//! COM1 and the agent channel on COM2 (both to files), QMP on a private
+//! COM1 (QEMU's stdout, copied to a bounded file by [`console`]) and the
+//! agent channel on COM2 (to a file), QMP on a private
 //! socket for freeze (`stop`), thaw (`cont`), registers and core dumps.
 //!
 //! Hygiene: QEMU gets SIGKILL when the thread that started it dies
@@ -8,6 +9,7 @@
 //! both QEMU and the host have them open, so no exit path leaves one
 //! behind; stale files of dead ktstr processes are swept at start.
 
+mod console;
 pub mod mem;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -101,6 +103,8 @@ pub struct QemuVm {
     ram: Arc<SharedRam>,
     ram_files: Vec<PathBuf>,
     agent: AgentLog,
+    /// Copies the console to `console.log` until QEMU exits.
+    console: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Guest RAM files, made by us before QEMU opens them: exclusive (no file
@@ -212,26 +216,11 @@ impl QemuVm {
             .arg(&cfg.initrd)
             .arg("-append")
             .arg(&cfg.cmdline)
-            .args(
-                if cfg.console_stdio {
-                    // signal=off: Ctrl-C goes to the guest's shell, not QEMU.
-                    [
-                        "-chardev".to_string(),
-                        "stdio,id=console,signal=off".to_string(),
-                        "-serial".to_string(),
-                        "chardev:console".to_string(),
-                    ]
-                } else {
-                    [
-                        "-serial".to_string(),
-                        format!("file:{}", dir.path().join("console.log").display()),
-                        String::new(),
-                        String::new(),
-                    ]
-                }
-                .into_iter()
-                .filter(|a| !a.is_empty()),
-            )
+            // COM1 on QEMU's stdout: the terminal in a shell, else a pipe to
+            // the thread that bounds console.log. signal=off: Ctrl-C goes
+            // to the guest's shell, not QEMU.
+            .args(["-chardev", "stdio,id=console,signal=off"])
+            .args(["-serial", "chardev:console"])
             .arg("-serial")
             .arg(format!("file:{}", dir.path().join("agent.log").display()))
             .arg("-qmp")
@@ -244,7 +233,7 @@ impl QemuVm {
             .stdout(if cfg.console_stdio {
                 Stdio::inherit()
             } else {
-                Stdio::null()
+                Stdio::piped()
             })
             .stderr(
                 std::fs::File::create(dir.path().join("qemu.stderr"))
@@ -258,10 +247,21 @@ impl QemuVm {
             });
         }
         tracing::debug!(?cmd, "starting QEMU");
-        let child = cmd.spawn().map_err(|err| VmError::Spawn {
+        let mut child = cmd.spawn().map_err(|err| VmError::Spawn {
             bin: "qemu-system-x86_64".into(),
             err,
         })?;
+        let console_log = dir.path().join("console.log");
+        let console = match child.stdout.take() {
+            Some(out) => match console::spawn(out, &console_log, console::limit()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    reap(&mut child, &ram_files);
+                    return Err(io("writing the console log")(e));
+                }
+            },
+            None => None,
+        };
         live().push(Live {
             pid: child.id(),
             pidfd: pidfd_open(child.id()),
@@ -286,6 +286,7 @@ impl QemuVm {
             qmp,
             ram: Arc::new(ram),
             ram_files,
+            console,
         })
     }
 
@@ -298,7 +299,16 @@ impl QemuVm {
     /// when dropped, so no error path leaves the guest frozen.
     pub fn freeze(&mut self) -> Result<Frozen<'_>, VmError> {
         let asked = Instant::now();
-        self.qmp.stop()?;
+        match self.qmp.within(QUICK_TIMEOUT, Qmp::stop) {
+            Err(QmpError::Timeout { cmd, after }) => {
+                return Err(VmError::Timeout {
+                    waiting: format!("QEMU to answer QMP {cmd} (freezing the guest)"),
+                    secs: after.as_secs(),
+                    console: self.console_tail(),
+                });
+            }
+            r => r?,
+        }
         Ok(Frozen {
             asked,
             stopped: asked.elapsed(),
@@ -342,7 +352,9 @@ impl GuestVm for QemuVm {
 
     /// From `info registers`; the guest may be running.
     fn root(&mut self) -> Result<PageTableRoot, VmError> {
-        let info = self.qmp.hmp("info registers")?;
+        let info = self
+            .qmp
+            .within(QUICK_TIMEOUT, |q| q.hmp("info registers"))?;
         let cr3 = qmp::register(&info, "CR3")
             .ok_or_else(|| QmpError::Protocol(format!("no CR3 in `info registers`: {info}")))?;
         Ok(crate::guest::root(cr3, qmp::register(&info, "CR4")))
@@ -409,6 +421,10 @@ fn reap(child: &mut Child, ram_files: &[PathBuf]) {
 impl Drop for QemuVm {
     fn drop(&mut self) {
         reap(&mut self.child, &self.ram_files);
+        // QEMU is gone: its stdout has ended, and so does the copy.
+        if let Some(c) = self.console.take() {
+            let _ = c.join();
+        }
     }
 }
 
@@ -457,6 +473,11 @@ fn connect(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// How long QEMU may take to pause or resume the guest, or to show its
+/// registers: milliseconds normally, even under TCG; longer means QEMU
+/// itself hangs, and a run must not wait QMP's minute for it.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes of a console log read back: the guest decides how much it writes.
 const CONSOLE_READ_LIMIT: u64 = 1 << 20;
@@ -526,7 +547,12 @@ impl Frozen<'_> {
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
         if !self.thawed {
-            let _ = self.vm.qmp.execute("cont", serde_json::json!({}));
+            // A QEMU that did not answer `stop` in time may not answer
+            // this either: the same bound.
+            let _ = self
+                .vm
+                .qmp
+                .within(QUICK_TIMEOUT, |q| q.execute("cont", serde_json::json!({})));
         }
     }
 }

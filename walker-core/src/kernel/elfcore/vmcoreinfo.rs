@@ -91,6 +91,12 @@ impl VmcoreInfo {
         self.get("OSRELEASE")
     }
 
+    /// `BUILD-ID`: the hex GNU build-id of the kernel that wrote the core
+    /// (kernels since 5.9 write it).
+    pub fn build_id(&self) -> Option<&str> {
+        self.get("BUILD-ID").map(str::trim)
+    }
+
     /// Every `SYMBOL(..)` entry that [`Symbols`] has a slot for.
     pub fn symbols(&self) -> Symbols {
         let mut s = Symbols::default();
@@ -110,12 +116,13 @@ mod tests {
     #[test]
     fn parses_kernel_style_text() {
         // Shaped like the kernel's vmcoreinfo_append_str() output.
-        let text = b"OSRELEASE=7.3.4+deb13-cloud-amd64\nPAGESIZE=4096\n\
+        let text = b"OSRELEASE=7.3.4+deb13-cloud-amd64\nPAGESIZE=4096\nBUILD-ID=1fe99684\n\
             SYMBOL(runqueues)=ffffffff83cf1e40\nSYMBOL(bogus)=zz\n\
             OFFSET(list_head.next)=0\nSIZE(list_head)=16\nNUMBER(phys_base)=-2097152\n\
             KERNELOFFSET=1c000000\ngarbage line\n\xff\xfe=1\n\0\0\0";
         let v = VmcoreInfo::parse(text);
         assert_eq!(v.osrelease(), Some("7.3.4+deb13-cloud-amd64"));
+        assert_eq!(v.build_id(), Some("1fe99684"));
         assert_eq!(v.symbol("runqueues"), Some(0xffff_ffff_83cf_1e40));
         assert_eq!(v.symbol("bogus"), None);
         assert_eq!(v.symbol("missing"), None);
