@@ -15,7 +15,7 @@ use ktstr_walker::discover::{Discovered, VcpuRegs};
 use ktstr_walker::embed::{Dumper, Pause};
 use ktstr_walker::render::Report;
 
-pub use config::{CMDLINE, SchedulerConfig, SessionConfig};
+pub use config::{CMDLINE, SchedulerConfig, SessionConfig, TCG_CMDLINE};
 pub use error::SessionError;
 
 use crate::agent::proto::{Msg, SchedExtState, WorkerInfo, WorkerResult};

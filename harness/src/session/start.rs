@@ -8,7 +8,7 @@ use ktstr_walker::Symbols;
 use ktstr_walker::kernel::image::ImageKind;
 use ktstr_walker::kernel::ksyms::SymbolTable;
 
-use super::{Attached, CMDLINE, Session, SessionConfig, SessionError, StartPhases};
+use super::{Attached, CMDLINE, Session, SessionConfig, SessionError, StartPhases, TCG_CMDLINE};
 use crate::agent::proto::{self, Job, Msg};
 use crate::guest::GuestKernel;
 use crate::initramfs::{self, Initramfs};
@@ -174,6 +174,7 @@ fn boot_spec(
         }
     };
     let cmdline = std::iter::once(CMDLINE)
+        .chain((backend == Backend::Qemu).then_some(TCG_CMDLINE))
         .chain(cfg.kernel_args.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ");
