@@ -33,9 +33,9 @@ const DUMP_AT: Duration = Duration::from_secs(2);
 /// The VMM's full-boot test's topology in L1.
 const FULL_BOOT_TOPOLOGY: &str = "2n2l1c1t";
 /// Fresh L1 guests after hangs, at most.
-const MAX_RETRIES: usize = 5;
+const MAX_RETRIES: usize = 10;
 /// No fresh L1 is started this long after the tier began.
-const RETRY_BUDGET: Duration = Duration::from_secs(11 * 60);
+const RETRY_BUDGET: Duration = Duration::from_secs(16 * 60);
 /// The job that runs ktstr-vmm's freeze_dump example.
 const EXAMPLE_JOB: &str = "vmm-example-freeze-dump";
 /// The failure-dump tests run inside L1, one L2 boot each.
