@@ -9,13 +9,9 @@ use ktstr::run::RunReport;
 #[test]
 fn a_gauntlet_within_its_budget_and_its_merged_reports() {
     const TEST: &str = "a_gauntlet_within_its_budget_and_its_merged_reports";
-    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST).map(|d| d.display().to_string())
-    else {
+    let Some(kernel) = ktstr_tests::qemu_kernel_and_bpfland_or_skip(TEST) else {
         return;
     };
-    if ktstr_tests::bpfland_or_skip(TEST).is_none() {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let reports = tmp.path().join("reports");
     let out = Command::new(env!("CARGO_BIN_EXE_ktstr"))

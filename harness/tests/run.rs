@@ -11,13 +11,9 @@ use ktstr_walker::render::SchedClass;
 #[test]
 fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
     const TEST: &str = "run_with_a_mid_run_dump_reports_workers_and_scheduler";
-    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST).map(|d| d.display().to_string())
-    else {
+    let Some(kernel) = ktstr_tests::qemu_kernel_and_bpfland_or_skip(TEST) else {
         return;
     };
-    if ktstr_tests::bpfland_or_skip(TEST).is_none() {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("run.json");
     let out = Command::new(env!("CARGO_BIN_EXE_ktstr"))
@@ -263,13 +259,9 @@ fn sigterm_during_a_kvm_boot_leaves_no_files_behind() {
 #[test]
 fn shell_runs_commands_in_the_guest_under_the_scheduler() {
     const TEST: &str = "shell_runs_commands_in_the_guest_under_the_scheduler";
-    let Some(kernel) = ktstr_tests::qemu_kernel_or_skip(TEST).map(|d| d.display().to_string())
-    else {
+    let Some(kernel) = ktstr_tests::qemu_kernel_and_bpfland_or_skip(TEST) else {
         return;
     };
-    if ktstr_tests::bpfland_or_skip(TEST).is_none() {
-        return;
-    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_ktstr"))
         .args(["shell", "--kernel", &kernel, "--scheduler", "bpfland"])
         .stdin(Stdio::piped())

@@ -60,6 +60,15 @@ pub fn scheduler_or_skip(test: &str, name: &str) -> Option<PathBuf> {
     }
 }
 
+/// The kernel directory (as a `--kernel` argument) and scx_bpfland, both
+/// needed by a CLI test that boots bpfland under QEMU; `None` after
+/// reporting why the test is skipped.
+pub fn qemu_kernel_and_bpfland_or_skip(test: &str) -> Option<String> {
+    let kernel = qemu_kernel_or_skip(test)?.display().to_string();
+    bpfland_or_skip(test)?;
+    Some(kernel)
+}
+
 /// Panics if this process left a QEMU child, a guest RAM file or a VM
 /// directory (logs, sockets, initramfs) behind.
 pub fn assert_no_vm_left_behind() {
