@@ -142,7 +142,12 @@ pub fn run(
             Ok(mut report) => {
                 report.test_name = Some(name);
                 if let Some(dir) = &cfg.json_dir {
-                    write(dir, &report)?;
+                    crate::testing::write_report_in(dir, &report).map_err(|source| {
+                        GauntletError::Write {
+                            path: dir.clone(),
+                            source,
+                        }
+                    })?;
                 }
                 reports.push(report);
             }
@@ -157,18 +162,6 @@ pub fn run(
         summary.add_broken(&name, &topology, &e.to_string());
     }
     Ok((reports, summary))
-}
-
-fn write(dir: &std::path::Path, report: &RunReport) -> Result<(), GauntletError> {
-    let name = report.test_name.as_deref().unwrap_or("run");
-    let path = dir.join(format!("{}.json", name.replace(['/', '@'], "_")));
-    let err = |source| GauntletError::Write {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let json = serde_json::to_vec_pretty(report).map_err(|e| err(std::io::Error::other(e)))?;
-    std::fs::write(&path, json).map_err(err)
 }
 
 #[cfg(test)]

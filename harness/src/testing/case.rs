@@ -2,7 +2,7 @@
 //! values), one [`Variant`] of it per topology and flag profile, and the
 //! [`Case`] the test's function declares its cgroups on and asserts with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 #[cfg(test)]
 use std::time::Duration;
 
@@ -270,7 +270,7 @@ impl Case {
             .run()
             .unwrap_or_else(|e| panic!("{}: {e}", self.name));
         report.test_name = Some(self.name.clone());
-        match write_report(&report) {
+        match write_report_in(&report_dir(), &report) {
             Ok(path) => eprintln!("{}: report {}", self.name, path.display()),
             Err(e) => eprintln!("{}: could not write its JSON report: {e}", self.name),
         }
@@ -298,6 +298,11 @@ pub fn report_dir() -> PathBuf {
 /// Where the JSON report of test `name` goes: `<report_dir>/<name>.json`,
 /// with what a file name cannot hold (`::`, `/`) as `_`.
 pub fn report_path(name: &str) -> PathBuf {
+    report_dir().join(report_file(name))
+}
+
+/// `<name>.json`, with what a file name cannot hold as `_`.
+fn report_file(name: &str) -> String {
     let file: String = name
         .chars()
         .map(|c| {
@@ -308,15 +313,16 @@ pub fn report_path(name: &str) -> PathBuf {
             }
         })
         .collect();
-    report_dir().join(format!("{file}.json"))
+    format!("{file}.json")
 }
 
-/// Write `report` where [`report_path`] says.
-fn write_report(report: &RunReport) -> std::io::Result<PathBuf> {
-    let path = report_path(report.test_name.as_deref().unwrap_or("ktstr-run"));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+/// Write `report` as JSON into `dir`, named after its test (see
+/// [`report_path`]); where it went.
+pub fn write_report_in(dir: &Path, report: &RunReport) -> std::io::Result<PathBuf> {
+    let path = dir.join(report_file(
+        report.test_name.as_deref().unwrap_or("ktstr-run"),
+    ));
+    std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
     std::fs::write(&path, json)?;
     Ok(path)

@@ -30,7 +30,9 @@ mod case;
 
 use std::time::Duration;
 
-pub use case::{Case, DeclError, Declared, Variant, report_dir, report_path, selected};
+pub use case::{
+    Case, DeclError, Declared, Variant, report_dir, report_path, selected, write_report_in,
+};
 
 use crate::checks::Thresholds;
 use crate::kernel::store::NoFetchedKernel;
