@@ -10,13 +10,19 @@ cd "$(dirname "$0")"
 RUNS="${RUNS:-10000000}"
 SECONDS_CAP="${SECONDS_CAP:-400}"
 WORK="${WORK:-$(mktemp -d)}"
-bin=target/x86_64-unknown-linux-gnu/release
-cargo +nightly fuzz build >/dev/null
+# No sanitizer by default: the fuzzed code is safe Rust, so a crash is a
+# panic or an abort, which libFuzzer sees either way, and ASan's allocator
+# and stack bookkeeping cost 3-30x the executions (measured 1.3k vs 45k
+# per second on parse_elfcore). SANITIZER=address measures what CI runs.
+SANITIZER="${SANITIZER:-none}"
+dir="${TARGET_DIR:-$HOME/.cache/ktstr/fuzz-measure-$SANITIZER}"
+bin="$dir/x86_64-unknown-linux-gnu/release"
+cargo +nightly fuzz build -s "$SANITIZER" --target-dir "$dir" >/dev/null
 printf '| target | executions | exec/s | cov | ft | crashes |\n|---|---|---|---|---|---|\n'
 for t in ${TARGETS:-$(cargo +nightly fuzz list)}; do
     mkdir -p "$WORK/$t/corpus" "$WORK/$t/crashes" corpus/"$t"
     cp -r corpus/"$t"/. "$WORK/$t/corpus/" 2>/dev/null || true
-    (cd "$WORK/$t" && nice -n 19 "$OLDPWD/$bin/$t" corpus -runs="$RUNS" \
+    (cd "$WORK/$t" && nice -n 19 "$bin/$t" corpus -runs="$RUNS" \
         -max_total_time="$SECONDS_CAP" -jobs=1 -workers=1 -print_final_stats=1 \
         -artifact_prefix=crashes/ >run.log 2>&1) || true
     log="$WORK/$t/fuzz-0.log"

@@ -1,13 +1,14 @@
 //! The per-CPU pass: each CPU's rq and rq->scx scalars, its local and
 //! bypass DSQs and its runnable list.
 
+use super::buf::Slots;
 use super::fields::{FieldPlan, opt, req};
 use super::records::{CPU_BYTES, CpuRecord, DsqOrigin, EVENT_BYTES, Fault, Span};
 use super::{CaptureBuf, Cx, container_of, dsq, list_health};
-use crate::layout::{Layout, ListHeadLayout, RqLayout, ScxRqLayout};
+use crate::layout::{Layout, ListHeadLayout, RqLayout, ScxRqLayout, TaskLayout};
 use crate::mem::GuestMem;
 use crate::translate::{Translator, per_cpu_addr};
-use crate::walk::{Step, read_link, walk_list_with};
+use crate::walk::{Step, WalkSummary, read_link, walk_list_with};
 use zerocopy::IntoBytes;
 
 /// rq->scx scalars read (the wide plan's first fields).
@@ -97,6 +98,25 @@ impl Plans {
     }
 }
 
+/// What the pass needs of the kernel besides the plans and `runqueues`,
+/// found once.
+struct Bases {
+    task: TaskLayout,
+    /// The scheduler's per-CPU base and its bypass DSQ's offset (7.x).
+    sched_pcpu: Option<(u64, u32)>,
+    /// Per-CPU `scx_event_stats` base and how many bytes to read.
+    events: Option<(u64, usize)>,
+}
+
+/// The current task, read while paused: after the thaw it may be gone, and
+/// an idle or non-ext task is not on scx_tasks.
+#[derive(Default)]
+struct Curr {
+    pid: Option<i32>,
+    comm: [u8; 16],
+    class: u64,
+}
+
 pub(super) fn capture<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     plans: &Result<Plans, Fault>,
@@ -106,39 +126,18 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
 ) -> Result<(), Fault> {
     let (l, syms) = (cx.target.layout, cx.target.symbols);
     let runqueues = syms.runqueues.ok_or(Fault::MissingSymbol("runqueues"))?;
-    let offsets = syms
-        .per_cpu_offset
-        .filter(|a| *a != 0)
-        .ok_or(Fault::MissingSymbol("__per_cpu_offset"))?;
+    let mut offsets = Offsets::new(syms.per_cpu_offset)?;
     let task = l.task.ok_or(Fault::MissingGroup("task_struct"))?;
+    let p = plans.as_ref().map_err(|f| *f)?;
+    let sched_pcpu = sched_pcpu(cx, tr, buf.sched.root);
+    let bases = Bases {
+        task,
+        sched_pcpu,
+        events: event_stats(cx, tr, sched_pcpu.map(|(p, _)| p), buf.sched.root),
+    };
     // Whether any CPU's rq could be read: none is a fault of the pass.
     let mut first_fault = None;
     let mut any_rq = false;
-    let &Plans {
-        rq_l,
-        scx_l,
-        lh,
-        to_task,
-        rq: ref rq_plan,
-        scx_at,
-        scx: ref scx_plan,
-        ref scx_alone,
-        ..
-    } = plans.as_ref().map_err(|f| *f)?;
-    // The scheduler's per-CPU part (bypass DSQs), when there is one.
-    let sched_pcpu = match (l.sched.and_then(|s| s.pcpu), l.sched_pcpu, buf.sched.root) {
-        (Some(off), Some(pc), root) if root != 0 && syms.scx_root.is_some() => tr
-            .read_virt_pod::<u64, _>(cx.mem, root.wrapping_add(u64::from(off)))
-            .ok()
-            .filter(|p| *p != 0)
-            .map(|p| (p, pc.bypass_dsq)),
-        _ => None,
-    };
-    let events = event_stats(cx, tr, sched_pcpu.map(|(p, _)| p), buf.sched.root);
-    // `__per_cpu_offset` a batch at a time; a batch that cannot be read
-    // whole is read entry by entry, so a bad entry faults only its CPU.
-    let mut batch = [0u64; OFFSET_BATCH];
-    let mut batch_ok = false;
     let CaptureBuf {
         cpus,
         cpu_bytes,
@@ -159,123 +158,71 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             Some(slot) => slot,
             None => spare.get_or_insert([0u8; CPU_BYTES]),
         };
-        let slot = cpu as usize % OFFSET_BATCH;
-        if slot == 0 {
-            let n = ((cx.target.nr_cpus - cpu) as usize).min(OFFSET_BATCH);
-            let at = offsets.wrapping_add(u64::from(cpu) * 8);
-            let bytes = batch.get_mut(..n).unwrap_or_default().as_mut_bytes();
-            batch_ok = tr.read_virt(cx.mem, at, bytes).is_ok();
-        }
-        let batched = batch.get(slot).copied().filter(|_| batch_ok);
-        let one = |tr: &mut Translator| tr.read_per_cpu_offset(cx.mem, offsets, cpu);
-        let Ok(off) = batched.map_or_else(|| one(tr), Ok) else {
-            let fault = Fault::Unreadable(offsets.wrapping_add(u64::from(cpu) * 8));
-            first_fault.get_or_insert(fault);
-            // Nothing in the bytes is this CPU's.
-            if let Some(state) = bytes.get_mut(STATE) {
-                *state = 0;
+        let off = match offsets.get(cx, tr, cpu) {
+            Ok(off) => off,
+            Err(fault) => {
+                first_fault.get_or_insert(fault);
+                // Nothing in the bytes is this CPU's.
+                if let Some(state) = bytes.get_mut(STATE) {
+                    *state = 0;
+                }
+                cpus.push(CpuRecord {
+                    cpu,
+                    fault,
+                    ..CpuRecord::default()
+                });
+                continue;
             }
-            cpus.push(CpuRecord {
-                cpu,
-                fault,
-                ..CpuRecord::default()
-            });
-            continue;
         };
-        let mut fault = Fault::None;
         let rq = per_cpu_addr(runqueues, off);
-        let mut curr_pid = None;
-        let mut curr_comm = [0u8; 16];
-        let mut curr_class = 0;
-        let (rq_bytes, scx_bytes) = bytes.split_at_mut(scx_at.min(CPU_BYTES));
-        let mut state = 0;
-        if rq_plan
-            .read_into(
-                cx.mem,
-                tr,
-                rq,
-                rq_bytes.get_mut(RQ_AT..).unwrap_or_default(),
-            )
-            .is_ok()
-        {
-            state |= RQ_READ;
-            any_rq = true;
-            // The current task, read now: after the thaw it may be gone,
-            // and an idle or non-ext task is not on scx_tasks.
-            let curr = rq_plan.get_or_zero(rq_bytes.get(RQ_AT..).unwrap_or_default(), 1);
-            if curr != 0 {
-                curr_pid = tr
-                    .read_virt_pod::<u32, _>(cx.mem, curr.wrapping_add(u64::from(task.pid)))
-                    .ok()
-                    .map(|p| p as i32);
-                let _ = tr.read_virt(
-                    cx.mem,
-                    curr.wrapping_add(u64::from(task.comm)),
-                    &mut curr_comm,
-                );
-                curr_class = tr
-                    .read_virt_pod(cx.mem, curr.wrapping_add(u64::from(task.sched_class)))
-                    .unwrap_or(0);
-            }
-        } else {
-            fault = Fault::Unreadable(rq);
-            first_fault.get_or_insert(fault);
+        let (rq_bytes, scx_bytes) = bytes.split_at_mut(p.scx_at.min(CPU_BYTES));
+        if let Some(s) = rq_bytes.get_mut(STATE) {
+            *s = 0;
         }
-        let scx = rq.wrapping_add(u64::from(rq_l.scx));
-        // The wide plan's last five fields (runnable `next`, local DSQ
-        // head) are known only when its read worked.
-        if scx_plan.read_into(cx.mem, tr, scx, scx_bytes).is_ok() {
-            state |= WIDE_READ;
-        } else if scx_alone.read_into(cx.mem, tr, scx, scx_bytes).is_ok() {
-            state |= ALONE_READ;
-        } else {
+        let mut fault = Fault::None;
+        let curr = match read_rq(cx, tr, p, &bases, rq, rq_bytes) {
+            Ok(curr) => {
+                any_rq = true;
+                curr
+            }
+            Err(f) => {
+                fault = f;
+                first_fault.get_or_insert(f);
+                Curr::default()
+            }
+        };
+        let scx = rq.wrapping_add(u64::from(p.rq_l.scx));
+        let (state, heads) = read_scx(cx, tr, p, scx, scx_bytes);
+        if state == 0 {
             fault = Fault::Unreadable(scx);
         }
-        let wide = state & WIDE_READ != 0;
-        let [next, id, dsq_nr, seq, dsq_next] = core::array::from_fn(|k| match wide {
-            true => scx_plan.get_or_zero(scx_bytes, SCALARS + k),
-            false => 0,
-        });
         if let Some(s) = rq_bytes.get_mut(STATE) {
-            *s = state;
+            *s |= state;
         }
-        let runnable_next = wide.then_some(next);
         // The DSQ head fields are planned when the reader exists.
-        let local_head = (wide && dsqs.is_ok()).then_some(([id, dsq_nr, seq], Some(dsq_next)));
-        let local = scx.wrapping_add(u64::from(scx_l.local_dsq));
+        let local_head = heads
+            .filter(|_| dsqs.is_ok())
+            .map(|[_, id, nr, seq, next]| ([id, nr, seq], Some(next)));
+        let local = scx.wrapping_add(u64::from(p.scx_l.local_dsq));
         let origin = DsqOrigin::Local(cpu);
         let local_dsq = dsq::capture_one(
             cx, tr, &mut sink, dsqs, local, origin, local_head, &mut fault,
         );
-        let bypass = sched_pcpu
+        let bypass = bases
+            .sched_pcpu
             .map(|(pcpu, inner)| per_cpu_addr(pcpu, off).wrapping_add(u64::from(inner)))
-            .or(scx_l.bypass_dsq.map(|b| scx.wrapping_add(u64::from(b))));
+            .or(p.scx_l.bypass_dsq.map(|b| scx.wrapping_add(u64::from(b))));
         if let Some(b) = bypass {
             let origin = DsqOrigin::Bypass(cpu);
             dsq::capture_one(cx, tr, &mut sink, dsqs, b, origin, None, &mut fault);
         }
         let start = runnable.len() as u32;
-        let walk = walk_list_with(
-            cx.mem,
-            tr,
-            &lh,
-            scx.wrapping_add(u64::from(scx_l.runnable_list)),
-            runnable_next,
-            cx.limits.max_list,
-            |tr, node| {
-                let link = read_link(cx.mem, tr, &lh, node)?;
-                match runnable.push(container_of(node, &to_task)) {
-                    Some(_) => Ok((Step::Continue, link)),
-                    None => Ok((Step::Stop, link)),
-                }
-            },
-        );
+        let walk = walk_runnable(cx, tr, p, scx, heads.map(|h| h[0]), runnable);
         let len = runnable.len() as u32 - start;
-        let events_read = match (events, event_bytes.get_mut(cpus.len())) {
+        let events = match (bases.events, event_bytes.get_mut(cpus.len())) {
             (Some((base, size)), Some(out)) => {
-                let at = per_cpu_addr(base, off);
                 let out = out.get_mut(..size).unwrap_or_default();
-                tr.read_virt(cx.mem, at, out).is_ok()
+                tr.read_virt(cx.mem, per_cpu_addr(base, off), out).is_ok()
             }
             _ => false,
         };
@@ -288,16 +235,158 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             rec.runnable = Span { start, len };
             rec.runnable_walk = list_health(&walk);
             rec.fault = fault;
-            rec.curr_pid = curr_pid;
-            rec.curr_comm = curr_comm;
-            rec.curr_class = curr_class;
-            rec.events = events_read;
+            rec.curr_pid = curr.pid;
+            rec.curr_comm = curr.comm;
+            rec.curr_class = curr.class;
+            rec.events = events;
         });
     }
     match first_fault {
         Some(f) if !any_rq => Err(f),
         _ => Ok(()),
     }
+}
+
+/// `__per_cpu_offset` a batch at a time; a batch that cannot be read whole
+/// is read entry by entry, so a bad entry faults only its CPU.
+struct Offsets {
+    base: u64,
+    batch: [u64; OFFSET_BATCH],
+    batch_ok: bool,
+}
+
+impl Offsets {
+    fn new(base: Option<u64>) -> Result<Self, Fault> {
+        let base = base
+            .filter(|a| *a != 0)
+            .ok_or(Fault::MissingSymbol("__per_cpu_offset"))?;
+        Ok(Self {
+            base,
+            batch: [0; OFFSET_BATCH],
+            batch_ok: false,
+        })
+    }
+
+    /// CPU `cpu`'s offset; CPUs are asked for in order from 0.
+    fn get<M: GuestMem + ?Sized>(
+        &mut self,
+        cx: &Cx<'_, '_, M>,
+        tr: &mut Translator,
+        cpu: u32,
+    ) -> Result<u64, Fault> {
+        let slot = cpu as usize % OFFSET_BATCH;
+        let at = self.base.wrapping_add(u64::from(cpu) * 8);
+        if slot == 0 {
+            let n = (cx.target.nr_cpus.saturating_sub(cpu) as usize).min(OFFSET_BATCH);
+            let bytes = self.batch.get_mut(..n).unwrap_or_default().as_mut_bytes();
+            self.batch_ok = tr.read_virt(cx.mem, at, bytes).is_ok();
+        }
+        match self.batch.get(slot).filter(|_| self.batch_ok) {
+            Some(off) => Ok(*off),
+            None => tr
+                .read_per_cpu_offset(cx.mem, self.base, cpu)
+                .map_err(|_| Fault::Unreadable(at)),
+        }
+    }
+}
+
+/// The scheduler's per-CPU base and its bypass DSQ's offset within it,
+/// when the kernel has `scx_sched_pcpu` and a scheduler is attached.
+fn sched_pcpu<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    root: u64,
+) -> Option<(u64, u32)> {
+    let l = cx.target.layout;
+    let (off, pc) = (l.sched?.pcpu?, l.sched_pcpu?);
+    if root == 0 || cx.target.symbols.scx_root.is_none() {
+        return None;
+    }
+    let pcpu: u64 = tr
+        .read_virt_pod(cx.mem, root.wrapping_add(u64::from(off)))
+        .ok()?;
+    (pcpu != 0).then_some((pcpu, pc.bypass_dsq))
+}
+
+/// Reads the rq plan into `rq_bytes` (marking [`RQ_READ`]) and the current
+/// task's identity.
+fn read_rq<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    p: &Plans,
+    bases: &Bases,
+    rq: u64,
+    rq_bytes: &mut [u8],
+) -> Result<Curr, Fault> {
+    let (state, fields) = rq_bytes.split_at_mut(RQ_AT.min(rq_bytes.len()));
+    if p.rq.read_into(cx.mem, tr, rq, fields).is_err() {
+        return Err(Fault::Unreadable(rq));
+    }
+    if let Some(s) = state.get_mut(STATE) {
+        *s = RQ_READ;
+    }
+    let mut curr = Curr::default();
+    let task = p.rq.get_or_zero(fields, 1);
+    if task != 0 {
+        let at = |off: u32| task.wrapping_add(u64::from(off));
+        curr.pid = tr
+            .read_virt_pod::<u32, _>(cx.mem, at(bases.task.pid))
+            .ok()
+            .map(|p| p as i32);
+        let _ = tr.read_virt(cx.mem, at(bases.task.comm), &mut curr.comm);
+        curr.class = tr
+            .read_virt_pod(cx.mem, at(bases.task.sched_class))
+            .unwrap_or(0);
+    }
+    Ok(curr)
+}
+
+/// Reads rq->scx with the wide plan or, failing that, the scalars alone;
+/// returns the state bits ([`WIDE_READ`], [`ALONE_READ`] or 0) and, from
+/// the wide read only, the runnable list's `next` and the local DSQ's head
+/// fields (id, nr, seq, list `next`).
+fn read_scx<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    p: &Plans,
+    scx: u64,
+    scx_bytes: &mut [u8],
+) -> (u8, Option<[u64; 5]>) {
+    if p.scx.read_into(cx.mem, tr, scx, scx_bytes).is_ok() {
+        let heads = core::array::from_fn(|k| p.scx.get_or_zero(scx_bytes, SCALARS + k));
+        (WIDE_READ, Some(heads))
+    } else if p.scx_alone.read_into(cx.mem, tr, scx, scx_bytes).is_ok() {
+        (ALONE_READ, None)
+    } else {
+        (0, None)
+    }
+}
+
+/// The tasks on `rq->scx.runnable_list`, appended to `runnable`.
+fn walk_runnable<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    p: &Plans,
+    scx: u64,
+    next: Option<u64>,
+    runnable: &mut Slots<'_, u64>,
+) -> WalkSummary {
+    let head = scx.wrapping_add(u64::from(p.scx_l.runnable_list));
+    walk_list_with(
+        cx.mem,
+        tr,
+        &p.lh,
+        head,
+        next,
+        cx.limits.max_list,
+        |tr, node| {
+            let link = read_link(cx.mem, tr, &p.lh, node)?;
+            match runnable.push(container_of(node, &p.to_task)) {
+                Some(_) => Ok((Step::Continue, link)),
+                None => Ok((Step::Stop, link)),
+            }
+        },
+    )
 }
 
 /// Every CPU record's rq and rq->scx scalars from the bytes [`capture`]

@@ -195,128 +195,138 @@ pub(super) fn capture_shared<M: GuestMem + ?Sized>(
     buf: &mut CaptureBuf<'_>,
     reader: &mut Result<DsqReader, Fault>,
 ) -> Result<(), Fault> {
-    let root = buf.sched.root;
-    let l = cx.target.layout;
-    if root == 0 {
-        return Ok(()); // no scheduler instance: no shared DSQs to read
-    }
-    let at = if cx.target.symbols.scx_root.is_some() {
-        let Some(s) = l.sched else {
-            return Ok(());
-        };
-        // Per-node global DSQs: `pnode[node]->global_dsq` (7.x) or
-        // `global_dsqs[node]` (6.16-era).
-        let per_node = match (s.pnode, l.sched_pnode, s.global_dsqs) {
-            (Some(p), Some(pn), _) => Some((p, pn.global_dsq)),
-            (_, _, Some(g)) => Some((g, 0)),
-            _ => None,
-        };
-        SharedDsqs {
-            per_node: per_node.map(|(off, inner)| (root.wrapping_add(u64::from(off)), inner)),
-            single: None,
-            hash: s.dsq_hash.map(|h| root.wrapping_add(u64::from(h))),
-        }
-    } else {
-        super::pre_root::shared_dsqs(cx.target.symbols)
+    let Some(at) = shared_at(cx, buf.sched.root) else {
+        return Ok(());
     };
-    let mut first_fault = Fault::None;
-    let mut note = |f: Fault| {
-        if !first_fault.is_fault() {
-            first_fault = f;
-        }
-    };
+    let mut first = Fault::None;
     let mut sink = Sink {
         dsqs: &mut buf.dsqs,
         queued: &mut buf.queued,
     };
     if let Some((array_at, inner)) = at.per_node {
-        match tr.read_virt_pod::<u64, _>(cx.mem, array_at) {
-            Ok(array) if array != 0 => {
-                for node in 0..cx.target.nr_nodes.max(1) {
-                    let slot = array.wrapping_add(u64::from(node) * 8);
-                    match tr.read_virt_pod::<u64, _>(cx.mem, slot) {
-                        Ok(p) if p != 0 => {
-                            let dsq = p.wrapping_add(u64::from(inner));
-                            let origin = DsqOrigin::Global(node);
-                            let mut f = Fault::None;
-                            capture_one(cx, tr, &mut sink, reader, dsq, origin, None, &mut f);
-                            if f.is_fault() {
-                                note(f);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => note(Fault::Unreadable(slot)),
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(_) => note(Fault::Unreadable(array_at)),
-        }
+        per_node(cx, tr, &mut sink, reader, array_at, inner, &mut first);
     }
     if let Some(dsq) = at.single {
+        let origin = DsqOrigin::Global(0);
         let mut f = Fault::None;
-        capture_one(
-            cx,
-            tr,
-            &mut sink,
-            reader,
-            dsq,
-            DsqOrigin::Global(0),
-            None,
-            &mut f,
-        );
-        if f.is_fault() {
-            note(f);
+        capture_one(cx, tr, &mut sink, reader, dsq, origin, None, &mut f);
+        note(&mut first, f);
+    }
+    match at.hash {
+        Some(table) => match user_dsqs(cx, tr, &mut sink, reader, table, &mut first) {
+            Ok(walk) => buf.health.dsq_hash_walk = walk,
+            Err(f) => note(&mut first, f),
+        },
+        None => note(&mut first, Fault::MissingGroup("rhashtable")),
+    }
+    match first {
+        Fault::None => Ok(()),
+        f => Err(f),
+    }
+}
+
+/// Keeps the first fault of several.
+fn note(first: &mut Fault, f: Fault) {
+    if !first.is_fault() {
+        *first = f;
+    }
+}
+
+/// Where the attached scheduler's shared DSQs are (`None`: no scheduler,
+/// or a layout without `scx_sched`).
+fn shared_at<M: GuestMem + ?Sized>(cx: &Cx<'_, '_, M>, root: u64) -> Option<SharedDsqs> {
+    if root == 0 {
+        return None;
+    }
+    if cx.target.symbols.scx_root.is_none() {
+        return Some(super::pre_root::shared_dsqs(cx.target.symbols));
+    }
+    let l = cx.target.layout;
+    let s = l.sched?;
+    // Per-node global DSQs: `pnode[node]->global_dsq` (7.x) or
+    // `global_dsqs[node]` (6.16-era).
+    let per_node = match (s.pnode, l.sched_pnode, s.global_dsqs) {
+        (Some(p), Some(pn), _) => Some((p, pn.global_dsq)),
+        (_, _, Some(g)) => Some((g, 0)),
+        _ => None,
+    };
+    let at = |off: u32| root.wrapping_add(u64::from(off));
+    Some(SharedDsqs {
+        per_node: per_node.map(|(off, inner)| (at(off), inner)),
+        single: None,
+        hash: s.dsq_hash.map(at),
+    })
+}
+
+/// Each node's global DSQ, behind the array of per-node pointers whose
+/// address is at `array_at`.
+fn per_node<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    sink: &mut Sink<'_, '_>,
+    reader: &mut Result<DsqReader, Fault>,
+    array_at: u64,
+    inner: u32,
+    first: &mut Fault,
+) {
+    let array = match tr.read_virt_pod::<u64, _>(cx.mem, array_at) {
+        Ok(0) => return,
+        Ok(a) => a,
+        Err(_) => return note(first, Fault::Unreadable(array_at)),
+    };
+    for node in 0..cx.target.nr_nodes.max(1) {
+        let slot = array.wrapping_add(u64::from(node) * 8);
+        match tr.read_virt_pod::<u64, _>(cx.mem, slot) {
+            Ok(0) => {}
+            Ok(p) => {
+                let dsq = p.wrapping_add(u64::from(inner));
+                let origin = DsqOrigin::Global(node);
+                let mut f = Fault::None;
+                capture_one(cx, tr, sink, reader, dsq, origin, None, &mut f);
+                note(first, f);
+            }
+            Err(_) => note(first, Fault::Unreadable(slot)),
         }
     }
-    // User DSQs from the scheduler's hash table.
-    match (
-        at.hash,
-        l.rhashtable,
-        l.bucket_table,
-        l.rhash_head,
-        l.dsq.and_then(|d| d.hash_node),
-    ) {
-        (Some(dsq_hash), Some(rht), Some(bt), Some(rh), Some(hash_node)) => {
-            let walk = walk_rhashtable(
-                cx.mem,
-                tr,
-                (&rht, &bt, &rh),
-                dsq_hash,
-                cx.limits.hash,
-                |tr, e| {
-                    let dsq = container_of(e, &[hash_node]);
-                    let mut f = Fault::None;
-                    let at = capture_one(
-                        cx,
-                        tr,
-                        &mut sink,
-                        reader,
-                        dsq,
-                        DsqOrigin::User,
-                        None,
-                        &mut f,
-                    );
-                    match (at, f) {
-                        (Some(_), _) => Step::Continue,
-                        // Out of DSQ slots: the rest would be dropped anyway.
-                        (None, Fault::None) => Step::Stop,
-                        (None, f) => {
-                            note(f);
-                            Step::Continue
-                        }
-                    }
-                },
-            );
-            buf.health.dsq_hash_walk = list_health(&walk);
-        }
-        _ => note(Fault::MissingGroup("rhashtable")),
-    }
-    if first_fault.is_fault() {
-        Err(first_fault)
-    } else {
-        Ok(())
-    }
+}
+
+/// The user DSQs in the scheduler's hash table at `table`: how the table
+/// walk ended, or the layout group it needs and lacks.
+fn user_dsqs<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    sink: &mut Sink<'_, '_>,
+    reader: &mut Result<DsqReader, Fault>,
+    table: u64,
+    first: &mut Fault,
+) -> Result<ListHealth, Fault> {
+    let l = cx.target.layout;
+    let missing = Fault::MissingGroup("rhashtable");
+    let rht = l.rhashtable.ok_or(missing)?;
+    let bt = l.bucket_table.ok_or(missing)?;
+    let rh = l.rhash_head.ok_or(missing)?;
+    let hash_node = l.dsq.and_then(|d| d.hash_node).ok_or(missing)?;
+    let walk = walk_rhashtable(
+        cx.mem,
+        tr,
+        (&rht, &bt, &rh),
+        table,
+        cx.limits.hash,
+        |tr, e| {
+            let dsq = container_of(e, &[hash_node]);
+            let mut f = Fault::None;
+            match capture_one(cx, tr, sink, reader, dsq, DsqOrigin::User, None, &mut f) {
+                Some(_) => Step::Continue,
+                // Out of DSQ slots: the rest would be dropped anyway.
+                None if !f.is_fault() => Step::Stop,
+                None => {
+                    note(first, f);
+                    Step::Continue
+                }
+            }
+        },
+    );
+    Ok(list_health(&walk))
 }
 
 /// The tasks queued on the DSQ whose list head is at `list`, into
