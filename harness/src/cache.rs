@@ -1,12 +1,32 @@
 //! Where ktstr keeps what it downloads and builds: `~/.cache/ktstr`, or
 //! `$KTSTR_CACHE_DIR`, or `$XDG_CACHE_HOME/ktstr`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The cache directory could not be determined.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot find a cache directory: set KTSTR_CACHE_DIR or HOME")]
 pub struct NoCacheDir;
+
+/// A file operation on `path` failed: the error every cache and kernel
+/// module wraps.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct PathIo {
+    /// The path.
+    pub path: PathBuf,
+    /// What the OS said.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// `map_err(io(path))`: an I/O error on `path`.
+pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PathIo + '_ {
+    move |source| PathIo {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Root of ktstr's cache.
 pub fn root() -> Result<PathBuf, NoCacheDir> {

@@ -160,8 +160,14 @@ pub enum VmError {
     #[error("creating an eventfd: {0}")]
     EventFd(#[source] io::Error),
     /// The CPUID table could not be built.
-    #[error("CPUID table: {0}")]
-    Cpuid(String),
+    #[error("CPUID table with {entries} entries: {source}")]
+    Cpuid {
+        /// How many entries the table was to hold.
+        entries: usize,
+        /// Why KVM's CPUID wrapper refused them.
+        #[source]
+        source: vmm_sys_util::fam::Error,
+    },
     /// Devices' port ranges clash.
     #[error("I/O bus: {0}")]
     Bus(#[from] BusError),
@@ -353,7 +359,10 @@ fn create_vcpus(
             .create_vcpu(u64::from(apic_id))
             .map_err(kvm_err("create vCPU"))?;
         let entries = cpuid::for_cpu(supported.as_slice(), topo, cpu).unwrap_or_default();
-        let table = CpuId::from_entries(&entries).map_err(|e| VmError::Cpuid(format!("{e:?}")))?;
+        let table = CpuId::from_entries(&entries).map_err(|source| VmError::Cpuid {
+            entries: entries.len(),
+            source,
+        })?;
         fd.set_cpuid2(&table).map_err(kvm_err("set CPUID"))?;
         if cpu == 0 || entry.all_vcpus {
             let (rbx, rsi) = entry.registers(cpu);

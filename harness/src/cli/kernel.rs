@@ -93,27 +93,7 @@ pub fn kernel(command: KernelCommand) -> anyhow::Result<ExitCode> {
             release,
             offline,
             kvm_modules,
-        } => {
-            let got = fetch(&FetchOptions { release, offline })?;
-            match &got.from {
-                FetchedFrom::Cache => tracing::info!("{} (cached)", got.release),
-                FetchedFrom::Archive { suite } => {
-                    tracing::info!("{} (downloaded from {suite})", got.release)
-                }
-                FetchedFrom::StaleCache { reason } => eprintln!(
-                    "WARNING: could not ask the archive ({reason}); using the newest CACHED kernel {}, which may not be the newest available",
-                    got.release
-                ),
-            }
-            let dir = got.dir;
-            if kvm_modules {
-                for m in ktstr::kernel::modules::fetch_kvm_modules(&dir, offline)? {
-                    tracing::info!("KVM module {}", m.display());
-                }
-            }
-            println!("{}", dir.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => fetch_cmd(FetchOptions { release, offline }, kvm_modules),
         KernelCommand::Build {
             source,
             config_fragments,
@@ -140,61 +120,80 @@ pub fn kernel(command: KernelCommand) -> anyhow::Result<ExitCode> {
             println!("{}", built.dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        KernelCommand::List { json } => {
-            let kernels = ktstr::cache::kernels_dir()?;
-            let all = ktstr::kernel::store::list(&kernels);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else if all.is_empty() {
-                println!("no kernels cached under {}", kernels.display());
-            } else {
-                print!("{}", kernel_table(&all));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        KernelCommand::List { json } => list_cmd(json),
         KernelCommand::Clean {
             version,
             sources: true,
             ..
-        } => {
-            let removed = ktstr::kernel::build::clean_sources(version.as_deref())?;
-            for d in &removed {
-                println!("removed {}", d.display());
-            }
-            if removed.is_empty() {
-                println!("nothing to remove");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => removed(ktstr::kernel::build::clean_sources(version.as_deref())?),
         KernelCommand::Clean { version, keep, .. } => {
             let kernels = ktstr::cache::kernels_dir()?;
-            let removed = ktstr::kernel::store::clean(
-                &kernels,
-                &ktstr::kernel::store::CleanOptions { keep, version },
-            )?;
-            for d in &removed {
-                println!("removed {}", d.display());
-            }
-            if removed.is_empty() {
-                println!("nothing to remove");
-            }
-            Ok(ExitCode::SUCCESS)
+            let opts = ktstr::kernel::store::CleanOptions { keep, version };
+            removed(ktstr::kernel::store::clean(&kernels, &opts)?)
         }
-        KernelCommand::Info { kernel, json } => {
-            let k = Kernel::resolve(&kernel)?;
-            let info = KernelInfo::gather(&k);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
-            } else {
-                print!("{}", terminal_safe(&info.to_text()));
-            }
-            Ok(if info.usable() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+        KernelCommand::Info { kernel, json } => info_cmd(&kernel, json),
+    }
+}
+
+fn fetch_cmd(opts: FetchOptions, kvm_modules: bool) -> anyhow::Result<ExitCode> {
+    let got = fetch(&opts)?;
+    match &got.from {
+        FetchedFrom::Cache => tracing::info!("{} (cached)", got.release),
+        FetchedFrom::Archive { suite } => {
+            tracing::info!("{} (downloaded from {suite})", got.release)
+        }
+        FetchedFrom::StaleCache { reason } => eprintln!(
+            "WARNING: could not ask the archive ({reason}); using the newest CACHED kernel {}, which may not be the newest available",
+            got.release
+        ),
+    }
+    if kvm_modules {
+        for m in ktstr::kernel::modules::fetch_kvm_modules(&got.dir, opts.offline)? {
+            tracing::info!("KVM module {}", m.display());
         }
     }
+    println!("{}", got.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_cmd(json: bool) -> anyhow::Result<ExitCode> {
+    let kernels = ktstr::cache::kernels_dir()?;
+    let all = ktstr::kernel::store::list(&kernels);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        println!("no kernels cached under {}", kernels.display());
+    } else {
+        print!("{}", kernel_table(&all));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `kernel clean` removed.
+fn removed(dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    for d in &dirs {
+        println!("removed {}", d.display());
+    }
+    if dirs.is_empty() {
+        println!("nothing to remove");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kernel info`: exits 1 when the kernel cannot be used for a run.
+fn info_cmd(kernel: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let k = Kernel::resolve(kernel)?;
+    let info = KernelInfo::gather(&k);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print!("{}", terminal_safe(&info.to_text()));
+    }
+    Ok(if info.usable() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `ktstr kernel list`'s table.

@@ -18,13 +18,8 @@ pub const REQUIRED: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read kernel config {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What the OS said.
-        source: std::io::Error,
-    },
+    #[error("cannot read kernel config {0}")]
+    Io(#[from] crate::cache::PathIo),
     /// A required option is unset or not `=y`.
     #[error(
         "kernel config {source_name} has `{found}` where ktstr needs `{option}=y` (for {why}); build one with it (`ktstr kernel build VERSION` builds from Debian's linux-source-X.Y package, and `--kernel VERSION` does so on first use) or fetch one that has it (Debian's sched_ext kernels start at 6.16, in trixie-backports)"
@@ -68,10 +63,7 @@ impl KernelConfig {
 
     /// Read and parse a config file.
     pub fn open(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(crate::cache::io(path))?;
         Ok(Self::parse(&text, &path.display().to_string()))
     }
 

@@ -12,6 +12,7 @@
 //! Both `trixie` and `trixie-backports` are in the private sources, and apt
 //! says which suite has the release.
 
+use crate::cache::io;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -103,14 +104,9 @@ pub enum FetchError {
     /// never downloaded.
     #[error("{0}")]
     Offline(String),
-    /// A file operation in the cache failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] crate::cache::PathIo),
     /// The cache itself.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -131,13 +127,6 @@ pub enum FetchError {
     /// No cache directory.
     #[error(transparent)]
     Cache(#[from] crate::cache::NoCacheDir),
-}
-
-pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Options of `ktstr kernel fetch`.
@@ -488,10 +477,8 @@ impl Apt {
     /// The private apt state under `root`, for `mirror` (validated).
     pub(super) fn with_root(root: PathBuf, mirror: String) -> Result<Self, FetchError> {
         if root.to_str().is_none_or(|r| r.contains(['"', '\n'])) {
-            return Err(FetchError::Io {
-                path: root,
-                source: std::io::Error::other("not usable in an apt configuration"),
-            });
+            let source = std::io::Error::other("not usable in an apt configuration");
+            return Err(crate::cache::PathIo { path: root, source }.into());
         }
         for d in ["lists/partial", "cache/archives/partial", "debs"] {
             let p = root.join(d);

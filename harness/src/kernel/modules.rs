@@ -11,8 +11,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::fetch::{Apt, FetchError, UNPACK_TIMEOUT, cached_deb, io, run};
+use super::fetch::{Apt, FetchError, UNPACK_TIMEOUT, cached_deb, run};
 use super::store::COMPLETE_MARKER;
+use crate::cache::io;
 
 /// The modules, in the order they must be loaded (each needs the ones
 /// before it).

@@ -14,6 +14,7 @@
 //! - staging directories whose release lock is free belong to a dead
 //!   process and are swept.
 
+use crate::cache::io;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -41,13 +42,8 @@ pub const OPTIONAL_FILES: [&str; 2] = ["System.map", "build.log"];
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::cache::PathIo),
     /// A cached release does not match its marker.
     #[error("cached kernel {dir} is damaged: {reason}")]
     Damaged {
@@ -59,13 +55,6 @@ pub enum StoreError {
     /// No cache directory.
     #[error(transparent)]
     Cache(#[from] crate::cache::NoCacheDir),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Size and SHA-256 of one cached file.
@@ -287,12 +276,13 @@ impl ReleaseLock {
         let dir = kernels.join(LOCKS_DIR);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{release}.lock"));
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io(&path))
+            .map_err(io(&path))?;
+        Ok(file)
     }
 
     /// Wait for the lock of `release`.
@@ -351,7 +341,8 @@ pub fn sweep_stale_staging(kernels: &Path) -> Vec<PathBuf> {
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut f = File::create(path).map_err(io(path))?;
     f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    f.sync_all().map_err(io(path))?;
+    Ok(())
 }
 
 /// fsync every regular file directly in `dir`, then `dir` itself.
@@ -367,7 +358,10 @@ pub fn sync_tree(dir: &Path) -> Result<(), StoreError> {
 
 /// fsync a directory (its entries: a rename into it is durable).
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
 }
 
 /// Move `staged` to `dir` atomically, replacing a damaged `dir`. Caller
@@ -399,7 +393,8 @@ pub fn retire(dir: &Path) -> Result<(), StoreError> {
         std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
     }
     std::fs::rename(dir, &trash).map_err(io(dir))?;
-    std::fs::remove_dir_all(&trash).map_err(io(&trash))
+    std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
+    Ok(())
 }
 
 /// Every complete release directory under `kernels`, oldest version first.

@@ -174,50 +174,23 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
                 continue;
             }
         };
-        let rq = per_cpu_addr(runqueues, off);
-        let (rq_bytes, scx_bytes) = bytes.split_at_mut(p.scx_at.min(CPU_BYTES));
-        if let Some(s) = rq_bytes.get_mut(STATE) {
-            *s = 0;
-        }
         let mut fault = Fault::None;
-        let curr = match read_rq(cx, tr, p, &bases, rq, rq_bytes) {
-            Ok(curr) => {
-                any_rq = true;
-                curr
-            }
+        let seen = read_cpu(cx, tr, p, &bases, per_cpu_addr(runqueues, off), bytes);
+        match seen.curr {
+            Ok(_) => any_rq = true,
             Err(f) => {
                 fault = f;
                 first_fault.get_or_insert(f);
-                Curr::default()
             }
-        };
-        let scx = rq.wrapping_add(u64::from(p.rq_l.scx));
-        let (state, heads) = read_scx(cx, tr, p, scx, scx_bytes);
-        if state == 0 {
-            fault = Fault::Unreadable(scx);
         }
-        if let Some(s) = rq_bytes.get_mut(STATE) {
-            *s |= state;
+        if !seen.scx_read {
+            fault = Fault::Unreadable(seen.scx);
         }
-        // The DSQ head fields are planned when the reader exists.
-        let local_head = heads
-            .filter(|_| dsqs.is_ok())
-            .map(|[_, id, nr, seq, next]| ([id, nr, seq], Some(next)));
-        let local = scx.wrapping_add(u64::from(p.scx_l.local_dsq));
-        let origin = DsqOrigin::Local(cpu);
-        let local_dsq = dsq::capture_one(
-            cx, tr, &mut sink, dsqs, local, origin, local_head, &mut fault,
+        let local_dsq = cpu_dsqs(
+            cx, tr, p, &bases, &mut sink, dsqs, cpu, off, &seen, &mut fault,
         );
-        let bypass = bases
-            .sched_pcpu
-            .map(|(pcpu, inner)| per_cpu_addr(pcpu, off).wrapping_add(u64::from(inner)))
-            .or(p.scx_l.bypass_dsq.map(|b| scx.wrapping_add(u64::from(b))));
-        if let Some(b) = bypass {
-            let origin = DsqOrigin::Bypass(cpu);
-            dsq::capture_one(cx, tr, &mut sink, dsqs, b, origin, None, &mut fault);
-        }
         let start = runnable.len() as u32;
-        let walk = walk_runnable(cx, tr, p, scx, heads.map(|h| h[0]), runnable);
+        let walk = walk_runnable(cx, tr, p, seen.scx, seen.heads.map(|h| h[0]), runnable);
         let len = runnable.len() as u32 - start;
         let events = match (bases.events, event_bytes.get_mut(cpus.len())) {
             (Some((base, size)), Some(out)) => {
@@ -228,9 +201,10 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         };
         // Built in its slot: a copy of the record per CPU showed up. The
         // rest is `decode`'s.
+        let curr = seen.curr.unwrap_or_default();
         cpus.push_with(|rec| {
             rec.cpu = cpu;
-            rec.rq = rq;
+            rec.rq = seen.rq;
             rec.local_dsq = local_dsq;
             rec.runnable = Span { start, len };
             rec.runnable_walk = list_health(&walk);
@@ -245,6 +219,82 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         Some(f) if !any_rq => Err(f),
         _ => Ok(()),
     }
+}
+
+/// One CPU's rq and rq->scx as read into its bytes.
+struct Seen {
+    rq: u64,
+    scx: u64,
+    /// The current task, or why the rq could not be read.
+    curr: Result<Curr, Fault>,
+    scx_read: bool,
+    /// The wide rq->scx read's runnable `next` and local DSQ head fields.
+    heads: Option<[u64; 5]>,
+}
+
+/// Reads the rq at `rq` and its rq->scx into `bytes`, recording in its
+/// state byte which reads worked.
+fn read_cpu<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    p: &Plans,
+    bases: &Bases,
+    rq: u64,
+    bytes: &mut [u8; CPU_BYTES],
+) -> Seen {
+    let (rq_bytes, scx_bytes) = bytes.split_at_mut(p.scx_at.min(CPU_BYTES));
+    if let Some(s) = rq_bytes.get_mut(STATE) {
+        *s = 0;
+    }
+    let curr = read_rq(cx, tr, p, bases, rq, rq_bytes);
+    let scx = rq.wrapping_add(u64::from(p.rq_l.scx));
+    let (state, heads) = read_scx(cx, tr, p, scx, scx_bytes);
+    if let Some(s) = rq_bytes.get_mut(STATE) {
+        *s |= state;
+    }
+    Seen {
+        rq,
+        scx,
+        curr,
+        scx_read: state != 0,
+        heads,
+    }
+}
+
+/// The CPU's local DSQ and bypass DSQ; returns the local DSQ's slot.
+#[allow(clippy::too_many_arguments)]
+fn cpu_dsqs<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    p: &Plans,
+    bases: &Bases,
+    sink: &mut dsq::Sink<'_, '_>,
+    dsqs: &mut Result<dsq::DsqReader, Fault>,
+    cpu: u32,
+    off: u64,
+    seen: &Seen,
+    fault: &mut Fault,
+) -> Option<u32> {
+    // The DSQ head fields are planned when the reader exists.
+    let local_head = seen
+        .heads
+        .filter(|_| dsqs.is_ok())
+        .map(|[_, id, nr, seq, next]| ([id, nr, seq], Some(next)));
+    let local = seen.scx.wrapping_add(u64::from(p.scx_l.local_dsq));
+    let origin = DsqOrigin::Local(cpu);
+    let slot = dsq::capture_one(cx, tr, sink, dsqs, local, origin, local_head, fault);
+    let bypass = bases
+        .sched_pcpu
+        .map(|(pcpu, inner)| per_cpu_addr(pcpu, off).wrapping_add(u64::from(inner)))
+        .or(p
+            .scx_l
+            .bypass_dsq
+            .map(|b| seen.scx.wrapping_add(u64::from(b))));
+    if let Some(b) = bypass {
+        let origin = DsqOrigin::Bypass(cpu);
+        dsq::capture_one(cx, tr, sink, dsqs, b, origin, None, fault);
+    }
+    slot
 }
 
 /// `__per_cpu_offset` a batch at a time; a batch that cannot be read whole

@@ -2,11 +2,13 @@
 //! progress display on a terminal (a periodic log line otherwise), the
 //! log's tail in the error.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::BuildError;
@@ -60,17 +62,50 @@ impl Make {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(super::io(Path::new("make")))?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let readers: Vec<_> = [
-            child
-                .stdout
-                .take()
-                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
-        ]
+        let (rx, readers) = lines_of(&mut child);
+        let mut shown = Progress::new(target, progress, expected);
+        let mut tail = VecDeque::with_capacity(TAIL_LINES + 1);
+        // Ends when both pipes close (make and its children exited).
+        for line in rx {
+            let _ = writeln!(self.log, "{line}");
+            shown.line(&line);
+            tail.push_back(line);
+            if tail.len() > TAIL_LINES {
+                tail.pop_front();
+            }
+        }
+        for r in readers {
+            let _ = r.join();
+        }
+        let start = shown.finish();
+        let status = child.wait().map_err(super::io(Path::new("make")))?;
+        let _ = writeln!(
+            self.log,
+            "### make {target}: {status} after {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        let _ = self.log.flush();
+        if status.success() {
+            return Ok(());
+        }
+        Err(BuildError::Make {
+            step: target.to_string(),
+            tree: self.tree.clone(),
+            status: status.to_string(),
+            log: self.log_path.clone(),
+            tail: Vec::from(tail).join("\n"),
+        })
+    }
+}
+
+/// make's stdout and stderr as one stream of lines, read by a thread each.
+fn lines_of(child: &mut Child) -> (mpsc::Receiver<String>, Vec<JoinHandle<()>>) {
+    let (tx, rx) = mpsc::channel::<String>();
+    let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+        child.stdout.take().map(|o| Box::new(o) as _),
+        child.stderr.take().map(|e| Box::new(e) as _),
+    ];
+    let readers = pipes
         .into_iter()
         .flatten()
         .map(|r| {
@@ -84,7 +119,23 @@ impl Make {
             })
         })
         .collect();
-        drop(tx);
+    (rx, readers)
+}
+
+/// What the user sees of a make step: a bar on a terminal, else a
+/// heartbeat line every [`HEARTBEAT`] (nothing when `progress` is off).
+struct Progress<'a> {
+    target: &'a str,
+    progress: bool,
+    expected: Option<u64>,
+    bar: Option<indicatif::ProgressBar>,
+    start: Instant,
+    last_beat: Instant,
+    steps: u64,
+}
+
+impl<'a> Progress<'a> {
+    fn new(target: &'a str, progress: bool, expected: Option<u64>) -> Self {
         let bar = (progress && std::io::stderr().is_terminal()).then(|| {
             let (b, template) = match expected {
                 Some(n) => (
@@ -104,57 +155,44 @@ impl Make {
             b
         });
         let start = Instant::now();
-        let mut last_beat = start;
-        let mut steps = 0u64;
-        let mut tail: Vec<String> = Vec::new();
-        // Ends when both pipes close (make and its children exited).
-        for line in rx {
-            let _ = writeln!(self.log, "{line}");
-            if is_step(&line) {
-                steps += 1;
-            }
-            if let Some(b) = &bar {
-                b.set_position(steps);
-                if is_step(&line) {
-                    b.set_message(line.trim().to_string());
-                }
-            } else if progress && last_beat.elapsed() >= HEARTBEAT {
-                last_beat = Instant::now();
-                tracing::info!(
-                    "make {target}: {steps}{} steps in {} s; {}",
-                    expected.map_or(String::new(), |n| format!(" of ~{n}")),
-                    start.elapsed().as_secs(),
-                    line.trim()
-                );
-            }
-            tail.push(line);
-            if tail.len() > TAIL_LINES {
-                tail.remove(0);
-            }
+        Self {
+            target,
+            progress,
+            expected,
+            bar,
+            start,
+            last_beat: start,
+            steps: 0,
         }
-        for r in readers {
-            let _ = r.join();
+    }
+
+    fn line(&mut self, line: &str) {
+        let step = is_step(line);
+        self.steps += u64::from(step);
+        if let Some(b) = &self.bar {
+            b.set_position(self.steps);
+            if step {
+                b.set_message(line.trim().to_string());
+            }
+        } else if self.progress && self.last_beat.elapsed() >= HEARTBEAT {
+            self.last_beat = Instant::now();
+            tracing::info!(
+                "make {}: {}{} steps in {} s; {}",
+                self.target,
+                self.steps,
+                self.expected.map_or(String::new(), |n| format!(" of ~{n}")),
+                self.start.elapsed().as_secs(),
+                line.trim()
+            );
         }
-        if let Some(b) = bar {
+    }
+
+    /// Clears the bar; returns when the step started.
+    fn finish(self) -> Instant {
+        if let Some(b) = self.bar {
             b.finish_and_clear();
         }
-        let status = child.wait().map_err(super::io(Path::new("make")))?;
-        let _ = writeln!(
-            self.log,
-            "### make {target}: {status} after {:.1} s",
-            start.elapsed().as_secs_f64()
-        );
-        let _ = self.log.flush();
-        if status.success() {
-            return Ok(());
-        }
-        Err(BuildError::Make {
-            step: target.to_string(),
-            tree: self.tree.clone(),
-            status: status.to_string(),
-            log: self.log_path.clone(),
-            tail: tail.join("\n"),
-        })
+        self.start
     }
 }
 

@@ -15,6 +15,7 @@ pub mod kconfig;
 mod make;
 pub mod source;
 
+use crate::cache::io;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -121,13 +122,8 @@ pub enum BuildError {
     #[error(transparent)]
     Image(#[from] ImageError),
     /// A file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::cache::PathIo),
     /// The cache.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -139,13 +135,6 @@ pub enum BuildError {
 impl BuildError {
     fn fetch(e: FetchError) -> Self {
         Self::Fetch(Box::new(e))
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 

@@ -40,10 +40,7 @@ pub struct SourceTree {
 
 /// A tree the user gave: checked to be a kernel source tree.
 pub fn user_tree(path: &Path) -> Result<SourceTree, BuildError> {
-    let dir = path.canonicalize().map_err(|source| BuildError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let dir = path.canonicalize().map_err(super::io(path))?;
     if !dir.join("Makefile").is_file() || !dir.join("Kconfig").is_file() {
         return Err(BuildError::NotASourceTree(dir));
     }
@@ -64,10 +61,7 @@ pub fn sources_dir() -> Result<PathBuf, BuildError> {
 /// `offline` never contacts the archive.
 pub fn debian_tree(package: &str, offline: bool) -> Result<SourceTree, BuildError> {
     let sources = sources_dir()?;
-    std::fs::create_dir_all(&sources).map_err(|source| BuildError::Io {
-        path: sources.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&sources).map_err(super::io(&sources))?;
     store::sweep_stale_staging(&sources);
     if let Some(t) = unpacked(&sources, package) {
         return Ok(t);
@@ -101,10 +95,7 @@ pub fn debian_tree(package: &str, offline: bool) -> Result<SourceTree, BuildErro
     }
     let staging = store::staging_dir(&sources, &name);
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|source| BuildError::Io {
-            path: staging.clone(),
-            source,
-        })?;
+        std::fs::remove_dir_all(&staging).map_err(super::io(&staging))?;
     }
     let result = (|| -> Result<(), BuildError> {
         tracing::info!(
@@ -114,10 +105,7 @@ pub fn debian_tree(package: &str, offline: bool) -> Result<SourceTree, BuildErro
         unpack_source_deb(&deb, &staging)?;
         store::write_synced(&staging.join(COMPLETE_MARKER), name.as_bytes())?;
         let dir = sources.join(&name);
-        std::fs::rename(&staging, &dir).map_err(|source| BuildError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::rename(&staging, &dir).map_err(super::io(&dir))?;
         store::sync_dir(&sources)?;
         Ok(())
     })();
@@ -167,10 +155,7 @@ pub fn unpack_source_deb(deb: &Path, dest: &Path) -> Result<(), BuildError> {
         path: deb.to_path_buf(),
         reason,
     };
-    let file = File::open(deb).map_err(|source| BuildError::Io {
-        path: deb.to_path_buf(),
-        source,
-    })?;
+    let file = File::open(deb).map_err(super::io(deb))?;
     let mut ar = ar::Archive::new(BufReader::new(file));
     while let Some(member) = ar.next_entry() {
         let member = member.map_err(|e| bad(format!("not an ar archive: {e}")))?;
@@ -193,10 +178,7 @@ pub fn unpack_source_deb(deb: &Path, dest: &Path) -> Result<(), BuildError> {
             if !is_source_tarball(&path) {
                 continue;
             }
-            std::fs::create_dir_all(dest).map_err(|source| BuildError::Io {
-                path: dest.to_path_buf(),
-                source,
-            })?;
+            std::fs::create_dir_all(dest).map_err(super::io(dest))?;
             let inner = lzma_rust2::XzReader::new(BufReader::new(entry), true);
             tar::Archive::new(inner)
                 .unpack(dest)

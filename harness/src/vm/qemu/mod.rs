@@ -175,70 +175,7 @@ impl QemuVm {
         let ram_guard = RamFiles::create(Path::new(SHM), nodes)?;
         let ram_files = ram_guard.0.clone();
         let qmp_path = dir.path().join("qmp.sock");
-        let accel = if ktstr_vmm::hardware_virt() {
-            ["-accel", "kvm", "-cpu", "host"]
-        } else if std::env::var("KTSTR_TCG_THREAD").as_deref() == Ok("multi") {
-            ["-accel", "tcg,thread=multi", "-cpu", "max"]
-        } else {
-            ["-accel", "tcg,thread=single", "-cpu", "max"]
-        };
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-no-reboot", "-machine", "q35"])
-            .args(accel)
-            .arg("-m")
-            .arg(format!("{}M", node_mib * nodes))
-            .arg("-smp")
-            .arg(format!(
-                "cpus={},sockets={},dies={},cores={},threads={}",
-                t.nr_cpus(),
-                t.numa_nodes,
-                t.llcs_per_node(),
-                t.cores_per_llc,
-                t.threads_per_core
-            ));
-        for (n, file) in ram_files.iter().enumerate() {
-            let first = n as u32 * t.cpus_per_node();
-            cmd.arg("-object")
-                .arg(format!(
-                    "memory-backend-file,id=ram{n},size={node_mib}M,mem-path={},share=on",
-                    file.display()
-                ))
-                .arg("-numa")
-                .arg(format!(
-                    "node,nodeid={n},cpus={first}-{},memdev=ram{n}",
-                    first + t.cpus_per_node() - 1
-                ));
-        }
-        cmd.arg("-kernel")
-            .arg(&cfg.vmlinux)
-            .arg("-initrd")
-            .arg(&cfg.initrd)
-            .arg("-append")
-            .arg(&cfg.cmdline)
-            // COM1 on QEMU's stdout: the terminal in a shell, else a pipe to
-            // the thread that bounds console.log. signal=off: Ctrl-C goes
-            // to the guest's shell, not QEMU.
-            .args(["-chardev", "stdio,id=console,signal=off"])
-            .args(["-serial", "chardev:console"])
-            .arg("-serial")
-            .arg(format!("file:{}", dir.path().join("agent.log").display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-            .stdin(if cfg.console_stdio {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .stdout(if cfg.console_stdio {
-                Stdio::inherit()
-            } else {
-                Stdio::piped()
-            })
-            .stderr(
-                std::fs::File::create(dir.path().join("qemu.stderr"))
-                    .map_err(io("creating QEMU's stderr log"))?,
-            );
+        let mut cmd = command(cfg, &dir, &ram_files, node_mib, &qmp_path)?;
         // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
         unsafe {
             cmd.pre_exec(|| {
@@ -554,6 +491,91 @@ impl Drop for Frozen<'_> {
                 .qmp
                 .within(QUICK_TIMEOUT, |q| q.execute("cont", serde_json::json!({})));
         }
+    }
+}
+
+/// QEMU's command line for `cfg`: the topology, one shared RAM file per
+/// NUMA node, the console on stdout, the agent channel to `agent.log` in
+/// `dir`, and QMP on `qmp_path`.
+fn command(
+    cfg: &BootSpec,
+    dir: &VmDir,
+    ram_files: &[PathBuf],
+    node_mib: u64,
+    qmp_path: &Path,
+) -> Result<Command, VmError> {
+    let t = cfg.topology;
+    let nodes = ram_files.len() as u64;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-no-reboot", "-machine", "q35"])
+        .args(accel())
+        .arg("-m")
+        .arg(format!("{}M", node_mib * nodes))
+        .arg("-smp")
+        .arg(format!(
+            "cpus={},sockets={},dies={},cores={},threads={}",
+            t.nr_cpus(),
+            t.numa_nodes,
+            t.llcs_per_node(),
+            t.cores_per_llc,
+            t.threads_per_core
+        ));
+    for (n, file) in ram_files.iter().enumerate() {
+        let first = n as u32 * t.cpus_per_node();
+        cmd.arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=ram{n},size={node_mib}M,mem-path={},share=on",
+                file.display()
+            ))
+            .arg("-numa")
+            .arg(format!(
+                "node,nodeid={n},cpus={first}-{},memdev=ram{n}",
+                first + t.cpus_per_node() - 1
+            ));
+    }
+    cmd.arg("-kernel")
+        .arg(&cfg.vmlinux)
+        .arg("-initrd")
+        .arg(&cfg.initrd)
+        .arg("-append")
+        .arg(&cfg.cmdline)
+        // COM1 on QEMU's stdout: the terminal in a shell, else a pipe to
+        // the thread that bounds console.log. signal=off: Ctrl-C goes
+        // to the guest's shell, not QEMU.
+        .args(["-chardev", "stdio,id=console,signal=off"])
+        .args(["-serial", "chardev:console"])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.path().join("agent.log").display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+        .stdin(if cfg.console_stdio {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if cfg.console_stdio {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        })
+        .stderr(
+            std::fs::File::create(dir.path().join("qemu.stderr"))
+                .map_err(io("creating QEMU's stderr log"))?,
+        );
+    Ok(cmd)
+}
+
+/// KVM when the host has hardware virtualization, else single-threaded TCG
+/// (multi-threaded TCG crashed about one boot in 20 while the kernel
+/// patched its own text; `KTSTR_TCG_THREAD=multi` opts back in).
+fn accel() -> [&'static str; 4] {
+    if ktstr_vmm::hardware_virt() {
+        ["-accel", "kvm", "-cpu", "host"]
+    } else if std::env::var("KTSTR_TCG_THREAD").as_deref() == Ok("multi") {
+        ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    } else {
+        ["-accel", "tcg,thread=single", "-cpu", "max"]
     }
 }
 
