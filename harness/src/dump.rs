@@ -7,7 +7,7 @@
 //!
 //! Core, vmlinux and symbols must come from one kernel (as crash and drgn
 //! insist): the core's VMCOREINFO (`OSRELEASE`, `BUILD-ID`,
-//! `KERNELOFFSET`, `SYMBOL(..)`), the `linux_banner` in its memory and its
+//! `KERNELOFFSET`, `SYMBOL(..)`), the `linux_banner` and `init_uts_ns` in its memory and its
 //! CPU count are checked against the vmlinux, and a difference is an error
 //! naming both sides, never a report of garbage.
 
@@ -185,9 +185,13 @@ pub fn dump(opts: &DumpOptions) -> Result<Report, DumpError> {
         check_vmcoreinfo_addresses(info, &found, &source)?;
     }
     check_banner(&core, &found, banner, &source)?;
-    if core.cpus().len() > found.nr_cpu_ids as usize && found.nr_cpu_ids != 0 {
+    check_uts(&core, &found, &vmlinux)?;
+    // A vCPU the kernel never started (booted with `nr_cpus=`) still has
+    // a note; one that ran the kernel needs a CPU id.
+    let started = core.cpus().iter().filter(|c| c.started()).count();
+    if started > found.nr_cpu_ids as usize && found.nr_cpu_ids != 0 {
         return Err(DumpError::CpuCount {
-            notes: core.cpus().len(),
+            notes: started,
             nr_cpu_ids: found.nr_cpu_ids,
         });
     }
@@ -365,6 +369,56 @@ fn check_banner(
         });
     }
     Ok(())
+}
+
+/// `init_uts_ns`'s release and version (what `uname -rv` says) in the
+/// core's memory against the vmlinux's initial data. Skipped when the
+/// vmlinux lacks the symbol or its BTF the struct.
+fn check_uts(
+    core: &ElfCore,
+    found: &Discovered,
+    vmlinux: &Vmlinux<&[u8]>,
+) -> Result<(), DumpError> {
+    // `struct new_utsname` (UAPI): six 65-byte strings; release and
+    // version are the third and fourth.
+    const FIELD: u64 = 65;
+    let (Some(link), Some(runtime)) = (
+        vmlinux.link_symbols().init_uts_ns,
+        found.symbols.init_uts_ns,
+    ) else {
+        return Ok(());
+    };
+    let Some(name) = vmlinux.btf().ok().and_then(|b| {
+        b.struct_members("uts_namespace")
+            .into_iter()
+            .find_map(|(m, off)| (m == "name").then_some(u64::from(off)))
+    }) else {
+        return Ok(());
+    };
+    let at = name + 2 * FIELD;
+    let Some(want) = vmlinux.bytes_at(link.wrapping_add(at), 2 * FIELD as usize) else {
+        return Ok(());
+    };
+    let mut got = vec![0u8; want.len()];
+    let va = runtime.wrapping_add(at);
+    let read = found.translator().read_virt(core, va, &mut got);
+    if read.is_ok() && got == want {
+        return Ok(());
+    }
+    let text = |b: &[u8]| {
+        let (release, version) = b.split_at(b.len().min(FIELD as usize));
+        let cut = |s: &[u8]| quote(s.split(|c| *c == 0).next().unwrap_or_default());
+        format!("{} {}", cut(release), cut(version))
+    };
+    Err(DumpError::Mismatch {
+        what: format!("init_uts_ns release and version (at {va:#x})"),
+        core: match read {
+            Ok(()) => text(&got),
+            Err(e) => format!("unreadable: {e}"),
+        },
+        vmlinux: text(want),
+        source_name: vmlinux.source().to_string(),
+    })
 }
 
 /// The error for a kernel not found in the core, with what the core holds

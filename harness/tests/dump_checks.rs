@@ -13,7 +13,7 @@ use ktstr::dump::{DumpError, DumpOptions, dump};
 use ktstr_tests::qemu::{Qemu, connect};
 use ktstr_tests::{Need, have_tool, skip};
 use ktstr_walker::discover::DiscoverError;
-use ktstr_walker::kernel::elfcore::CoreError;
+use ktstr_walker::kernel::elfcore::{CoreError, ElfCore};
 use ktstr_walker::kernel::vmlinux::{Vmlinux, VmlinuxError};
 
 /// An ELF64 core: a VMCOREINFO note (when given) and one PT_LOAD of
@@ -302,17 +302,19 @@ fn kernel_without_sched_ext_is_refused() {
 }
 
 /// Boot `dir`'s kernel under QEMU TCG (KASLR on) until it panics for want
-/// of a root filesystem, and dump its memory to `core`.
+/// of a root filesystem, and dump its memory to `core`. Three vCPUs, of
+/// which the kernel starts two (`nr_cpus=2`): the third's register note
+/// is a reset state.
 fn qemu_core(dir: &Path, tmp: &Path, core: &Path) {
     let qmp_path = tmp.join("qmp.sock");
     let console = tmp.join("console.log");
     let start = Instant::now();
     let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-smp", "2", "-m", "256", "-no-reboot"])
+        .args(["-accel", "tcg", "-smp", "3", "-m", "256", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none", "-nodefaults"])
         .arg("-kernel")
         .arg(dir.join("vmlinuz"))
-        .args(["-append", "console=ttyS0"])
+        .args(["-append", "console=ttyS0 nr_cpus=2"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-qmp")
@@ -359,6 +361,8 @@ fn core_of_another_kernel_is_named() {
 
     let own = dump_of(&core, theirs);
     assert!(own.is_ok(), "its own vmlinux: {:?}", own.err());
+    assert_eq!(own.as_ref().unwrap().cpus.len(), 2, "nr_cpu_ids CPUs");
+    patched_cores_are_refused(&core, theirs, tmp.path());
 
     // A System.map of its link-time addresses is slid by what discovery
     // finds (KASLR is on), and reads the same kernel. Debian ships a stub
@@ -429,4 +433,82 @@ fn core_of_another_kernel_is_named() {
         matches!(err, DumpError::Core(CoreError::SegmentBeyondFile { .. })),
         "{err:?}"
     );
+}
+
+/// The core's file offset of kernel variable `name` (its runtime address
+/// found as `ktstr dump` finds it).
+fn file_offset_of(core: &Path, vmlinux: &Vmlinux<&[u8]>, name: &str, member: u64) -> u64 {
+    use ktstr_walker::discover::{VcpuRegs, discover};
+    let c = ElfCore::open(core).unwrap();
+    let cpu = c.cpus().iter().find(|c| c.started()).unwrap();
+    let regs = VcpuRegs {
+        cr3: cpu.cr3.unwrap(),
+        cr4: cpu.cr4.unwrap_or(0),
+    };
+    let found = discover(&c, regs, &vmlinux.image()).unwrap();
+    let va = match name {
+        "nr_cpu_ids" => found.symbols.nr_cpu_ids,
+        "init_uts_ns" => found.symbols.init_uts_ns,
+        _ => None,
+    }
+    .unwrap();
+    let pa = found.translator().translate(&c, va + member).unwrap();
+    let seg = c
+        .segments()
+        .iter()
+        .find(|s| (s.paddr..s.paddr + s.filesz).contains(&pa))
+        .unwrap();
+    seg.file_offset + (pa - seg.paddr)
+}
+
+/// A copy of `core` with `bytes` written at `offset`.
+fn patched(core: &Path, tmp: &Path, offset: u64, bytes: &[u8]) -> PathBuf {
+    let mut data = std::fs::read(core).unwrap();
+    let at = offset as usize;
+    data[at..at + bytes.len()].copy_from_slice(bytes);
+    let out = tmp.join(format!("patched-{offset:x}"));
+    std::fs::write(&out, data).unwrap();
+    out
+}
+
+/// Memory that disagrees with the vmlinux or with the register notes: a
+/// `nr_cpu_ids` below the CPUs that ran is [`DumpError::CpuCount`]
+/// (counting only the two started vCPUs of three), an `init_uts_ns`
+/// release other than the vmlinux's is a mismatch that quotes both.
+fn patched_cores_are_refused(core: &Path, dir: &Path, tmp: &Path) {
+    let file = std::fs::read(dir.join("vmlinux")).unwrap();
+    let vmlinux = Vmlinux::from_bytes(&file[..], "vmlinux").unwrap();
+
+    let at = file_offset_of(core, &vmlinux, "nr_cpu_ids", 0);
+    let one_cpu = patched(core, tmp, at, &1u32.to_le_bytes());
+    match dump_of(&one_cpu, dir) {
+        Err(DumpError::CpuCount { notes, nr_cpu_ids }) => {
+            assert_eq!((notes, nr_cpu_ids), (2, 1));
+        }
+        other => panic!("expected CpuCount, got {other:?}"),
+    }
+
+    // `struct new_utsname`'s release is its third 65-byte field.
+    let name = vmlinux
+        .btf()
+        .unwrap()
+        .struct_members("uts_namespace")
+        .into_iter()
+        .find_map(|(m, off)| (m == "name").then_some(u64::from(off)))
+        .unwrap();
+    let at = file_offset_of(core, &vmlinux, "init_uts_ns", name + 130);
+    let renamed = patched(core, tmp, at, b"9.9.9-other");
+    match dump_of(&renamed, dir) {
+        Err(DumpError::Mismatch {
+            what,
+            core,
+            vmlinux,
+            ..
+        }) => {
+            assert!(what.starts_with("init_uts_ns"), "{what}");
+            assert!(core.contains("9.9.9-other"), "{core}");
+            assert!(vmlinux.contains(&release(dir)), "{vmlinux}");
+        }
+        other => panic!("expected an init_uts_ns mismatch, got {other:?}"),
+    }
 }

@@ -91,6 +91,9 @@ symbols! {
     max_pfn = "max_pfn",
     /// `const char linux_banner[]`.
     linux_banner = "linux_banner",
+    /// `struct uts_namespace init_uts_ns`: the release and version
+    /// `uname` reports.
+    init_uts_ns = "init_uts_ns",
     /// `struct task_struct init_task`.
     init_task = "init_task",
     /// The kernel's top-level page table (physical via the image mapping).

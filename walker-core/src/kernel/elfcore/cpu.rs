@@ -78,6 +78,15 @@ pub struct CpuState {
     pub cr4: Option<u64>,
 }
 
+impl CpuState {
+    /// Whether this vCPU ran the kernel: a page-table root or an
+    /// instruction pointer in the upper half. A vCPU the kernel never
+    /// brought up (`nr_cpus=`, `maxcpus=`) sits at its reset state.
+    pub fn started(&self) -> bool {
+        self.cr3.is_some_and(|c| c != 0) || self.rip >= 0xffff_8000_0000_0000
+    }
+}
+
 /// `struct user_regs_struct` for x86-64, as in `elf_prstatus.pr_reg`.
 #[derive(Debug, Clone, Copy, FromBytes, KnownLayout, Immutable)]
 #[repr(C)]
