@@ -140,7 +140,7 @@ mod tests {
         s.slide(0x20_0000);
         assert_eq!(s.get("scx_tasks"), Some(0xffff_ffff_8120_0000));
         assert_eq!(s.scx_root, None);
-        assert_eq!(Symbols::NAMES.len(), 37);
+        assert_eq!(Symbols::NAMES.len(), 38);
         for n in Symbols::NAMES {
             assert!(s.set(n, 7), "{n}");
             assert_eq!(s.get(n), Some(7));
