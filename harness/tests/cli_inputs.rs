@@ -1,6 +1,6 @@
 //! Bad `ktstr run` arguments get a clear error and exit code 2 before
 //! anything boots: a scheduler that is not an ELF program, a topology
-//! string that is not one.
+//! string that is not one, NUMA nodes without enough RAM.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -67,4 +67,24 @@ fn wrong_topology_strings_are_refused() {
         assert_eq!(code, Some(2), "{topology}: {err}");
         assert!(err.contains(says), "{topology}: {err}");
     }
+}
+
+/// NUMA nodes with too little RAM each are refused before anything boots,
+/// saying how much the topology needs.
+#[test]
+fn nodes_without_enough_memory_are_refused() {
+    let (code, err, _) = ktstr(&[
+        "run",
+        "--topology",
+        "16n16l1c1t",
+        "--memory",
+        "512",
+        "--kernel",
+        "/nonexistent",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("16 NUMA nodes") && err.contains("give at least 1024 MiB"),
+        "{err}"
+    );
 }

@@ -61,6 +61,11 @@ const HEARTBEAT_SECS: u32 = 5;
 /// until the first) and L1 is taken as hung: six missed heartbeats. A
 /// hung L1 stays hung, so waiting longer only delays the fresh one.
 const HUNG_AFTER: Duration = Duration::from_secs(30);
+/// Most bytes L1's results port may write: every job's output tail and
+/// files, base64. Past it L1 is stopped rather than fill the disk.
+const RESULTS_MAX: u64 = 1 << 30;
+/// Most bytes of heartbeat: a short line every few seconds.
+const HEARTBEAT_MAX: u64 = 1 << 20;
 
 /// What went wrong around the L1 guest (not inside it: a job's failure is
 /// in its [`JobResult`]).
@@ -212,6 +217,9 @@ pub enum L1End {
     /// with several vCPUs runs (the L2 vCPU threads share L1's CPU), with
     /// nothing on L1's console; a TCG nested-SVM problem, not a job's.
     Hung(Duration),
+    /// L1 wrote more than its bound to a serial port (which, and how
+    /// much); QEMU was killed.
+    Overflow(&'static str, u64),
 }
 
 /// One job's outcome, as L1 reported it.
@@ -564,8 +572,23 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
     let mut cmd = l1_command(cfg, &archive, &files)?;
     tracing::info!(?cmd, "booting L1");
     let start = Instant::now();
-    let qemu = L1Qemu(cmd.spawn().map_err(io("starting qemu-system-x86_64"))?);
+    let mut qemu = L1Qemu(cmd.spawn().map_err(io("starting qemu-system-x86_64"))?);
+    // The console through the bound every backend's console has.
+    let console = match qemu.0.stdout.take() {
+        Some(out) => {
+            let limit = crate::vm::qemu::console::limit();
+            Some(
+                crate::vm::qemu::console::spawn(out, &files.console, limit)
+                    .map_err(io("writing L1's console log"))?,
+            )
+        }
+        None => None,
+    };
     let (end, reader) = watch(qemu, &files, start, cfg.deadline)?;
+    // QEMU is gone: the copy ends with its pipe.
+    if let Some(c) = console {
+        let _ = c.join();
+    }
     let mut run = reader.run;
     run.end = end;
     run.wall = start.elapsed();
@@ -635,11 +658,13 @@ fn l1_command(cfg: &L1Config, archive: &Path, files: &L1Files) -> Result<Command
         .arg(archive)
         .arg("-append")
         .arg(L1_CMDLINE);
-    for port in [&files.console, &files.results, &files.heartbeat] {
+    cmd.args(["-chardev", "stdio,id=console,signal=off"])
+        .args(["-serial", "chardev:console"]);
+    for port in [&files.results, &files.heartbeat] {
         cmd.arg("-serial").arg(format!("file:{}", port.display()));
     }
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&files.stderr).map_err(io("creating QEMU's stderr log"))?);
     // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
     unsafe {
@@ -664,6 +689,11 @@ fn watch(
     let end = loop {
         reader.feed(&files.results);
         let len = std::fs::metadata(&files.heartbeat).map_or(0, |m| m.len());
+        if reader.pos > RESULTS_MAX {
+            break L1End::Overflow("results", reader.pos);
+        } else if len > HEARTBEAT_MAX {
+            break L1End::Overflow("heartbeat", len);
+        }
         if len != beats {
             (beats, last_beat) = (len, Instant::now());
         } else if last_beat.elapsed() >= HUNG_AFTER {

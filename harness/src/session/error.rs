@@ -20,6 +20,18 @@ pub enum SessionError {
         "the KVM backend needs VT-x/AMD-V to boot a kernel, and this host has none (no vmx/svm in /proc/cpuinfo; a PVM /dev/kvm stops kernels in early boot): use --backend qemu (KTSTR_KVM_ANYWAY=1 tries regardless)"
     )]
     NoHardwareVirt,
+    /// Too little RAM for the declared NUMA nodes.
+    #[error(
+        "{memory_mib} MiB of guest RAM over {nodes} NUMA nodes is less than 64 MiB a node: give at least {need_mib} MiB (--memory) or declare fewer nodes"
+    )]
+    NodeMemory {
+        /// NUMA nodes declared.
+        nodes: u32,
+        /// Guest RAM asked for.
+        memory_mib: u64,
+        /// What the nodes need.
+        need_mib: u64,
+    },
     /// An interactive shell asked of a backend without a console on stdio.
     #[error("`ktstr shell` needs the QEMU backend (--backend qemu)")]
     ShellNeedsQemu,

@@ -109,8 +109,29 @@ fn preflight(cfg: &SessionConfig) -> Result<Backend, SessionError> {
     if backend == Backend::Kvm && cfg.shell {
         return Err(SessionError::ShellNeedsQemu);
     }
+    let nodes = u64::from(cfg.topology.numa_nodes);
+    if cfg.memory_mib / nodes < MIN_NODE_MIB {
+        return Err(SessionError::NodeMemory {
+            nodes: cfg.topology.numa_nodes,
+            memory_mib: cfg.memory_mib,
+            need_mib: nodes * MIN_NODE_MIB,
+        });
+    }
+    let cpus = cfg.topology.nr_cpus();
+    if !ktstr_vmm::hardware_virt() && cpus > SLOW_TCG_CPUS {
+        tracing::warn!(
+            "{cpus} vCPUs under TCG share one host thread: boot and every phase take about {}x as long as with {SLOW_TCG_CPUS} (raise the boot timeout, or declare fewer CPUs)",
+            cpus / SLOW_TCG_CPUS
+        );
+    }
     Ok(backend)
 }
+
+/// Least guest RAM per NUMA node: the kernel's per-node data and the
+/// initramfs must fit, and a node of a few MiB makes the allocator crawl.
+const MIN_NODE_MIB: u64 = 64;
+/// vCPUs above which a TCG guest is told it will be slow.
+const SLOW_TCG_CPUS: u32 = 16;
 
 /// Resolve `--kernel`, check its config and read what the host needs of
 /// its vmlinux.

@@ -9,7 +9,7 @@
 //! both QEMU and the host have them open, so no exit path leaves one
 //! behind; stale files of dead ktstr processes are swept at start.
 
-mod console;
+pub(crate) mod console;
 pub mod mem;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -397,7 +397,10 @@ fn connect(
                 console: tail(&dir.join("console.log")),
             });
         }
-        if let Ok(q) = Qmp::connect(qmp_path, Duration::from_secs(60)) {
+        // A QEMU that takes the connection but never greets is waited
+        // for no longer than the start's own deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(q) = Qmp::connect(qmp_path, QUICK_TIMEOUT.min(left).max(MIN_READ)) {
             return Ok(q);
         }
         if Instant::now() >= deadline {
@@ -415,6 +418,14 @@ fn connect(
 /// registers: milliseconds normally, even under TCG; longer means QEMU
 /// itself hangs, and a run must not wait QMP's minute for it.
 const QUICK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest read bound a QMP connection gets.
+const MIN_READ: Duration = Duration::from_millis(100);
+
+/// How long `dump-guest-memory` may take: writing guest RAM to a file, a
+/// fixed 30 s plus a second per 50 MiB (far below any disk's speed).
+fn dump_timeout(ram_bytes: u64) -> Duration {
+    Duration::from_secs(30 + (ram_bytes >> 20) / 50)
+}
 
 /// Bytes of a console log read back: the guest decides how much it writes.
 const CONSOLE_READ_LIMIT: u64 = 1 << 20;
@@ -459,10 +470,12 @@ pub struct Frozen<'a> {
 impl Frozen<'_> {
     /// Write an ELF core of guest memory (QEMU's `dump-guest-memory`).
     pub fn dump_core(&mut self, path: &Path) -> Result<(), VmError> {
-        self.vm.qmp.execute(
-            "dump-guest-memory",
-            serde_json::json!({ "paging": false, "protocol": format!("file:{}", path.display()) }),
-        )?;
+        let args =
+            serde_json::json!({ "paging": false, "protocol": format!("file:{}", path.display()) });
+        let bound = dump_timeout(self.vm.ram.size());
+        self.vm
+            .qmp
+            .within(bound, |q| q.execute("dump-guest-memory", args))?;
         Ok(())
     }
 
@@ -583,6 +596,38 @@ fn accel() -> [&'static str; 4] {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    /// A QMP socket that accepts and never greets (a wedged QEMU) ends the
+    /// start at its own deadline, not QMP's default minute per attempt.
+    #[test]
+    fn a_silent_qmp_socket_times_out_at_the_start_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let held = std::thread::spawn(move || {
+            let conns: Vec<_> = listener.incoming().take(1000).collect();
+            drop(conns);
+        });
+        let mut s = Starting {
+            child: Some(Command::new("sleep").arg("60").spawn().unwrap()),
+            ram_files: &[],
+        };
+        let t = Instant::now();
+        match connect(&mut s, &path, dir.path(), Duration::from_secs(1)) {
+            Err(VmError::Timeout { .. }) => {}
+            Err(e) => panic!("expected a timeout, got {e:?}"),
+            Ok(_) => panic!("a socket that never greets is not QMP"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        drop(s);
+        drop(held);
+    }
+
+    #[test]
+    fn a_dump_may_take_longer_for_more_ram() {
+        assert!(dump_timeout(16 << 30) > dump_timeout(256 << 20));
+        assert!(dump_timeout(0) >= QUICK_TIMEOUT);
+    }
 
     #[test]
     fn a_pidfd_kills_its_process_and_nothing_after_it_is_reaped() {
