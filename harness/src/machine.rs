@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ktstr_walker::GuestMem;
+use ktstr_walker::capture::vcpus::VcpuState;
 use ktstr_walker::translate::PageTableRoot;
 
 use crate::agent::proto::Msg;
@@ -128,19 +129,19 @@ impl Machine {
         f(self.vm.live_mem())
     }
 
-    /// Freeze every vCPU, run `f` over guest memory, write an ELF core to
-    /// `core` when asked (QEMU only), thaw; returns `f`'s result and where
-    /// the pause's time went.
+    /// Freeze every vCPU, run `f` over guest memory and the vCPUs'
+    /// registers, write an ELF core to `core` when asked (QEMU only),
+    /// thaw; returns `f`'s result and where the pause's time went.
     pub fn frozen<R>(
         &mut self,
         core: Option<&Path>,
-        f: impl FnOnce(&dyn GuestMem) -> R,
+        f: impl FnOnce(&dyn GuestMem, &[VcpuState]) -> R,
     ) -> Result<(R, PauseWindow), VmError> {
         let mut f = Some(f);
         let mut out = None;
-        let pause = self.vm.frozen(core, &mut |mem| {
+        let pause = self.vm.frozen(core, &mut |mem, vcpus| {
             if let Some(f) = f.take() {
-                out = Some(f(mem));
+                out = Some(f(mem, vcpus));
             }
         })?;
         let out = out.ok_or_else(|| {
@@ -220,9 +221,9 @@ mod tests {
         fn frozen(
             &mut self,
             _core: Option<&Path>,
-            capture: &mut dyn FnMut(&dyn GuestMem),
+            capture: &mut dyn FnMut(&dyn GuestMem, &[VcpuState]),
         ) -> Result<PauseWindow, VmError> {
-            capture(&EMPTY);
+            capture(&EMPTY, &[]);
             Ok(PauseWindow::new(
                 Duration::ZERO,
                 Duration::ZERO,
@@ -312,7 +313,7 @@ mod tests {
     fn frozen_hands_back_the_capture_and_the_pause() {
         let mut m = Machine::new(ScriptedVm::new(Vec::new()));
         let (n, pause) = m
-            .frozen(None, |mem| mem.read(0, &mut [0u8; 1]).is_err())
+            .frozen(None, |mem, _| mem.read(0, &mut [0u8; 1]).is_err())
             .unwrap();
         assert!(n, "reading an empty memory fails");
         assert_eq!(pause.total_us, 0);

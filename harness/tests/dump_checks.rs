@@ -362,6 +362,13 @@ fn core_of_another_kernel_is_named() {
     let own = dump_of(&core, theirs);
     assert!(own.is_ok(), "its own vmlinux: {:?}", own.err());
     assert_eq!(own.as_ref().unwrap().cpus.len(), 2, "nr_cpu_ids CPUs");
+    // The registers of the two vCPUs that ran, from the core's notes.
+    let vcpus = &own.as_ref().unwrap().vcpus;
+    assert_eq!(vcpus.iter().map(|v| v.index).collect::<Vec<_>>(), [0, 1]);
+    assert!(
+        vcpus.iter().all(|v| v.in_kernel && v.rip.symbol.is_some()),
+        "{vcpus:?}"
+    );
     patched_cores_are_refused(&core, theirs, tmp.path());
 
     // A System.map of its link-time addresses is slid by what discovery

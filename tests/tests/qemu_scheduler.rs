@@ -43,7 +43,8 @@ fn prerequisites(
 }
 
 /// The parts of a report that must not differ between two reads of the same
-/// frozen memory: everything but how the read itself went.
+/// frozen memory (and vCPU registers from QMP or the core's notes):
+/// everything but how the read itself went.
 fn state_of(r: &Report) -> serde_json::Value {
     let mut v = serde_json::to_value(r).unwrap();
     let h = v["health"].as_object_mut().unwrap();
@@ -224,6 +225,18 @@ fn run_booted(
     );
     for c in &report.cpus {
         assert_eq!(c.fault, None, "cpu {} read in full", c.cpu);
+    }
+    // Every vCPU's registers from the backend; kernel RIPs are named,
+    // user ones are not (the core's notes must agree: see below).
+    let indices: Vec<u32> = report.vcpus.iter().map(|v| v.index).collect();
+    assert_eq!(
+        indices,
+        (0..topology.nr_cpus()).collect::<Vec<_>>(),
+        "vCPUs"
+    );
+    for v in &report.vcpus {
+        assert!(v.cr3.is_some_and(|c| c != 0), "{v:?}");
+        assert_eq!(v.in_kernel, v.rip.symbol.is_some(), "{v:?}");
     }
     if scheduler {
         // Every CPU's bypass DSQ sits in per-CPU memory of the scheduler

@@ -157,7 +157,10 @@ impl Session {
     pub fn capture(&mut self, core: Option<&Path>) -> Result<(Report, PauseWindow), SessionError> {
         let mut dumper = self.dumper()?;
         let d = &mut dumper;
-        let (captured, pause) = match self.vm.frozen(core, move |mem| Dumper::capture(d, mem)) {
+        let (captured, pause) = match self
+            .vm
+            .frozen(core, move |mem, vcpus| d.capture_with(mem, vcpus))
+        {
             Ok(v) => v,
             Err(e) => {
                 self.dumper = Some(dumper);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ktstr_vmm::Topology;
 use ktstr_walker::GuestMem;
+use ktstr_walker::capture::vcpus::VcpuState;
 use ktstr_walker::translate::PageTableRoot;
 
 use crate::agent::proto::{FrameError, Msg};
@@ -36,13 +37,14 @@ pub trait GuestVm {
     fn root(&mut self) -> Result<PageTableRoot, VmError>;
     /// Guest memory while the guest runs (values may be mid-update).
     fn live_mem(&self) -> &dyn GuestMem;
-    /// Freeze every vCPU, call `capture` once with guest memory, write an
-    /// ELF core to `core` when asked, thaw (on every path); where the
-    /// pause's time went.
+    /// Freeze every vCPU, call `capture` once with guest memory and the
+    /// vCPUs' registers (empty when they could not be read), write an ELF
+    /// core to `core` when asked, thaw (on every path); where the pause's
+    /// time went.
     fn frozen(
         &mut self,
         core: Option<&Path>,
-        capture: &mut dyn FnMut(&dyn GuestMem),
+        capture: &mut dyn FnMut(&dyn GuestMem, &[VcpuState]),
     ) -> Result<PauseWindow, VmError>;
     /// Wait for the guest to power off.
     fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError>;

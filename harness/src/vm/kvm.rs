@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ktstr_vmm::{Boot, ExitReason, Vm, VmConfig};
 use ktstr_walker::GuestMem;
+use ktstr_walker::capture::vcpus::VcpuState;
 use ktstr_walker::translate::PageTableRoot;
 
 use crate::agent::proto::{FrameReader, Msg};
@@ -101,14 +102,29 @@ impl GuestVm for KvmVm {
     fn frozen(
         &mut self,
         core: Option<&Path>,
-        capture: &mut dyn FnMut(&dyn GuestMem),
+        capture: &mut dyn FnMut(&dyn GuestMem, &[VcpuState]),
     ) -> Result<PauseWindow, VmError> {
         if core.is_some() {
             return Err(VmError::Unsupported(
                 "the KVM backend writes no core files; use the QEMU backend for them".into(),
             ));
         }
-        let (report, ()) = self.vm.freeze(|frozen| capture(frozen.mem))?;
+        let (report, ()) = self.vm.freeze(|frozen| {
+            let vcpus: Vec<VcpuState> = frozen
+                .vcpus
+                .iter()
+                .filter(|v| v.regs_errno.is_none())
+                .map(|v| VcpuState {
+                    index: v.index,
+                    rip: v.rip,
+                    rsp: v.rsp,
+                    rflags: v.rflags,
+                    cr3: Some(v.cr3),
+                    cs: Some(u64::from(v.cs)),
+                })
+                .collect();
+            capture(frozen.mem, &vcpus)
+        })?;
         if report.degraded() {
             tracing::warn!(not_parked = ?report.not_parked, "freeze: some vCPUs did not park; the capture may be torn");
         }

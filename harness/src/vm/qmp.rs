@@ -8,6 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use ktstr_walker::capture::vcpus::VcpuState;
+
 use serde_json::{Value, json};
 
 /// A QMP exchange that failed.
@@ -176,9 +178,49 @@ pub fn register(info: &str, name: &str) -> Option<u64> {
     u64::from_str_radix(&hex, 16).ok()
 }
 
+/// Each vCPU's registers from HMP's `info registers -a` (blocks headed
+/// `CPU#<n>`); a block without RIP or RSP is skipped.
+pub fn vcpu_registers(text: &str) -> Vec<VcpuState> {
+    text.split("CPU#")
+        .skip(1)
+        .filter_map(|block| {
+            let index = block
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            Some(VcpuState {
+                index,
+                rip: register(block, "RIP")?,
+                rsp: register(block, "RSP")?,
+                rflags: register(block, "RFL").unwrap_or(0),
+                cr3: register(block, "CR3"),
+                cs: register(block, "CS "),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Real output of QEMU 7.2's `info registers -a` (a fixture: two TCG
+    /// vCPUs of the Debian 7.3.4 kernel, stopped during boot).
+    #[test]
+    fn registers_of_every_vcpu() {
+        let text = include_str!("testdata/info_registers_a.txt");
+        let v = vcpu_registers(text);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!((v[0].index, v[1].index), (0, 1));
+        assert_eq!(v[0].rip, 0xffffffffb2947679);
+        assert_eq!(v[0].rsp, 0xffffd0e680013d38);
+        assert_eq!(v[0].rflags, 0x283);
+        assert_eq!(v[0].cr3, Some(0x762a000));
+        assert_eq!(v[0].cs, Some(0x10));
+        assert!(v.iter().all(VcpuState::in_kernel));
+        assert!(vcpu_registers("garbage CPU#x RIP=").is_empty());
+    }
 
     /// A QMP server on a socket pair: greets, accepts capabilities, then
     /// answers each command with what `answer` says (raw lines, so stale

@@ -29,6 +29,10 @@ pub struct VcpuState {
     pub rip: u64,
     /// Stack pointer.
     pub rsp: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// Code segment selector (low 2 bits: privilege level).
+    pub cs: u16,
     /// Page-table root.
     pub cr3: u64,
     /// CR4 (LA57 tells 5-level paging).
@@ -149,6 +153,8 @@ impl Vcpu {
             apic_id: self.apic_id,
             rip: 0,
             rsp: 0,
+            rflags: 0,
+            cs: 0,
             cr3: 0,
             cr4: 0,
             efer: 0,
@@ -158,12 +164,14 @@ impl Vcpu {
             Ok(r) => {
                 st.rip = r.rip;
                 st.rsp = r.rsp;
+                st.rflags = r.rflags;
             }
             Err(e) => st.regs_errno = Some(e.errno()),
         }
         match self.fd.get_sregs() {
             Ok(s) => {
                 st.cr3 = s.cr3;
+                st.cs = s.cs.selector;
                 st.cr4 = s.cr4;
                 st.efer = s.efer;
             }

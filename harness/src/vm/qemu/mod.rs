@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ktstr_walker::GuestMem;
+use ktstr_walker::capture::vcpus::VcpuState;
 use ktstr_walker::translate::PageTableRoot;
 
 use crate::agent::proto::Msg;
@@ -304,12 +305,13 @@ impl GuestVm for QemuVm {
     fn frozen(
         &mut self,
         core: Option<&Path>,
-        capture: &mut dyn FnMut(&dyn GuestMem),
+        capture: &mut dyn FnMut(&dyn GuestMem, &[VcpuState]),
     ) -> Result<PauseWindow, VmError> {
         let ram = self.ram();
         let mut frozen = self.freeze()?;
         let t = Instant::now();
-        capture(&*ram);
+        let vcpus = frozen.registers();
+        capture(&*ram, &vcpus);
         if let Some(core) = core {
             frozen.dump_core(core)?;
         }
@@ -477,6 +479,22 @@ impl Frozen<'_> {
             .qmp
             .within(bound, |q| q.execute("dump-guest-memory", args))?;
         Ok(())
+    }
+
+    /// Every vCPU's registers (`info registers -a`); none, with a
+    /// warning, when QEMU does not say.
+    pub fn registers(&mut self) -> Vec<VcpuState> {
+        match self
+            .vm
+            .qmp
+            .within(QUICK_TIMEOUT, |q| q.hmp("info registers -a"))
+        {
+            Ok(text) => qmp::vcpu_registers(&text),
+            Err(e) => {
+                tracing::warn!("no vCPU registers for the dump: {e}");
+                Vec::new()
+            }
+        }
     }
 
     /// How long QMP's `stop` took to answer.
