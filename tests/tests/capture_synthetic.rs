@@ -1011,3 +1011,38 @@ fn each_vcpu_shows_its_rip_and_the_return_addresses_on_its_kernel_stack() {
     assert!(text.contains("vcpu 0   rip=do_idle+0x10/0x1000"), "{text}");
     assert!(text.contains("(user)"), "{text}");
 }
+
+/// Kicks a CPU requested and has not delivered, read where the layout's
+/// kernel keeps them (the scheduler's per-CPU part on 7.x, `rq->scx`
+/// before), and a task pinned by `migrate_disable()`.
+#[test]
+fn pending_kicks_and_migration_disabled_tasks_are_shown() {
+    use ktstr_walker::capture::kick::KickMask;
+    for (name, layout) in layouts() {
+        let mut k = SyntheticKernel::new(layout, 4, PerCpuStyle::Absolute).unwrap();
+        let sched = k.attach_scheduler("kicks", 4).unwrap();
+        k.set_kick(sched, 0, KickMask::Preempt, &[1, 3]);
+        k.set_kick(sched, 0, KickMask::Wait, &[1]);
+        k.set_kick(sched, 2, KickMask::KickIfIdle, &[0]);
+        let t = k.add_task(31, "pinned");
+        k.make_runnable(t, 1, 0);
+        let md = k.layout.task.unwrap().migration_disabled.unwrap();
+        k.write(t + u64::from(md), &2u16.to_le_bytes());
+        let mut store = Store::new(8);
+        let r = report(&k, &run(&k, &mut store), None);
+        let kicks = |cpu: usize| r.cpus[cpu].kicks.clone().unwrap_or_default();
+        assert_eq!(kicks(0).preempt, Some(vec![1, 3]), "{name}");
+        assert_eq!(kicks(0).wait, Some(vec![1]), "{name}");
+        assert_eq!(kicks(2).kick_if_idle, Some(vec![0]), "{name}");
+        // A null cpumask pointer is not a mask.
+        assert_eq!(kicks(1).preempt, None, "{name}");
+        let text = r.to_text();
+        assert!(
+            text.contains("pending kicks: preempt {1,3} wait {1}"),
+            "{name}:\n{text}"
+        );
+        let pinned = r.tasks.iter().find(|x| x.pid == 31).unwrap();
+        assert_eq!(pinned.migration_disabled, Some(2), "{name}");
+        assert!(text.contains("migration-disabled(2)"), "{name}:\n{text}");
+    }
+}

@@ -263,6 +263,16 @@ fn run_booted(
             "{s:?}"
         );
         assert_eq!(s.globals.enable_state.as_deref(), Some("SCX_ENABLED"));
+        // Each CPU's kick masks are readable bitmaps (pointers to
+        // off-stack cpumasks on Debian's kernels).
+        for c in &report.cpus {
+            let k = c.kicks.as_ref().expect("kick masks");
+            assert!(
+                k.kick.is_some() && k.preempt.is_some() && k.wait.is_some(),
+                "cpu {}: {k:?}",
+                c.cpu
+            );
+        }
         assert!(
             s.exit_dump.is_none() && s.exit_backtrace.is_empty(),
             "running"
@@ -281,6 +291,7 @@ fn run_booted(
         let every_cpu: Vec<u32> = (0..topology.nr_cpus()).collect();
         assert_eq!(t.cpus_allowed.as_ref(), Some(&every_cpu), "no cpuset");
         assert_eq!(t.prio.static_prio, Some(120), "nice 0");
+        assert_eq!(t.migration_disabled, Some(0), "a worker is not pinned");
         assert_eq!(
             t.class,
             if scheduler {

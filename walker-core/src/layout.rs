@@ -121,6 +121,12 @@ layout_group! {
         cpuperf_target: "cpuperf_target",
         nr_immed: "nr_immed",
         bypass_dsq: "bypass_dsq",
+        cpus_to_kick: "cpus_to_kick",
+        cpus_to_kick_if_idle: "cpus_to_kick_if_idle",
+        cpus_to_preempt: "cpus_to_preempt",
+        cpus_to_wait: "cpus_to_wait",
+        cpus_to_sync: "cpus_to_sync",
+        kick_sync: "kick_sync",
     }
 }
 
@@ -146,6 +152,7 @@ layout_group! {
         nr_cpus_allowed: "nr_cpus_allowed",
         cpus_ptr: "cpus_ptr",
         cpus_mask: "cpus_mask",
+        migration_disabled: "migration_disabled",
     }
 }
 
@@ -266,6 +273,10 @@ layout_group! {
     optional {
         flags: "flags",
         event_stats: "event_stats",
+        cpus_to_kick: "cpus_to_kick",
+        cpus_to_kick_if_idle: "cpus_to_kick_if_idle",
+        cpus_to_preempt: "cpus_to_preempt",
+        cpus_to_wait: "cpus_to_wait",
     }
 }
 

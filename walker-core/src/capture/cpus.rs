@@ -4,7 +4,7 @@
 use super::buf::Slots;
 use super::fields::{FieldPlan, opt, req};
 use super::records::{CPU_BYTES, CpuRecord, DsqOrigin, EVENT_BYTES, Fault, Span};
-use super::{CaptureBuf, Cx, container_of, dsq, list_health};
+use super::{CaptureBuf, Cx, container_of, dsq, kick, list_health};
 use crate::layout::{Layout, ListHeadLayout, RqLayout, ScxRqLayout, TaskLayout};
 use crate::mem::GuestMem;
 use crate::translate::{Translator, per_cpu_addr};
@@ -189,6 +189,8 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         let local_dsq = cpu_dsqs(
             cx, tr, p, &bases, &mut sink, dsqs, cpu, off, &seen, &mut fault,
         );
+        let pcpu = bases.sched_pcpu.map(|(p, _)| per_cpu_addr(p, off));
+        let kick = kick::read(cx, tr, seen.scx, pcpu);
         let start = runnable.len() as u32;
         let walk = walk_runnable(cx, tr, p, seen.scx, seen.heads.map(|h| h[0]), runnable);
         let len = runnable.len() as u32 - start;
@@ -213,6 +215,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             rec.curr_comm = curr.comm;
             rec.curr_class = curr.class;
             rec.events = events;
+            rec.kick = kick;
         });
     }
     match first_fault {

@@ -11,6 +11,7 @@ mod cgroups;
 mod cpus;
 mod dsq;
 pub mod fields;
+pub mod kick;
 mod pre_root;
 pub mod records;
 mod sched;
@@ -45,6 +46,9 @@ pub struct Consts {
     /// `SCX_OPS_DISABLED`: `scx_ops_enable_state_var` with no scheduler
     /// (kernels before `scx_root`).
     pub ops_disabled: u32,
+    /// Whether `cpumask_var_t` is a pointer (`CONFIG_CPUMASK_OFFSTACK`)
+    /// rather than the bitmap itself.
+    pub cpumask_ptr: bool,
 }
 
 impl Default for Consts {
@@ -53,6 +57,7 @@ impl Default for Consts {
             dsq_iter_cursor: 1,
             task_cursor: 1 << 31,
             ops_disabled: 3,
+            cpumask_ptr: true,
         }
     }
 }

@@ -140,6 +140,8 @@ pub struct CpuRecord {
     /// Whether this CPU's `scx_event_stats` bytes were read (see
     /// [`super::CaptureBuf::events`]).
     pub events: bool,
+    /// Its pending kicks.
+    pub kick: super::kick::KickMasks,
     /// Index of its local DSQ in [`super::CaptureBuf::dsqs`].
     pub local_dsq: Option<u32>,
     /// Tasks on `rq->scx.runnable_list`, in [`super::CaptureBuf::runnable`].
@@ -205,6 +207,9 @@ pub struct TaskRecord {
     pub dsq_flags: Option<u32>,
     /// `scx.ops_qseq` (7.x).
     pub ops_qseq: Option<u32>,
+    /// `migration_disabled`: nesting of `migrate_disable()`; non-zero pins
+    /// the task to its CPU whatever the scheduler asks.
+    pub migration_disabled: Option<u16>,
     /// `cgroups`: the task's `css_set` (0: unknown).
     pub css_set: u64,
 }

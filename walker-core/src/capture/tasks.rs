@@ -40,12 +40,13 @@ enum Member {
     CpusMask,
     DsqFlags,
     OpsQseq,
+    MigrationDisabled,
     Next,
     Prev,
 }
 
 /// Every member once; a member's plan index is its discriminant.
-const ALL: [Member; 29] = [
+const ALL: [Member; 30] = [
     Member::Pid,
     Member::Tgid,
     Member::Comm0,
@@ -73,6 +74,7 @@ const ALL: [Member; 29] = [
     Member::CpusMask,
     Member::DsqFlags,
     Member::OpsQseq,
+    Member::MigrationDisabled,
     Member::Next,
     Member::Prev,
 ];
@@ -116,6 +118,7 @@ fn member(
         Member::CpusMask => opt(t.cpus_mask, 8),
         Member::DsqFlags => opt(e.dsq_flags.map(se), 4),
         Member::OpsQseq => opt(e.ops_qseq.map(se), 4),
+        Member::MigrationDisabled => opt(t.migration_disabled, 2),
         // The scx_tasks links, so that one read usually covers both the
         // walk and the task.
         Member::Next => req(se(e.tasks_node.saturating_add(lh.next)), 8),
@@ -271,6 +274,7 @@ fn record(task: u64, plans: &Plans, bytes: &[u8]) -> TaskRecord {
         },
         dsq_flags: v(Member::DsqFlags).map(|v| v as u32),
         ops_qseq: v(Member::OpsQseq).map(|v| v as u32),
+        migration_disabled: v(Member::MigrationDisabled).map(|v| v as u16),
         css_set: u(Member::CssSet),
     }
 }

@@ -13,6 +13,7 @@ use super::findings::{Inconsistency, ListName};
 use super::health::HealthReport;
 use super::names::SchedClass;
 use super::{Index, RenderContext, TaskRef, c_str, fault_text, list, who};
+use crate::capture::kick::{KickMask, KickMasks};
 use crate::capture::{CaptureBuf, CpuRecord, Fault};
 
 /// One CPU.
@@ -61,6 +62,75 @@ pub struct CpuReport {
     /// This CPU's `SCX_EV_*` counters.
     #[serde(default)]
     pub events: Option<Vec<EventCount>>,
+    /// Kicks it has requested and not yet delivered.
+    #[serde(default)]
+    pub kicks: Option<KickReport>,
+}
+
+/// A CPU's pending kicks: each mask's CPUs (`None`: not on this kernel).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KickReport {
+    /// `cpus_to_kick`.
+    pub kick: Option<Vec<u32>>,
+    /// `cpus_to_kick_if_idle`.
+    pub kick_if_idle: Option<Vec<u32>>,
+    /// `cpus_to_preempt`.
+    pub preempt: Option<Vec<u32>>,
+    /// `cpus_to_wait`: CPUs whose next schedule this one waits for.
+    pub wait: Option<Vec<u32>>,
+    /// `cpus_to_sync` (7.x).
+    pub sync: Option<Vec<u32>>,
+    /// `rq->scx.kick_sync` (7.x).
+    pub kick_sync: Option<u64>,
+}
+
+impl KickReport {
+    fn of(k: &KickMasks) -> Option<Self> {
+        if k.read == 0 && k.kick_sync.is_none() {
+            return None;
+        }
+        let mask = |m: KickMask| {
+            let i = m as usize;
+            (k.read & (1 << i) != 0).then(|| {
+                let words = k.words.get(i).copied().unwrap_or_default();
+                (0u32..)
+                    .zip(
+                        words
+                            .iter()
+                            .flat_map(|w| (0..64).map(move |b| w & (1 << b) != 0)),
+                    )
+                    .filter_map(|(cpu, set)| set.then_some(cpu))
+                    .collect()
+            })
+        };
+        Some(Self {
+            kick: mask(KickMask::Kick),
+            kick_if_idle: mask(KickMask::KickIfIdle),
+            preempt: mask(KickMask::Preempt),
+            wait: mask(KickMask::Wait),
+            sync: mask(KickMask::Sync),
+            kick_sync: k.kick_sync,
+        })
+    }
+
+    /// `kick {1,2} preempt {3}`: the non-empty masks, or `None`.
+    fn text(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            ("kick", &self.kick),
+            ("kick-if-idle", &self.kick_if_idle),
+            ("preempt", &self.preempt),
+            ("wait", &self.wait),
+            ("sync", &self.sync),
+        ]
+        .into_iter()
+        .filter_map(|(name, cpus)| {
+            let cpus = cpus.as_ref().filter(|c| !c.is_empty())?;
+            let list: Vec<String> = cpus.iter().map(|c| format!("{c}")).collect();
+            Some(format!("{name} {{{}}}", list.join(",")))
+        })
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    }
 }
 
 /// Every CPU of `buf`; list walks that ended early and runnable lists that
@@ -113,6 +183,7 @@ pub(super) fn build(
                     .events(i)
                     .map(|b| events::decode(b, ctx.names))
                     .filter(|e| !e.is_empty()),
+                kicks: KickReport::of(&c.kick),
             }
         })
         .collect()
@@ -174,6 +245,9 @@ pub(super) fn write_text(cpus: &[CpuReport], s: &mut String) -> std::fmt::Result
         )?;
         writeln!(s, "          local: {}", list(&c.local_dsq))?;
         writeln!(s, "          runnable: {}", list(&c.runnable))?;
+        if let Some(k) = c.kicks.as_ref().and_then(KickReport::text) {
+            writeln!(s, "          pending kicks: {k}")?;
+        }
     }
     Ok(())
 }

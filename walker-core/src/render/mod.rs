@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::capture::{CaptureBuf, Fault, Span, TaskRecord};
 use crate::layout::Layout;
 use crate::symbols::Symbols;
-pub use cpus::CpuReport;
+pub use cpus::{CpuReport, KickReport};
 pub use dsqs::{DsqReport, WalkReport, dsq_name};
 pub use events::EventCount;
 pub use health::{HealthReport, PauseSplit};

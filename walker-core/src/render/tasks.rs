@@ -119,6 +119,10 @@ pub struct TaskReport {
     /// `scx.ops_qseq` (kernels that keep it per task).
     #[serde(default)]
     pub ops_qseq: Option<u32>,
+    /// `migration_disabled` (non-zero: pinned to its CPU by
+    /// `migrate_disable()`, which dispatching elsewhere cannot move).
+    #[serde(default)]
+    pub migration_disabled: Option<u16>,
 }
 
 /// A task's priorities (lower is more important; 120 is nice 0).
@@ -300,6 +304,7 @@ pub(super) fn build(
                 cpus_allowed: t.cpus_mask.map(cpu_list),
                 dsq_flags: t.dsq_flags,
                 ops_qseq: t.ops_qseq,
+                migration_disabled: t.migration_disabled,
             }
         })
         .collect()
@@ -327,7 +332,7 @@ pub(super) fn write_text(tasks: &[TaskReport], s: &mut String) -> std::fmt::Resu
     for t in waiting.iter().take(INTERESTING) {
         writeln!(
             s,
-            "  {}[{}] {}{} {}, waiting {}; flags=[{}] {} weight={} slice={}ns",
+            "  {}[{}] {}{} {}, waiting {}; flags=[{}] {} weight={} slice={}ns{}",
             t.comm,
             t.pid,
             t.class,
@@ -340,6 +345,10 @@ pub(super) fn write_text(tasks: &[TaskReport], s: &mut String) -> std::fmt::Resu
             t.ops_state,
             t.weight,
             t.slice_ns,
+            match t.migration_disabled {
+                Some(n) if n > 0 => format!(" migration-disabled({n})"),
+                _ => String::new(),
+            },
         )?;
     }
     if waiting.is_empty() {

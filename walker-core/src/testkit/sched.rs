@@ -3,6 +3,7 @@
 //! and its exit info.
 
 use super::{MissingGroup, SCX_DSQ_BYPASS, SCX_DSQ_GLOBAL, SyntheticKernel};
+use crate::capture::kick::KickMask;
 
 impl SyntheticKernel {
     /// Attach a scheduler named `name` (`scx_root` = the new `scx_sched`)
@@ -154,5 +155,47 @@ impl SyntheticKernel {
         let pcpu = self.read_u64(sched + s.pcpu.unwrap_or(0) as u64);
         let at = pcpu.wrapping_add(self.per_cpu_offset(cpu)) + pc.event_stats.unwrap_or(0) as u64;
         self.write_u64(at + offset as u64, value as u64);
+    }
+
+    /// Set `cpu`'s kick mask `mask` to `cpus` where the kernel keeps it:
+    /// the scheduler's per-CPU part (7.x) or `rq->scx`, as an off-stack
+    /// cpumask (a pointer to a bitmap, as Debian's kernels have it).
+    pub fn set_kick(&mut self, sched: u64, cpu: usize, mask: KickMask, cpus: &[u32]) {
+        let s = self.layout.sched.unwrap_or_default();
+        let pc = self.layout.sched_pcpu.unwrap_or_default();
+        let rq = self.layout.scx_rq.unwrap_or_default();
+        let in_pcpu = match mask {
+            KickMask::Kick => pc.cpus_to_kick,
+            KickMask::KickIfIdle => pc.cpus_to_kick_if_idle,
+            KickMask::Preempt => pc.cpus_to_preempt,
+            KickMask::Wait => pc.cpus_to_wait,
+            KickMask::Sync => None,
+        };
+        let in_rq = match mask {
+            KickMask::Kick => rq.cpus_to_kick,
+            KickMask::KickIfIdle => rq.cpus_to_kick_if_idle,
+            KickMask::Preempt => rq.cpus_to_preempt,
+            KickMask::Wait => rq.cpus_to_wait,
+            KickMask::Sync => rq.cpus_to_sync,
+        };
+        let pcpu = self.read_u64(sched + s.pcpu.unwrap_or(0) as u64);
+        let at = match (in_pcpu, s.pcpu) {
+            (Some(o), Some(_)) if pcpu != 0 => {
+                pcpu.wrapping_add(self.per_cpu_offset(cpu)) + u64::from(o)
+            }
+            _ => {
+                let scx = self.layout.rq.unwrap_or_default().scx;
+                self.rq(cpu) + u64::from(scx) + u64::from(in_rq.expect("a kick mask"))
+            }
+        };
+        let mut words = [0u64; 4];
+        for &c in cpus {
+            words[c as usize / 64] |= 1 << (c % 64);
+        }
+        let bitmap = self.alloc(32);
+        for (i, w) in words.iter().enumerate() {
+            self.write_u64(bitmap + 8 * i as u64, *w);
+        }
+        self.write_u64(at, bitmap);
     }
 }

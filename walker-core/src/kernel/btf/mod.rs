@@ -319,7 +319,36 @@ impl KernelBtf {
             dsq_iter_cursor: get("SCX_DSQ_LNODE_ITER_CURSOR", d.dsq_iter_cursor),
             task_cursor: get("SCX_TASK_CURSOR", d.task_cursor),
             ops_disabled: get("SCX_OPS_DISABLED", d.ops_disabled),
+            cpumask_ptr: self
+                .typedef_is_pointer("cpumask_var_t")
+                .unwrap_or(d.cpumask_ptr),
         }
+    }
+
+    /// Whether typedef `name` names a pointer (through qualifiers and
+    /// other typedefs); `None` when the BTF has no such typedef.
+    fn typedef_is_pointer(&self, name: &str) -> Option<bool> {
+        let td = self
+            .btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Typedef(x) => Some(x),
+                _ => None,
+            })?;
+        let mut t = self.btf.resolve_chained_type(&td).ok()?;
+        for _ in 0..MAX_DEPTH {
+            t = match t {
+                Type::Ptr(_) => return Some(true),
+                Type::Typedef(x) => self.btf.resolve_chained_type(&x).ok()?,
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
+                    self.btf.resolve_chained_type(&x).ok()?
+                }
+                _ => return Some(false),
+            };
+        }
+        None
     }
 
     fn name(&self, t: &dyn BtfType) -> Option<String> {
