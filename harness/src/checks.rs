@@ -29,6 +29,10 @@ pub struct Thresholds {
     /// every CPU busy.
     #[serde(default = "default_load_imbalance")]
     pub load_imbalance: f64,
+    /// Least units of work per second every worker must do, when set
+    /// (a unit is the worker's own: a spin loop, a message, a fork).
+    #[serde(default)]
+    pub min_throughput: Option<f64>,
 }
 
 fn default_load_imbalance() -> f64 {
@@ -49,6 +53,7 @@ impl Default for Thresholds {
             weight_spread: default_weight_spread(),
             max_wake_p99: None,
             load_imbalance: default_load_imbalance(),
+            min_throughput: None,
         }
     }
 }
@@ -78,6 +83,9 @@ pub enum CheckKind {
     /// With enough spinners to keep every CPU busy, no CPU idled while
     /// others worked, over any sustained window.
     LoadBalance,
+    /// Work done per second, at least `min_throughput` for every worker
+    /// when set.
+    Throughput,
 }
 
 impl CheckKind {
@@ -93,6 +101,7 @@ impl CheckKind {
             CheckKind::WeightedShares => "CPU time follows cpu.weight",
             CheckKind::WakeupLatency => "wakeup latency",
             CheckKind::LoadBalance => "load spread over every CPU",
+            CheckKind::Throughput => "throughput",
         }
     }
 }
@@ -177,7 +186,53 @@ pub fn evaluate(o: &Outcome<'_>, t: &Thresholds) -> Vec<Check> {
     if let Some(c) = load_balance(o, t) {
         out.push(c);
     }
+    if let Some(c) = throughput(o, t) {
+        out.push(c);
+    }
     out
+}
+
+/// Units of work per second of its wall time.
+fn rate(w: &WorkerResult) -> f64 {
+    w.iterations as f64 * 1000.0 / w.wall_ms.max(1) as f64
+}
+
+fn throughput(o: &Outcome<'_>, t: &Thresholds) -> Option<Check> {
+    let slowest = o
+        .workers
+        .iter()
+        .min_by(|a, b| rate(a).total_cmp(&rate(b)))?;
+    let total: f64 = o.workers.iter().map(rate).sum();
+    let failures = match t.min_throughput {
+        Some(min) => o
+            .workers
+            .iter()
+            .filter(|w| rate(w) < min)
+            .map(|w| {
+                format!(
+                    "{}: {:.0} units/s ({} in {} ms) under the {min:.0}/s threshold",
+                    who(w),
+                    rate(w),
+                    w.iterations,
+                    w.wall_ms
+                )
+            })
+            .collect(),
+        None => vec![],
+    };
+    Some(check(
+        CheckKind::Throughput,
+        failures,
+        format!(
+            "{total:.0} units/s in all; slowest {} at {:.0}/s{}",
+            who(slowest),
+            rate(slowest),
+            match t.min_throughput {
+                Some(m) => format!(", threshold {m:.0}/s per worker"),
+                None => ", no threshold set".into(),
+            }
+        ),
+    ))
 }
 
 fn who(w: &WorkerResult) -> String {
@@ -584,8 +639,42 @@ mod tests {
             worker("duty", "ktstr-duty", 3, 200, &[2, 3]),
         ];
         let checks = evaluate(&outcome(&ws, &r), &Thresholds::default());
-        assert_eq!(checks.len(), 6);
+        assert_eq!(checks.len(), 7);
         assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+    }
+
+    #[test]
+    fn a_worker_below_the_throughput_threshold_fails_with_its_rate() {
+        let r = steady();
+        let mut slow = worker("spin", "ktstr-spin", 2, 450, &[1]);
+        slow.iterations = 40;
+        slow.wall_ms = 2000;
+        let ws = [worker("spin", "ktstr-spin", 1, 500, &[0]), slow];
+        let t = Thresholds {
+            min_throughput: Some(100.0),
+            ..Thresholds::default()
+        };
+        let checks = evaluate(&outcome(&ws, &r), &t);
+        let c = checks
+            .iter()
+            .find(|c| c.kind == CheckKind::Throughput)
+            .unwrap();
+        assert!(!c.passed);
+        assert!(
+            c.detail.contains("[2] in cgroup spin: 20 units/s") && !c.detail.contains("[1]"),
+            "{c:#?}"
+        );
+        // Without a threshold it is measured, not judged.
+        let checks = evaluate(&outcome(&ws, &r), &Thresholds::default());
+        let c = checks
+            .iter()
+            .find(|c| c.kind == CheckKind::Throughput)
+            .unwrap();
+        assert!(c.passed, "{c:#?}");
+        assert!(
+            c.detail.contains("1020 units/s in all") && c.detail.contains("no threshold set"),
+            "{c:#?}"
+        );
     }
 
     #[test]

@@ -19,7 +19,15 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
     let out = Command::new(env!("CARGO_BIN_EXE_ktstr"))
         .args(["run", "--kernel", &kernel, "--scheduler", "bpfland"])
         .args(["--topology", "1n1l2c1t", "--scenario", "steady"])
-        .args(["--duration", "4s", "--dump-at", "2s", "--json"])
+        .args([
+            "--duration",
+            "4s",
+            "--dump-at",
+            "2s",
+            "--min-throughput",
+            "1",
+        ])
+        .arg("--json")
         .arg(&json)
         .output()
         .unwrap();
@@ -33,9 +41,19 @@ fn run_with_a_mid_run_dump_reports_workers_and_scheduler() {
 
     let report: RunReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(report.passed(), "{:#?}", report.checks);
-    // The six of every run, and wakeup latency: the duty-cycle workers
+    // The seven of every run, and wakeup latency: the duty-cycle workers
     // measure it.
-    assert_eq!(report.checks.len(), 7, "{:#?}", report.checks);
+    assert_eq!(report.checks.len(), 8, "{:#?}", report.checks);
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|c| c.kind == ktstr::checks::CheckKind::Throughput
+                && c.passed
+                && c.detail.contains("threshold 1/s per worker")),
+        "{:#?}",
+        report.checks
+    );
     assert!(
         report
             .checks

@@ -30,7 +30,7 @@ use syn::{Expr, ExprArray, ExprLit, ItemFn, Lit, LitStr, MetaNameValue, Token};
 
 /// Declare a scheduler test; see the crate documentation for the keys:
 /// `topology` or `topologies`, `scheduler`, `args`, `profiles`,
-/// `scenario`, `duration`, `dump_at`, `max_gap`, `fairness_spread`,
+/// `scenario`, `duration`, `dump_at`, `max_gap`, `fairness_spread`, `min_throughput`,
 /// `kernel`, `backend`, `memory`.
 #[proc_macro_attribute]
 pub fn ktstr_test(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -55,6 +55,7 @@ struct Attr {
     kernel: Option<Expr>,
     backend: Option<LitStr>,
     fairness_spread: Option<f64>,
+    min_throughput: Option<f64>,
     memory: Option<u64>,
 }
 
@@ -169,11 +170,12 @@ fn parse_attr(pairs: Punctuated<MetaNameValue, Token![,]>) -> syn::Result<Attr> 
             "kernel" => a.kernel = Some(v.clone()),
             "backend" => a.backend = Some(string(v)?),
             "fairness_spread" => a.fairness_spread = Some(number(v)?),
+            "min_throughput" => a.min_throughput = Some(number(v)?),
             "memory" => a.memory = Some(number(v)? as u64),
             _ => {
                 return Err(syn::Error::new_spanned(
                     &nv.path,
-                    "unknown key; #[ktstr_test] takes topology, topologies, scheduler, args, profile, profiles, scenario, duration, dump_at, max_gap, fairness_spread, kernel, backend, memory",
+                    "unknown key; #[ktstr_test] takes topology, topologies, scheduler, args, profile, profiles, scenario, duration, dump_at, max_gap, fairness_spread, min_throughput, kernel, backend, memory",
                 ));
             }
         }
@@ -209,6 +211,10 @@ fn declared(a: &Attr, name: Option<&syn::Ident>) -> proc_macro2::TokenStream {
         Some(v) => quote!(::core::option::Option::Some(#v)),
         None => quote!(::core::option::Option::None),
     };
+    let min_throughput = match a.min_throughput {
+        Some(v) => quote!(::core::option::Option::Some(#v)),
+        None => quote!(::core::option::Option::None),
+    };
     let memory = match a.memory {
         Some(v) => quote!(::core::option::Option::Some(#v)),
         None => quote!(::core::option::Option::None),
@@ -223,6 +229,7 @@ fn declared(a: &Attr, name: Option<&syn::Ident>) -> proc_macro2::TokenStream {
             dump_at: #dump_at,
             max_gap: #max_gap,
             fairness_spread_percent: #spread,
+            min_throughput: #min_throughput,
             kernel: #kernel,
             backend: #backend,
             memory_mib: #memory,

@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// cpu.weight spreads more than this percentage.
     #[arg(long, default_value_t = 50.0)]
     weight_spread: f64,
+    /// Fail a worker that does fewer units of work per second than this
+    /// (its own units: spins, messages, forks); reported without a limit
+    /// otherwise.
+    #[arg(long)]
+    min_throughput: Option<f64>,
     /// How long the workers run (e.g. 10s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     duration: std::time::Duration,
@@ -62,6 +67,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         fairness_spread,
         max_wake_p99,
         weight_spread,
+        min_throughput,
         duration,
         dump_at,
         dump_every,
@@ -78,6 +84,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         fairness_spread: fairness_spread / 100.0,
         weight_spread: weight_spread / 100.0,
         max_wake_p99,
+        min_throughput,
         ..Default::default()
     };
     let progress = Progress::new();

@@ -34,6 +34,8 @@ pub struct Declared {
     pub max_gap: Option<&'static str>,
     /// Largest spread of CPU time among identical spinners, in percent.
     pub fairness_spread_percent: Option<f64>,
+    /// Least units of work per second every worker must do.
+    pub min_throughput: Option<f64>,
     /// `--kernel`; `None`: `KTSTR_KERNEL`, else the newest cached.
     pub kernel: Option<&'static str>,
     /// `auto`, `qemu` or `kvm`; `None`: `KTSTR_BACKEND`, else `auto`.
@@ -202,6 +204,7 @@ impl Case {
         if let Some(p) = d.fairness_spread_percent {
             thresholds.fairness_spread = p / 100.0;
         }
+        thresholds.min_throughput = d.min_throughput;
         test = test.thresholds(thresholds);
         if let Some(k) = d.kernel {
             test = test.kernel(k);
@@ -339,6 +342,7 @@ impl Default for Declared {
             dump_at: None,
             max_gap: None,
             fairness_spread_percent: None,
+            min_throughput: None,
             kernel: None,
             backend: None,
             memory_mib: None,
@@ -372,6 +376,7 @@ mod tests {
             duration: Some("3s"),
             max_gap: Some("500ms"),
             fairness_spread_percent: Some(40.0),
+            min_throughput: Some(1.0),
             ..Declared::default()
         };
         let v = d.variant("1n2l2c1t", Some("local-pcpu"), 1, 4);
@@ -381,6 +386,7 @@ mod tests {
         assert_eq!(c.test.duration, Duration::from_secs(3));
         assert_eq!(c.test.thresholds.max_gap, Duration::from_millis(500));
         assert!((c.test.thresholds.fairness_spread - 0.4).abs() < 1e-9);
+        assert_eq!(c.test.thresholds.min_throughput, Some(1.0));
         let (s, args) = c.test.scheduler.clone().unwrap();
         assert_eq!(s, "bpfland");
         assert_eq!(args, ["--slice-us", "5000", "--local-pcpu"]);
