@@ -14,7 +14,6 @@
 use std::path::PathBuf;
 
 use ktstr_walker::Symbols;
-use ktstr_walker::capture::vcpus::VcpuState;
 use ktstr_walker::discover::{
     DiscoverError, Discovered, KernelImage, VcpuRegs, discover, discover_from_symbols,
 };
@@ -196,21 +195,8 @@ pub fn dump(opts: &DumpOptions) -> Result<Report, DumpError> {
             nr_cpu_ids: found.nr_cpu_ids,
         });
     }
-    let vcpus: Vec<VcpuState> = core
-        .cpus()
-        .iter()
-        .filter(|c| c.started())
-        .map(|c| VcpuState {
-            index: c.index as u32,
-            rip: c.rip,
-            rsp: c.rsp,
-            rflags: c.rflags,
-            cr3: c.cr3,
-            cs: Some(c.cs),
-        })
-        .collect();
     let mut dumper = Dumper::new(walker, found);
-    Ok(dumper.capture_with(&core, &vcpus).report(None))
+    Ok(dumper.capture_with(&core, &core.vcpus()).report(None))
 }
 
 /// The walker's view of the kernel (layout, names, symbols, banner), or

@@ -25,7 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // KASLR slide, page tables, symbols, nr_cpu_ids: from the memory itself.
     let mut dumper = Dumper::discover(kernel, &core, regs)?;
-    let report = dumper.capture(&core).report(None);
+    // With every vCPU's registers: what each was executing, named.
+    let report = dumper.capture_with(&core, &core.vcpus()).report(None);
     print!("{}", report.to_text());
     Ok(())
 }

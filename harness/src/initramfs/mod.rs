@@ -1,10 +1,11 @@
 //! The guest's initramfs: the agent as `/init`, busybox, the scheduler with
 //! its shared libraries, the kernel config libbpf reads, and test files.
 //!
-//! The bulky part is built once per content and cached, gzip-compressed,
-//! under `~/.cache/ktstr/initramfs/<sha256>.cpio.gz`; each run appends a
-//! small uncompressed archive holding its job (the kernel unpacks
-//! concatenated archives in order).
+//! The bulky part is built once per content and cached, uncompressed,
+//! under `~/.cache/ktstr/initramfs/<sha256>.cpio` (under TCG the kernel's
+//! gunzip of it cost about a second of every boot); each run appends a
+//! small archive holding its job (the kernel unpacks concatenated archives
+//! in order). The newest [`KEEP_CACHED`] archives are kept.
 
 pub mod libs;
 
@@ -251,44 +252,28 @@ impl Initramfs {
         cpio::write_cpio(entries, out)
     }
 
-    /// The uncompressed archive as `dir/<digest>.cpio` (written on first
-    /// use, atomically), for guests where decompressing costs more than
-    /// reading: under TCG, gunzip of a few hundred MiB takes tens of
-    /// seconds.
-    pub fn cached_uncompressed_in(&self, dir: &Path) -> Result<PathBuf, InitramfsError> {
-        self.cached_as(dir, "cpio", |w| self.write_cpio(w).map(drop))
-    }
-
-    /// The gzip-compressed archive in ktstr's cache (built on first use).
+    /// The archive in ktstr's cache (built on first use).
     pub fn cached(&self) -> Result<PathBuf, InitramfsError> {
         let root = crate::cache::root().map_err(|e| InitramfsError::Write {
             path: PathBuf::from("~/.cache/ktstr"),
             err: std::io::Error::other(e),
         })?;
-        self.cached_in(&root.join("initramfs"))
+        self.cached_in(&root.join("initramfs"), KEEP_CACHED)
     }
 
-    /// The gzip-compressed archive in `dir` (built on first use).
-    pub fn cached_in(&self, dir: &Path) -> Result<PathBuf, InitramfsError> {
-        self.cached_as(dir, "cpio.gz", |w| {
-            let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
-            gz.write_all(&self.to_cpio())?;
-            gz.finish().map(drop)
-        })
-    }
-
-    /// `dir/<digest>.<ext>`, written by `write` on first use. Written to a
-    /// temporary name, synced and renamed: a concurrent or interrupted
-    /// build never leaves a half archive under the final name.
-    fn cached_as(
-        &self,
-        dir: &Path,
-        ext: &str,
-        write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-    ) -> Result<PathBuf, InitramfsError> {
+    /// The uncompressed archive as `dir/<digest>.cpio`, written on first
+    /// use (to a temporary name, synced and renamed: a concurrent or
+    /// interrupted build never leaves a half archive under the final
+    /// name); then only the newest `keep` archives in `dir` are kept.
+    pub fn cached_in(&self, dir: &Path, keep: usize) -> Result<PathBuf, InitramfsError> {
         let digest = self.digest();
-        let path = dir.join(format!("{digest}.{ext}"));
+        let path = dir.join(format!("{digest}.cpio"));
         if path.is_file() {
+            // Its mtime marks it as used for the pruning.
+            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+            prune(dir, keep);
             return Ok(path);
         }
         let werr = |err| InitramfsError::Write {
@@ -296,11 +281,11 @@ impl Initramfs {
             err,
         };
         std::fs::create_dir_all(dir).map_err(werr)?;
-        let tmp = dir.join(format!(".{digest}.{ext}.{}", std::process::id()));
+        let tmp = dir.join(format!(".{digest}.cpio.{}", std::process::id()));
         let written = std::fs::File::create(&tmp)
             .map(std::io::BufWriter::new)
             .and_then(|mut w| {
-                write(&mut w)?;
+                self.write_cpio(&mut w)?;
                 w.into_inner().map_err(|e| e.into_error())
             })
             .and_then(|f| f.sync_all());
@@ -308,7 +293,34 @@ impl Initramfs {
             let _ = std::fs::remove_file(&tmp);
             return Err(werr(err));
         }
+        prune(dir, keep);
         Ok(path)
+    }
+}
+
+/// Archives kept in ktstr's initramfs cache: one per scheduler binary and
+/// set of files, so a gauntlet over a few schedulers reuses its own.
+pub const KEEP_CACHED: usize = 16;
+
+/// Keep the newest `keep` archives in `dir` (by mtime; the one in use was
+/// just touched), older `.cpio.gz` ones included.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            !name.starts_with('.') && (name.ends_with(".cpio") || name.ends_with(".cpio.gz"))
+        })
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    archives.sort();
+    let n = archives.len().saturating_sub(keep);
+    for (_, p) in archives.into_iter().take(n) {
+        let _ = std::fs::remove_file(p);
     }
 }
 

@@ -75,20 +75,16 @@ fn conflicting_paths_are_refused() {
 }
 
 #[test]
-fn cached_archive_is_gzip_of_the_cpio_and_job_follows_it() {
+fn cached_archive_is_the_cpio_and_job_follows_it() {
     let tmp = tempfile::tempdir().unwrap();
     let mut i = Initramfs::new();
     i.file("/etc/motd", b"cached".to_vec(), 0o644).unwrap();
-    let path = i.cached_in(&tmp.path().join("initramfs")).unwrap();
+    let path = i.cached_in(&tmp.path().join("initramfs"), 4).unwrap();
     assert!(path.starts_with(tmp.path().join("initramfs")));
-    let again = i.cached_in(&tmp.path().join("initramfs")).unwrap();
+    let again = i.cached_in(&tmp.path().join("initramfs"), 4).unwrap();
     assert_eq!(path, again);
     let gz = std::fs::read(&path).unwrap();
-    let mut cpio = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut cpio)
-        .unwrap();
-    assert_eq!(cpio, i.to_cpio());
+    assert_eq!(gz, i.to_cpio());
 
     let job = proto::Job {
         version: proto::VERSION,
@@ -136,4 +132,32 @@ fn the_trailer_name_is_refused() {
     let e = entries(&i.to_cpio());
     assert_eq!(e["a/TRAILER!!!"].1, vec![7]);
     assert_eq!(e["z"].1, vec![8]);
+}
+
+#[test]
+fn the_cache_keeps_the_newest_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now();
+    for (i, name) in ["a.cpio.gz", "b.cpio", "c.cpio", "keep.txt"]
+        .iter()
+        .enumerate()
+    {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, b"x").unwrap();
+        let f = std::fs::File::options().append(true).open(&p).unwrap();
+        f.set_modified(now - std::time::Duration::from_secs(100 - i as u64))
+            .unwrap();
+    }
+    let mut i = Initramfs::new();
+    i.file("/etc/motd", b"new".to_vec(), 0o644).unwrap();
+    let path = i.cached_in(tmp.path(), 2).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let new = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut want = vec!["c.cpio".to_string(), "keep.txt".into(), new];
+    want.sort();
+    assert_eq!(left, want);
 }

@@ -529,25 +529,6 @@ pub fn initramfs(cfg: &L1Config, scratch: &Path) -> Result<Initramfs, NestedErro
     Ok(ramfs)
 }
 
-/// Keep the newest [`KEEP_ARCHIVES`] archives in `dir` (by mtime; the one
-/// in use was just touched).
-fn prune(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cpio"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    archives.sort();
-    let n = archives.len().saturating_sub(KEEP_ARCHIVES);
-    for (_, p) in archives.into_iter().take(n) {
-        let _ = std::fs::remove_file(p);
-    }
-}
-
 /// QEMU, killed and reaped however the caller's scope ends (and killed by
 /// the kernel if this thread dies first: `PR_SET_PDEATHSIG`).
 struct L1Qemu(Child);
@@ -607,14 +588,9 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
 fn l1_archive(cfg: &L1Config, dir: &Path) -> Result<(PathBuf, (Duration, u64)), NestedError> {
     let t = Instant::now();
     let ramfs = initramfs(cfg, dir)?;
-    let archive = ramfs.cached_uncompressed_in(&cfg.cache_dir)?;
+    let archive = ramfs.cached_in(&cfg.cache_dir, KEEP_ARCHIVES)?;
     drop(ramfs);
     let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-    // Its mtime marks it as used for the pruning.
-    if let Ok(f) = std::fs::File::options().append(true).open(&archive) {
-        let _ = f.set_modified(std::time::SystemTime::now());
-    }
-    prune(&cfg.cache_dir);
     let built = t.elapsed();
     tracing::info!(
         "L1 initramfs {} ({} MiB) in {:.1} s",

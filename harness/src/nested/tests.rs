@@ -97,29 +97,6 @@ fn the_init_script_parses() {
     assert!(out.status.success(), "{out:?}");
 }
 
-#[test]
-fn prune_keeps_the_newest_archives() {
-    let tmp = tempfile::tempdir().unwrap();
-    let now = std::time::SystemTime::now();
-    for (i, name) in ["a.cpio", "b.cpio", "c.cpio", "keep.txt"]
-        .iter()
-        .enumerate()
-    {
-        let p = tmp.path().join(name);
-        std::fs::write(&p, b"x").unwrap();
-        let f = std::fs::File::options().append(true).open(&p).unwrap();
-        f.set_modified(now - Duration::from_secs(100 - i as u64))
-            .unwrap();
-    }
-    prune(tmp.path());
-    let mut left: Vec<String> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, ["b.cpio", "c.cpio", "keep.txt"]);
-}
-
 /// Programs keep their host paths in L1, and a host path may be anywhere
 /// (CI clones under /tmp): L1 mounts nothing over a place that may hold
 /// one, as a tmpfs on /tmp did.

@@ -541,6 +541,7 @@ fn command(
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-no-reboot", "-machine", "q35"])
         .args(accel())
+        .args(firmware())
         .arg("-m")
         .arg(format!("{}M", node_mib * nodes))
         .arg("-smp")
@@ -595,6 +596,18 @@ fn command(
                 .map_err(io("creating QEMU's stderr log"))?,
         );
     Ok(cmd)
+}
+
+/// qboot instead of SeaBIOS when QEMU has it: it loads the kernel (and
+/// QEMU's ACPI tables) without a BIOS's device probing, about 0.3 s
+/// sooner under TCG.
+fn firmware() -> Vec<&'static str> {
+    const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+    if std::env::var_os("KTSTR_SEABIOS").is_none() && Path::new(QBOOT).is_file() {
+        vec!["-bios", QBOOT]
+    } else {
+        Vec::new()
+    }
 }
 
 /// KVM when the host has hardware virtualization, else single-threaded TCG

@@ -246,6 +246,23 @@ impl<S: AsRef<[u8]>> ElfCore<S> {
         &self.cpus
     }
 
+    /// The registers of every vCPU that ran the kernel (see
+    /// [`CpuState::started`]), for [`crate::embed::Dumper::capture_with`].
+    pub fn vcpus(&self) -> Vec<crate::capture::vcpus::VcpuState> {
+        self.cpus
+            .iter()
+            .filter(|c| c.started())
+            .map(|c| crate::capture::vcpus::VcpuState {
+                index: c.index as u32,
+                rip: c.rip,
+                rsp: c.rsp,
+                rflags: c.rflags,
+                cr3: c.cr3,
+                cs: Some(c.cs),
+            })
+            .collect()
+    }
+
     /// kdump's (or QEMU's, with `-device vmcoreinfo`) VMCOREINFO note.
     pub fn vmcoreinfo(&self) -> Option<&VmcoreInfo> {
         self.vmcoreinfo.as_ref()
