@@ -159,6 +159,29 @@ impl RunReport {
             self.kernel_release,
             self.scheduler.as_deref().unwrap_or("(kernel default)")
         );
+        self.write_dumps(&mut out);
+        self.write_workers(&mut out);
+        out.push_str("checks:\n");
+        for c in &self.checks {
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                if c.passed { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            ));
+        }
+        out.push_str(&format!("phases: {}\n", self.phases.to_text()));
+        out.push_str(&format!(
+            "{} in {:.1} s (guest frozen {:.2}% of the workload)\n",
+            if self.passed() { "PASSED" } else { "FAILED" },
+            self.wall_ms as f64 / 1000.0,
+            self.frozen_ratio * 100.0
+        ));
+        out
+    }
+
+    /// The dumps, each later one with what changed since the one before.
+    fn write_dumps(&self, out: &mut String) {
         if let Some(d) = &self.dump {
             out.push_str(&format!(
                 "\n--- dump ({}) ---\n",
@@ -191,6 +214,10 @@ impl RunReport {
                 self.dumps_over_budget
             ));
         }
+    }
+
+    /// Each cgroup's workers and what they measured.
+    fn write_workers(&self, out: &mut String) {
         let mut cgroup = None;
         for w in &self.workers {
             if cgroup != Some(&w.cgroup) {
@@ -223,23 +250,6 @@ impl RunReport {
                     .unwrap_or_default()
             ));
         }
-        out.push_str("checks:\n");
-        for c in &self.checks {
-            out.push_str(&format!(
-                "  {} {}: {}\n",
-                if c.passed { "ok  " } else { "FAIL" },
-                c.name,
-                c.detail
-            ));
-        }
-        out.push_str(&format!("phases: {}\n", self.phases.to_text()));
-        out.push_str(&format!(
-            "{} in {:.1} s (guest frozen {:.2}% of the workload)\n",
-            if self.passed() { "PASSED" } else { "FAILED" },
-            self.wall_ms as f64 / 1000.0,
-            self.frozen_ratio * 100.0
-        ));
-        out
     }
 }
 
@@ -447,25 +457,18 @@ impl Watch {
             .sort_by(|a, b| (&a.cgroup, &a.name, a.pid).cmp(&(&b.cgroup, &b.name, b.pid)));
         let workload_ns = running.elapsed().as_nanos().max(1) as f64;
         let survived = done.sched_ext.state == ScxState::Enabled && done.scheduler_exit.is_none();
-        let checks = evaluate(
-            &Outcome {
-                scheduler: scheduler.is_some(),
-                survived,
-                scheduler_end: format!(
-                    "sched_ext is {} (scheduler exit: {}); its output ends:\n{}",
-                    done.sched_ext.state,
-                    done.scheduler_exit.as_deref().unwrap_or("still running"),
-                    done.scheduler_output
-                ),
-                workers: &done.workers,
-                resolved,
-                nr_cpus,
-                monitor: caught.map(|t| t.to_string()),
-                cpu_busy: &done.cpu_busy,
-                topology: Some(&cfg.topology),
-            },
-            thresholds,
-        );
+        let outcome = Outcome {
+            scheduler: scheduler.is_some(),
+            survived,
+            scheduler_end: scheduler_end(&done),
+            workers: &done.workers,
+            resolved,
+            nr_cpus,
+            monitor: caught.map(|t| t.to_string()),
+            cpu_busy: &done.cpu_busy,
+            topology: Some(&cfg.topology),
+        };
+        let checks = evaluate(&outcome, thresholds);
         if dump.is_none()
             && let Some((sample, reason)) = last_look(&checks, last_sample, finished_at)
         {
@@ -495,6 +498,17 @@ impl Watch {
             phases,
         })
     }
+}
+
+/// How the scheduler ended, for a failed survival check: sched_ext's state,
+/// the exit the scheduler reported, and the end of its output.
+fn scheduler_end(done: &crate::session::Finished) -> String {
+    format!(
+        "sched_ext is {} (scheduler exit: {}); its output ends:\n{}",
+        done.sched_ext.state,
+        done.scheduler_exit.as_deref().unwrap_or("still running"),
+        done.scheduler_output
+    )
 }
 
 /// A check failed with no dump taken: the monitor's last look at the

@@ -264,44 +264,29 @@ pub fn discover<M: GuestMem + ?Sized>(
     if !reads_back(mem, &mut image_tr, banner_rt, banner) {
         return Err(DiscoverError::Mismatch("kernel-image mapping"));
     }
-    let phys_base_var: u64 = read_symbol(mem, &mut image_tr, "phys_base", symbols.phys_base)?;
-    if phys_base_var != phys_base {
-        return Err(DiscoverError::Implausible {
-            what: "phys_base",
-            value: phys_base_var,
-            why: "differs from where the kernel image was found",
-        });
-    }
+    check_phys_base(mem, &mut image_tr, &symbols, phys_base)?;
     let page_offset_base = plausible_page_offset_base(read_symbol(
         mem,
         &mut image_tr,
         "page_offset_base",
         symbols.page_offset_base,
     )?)?;
-    // The kernel's own root, read through the image mapping.
     let levels = found.root.levels;
-    let kernel_root = symbols
-        .init_top_pgt
-        .and_then(|va| image_tr.translate(mem, va).ok())
-        .map(|pa| PageTableRoot {
-            cr3: pa,
-            levels,
-            pti: false,
-        })
+    let kernel_root = init_top_pgt(mem, &mut image_tr, &symbols, levels)
         .filter(|r| reads_back(mem, &mut walk_only(*r), banner_rt, banner));
     let root = kernel_root.unwrap_or(found.root);
     // Direct-map validation below needs the banner's page in the shortcut.
     let direct_map_size = match symbols.max_pfn {
-        Some(va) => direct_map_size(
-            image_tr
-                .read_virt_pod(mem, va)
-                .map_err(|source| DiscoverError::Read {
-                    what: "max_pfn",
-                    source,
-                })?,
-            levels,
-            found.banner_pa,
-        )?,
+        Some(va) => {
+            let max_pfn =
+                image_tr
+                    .read_virt_pod(mem, va)
+                    .map_err(|source| DiscoverError::Read {
+                        what: "max_pfn",
+                        source,
+                    })?;
+            direct_map_size(max_pfn, levels, found.banner_pa)?
+        }
         None => 0,
     };
     let mut d = Discovered {
@@ -330,6 +315,40 @@ pub fn discover<M: GuestMem + ?Sized>(
     (d.nr_cpu_ids, d.nr_node_ids) = cpu_and_node_ids(mem, &mut tr, &symbols)?;
     d.reads = counted.reads.get();
     Ok(d)
+}
+
+/// The kernel's own page-table root (`init_top_pgt`), read through the
+/// image mapping.
+fn init_top_pgt<M: GuestMem + ?Sized>(
+    mem: &M,
+    image_tr: &mut Translator,
+    symbols: &Symbols,
+    levels: Levels,
+) -> Option<PageTableRoot> {
+    let pa = image_tr.translate(mem, symbols.init_top_pgt?).ok()?;
+    Some(PageTableRoot {
+        cr3: pa,
+        levels,
+        pti: false,
+    })
+}
+
+/// The kernel's `phys_base` variable agrees with where its image was found.
+fn check_phys_base<M: GuestMem + ?Sized>(
+    mem: &M,
+    image_tr: &mut Translator,
+    symbols: &Symbols,
+    phys_base: u64,
+) -> Result<(), DiscoverError> {
+    let var: u64 = read_symbol(mem, image_tr, "phys_base", symbols.phys_base)?;
+    if var != phys_base {
+        return Err(DiscoverError::Implausible {
+            what: "phys_base",
+            value: var,
+            why: "differs from where the kernel image was found",
+        });
+    }
+    Ok(())
 }
 
 /// Where the vCPU's page tables map the vmlinux's banner.

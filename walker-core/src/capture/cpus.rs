@@ -108,6 +108,38 @@ struct Bases {
     events: Option<(u64, usize)>,
 }
 
+impl Bases {
+    fn find<M: GuestMem + ?Sized>(
+        cx: &Cx<'_, '_, M>,
+        tr: &mut Translator,
+        root: u64,
+    ) -> Result<Self, Fault> {
+        let task = cx.target.layout.task;
+        let sched_pcpu = sched_pcpu(cx, tr, root);
+        Ok(Self {
+            task: task.ok_or(Fault::MissingGroup("task_struct"))?,
+            sched_pcpu,
+            events: event_stats(cx, tr, sched_pcpu.map(|(p, _)| p), root),
+        })
+    }
+
+    /// Copies the CPU at per-CPU offset `off`'s event counters into `out`;
+    /// whether that worked.
+    fn read_events<M: GuestMem + ?Sized>(
+        &self,
+        cx: &Cx<'_, '_, M>,
+        tr: &mut Translator,
+        off: u64,
+        out: Option<&mut [u8; EVENT_BYTES]>,
+    ) -> bool {
+        let (Some((base, size)), Some(out)) = (self.events, out) else {
+            return false;
+        };
+        let out = out.get_mut(..size).unwrap_or_default();
+        tr.read_virt(cx.mem, per_cpu_addr(base, off), out).is_ok()
+    }
+}
+
 /// The current task, read while paused: after the thaw it may be gone, and
 /// an idle or non-ext task is not on scx_tasks.
 #[derive(Default)]
@@ -124,17 +156,11 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     buf: &mut CaptureBuf<'_>,
     dsqs: &mut Result<dsq::DsqReader, Fault>,
 ) -> Result<(), Fault> {
-    let (l, syms) = (cx.target.layout, cx.target.symbols);
+    let syms = cx.target.symbols;
     let runqueues = syms.runqueues.ok_or(Fault::MissingSymbol("runqueues"))?;
     let mut offsets = Offsets::new(syms.per_cpu_offset)?;
-    let task = l.task.ok_or(Fault::MissingGroup("task_struct"))?;
     let p = plans.as_ref().map_err(|f| *f)?;
-    let sched_pcpu = sched_pcpu(cx, tr, buf.sched.root);
-    let bases = Bases {
-        task,
-        sched_pcpu,
-        events: event_stats(cx, tr, sched_pcpu.map(|(p, _)| p), buf.sched.root),
-    };
+    let bases = Bases::find(cx, tr, buf.sched.root)?;
     // Whether any CPU's rq could be read: none is a fault of the pass.
     let mut first_fault = None;
     let mut any_rq = false;
@@ -163,9 +189,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
             Err(fault) => {
                 first_fault.get_or_insert(fault);
                 // Nothing in the bytes is this CPU's.
-                if let Some(state) = bytes.get_mut(STATE) {
-                    *state = 0;
-                }
+                bytes[STATE] = 0;
                 cpus.push(CpuRecord {
                     cpu,
                     fault,
@@ -194,13 +218,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         let start = runnable.len() as u32;
         let walk = walk_runnable(cx, tr, p, seen.scx, seen.heads.map(|h| h[0]), runnable);
         let len = runnable.len() as u32 - start;
-        let events = match (bases.events, event_bytes.get_mut(cpus.len())) {
-            (Some((base, size)), Some(out)) => {
-                let out = out.get_mut(..size).unwrap_or_default();
-                tr.read_virt(cx.mem, per_cpu_addr(base, off), out).is_ok()
-            }
-            _ => false,
-        };
+        let events = bases.read_events(cx, tr, off, event_bytes.get_mut(cpus.len()));
         // Built in its slot: a copy of the record per CPU showed up. The
         // rest is `decode`'s.
         let curr = seen.curr.unwrap_or_default();
