@@ -23,6 +23,10 @@ fn width(strukt: &str, member: &Member, sizes: &dyn Fn(&str) -> u32) -> u32 {
         ("scx_sched", "ops_name") | ("sched_ext_ops", "name") => 128,
         // bucket_table.buckets is a flexible array at the end.
         ("bucket_table", "buckets") => 0,
+        ("xa_node", "slots") => 64 * 8,
+        ("bpf_map", "name") | ("bpf_prog_aux", "name") => 16,
+        // Flexible arrays: a struct_ops map's ops, an array map's values.
+        ("bpf_struct_ops_map", "kvalue_data") | ("bpf_array", "value" | "pptrs") => 0,
         (_, "runnable_list" | "runnable_node" | "tasks_node" | "node" | "list" | "comm") => 16,
         _ => 8,
     }

@@ -319,6 +319,12 @@ impl KernelBtf {
             dsq_iter_cursor: get("SCX_DSQ_LNODE_ITER_CURSOR", d.dsq_iter_cursor),
             task_cursor: get("SCX_TASK_CURSOR", d.task_cursor),
             ops_disabled: get("SCX_OPS_DISABLED", d.ops_disabled),
+            sched_ext_ops_value: self
+                .btf
+                .resolve_ids_by_name("bpf_struct_ops_sched_ext_ops")
+                .unwrap_or_default()
+                .into_iter()
+                .find(|&id| matches!(self.btf.resolve_type_by_id(id), Ok(Type::Struct(_)))),
         }
     }
 
