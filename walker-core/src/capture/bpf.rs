@@ -37,11 +37,12 @@ const XA_SLOTS: usize = 64;
 const XA_SHIFT: u8 = 6;
 /// Levels of a 64-bit-indexed xarray (shift 0 to 60).
 const XA_LEVELS: usize = 11;
-/// Nodes one walk visits at most (a thousand maps need ~17).
-const MAX_XA_NODES: u32 = 4096;
+/// Nodes one walk visits at most (a thousand maps need ~17; 1024 leaf
+/// nodes hold 65536 ids).
+pub const MAX_XA_NODES: u32 = 1024;
 /// Most links of a struct_ops map followed (`sched_ext_ops` has ~30
 /// callbacks).
-const MAX_LINKS: u32 = 256;
+pub const MAX_LINKS: u32 = 256;
 /// `MAX_USED_MAPS`: most maps one program may use.
 const MAX_USED_MAPS: usize = 64;
 
@@ -243,6 +244,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     if let Some(i) = ops {
         if let Some(m) = buf.bpf_maps.get_mut(i) {
             m.owned = true;
+            m.sched_ops = true;
         }
         programs(cx, tr, buf, i);
     }

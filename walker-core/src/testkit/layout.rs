@@ -33,7 +33,12 @@ fn width(strukt: &str, member: &Member, sizes: &dyn Fn(&str) -> u32) -> u32 {
 }
 
 fn offsets(strukt: &str, members: &[Member], sizes: &dyn Fn(&str) -> u32) -> (u32, Vec<u32>) {
-    let pad = if strukt == "list_head" { 0 } else { 8 };
+    let pad = match strukt {
+        "list_head" => 0,
+        // They embed a `struct bpf_map` first, as the kernel's do.
+        "bpf_array" | "bpf_struct_ops_map" => sizes("bpf_map"),
+        _ => 8,
+    };
     let mut at = pad;
     // A flexible array member (width 0) goes after everything else.
     let mut offs: Vec<u32> = members
