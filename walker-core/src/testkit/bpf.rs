@@ -99,7 +99,12 @@ impl SyntheticKernel {
 
     /// A node of `shift` covering indices from `first`; its entry (node
     /// pointer | 2).
-    fn xa_level(&mut self, shift: u32, first: u64, maps: &[(u64, u64)]) -> Result<u64, MissingGroup> {
+    fn xa_level(
+        &mut self,
+        shift: u32,
+        first: u64,
+        maps: &[(u64, u64)],
+    ) -> Result<u64, MissingGroup> {
         let xn = group!(self, xa_node);
         let node = self.alloc(u64::from(xn.struct_size));
         self.write_u8(node + u64::from(xn.shift), shift as u8);
