@@ -267,6 +267,7 @@ fn run_booted(
             s.exit_dump.is_none() && s.exit_backtrace.is_empty(),
             "running"
         );
+        check_bpfland_bpf(&report, topology.nr_cpus());
     }
 
     let by_pid: BTreeMap<i32, _> = report.tasks.iter().map(|t| (t.pid, t)).collect();
@@ -370,6 +371,60 @@ fn run_booted(
         assert_eq!(done.scheduler_exit, None);
     }
     ktstr_tests::assert_no_vm_left_behind();
+}
+
+/// bpfland's own state, from guest memory alone: its struct_ops map and
+/// programs, its maps by type, and globals by name with values the run
+/// fixes (bpfland's user space writes the CPU count into `.bss` at init;
+/// `slice_max` is its default 1 ms in `.rodata`).
+fn check_bpfland_bpf(report: &Report, nr_cpus: u32) {
+    use ktstr_walker::render::bpf::{MapRead, Value};
+    let b = report.bpf.as_ref().expect("a bpf section");
+    assert!(b.faults.is_empty(), "{:?}", b.faults);
+    assert_eq!(
+        b.struct_ops.as_ref().map(|m| m.name.as_str()),
+        Some("bpfland_ops")
+    );
+    assert!(
+        b.programs
+            .iter()
+            .any(|p| p.name == "bpfland_enqueue" && p.prog_type == 27),
+        "{:?}",
+        b.programs
+    );
+    let by_name = |n: &str| {
+        b.maps
+            .iter()
+            .find(|m| m.name == n)
+            .unwrap_or_else(|| panic!("map {n} not in {:?}", b.maps))
+    };
+    assert_eq!(by_name("bpfland_ops").map_type, "struct_ops");
+    assert_eq!(by_name("cpu_ctx_stor").map_type, "percpu_array");
+    assert_eq!(by_name("task_ctx_stor").map_type, "task_storage");
+    let bss = by_name("bpf_bpf.bss");
+    assert_eq!(
+        (bss.map_type.as_str(), &bss.read),
+        ("array", &MapRead::Paused)
+    );
+    let global = |m: &ktstr_walker::render::bpf::MapReport, n: &str| {
+        m.globals
+            .iter()
+            .find(|g| g.name == n)
+            .map(|g| g.value.clone())
+            .unwrap_or_else(|| panic!("{n} not in {}: {:?}", m.name, m.globals))
+    };
+    assert_eq!(global(bss, "nr_cpu_ids"), Value::Uint(u64::from(nr_cpus)));
+    assert_eq!(
+        global(bss, "nr_online_cpus"),
+        Value::Uint(u64::from(nr_cpus))
+    );
+    let rodata = by_name("bpf_bpf.rodata");
+    assert_eq!(global(rodata, "slice_max"), Value::Uint(1_000_000));
+    // Per-CPU values: one per CPU.
+    match by_name("cpu_ctx_stor").entries.first() {
+        Some(Value::Array { items, .. }) => assert_eq!(items.len() as u32, nr_cpus),
+        other => panic!("cpu_ctx_stor entries: {other:?}"),
+    }
 }
 
 #[test]
