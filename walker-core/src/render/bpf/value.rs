@@ -64,6 +64,18 @@ pub struct Field {
     pub value: Value,
 }
 
+/// Parse raw program BTF and decode type `id` over `bytes`: a DATASEC's
+/// variables as a [`Value::Struct`], any other type as its value; `None`
+/// when the BTF does not parse.
+pub fn decode_raw(btf: &[u8], id: u32, bytes: &[u8]) -> Option<Value> {
+    let btf = Btf::from_bytes(btf).ok()?;
+    let mut d = Decoder::new(&btf);
+    Some(match d.datasec(id, bytes) {
+        Some(vars) => Value::Struct(vars),
+        None => d.value(id, bytes, 0),
+    })
+}
+
 /// A decoder over one program BTF, with a budget of values.
 pub struct Decoder<'b> {
     btf: &'b Btf,
@@ -166,6 +178,13 @@ impl<'b> Decoder<'b> {
             Type::Struct(s) | Type::Union(s) => {
                 let mut fields = Vec::new();
                 for m in &s.members {
+                    if self.left == 0 {
+                        fields.push(Field {
+                            name: String::new(),
+                            value: Value::Undecoded("value budget spent".into()),
+                        });
+                        break;
+                    }
                     let name = self.btf.resolve_name(m).unwrap_or_default();
                     let value = match m.get_type_id() {
                         Some(t) => self.member(t, m.bit_offset(), m.bitfield_size(), bytes, depth),
@@ -231,6 +250,9 @@ impl<'b> Decoder<'b> {
         }
         let mut items = Vec::new();
         for i in 0..len.min(MAX_ELEMS) {
+            if self.left == 0 {
+                break;
+            }
             let Some(b) = i
                 .checked_mul(size)
                 .and_then(|s| bytes.get(s..s.checked_add(size)?))
@@ -292,6 +314,9 @@ fn le(b: &[u8]) -> u64 {
 }
 
 fn int(b: &[u8], signed: bool, is_bool: bool) -> Value {
+    if b.is_empty() {
+        return Value::Undecoded("an integer of no bytes".into());
+    }
     if b.len() > 8 {
         return Value::Bytes(b.iter().rev().map(|x| std::format!("{x:02x}")).collect());
     }
