@@ -520,11 +520,13 @@ fn own_by_btf(buf: &mut CaptureBuf<'_>) {
     let mut btfs = [0u64; 8];
     let mut n = 0usize;
     for m in buf.bpf_maps.as_slice() {
-        if m.owned && m.btf != 0 && !btfs.contains(&m.btf) {
-            if let Some(slot) = btfs.get_mut(n) {
-                *slot = m.btf;
-                n += 1;
-            }
+        if m.owned
+            && m.btf != 0
+            && !btfs.contains(&m.btf)
+            && let Some(slot) = btfs.get_mut(n)
+        {
+            *slot = m.btf;
+            n += 1;
         }
     }
     let btfs = btfs.get(..n).unwrap_or_default();
