@@ -331,3 +331,131 @@ fn int(b: &[u8], signed: bool, is_bool: bool) -> Value {
         Value::Uint(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::vec;
+
+    use super::*;
+
+    /// Raw BTF from `(name, info, size_or_type, extra words)` types; the
+    /// names are appended to the string section in order.
+    fn btf(types: &[(&str, u32, u32, &[u32])]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut words = Vec::new();
+        for (name, info, st, extra) in types {
+            let off = if name.is_empty() {
+                0
+            } else {
+                let o = strings.len() as u32;
+                strings.extend(name.as_bytes());
+                strings.push(0);
+                o
+            };
+            words.extend([off, *info, *st]);
+            words.extend(*extra);
+        }
+        let types: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut raw = vec![0x9f, 0xeb, 1, 0];
+        let (tl, sl) = (types.len() as u32, strings.len() as u32);
+        for w in [24u32, 0, tl, tl, sl] {
+            raw.extend(w.to_le_bytes());
+        }
+        raw.extend(types);
+        raw.extend(strings);
+        raw
+    }
+
+    const fn kind(k: u32, vlen: u32) -> u32 {
+        (k << 24) | vlen
+    }
+
+    /// 1 u32, 2 bool, 3 struct pair { u32 a; bool on; u32 flag:3 (bit 64) },
+    /// 4 pair[3], 5 void *.
+    fn fixture() -> Vec<u8> {
+        btf(&[
+            ("unsigned int", kind(1, 0), 4, &[32]),
+            ("_Bool", kind(1, 0), 1, &[(4 << 24) | 8]),
+            (
+                "pair",
+                kind(4, 3) | (1 << 31),
+                12,
+                // kind_flag: offsets carry bitfield sizes (size << 24).
+                &[0, 1, 0, 0, 2, 32, 0, 1, (3 << 24) | 64],
+            ),
+            ("", kind(3, 0), 0, &[3, 1, 3]),
+            ("", kind(2, 0), 0, &[]),
+        ])
+    }
+
+    #[test]
+    fn structs_arrays_bools_bitfields_and_pointers_decode() {
+        let raw = fixture();
+        let b = Btf::from_bytes(&raw).unwrap();
+        let mut d = Decoder::new(&b);
+        let mut bytes = Vec::new();
+        // The bits past the 3-bit field (0xf8) must not show.
+        for (a, on, flag) in [(1u32, 1u8, 5u8), (2, 0, 0xff), (3, 1, 0)] {
+            bytes.extend(a.to_le_bytes());
+            bytes.extend([on, 0, 0, 0]);
+            bytes.extend([flag, 0, 0, 0]);
+        }
+        let pair = |a, on, flag| {
+            Value::Struct(vec![
+                Field {
+                    name: "".into(),
+                    value: Value::Uint(a),
+                },
+                Field {
+                    name: "".into(),
+                    value: Value::Bool(on),
+                },
+                Field {
+                    name: "".into(),
+                    value: Value::Uint(flag),
+                },
+            ])
+        };
+        assert_eq!(
+            d.value(4, &bytes, 0),
+            Value::Array {
+                items: vec![pair(1, true, 5), pair(2, false, 7), pair(3, true, 0)],
+                more: 0
+            }
+        );
+        assert_eq!(
+            d.value(5, &0xffff_8880_0000_1000u64.to_le_bytes(), 0),
+            Value::Ptr(0xffff_8880_0000_1000)
+        );
+        // Too few bytes for the type: said, not guessed.
+        assert!(matches!(d.value(1, &[1, 2], 0), Value::Undecoded(_)));
+    }
+
+    #[test]
+    fn the_value_budget_bounds_the_work() {
+        let raw = fixture();
+        let b = Btf::from_bytes(&raw).unwrap();
+        let mut d = Decoder::new(&b);
+        d.left = 3;
+        let v = d.value(4, &[0u8; 36], 0);
+        let Value::Array { items, .. } = v else {
+            panic!("{v:?}")
+        };
+        // The array took one value, its first struct one, its member one.
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            d.value(1, &[0; 4], 0),
+            Value::Undecoded("value budget spent".into())
+        );
+    }
+
+    #[test]
+    fn unknown_types_and_garbage_btf_are_said() {
+        let raw = fixture();
+        let b = Btf::from_bytes(&raw).unwrap();
+        let mut d = Decoder::new(&b);
+        assert!(matches!(d.value(999, &[0; 8], 0), Value::Undecoded(_)));
+        assert_eq!(d.datasec(1, &[0; 8]), None, "type 1 is no DATASEC");
+        assert_eq!(decode_raw(b"not btf", 1, &[]), None);
+    }
+}
