@@ -132,7 +132,7 @@ pub struct BpfSummary {
 /// The reads of a `struct bpf_map` header, planned once per layout.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Plans {
-    map: Option<FieldPlan<10>>,
+    map: Option<FieldPlan<12>>,
 }
 
 impl Plans {
@@ -143,7 +143,7 @@ impl Plans {
     }
 }
 
-fn map_fields(m: &BpfMapLayout) -> [Option<Field>; 10] {
+fn map_fields(m: &BpfMapLayout) -> [Option<Field>; 12] {
     [
         req(m.map_type, 4),
         req(m.key_size, 4),
@@ -155,6 +155,9 @@ fn map_fields(m: &BpfMapLayout) -> [Option<Field>; 10] {
         req(m.btf_value_type_id, 4),
         req(m.btf_vmlinux_value_type_id, 4),
         opt(m.map_extra, 8),
+        // The name as two words: read with the rest, not on its own.
+        req(m.name, 8),
+        req(m.name.saturating_add(8), 8),
     ]
 }
 
@@ -194,7 +197,6 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
     let idr = l.idr.ok_or(Fault::MissingGroup("idr"))?;
     let xn = l.xa_node.ok_or(Fault::MissingGroup("xa_node"))?;
     let plan = plans.map.ok_or(Fault::MissingGroup("bpf_map"))?;
-    let bm = l.bpf_map.ok_or(Fault::MissingGroup("bpf_map"))?;
     let map_idr = cx
         .target
         .symbols
@@ -228,10 +230,9 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
                 rec.btf_value_type_id = u(7) as u32;
                 rec.btf_vmlinux_value_type_id = u(8) as u32;
                 rec.map_extra = v.get(9).copied().flatten();
-                let name = at(entry, bm.name);
-                if tr.read_virt(cx.mem, name, &mut rec.name).is_err() {
-                    rec.fault = Fault::Unreadable(name);
-                }
+                let (lo, hi) = rec.name.split_at_mut(8);
+                lo.copy_from_slice(&u(10).to_le_bytes());
+                hi.copy_from_slice(&u(11).to_le_bytes());
             }
             Err(_) => rec.fault = Fault::Unreadable(entry),
         }
@@ -458,11 +459,22 @@ fn programs<M: GuestMem + ?Sized>(
     if links == 0 {
         return;
     }
-    for i in 0..u64::from(cnt) {
-        let l_at = links.wrapping_add(i * 8);
-        let Ok(lk) = ptr(cx, tr, l_at) else {
-            return fail(buf, Fault::Unreadable(l_at));
-        };
+    // The links array in pieces of 32 pointers, one read each.
+    let mut piece = [0u64; 32];
+    for i in 0..cnt {
+        let k = (i % 32) as usize;
+        if k == 0 {
+            let n = (cnt - i).min(32) as usize;
+            let l_at = links.wrapping_add(u64::from(i) * 8);
+            let dst = piece.get_mut(..n).unwrap_or_default();
+            if tr
+                .read_virt(cx.mem, l_at, zerocopy::IntoBytes::as_mut_bytes(dst))
+                .is_err()
+            {
+                return fail(buf, Fault::Unreadable(l_at));
+            }
+        }
+        let lk = piece.get(k).copied().unwrap_or(0);
         if lk == 0 {
             continue;
         }
