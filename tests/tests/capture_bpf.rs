@@ -297,6 +297,21 @@ fn the_scheduler_maps_programs_and_globals_are_found() {
         let r = BpfReport::build(&buf, Some(&late)).unwrap();
         let big = r.maps.iter().find(|m| m.id == 4).unwrap();
         assert_eq!(big.read, MapRead::Skipped("32768 bytes over budget".into()));
+        // A BTF over its budget is not read: the globals stay unnamed, said.
+        let small = BpfLimits {
+            btf_bytes: 16,
+            ..BpfLimits::default()
+        };
+        let late = BpfLate::read(&buf, &layout, &mem, &mut tr, &small);
+        let r = BpfReport::build(&buf, Some(&late)).unwrap();
+        let m3 = r.maps.iter().find(|m| m.id == 3).unwrap();
+        assert!(m3.globals.is_empty(), "{m3:?}");
+        assert!(
+            m3.fault
+                .as_deref()
+                .is_some_and(|f| f.contains("over the 16 byte budget")),
+            "{m3:?}"
+        );
     }
 }
 

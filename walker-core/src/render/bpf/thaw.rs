@@ -19,7 +19,7 @@ use crate::translate::Translator;
 pub struct BpfLimits {
     /// Most bytes of one map's values.
     pub map_bytes: u64,
-    /// Most bytes of all maps' values together.
+    /// Most bytes of everything read after the thaw (values and BTF).
     pub total_bytes: u64,
     /// Most bytes of one program BTF.
     pub btf_bytes: u64,
@@ -29,7 +29,7 @@ impl Default for BpfLimits {
     fn default() -> Self {
         Self {
             map_bytes: 1 << 20,
-            total_bytes: 8 << 20,
+            total_bytes: 16 << 20,
             btf_bytes: 8 << 20,
         }
     }
@@ -64,7 +64,8 @@ impl BpfLate {
             if m.btf == 0 || late.btf.contains_key(&m.btf) {
                 continue;
             }
-            let raw = read_btf(layout, mem, tr, m.btf, limits);
+            let left = limits.total_bytes.saturating_sub(late.bytes);
+            let raw = read_btf(layout, mem, tr, m.btf, limits.btf_bytes.min(left));
             if let Ok(b) = &raw {
                 late.bytes += b.len() as u64;
             }
@@ -79,7 +80,7 @@ impl BpfLate {
             else {
                 continue;
             };
-            if total > limits.map_bytes || late.bytes_values() + total > limits.total_bytes {
+            if total > limits.map_bytes || late.bytes.saturating_add(total) > limits.total_bytes {
                 late.skipped.insert(m.addr, total);
                 continue;
             }
@@ -91,10 +92,6 @@ impl BpfLate {
             }
         }
         late
-    }
-
-    fn bytes_values(&self) -> u64 {
-        self.values.values().map(|v| v.len() as u64).sum()
     }
 
     /// The BTF read, parsed.
@@ -118,7 +115,7 @@ fn read_btf<M: GuestMem + ?Sized>(
     mem: &M,
     tr: &mut Translator,
     btf: u64,
-    limits: &BpfLimits,
+    budget: u64,
 ) -> Result<Vec<u8>, String> {
     let l = layout
         .btf
@@ -132,10 +129,9 @@ fn read_btf<M: GuestMem + ?Sized>(
     let size = tr
         .read_virt_pod::<u32, _>(mem, size_at)
         .map_err(|_| unreadable(size_at))?;
-    if u64::from(size) > limits.btf_bytes {
+    if u64::from(size) > budget {
         return Err(std::format!(
-            "program BTF of {size} bytes over the {} byte budget",
-            limits.btf_bytes
+            "program BTF of {size} bytes over the {budget} byte budget left"
         ));
     }
     let mut v = vec![0u8; size as usize];
