@@ -76,7 +76,7 @@ fn read_bound() -> u64 {
     // up to 4 pieces.
     let cgroups = CGROUPS * (2 + 16 * (2 + 4));
     // map_idr's head and base; per node its shift and slots; per map its
-    // header with its name (up to 12 chunks), its ops name (struct_ops); the
+    // header with its name (up to 13 chunks), its ops name (struct_ops); the
     // links' array and count, per link the link and the program, per
     // program 7 reads; per scheduler map its elem_size and values: one
     // read, or per entry and CPU its pointer, CPU offset and value, with
@@ -85,7 +85,7 @@ fn read_bound() -> u64 {
     let links = u64::from(ktstr_walker::capture::bpf::MAX_LINKS);
     let bpf = 2
         + 2 * u64::from(ktstr_walker::capture::bpf::MAX_XA_NODES)
-        + (maps + 1) * 12
+        + (maps + 1) * 13
         + maps
         + 2
         + links * 2

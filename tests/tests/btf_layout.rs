@@ -213,6 +213,9 @@ fn layout_field_names() -> Vec<&'static str> {
         "bpf_prog",
         "prog_aux",
         "btf",
+        "bpf_htab",
+        "htab_bucket",
+        "htab_elem",
     ]
 }
 

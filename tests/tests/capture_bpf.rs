@@ -89,6 +89,7 @@ fn program_btf() -> Vec<u8> {
 struct Fixture {
     k: SyntheticKernel,
     bss: u64,
+    hash: u64,
     big: u64,
     foreign: u64,
     ops: u64,
@@ -108,6 +109,7 @@ fn fixture(layout: &Layout) -> Fixture {
         max_entries,
         btf,
         value_type_id: 0,
+        key_type_id: 0,
     };
     let bss = k
         .bpf_map(MapSpec {
@@ -123,8 +125,18 @@ fn fixture(layout: &Layout) -> Fixture {
     k.write(at, &values);
     let big = k.bpf_map(spec(4, MAP_ARRAY, "big", 1024, 32, btf)).unwrap();
     k.write(k.bpf_values(big) + 1024 * 31, b"last");
-    // Owned through its BTF only: no program uses it.
-    let hash = k.bpf_map(spec(5, MAP_HASH, "hash", 8, 100, btf)).unwrap();
+    // Owned through its BTF only: no program uses it. Two buckets: 1 and
+    // 3 chain in the first (3 in front), 2 in the second.
+    let entries: Vec<([u8; 4], [u8; 4])> = [(1, 10), (2, 20), (3, 30)]
+        .map(|(k, v): (i32, i32)| (k.to_le_bytes(), v.to_le_bytes()))
+        .to_vec();
+    let refs: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    let hash_spec = MapSpec {
+        key_type_id: 1,
+        value_type_id: 1,
+        ..spec(5, MAP_HASH, "hash", 4, 100, btf)
+    };
+    let hash = k.bpf_hash(hash_spec, 2, &refs).unwrap();
     let foreign = k
         .bpf_map(spec(6, MAP_ARRAY, "other", 4, 1, OTHER_BTF))
         .unwrap();
@@ -149,6 +161,7 @@ fn fixture(layout: &Layout) -> Fixture {
     Fixture {
         k,
         bss,
+        hash,
         big,
         foreign,
         ops,
@@ -283,6 +296,20 @@ fn the_scheduler_maps_programs_and_globals_are_found() {
         );
         let big = r.maps.iter().find(|m| m.id == 4).unwrap();
         assert_eq!(big.read, MapRead::AfterThaw, "{name}");
+        // The hash map's entries, bucket by bucket, keys and values typed.
+        let hash = r.maps.iter().find(|m| m.id == 5).unwrap();
+        assert_eq!(hash.read, MapRead::AfterThaw, "{name}");
+        let pairs: Vec<(&Value, &Value)> = hash.pairs.iter().map(|p| (&p.key, &p.value)).collect();
+        let int = Value::Int;
+        assert_eq!(
+            pairs,
+            [
+                (&int(3), &int(30)),
+                (&int(1), &int(10)),
+                (&int(2), &int(20))
+            ],
+            "{name}"
+        );
         assert_eq!(&late.values[&f.big][31 * 1024..31 * 1024 + 4], b"last");
         assert!(
             r.bytes_after_thaw >= 32 * 1024 && r.bytes_paused == 16,
@@ -401,6 +428,39 @@ fn hostile_trees_and_counts_end_bounded_and_say_so() {
     assert_eq!(buf.bpf_maps.dropped(), 1);
     let r = BpfReport::build(&buf, None).unwrap();
     assert!(r.faults.iter().any(|f| f.contains("truncated")), "{r:?}");
+
+    // A hash chain that loops: the walk stops at its link bound, says so.
+    let mut f = fixture(&layout);
+    let mut store = storage();
+    let buf = run(&f.k, &mut store);
+    let h = layout.bpf_htab.unwrap();
+    let b = layout.htab_bucket.unwrap();
+    let buckets = f.k.read_u64(f.hash + u64::from(h.buckets));
+    let first = f.k.read_u64(buckets + u64::from(b.head));
+    f.k.write_u64(first, first);
+    let mut tr = Translator::default();
+    let late = BpfLate::read(&buf, &layout, &f.k.mem(), &mut tr, &BpfLimits::default());
+    let r = BpfReport::build(&buf, Some(&late)).unwrap();
+    let hash = r.maps.iter().find(|m| m.id == 5).unwrap();
+    assert!(
+        hash.fault
+            .as_deref()
+            .is_some_and(|w| w.contains("chain links followed")),
+        "{hash:?}"
+    );
+    assert_eq!(hash.pairs.len(), 64);
+    assert_eq!(hash.more_pairs, (1 << 16) - 64);
+    // A bucket count that is no power of two is refused.
+    f.k.write_u32(f.hash + u64::from(h.n_buckets), 3);
+    let late = BpfLate::read(&buf, &layout, &f.k.mem(), &mut tr, &BpfLimits::default());
+    let r = BpfReport::build(&buf, Some(&late)).unwrap();
+    let hash = r.maps.iter().find(|m| m.id == 5).unwrap();
+    assert!(
+        hash.fault
+            .as_deref()
+            .is_some_and(|w| w.contains("power of two")),
+        "{hash:?}"
+    );
 
     // No map_idr symbol: the pass says what it lacked.
     let mut f = fixture(&layout);

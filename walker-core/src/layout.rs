@@ -369,6 +369,7 @@ layout_group! {
         btf: "btf",
         btf_value_type_id: "btf_value_type_id",
         btf_vmlinux_value_type_id: "btf_vmlinux_value_type_id",
+        btf_key_type_id: "btf_key_type_id",
     }
     optional {
         map_extra: "map_extra",
@@ -432,6 +433,33 @@ layout_group! {
     BtfObjLayout, "btf", "btf" {
         data: "data",
         data_size: "data_size",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct bpf_htab`: a hash map's bucket array.
+    BpfHtabLayout, "bpf_htab", "bpf_htab" {
+        buckets: "buckets",
+        n_buckets: "n_buckets",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct bucket`: one hash bucket, an `hlist_nulls_head` first.
+    HtabBucketLayout, "bucket", "bucket" {
+        head: "head",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct htab_elem`: a hash map entry; its key, then its value at
+    /// the key's size rounded up to 8.
+    HtabElemLayout, "htab_elem", "htab_elem" {
+        hash_node: "hash_node",
+        key: "key",
     }
     optional {}
 }
@@ -513,6 +541,9 @@ layout! {
     bpf_prog: BpfProgLayout,
     prog_aux: BpfProgAuxLayout,
     btf: BtfObjLayout,
+    bpf_htab: BpfHtabLayout,
+    htab_bucket: HtabBucketLayout,
+    htab_elem: HtabElemLayout,
 }
 
 #[cfg(test)]

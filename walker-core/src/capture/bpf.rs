@@ -73,6 +73,8 @@ pub struct BpfMapRecord {
     pub btf: u64,
     /// `btf_value_type_id` in that BTF.
     pub btf_value_type_id: u32,
+    /// `btf_key_type_id` in that BTF.
+    pub btf_key_type_id: u32,
     /// `btf_vmlinux_value_type_id` (struct_ops maps).
     pub btf_vmlinux_value_type_id: u32,
     /// The attached scheduler's struct_ops map.
@@ -132,7 +134,7 @@ pub struct BpfSummary {
 /// The reads of a `struct bpf_map` header, planned once per layout.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Plans {
-    map: Option<FieldPlan<12>>,
+    map: Option<FieldPlan<13>>,
 }
 
 impl Plans {
@@ -143,7 +145,7 @@ impl Plans {
     }
 }
 
-fn map_fields(m: &BpfMapLayout) -> [Option<Field>; 12] {
+fn map_fields(m: &BpfMapLayout) -> [Option<Field>; 13] {
     [
         req(m.map_type, 4),
         req(m.key_size, 4),
@@ -158,6 +160,7 @@ fn map_fields(m: &BpfMapLayout) -> [Option<Field>; 12] {
         // The name as two words: read with the rest, not on its own.
         req(m.name, 8),
         req(m.name.saturating_add(8), 8),
+        req(m.btf_key_type_id, 4),
     ]
 }
 
@@ -233,6 +236,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
                 let (lo, hi) = rec.name.split_at_mut(8);
                 lo.copy_from_slice(&u(10).to_le_bytes());
                 hi.copy_from_slice(&u(11).to_le_bytes());
+                rec.btf_key_type_id = u(12) as u32;
             }
             Err(_) => rec.fault = Fault::Unreadable(entry),
         }

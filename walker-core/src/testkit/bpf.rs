@@ -37,6 +37,8 @@ pub struct MapSpec<'a> {
     pub btf: u64,
     /// `btf_value_type_id`.
     pub value_type_id: u32,
+    /// `btf_key_type_id`.
+    pub key_type_id: u32,
 }
 
 impl SyntheticKernel {
@@ -47,7 +49,9 @@ impl SyntheticKernel {
         let a = group!(self, bpf_array);
         let elem = spec.value_size.next_multiple_of(8);
         let values = u64::from(elem) * u64::from(spec.max_entries);
-        let size = u64::from(a.struct_size.max(m.struct_size)).max(u64::from(a.value));
+        // Room for the largest map header the layout knows (a hash map's).
+        let htab = self.layout.bpf_htab.map_or(0, |h| h.struct_size);
+        let size = u64::from(a.struct_size.max(m.struct_size).max(htab)).max(u64::from(a.value));
         let map = self.alloc(size + values.min(1 << 20));
         let w32 = |k: &mut Self, o: u32, v: u32| k.write_u32(map + u64::from(o), v);
         w32(self, m.map_type, spec.map_type);
@@ -58,6 +62,7 @@ impl SyntheticKernel {
         w32(self, a.elem_size, elem);
         self.write_u64(map + u64::from(m.btf), spec.btf);
         w32(self, m.btf_value_type_id, spec.value_type_id);
+        w32(self, m.btf_key_type_id, spec.key_type_id);
         let mut name = [0u8; 16];
         for (d, c) in name.iter_mut().zip(spec.name.bytes().take(15)) {
             *d = c;
@@ -75,6 +80,43 @@ impl SyntheticKernel {
         self.write_u64(btf + u64::from(b.data), data);
         self.write_u32(btf + u64::from(b.data_size), raw.len() as u32);
         Ok(btf)
+    }
+
+    /// A hash map of `n_buckets` buckets holding `entries` (key, value),
+    /// entry `i` chained into bucket `i % n_buckets` (each chain ends in
+    /// its nulls marker, as `hlist_nulls` does).
+    pub fn bpf_hash(
+        &mut self,
+        spec: MapSpec<'_>,
+        n_buckets: u32,
+        entries: &[(&[u8], &[u8])],
+    ) -> Result<u64, MissingGroup> {
+        let h = group!(self, bpf_htab);
+        let b = group!(self, htab_bucket);
+        let e = group!(self, htab_elem);
+        let map = self.bpf_map(spec)?;
+        let buckets = self.alloc(u64::from(b.struct_size) * u64::from(n_buckets));
+        for i in 0..u64::from(n_buckets) {
+            let head = buckets + i * u64::from(b.struct_size) + u64::from(b.head);
+            self.write_u64(head, (i << 1) | 1);
+        }
+        self.write_u64(map + u64::from(h.buckets), buckets);
+        self.write_u32(map + u64::from(h.n_buckets), n_buckets);
+        let key_room = u64::from(spec.value_size).max(1) + 64;
+        for (i, (k, v)) in entries.iter().enumerate() {
+            let elem = self.alloc(u64::from(e.struct_size) + k.len() as u64 + key_room);
+            let key = elem + u64::from(e.key);
+            self.write(key, k);
+            self.write(key + (k.len() as u64).next_multiple_of(8), v);
+            let node = elem + u64::from(e.hash_node);
+            let bucket = i as u64 % u64::from(n_buckets);
+            let head = buckets + bucket * u64::from(b.struct_size) + u64::from(b.head);
+            // Pushed at the front, as `hlist_nulls_add_head_rcu` does.
+            let first = self.read_u64(head);
+            self.write_u64(node, first);
+            self.write_u64(head, node);
+        }
+        Ok(map)
     }
 
     /// Where an array map's values start.
@@ -183,6 +225,7 @@ impl SyntheticKernel {
             max_entries: 1,
             btf: 0,
             value_type_id: 0,
+            key_type_id: 0,
         };
         let map = self.bpf_map(spec)?;
         // The struct_ops map is larger than an array's header: its own.

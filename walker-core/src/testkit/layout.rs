@@ -26,7 +26,9 @@ fn width(strukt: &str, member: &Member, sizes: &dyn Fn(&str) -> u32) -> u32 {
         ("xa_node", "slots") => 64 * 8,
         ("bpf_map", "name") | ("bpf_prog_aux", "name") => 16,
         // Flexible arrays: a struct_ops map's ops, an array map's values.
-        ("bpf_struct_ops_map", "kvalue_data") | ("bpf_array", "value" | "pptrs") => 0,
+        ("bpf_struct_ops_map", "kvalue_data")
+        | ("bpf_array", "value" | "pptrs")
+        | ("htab_elem", "key") => 0,
         (_, "runnable_list" | "runnable_node" | "tasks_node" | "node" | "list" | "comm") => 16,
         _ => 8,
     }
@@ -36,7 +38,7 @@ fn offsets(strukt: &str, members: &[Member], sizes: &dyn Fn(&str) -> u32) -> (u3
     let pad = match strukt {
         "list_head" => 0,
         // They embed a `struct bpf_map` first, as the kernel's do.
-        "bpf_array" | "bpf_struct_ops_map" => sizes("bpf_map"),
+        "bpf_array" | "bpf_struct_ops_map" | "bpf_htab" => sizes("bpf_map"),
         _ => 8,
     };
     let mut at = pad;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::CaptureBuf;
 use crate::capture::bpf::{BpfMapRecord, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_STRUCT_OPS};
-pub use thaw::{BpfLate, BpfLimits};
+pub use thaw::{BpfLate, BpfLimits, HashRead};
 pub use value::{Field, Value};
 
 use super::{c_str, fault_text};
@@ -105,8 +105,23 @@ pub struct MapReport {
     pub globals: Vec<Field>,
     /// The first entries of another array (per-CPU: one value per CPU).
     pub entries: Vec<Value>,
+    /// A hash map's first entries, in bucket order.
+    #[serde(default)]
+    pub pairs: Vec<Pair>,
+    /// Its entries past those shown.
+    #[serde(default)]
+    pub more_pairs: u64,
     /// Why it could not be read, if it could not.
     pub fault: Option<String>,
+}
+
+/// One hash map entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pair {
+    /// Its key.
+    pub key: Value,
+    /// Its value.
+    pub value: Value,
 }
 
 /// `enum bpf_map_type` (UAPI numbers, fixed) without `BPF_MAP_TYPE_`.
@@ -232,8 +247,14 @@ fn map_report(
         read: MapRead::Skipped(String::new()),
         globals: Vec::new(),
         entries: Vec::new(),
+        pairs: Vec::new(),
+        more_pairs: 0,
         fault: fault_text(m.fault),
     };
+    if let Some(h) = late.and_then(|l| l.hashes.get(&m.addr)) {
+        hash_report(&mut r, m, h, btfs);
+        return r;
+    }
     let paused = m.values.and_then(|s| buf.bpf_bytes(s));
     let after = late.and_then(|l| l.values.get(&m.addr));
     let (bytes, read) = match (paused, after) {
@@ -288,6 +309,39 @@ fn map_report(
         r.entries.push(v);
     }
     r
+}
+
+fn hash_report(
+    r: &mut MapReport,
+    m: &BpfMapRecord,
+    h: &Result<HashRead, String>,
+    btfs: &HashMap<u64, Result<btf_rs::Btf, String>>,
+) {
+    let h = match h {
+        Ok(h) => h,
+        Err(e) => {
+            r.read = MapRead::Skipped("its entries could not be read".into());
+            r.fault = Some(e.clone());
+            return;
+        }
+    };
+    r.read = MapRead::AfterThaw;
+    r.more_pairs = h.more;
+    if let Some(why) = &h.stopped {
+        r.fault = Some(why.clone());
+    }
+    let btf = btfs.get(&m.btf).and_then(|b| b.as_ref().ok());
+    let mut dec = btf.map(value::Decoder::new);
+    let mut decode = |id: u32, bytes: &[u8]| match (&mut dec, id) {
+        (Some(d), id) if id != 0 => d.value(id, bytes, 0),
+        // No type: the bytes in memory order.
+        _ => Value::Bytes(bytes.iter().map(|b| std::format!("{b:02x}")).collect()),
+    };
+    for (k, v) in &h.entries {
+        let key = decode(m.btf_key_type_id, k);
+        let value = decode(m.btf_value_type_id, v);
+        r.pairs.push(Pair { key, value });
+    }
 }
 
 fn skip_reason(m: &BpfMapRecord, late: Option<&BpfLate>) -> String {
@@ -354,6 +408,12 @@ impl BpfReport {
             }
             for (i, e) in m.entries.iter().enumerate() {
                 writeln!(s, "    [{i}] = {}", text(e))?;
+            }
+            for p in &m.pairs {
+                writeln!(s, "    {} => {}", text(&p.key), text(&p.value))?;
+            }
+            if m.more_pairs > 0 {
+                writeln!(s, "    ... {} more entries", m.more_pairs)?;
             }
         }
         Ok(())
