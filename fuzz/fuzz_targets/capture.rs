@@ -12,6 +12,7 @@ use ktstr_walker::capture::{Consts, Limits, Target, capture};
 use ktstr_walker::layout::Layout;
 use ktstr_walker::mem::SliceMem;
 use ktstr_walker::render::names::Names;
+use ktstr_walker::render::bpf::{BpfLate, BpfLimits, BpfReport};
 use ktstr_walker::render::{RenderContext, Report};
 use ktstr_walker::symbols::Symbols;
 use ktstr_walker::translate::{
@@ -176,7 +177,7 @@ fuzz_target!(|data: &[u8]| {
         buf.health.reads
     );
     let names = Names::default();
-    let report = Report::from_capture(
+    let mut report = Report::from_capture(
         &buf,
         &RenderContext {
             layout: &layout,
@@ -187,5 +188,15 @@ fuzz_target!(|data: &[u8]| {
             symbolizer: None,
         },
     );
+    let _ = report.to_text();
+    // What the BPF section reads after a thaw (BTF, larger arrays, hash
+    // chains) over the same memory, within small budgets, then rendered.
+    let small = BpfLimits {
+        map_bytes: 4096,
+        total_bytes: 16384,
+        btf_bytes: 4096,
+    };
+    let late = BpfLate::read(&buf, &layout, &SliceMem::new(0, mem), &mut tr, &small);
+    report.bpf = BpfReport::build(&buf, Some(&late));
     let _ = report.to_text();
 });
