@@ -17,7 +17,10 @@ const MAX_CHAIN: u32 = 16;
 /// Elements of one array shown.
 pub const MAX_ELEMS: usize = 64;
 /// Values one map's decoding produces at most.
-pub const MAX_VALUES: u32 = 4096;
+pub const MAX_VALUES: u32 = 16384;
+/// Values one variable of a DATASEC takes at most, so a large array does
+/// not leave the variables after it undecoded.
+pub const MAX_VAR_VALUES: u32 = 512;
 /// Longest string kept from a `char` array.
 const MAX_STR: usize = 256;
 
@@ -79,7 +82,10 @@ pub fn decode_raw(btf: &[u8], id: u32, bytes: &[u8]) -> Option<Value> {
 /// A decoder over one program BTF, with a budget of values.
 pub struct Decoder<'b> {
     btf: &'b Btf,
+    /// Values left to the current variable (or the whole value).
     left: u32,
+    /// Values left to the whole decoding.
+    total: u32,
 }
 
 impl<'b> Decoder<'b> {
@@ -88,6 +94,7 @@ impl<'b> Decoder<'b> {
         Self {
             btf,
             left: MAX_VALUES,
+            total: MAX_VALUES,
         }
     }
 
@@ -104,6 +111,7 @@ impl<'b> Decoder<'b> {
             };
             let name = self.btf.resolve_name(&var).unwrap_or_default();
             let start = v.offset() as usize;
+            self.left = MAX_VAR_VALUES.min(self.total);
             let value = match (
                 var.get_type_id(),
                 start
@@ -120,10 +128,11 @@ impl<'b> Decoder<'b> {
 
     /// Type `id` over `bytes`.
     pub fn value(&mut self, id: u32, bytes: &[u8], depth: u32) -> Value {
-        if self.left == 0 {
+        if self.left == 0 || self.total == 0 {
             return Value::Undecoded("value budget spent".into());
         }
         self.left -= 1;
+        self.total -= 1;
         if depth > MAX_DEPTH {
             return Value::Undecoded("nested too deep".into());
         }
@@ -178,7 +187,7 @@ impl<'b> Decoder<'b> {
             Type::Struct(s) | Type::Union(s) => {
                 let mut fields = Vec::new();
                 for m in &s.members {
-                    if self.left == 0 {
+                    if self.left == 0 || self.total == 0 {
                         fields.push(Field {
                             name: String::new(),
                             value: Value::Undecoded("value budget spent".into()),
@@ -250,7 +259,7 @@ impl<'b> Decoder<'b> {
         }
         let mut items = Vec::new();
         for i in 0..len.min(MAX_ELEMS) {
-            if self.left == 0 {
+            if self.left == 0 || self.total == 0 {
                 break;
             }
             let Some(b) = i
