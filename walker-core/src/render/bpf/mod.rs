@@ -174,7 +174,8 @@ pub fn map_type_name(t: u32) -> String {
 
 impl BpfReport {
     /// The section from a capture and, when given, what was read after
-    /// the thaw; `None` when the pass did not run (no room given).
+    /// the thaw; `None` when the pass did not run (no room given) or found
+    /// no map and no fault.
     pub fn build(buf: &CaptureBuf<'_>, late: Option<&BpfLate>) -> Option<Self> {
         let maps = buf.bpf_maps.as_slice();
         if maps.is_empty() && !buf.health.bpf.is_fault() && buf.bpf.walk.entries == 0 {
