@@ -7,10 +7,12 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
+use ktstr_walker::capture::bpf::{BpfMapRecord, BpfProgRecord};
 use ktstr_walker::capture::{Consts, Limits, Target, capture};
 use ktstr_walker::layout::Layout;
 use ktstr_walker::mem::SliceMem;
 use ktstr_walker::render::names::Names;
+use ktstr_walker::render::bpf::{BpfLate, BpfLimits, BpfReport};
 use ktstr_walker::render::{RenderContext, Report};
 use ktstr_walker::symbols::Symbols;
 use ktstr_walker::translate::{
@@ -74,8 +76,31 @@ fn read_bound() -> u64 {
     // pointers, then up to 16 levels of parent, name pointer and a name in
     // up to 4 pieces.
     let cgroups = CGROUPS * (2 + 16 * (2 + 4));
-    (sched + cpus + shared + tasks + cgroups) * PER_READ
+    // map_idr's head and base; per node its shift and slots; per map its
+    // header with its name (up to 13 chunks), its ops name (struct_ops); the
+    // links' array and count, per link the link and the program, per
+    // program 7 reads; per scheduler map its elem_size and values: one
+    // read, or per entry and CPU its pointer, CPU offset and value, with
+    // each byte of the room taken by at most one (entry, CPU).
+    let maps = BPF_MAPS as u64;
+    let links = u64::from(ktstr_walker::capture::bpf::MAX_LINKS);
+    let bpf = 2
+        + 2 * u64::from(ktstr_walker::capture::bpf::MAX_XA_NODES)
+        + (maps + 1) * 13
+        + maps
+        + 2
+        + links * 2
+        + BPF_PROGS as u64 * 7
+        + maps * 2
+        + BPF_ROOM as u64 * 3;
+    (sched + cpus + shared + tasks + cgroups + bpf) * PER_READ
 }
+
+/// BPF maps, programs and value bytes the fuzzed capture keeps (values
+/// read in one piece stay within 512 bytes, as [`PER_READ`] assumes).
+const BPF_MAPS: usize = 8;
+const BPF_PROGS: usize = 4;
+const BPF_ROOM: usize = 512;
 
 #[derive(Arbitrary, Debug)]
 struct Setup {
@@ -83,6 +108,7 @@ struct Setup {
     nr_nodes: u8,
     root: Option<(u16, bool)>,
     symbols: [u32; 8],
+    map_idr: u32,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -113,6 +139,7 @@ fuzz_target!(|data: &[u8]| {
             DEFAULT_PAGE_OFFSET_BASE + u64::from(off) % (mem.len() as u64 + 1),
         );
     }
+    symbols.map_idr = Some(DEFAULT_PAGE_OFFSET_BASE + u64::from(setup.map_idr) % (mem.len() as u64 + 1));
     let target = Target {
         layout: &layout,
         symbols: &symbols,
@@ -136,7 +163,12 @@ fuzz_target!(|data: &[u8]| {
         tasks: 16,
         cgroups: CGROUPS as usize,
     });
-    let mut buf = storage.buf();
+    let (mut maps, mut progs, mut bytes) = (
+        [BpfMapRecord::default(); BPF_MAPS],
+        [BpfProgRecord::default(); BPF_PROGS],
+        [0u8; BPF_ROOM],
+    );
+    let mut buf = storage.buf().with_bpf(&mut maps, &mut progs, &mut bytes);
     capture(&SliceMem::new(0, mem), &mut tr, &target, &LIMITS, &mut buf);
     let bound = read_bound();
     assert!(
@@ -145,7 +177,7 @@ fuzz_target!(|data: &[u8]| {
         buf.health.reads
     );
     let names = Names::default();
-    let report = Report::from_capture(
+    let mut report = Report::from_capture(
         &buf,
         &RenderContext {
             layout: &layout,
@@ -156,5 +188,15 @@ fuzz_target!(|data: &[u8]| {
             symbolizer: None,
         },
     );
+    let _ = report.to_text();
+    // What the BPF section reads after a thaw (BTF, larger arrays, hash
+    // chains) over the same memory, within small budgets, then rendered.
+    let small = BpfLimits {
+        map_bytes: 4096,
+        total_bytes: 16384,
+        btf_bytes: 4096,
+    };
+    let late = BpfLate::read(&buf, &layout, &SliceMem::new(0, mem), &mut tr, &small);
+    report.bpf = BpfReport::build(&buf, Some(&late));
     let _ = report.to_text();
 });

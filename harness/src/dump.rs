@@ -196,7 +196,9 @@ pub fn dump(opts: &DumpOptions) -> Result<Report, DumpError> {
         });
     }
     let mut dumper = Dumper::new(walker, found);
-    Ok(dumper.capture_with(&core, &core.vcpus()).report(None))
+    Ok(dumper
+        .capture_with(&core, &core.vcpus())
+        .report_after_thaw(None, &core))
 }
 
 /// The walker's view of the kernel (layout, names, symbols, banner), or

@@ -129,6 +129,26 @@ fn a_task_the_scheduler_never_dispatches_is_caught_as_a_stall_on_its_dsq() {
         stall_dsq.tasks.iter().any(|t| t.pid == Some(stuck.pid)),
         "{stall_dsq:?}"
     );
+    // The fixture's own globals, named by its BTF: what its command line
+    // put in `.rodata`.
+    let bpf = dump.bpf.as_ref().expect("a bpf section");
+    assert!(bpf.struct_ops.is_some(), "{bpf:?}");
+    let rodata = bpf
+        .maps
+        .iter()
+        .find(|m| m.name.ends_with(".rodata"))
+        .unwrap_or_else(|| panic!("no .rodata map: {bpf:?}"));
+    let global = |n: &str| {
+        rodata
+            .globals
+            .iter()
+            .find(|g| g.name == n)
+            .map(|g| g.value.clone())
+            .unwrap_or_else(|| panic!("{n} not in {rodata:?}"))
+    };
+    use ktstr_walker::render::bpf::Value;
+    assert_eq!(global("stall_comm"), Value::Str("stuck".into()));
+    assert_eq!(global("nr_user_dsqs"), Value::Uint(4));
     // Meanwhile the spinners run.
     let spinners = pids(&r, |w| w.name == "ktstr-spin");
     assert!(

@@ -204,6 +204,18 @@ fn layout_field_names() -> Vec<&'static str> {
         "cgroup",
         "kernfs_node",
         "event_stats",
+        "idr",
+        "xa_node",
+        "bpf_map",
+        "bpf_array",
+        "struct_ops_map",
+        "bpf_link",
+        "bpf_prog",
+        "prog_aux",
+        "btf",
+        "bpf_htab",
+        "htab_bucket",
+        "htab_elem",
     ]
 }
 

@@ -39,6 +39,34 @@ fn cached(test: &str, spec: &str, built: bool, how: &str) -> Option<PathBuf> {
 
 /// Boot `dir` with bpfland, dump at 1.5 s, and check the dump against the
 /// kernel's BTF.
+/// bpfland's own state on every kernel layout: its struct_ops map found
+/// by the attached scheduler's name (from `scx_root`, or the `scx_ops`
+/// global before it), its programs, and `.bss`'s `nr_cpu_ids` named by
+/// the program's BTF with the guest's CPU count.
+fn check_bpf(test: &str, d: &Report) {
+    use ktstr_walker::render::bpf::Value;
+    let b = d.bpf.as_ref().expect("a bpf section");
+    assert!(b.faults.is_empty(), "{test}: {:?}", b.faults);
+    assert_eq!(
+        b.struct_ops.as_ref().map(|m| m.name.as_str()),
+        Some("bpfland_ops"),
+        "{test}"
+    );
+    assert!(!b.programs.is_empty(), "{test}");
+    let bss = b
+        .maps
+        .iter()
+        .find(|m| m.name.ends_with(".bss"))
+        .unwrap_or_else(|| panic!("{test}: no .bss in {:?}", b.maps));
+    let cpus = bss.globals.iter().find(|g| g.name == "nr_cpu_ids");
+    assert_eq!(
+        cpus.map(|g| &g.value),
+        Some(&Value::Uint(d.cpus.len() as u64)),
+        "{test}: {:?}",
+        bss.globals
+    );
+}
+
 fn boot_and_check(test: &str, dir: PathBuf) {
     let Some(run) = KtstrTest::new(test)
         .kernel(&dir.display().to_string())
@@ -64,6 +92,7 @@ fn boot_and_check(test: &str, dir: PathBuf) {
 }
 
 fn check_dump(test: &str, l: &Layout, d: &Report) {
+    check_bpf(test, d);
     let s = &d.scheduler;
     assert!(s.attached, "{test}: bpfland attached");
     assert!(s.ops_name.contains("bpfland"), "{test}: {}", s.ops_name);

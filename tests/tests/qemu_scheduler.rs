@@ -50,6 +50,15 @@ fn state_of(r: &Report) -> serde_json::Value {
     let h = v["health"].as_object_mut().unwrap();
     h.remove("pause_ns");
     h.remove("pause");
+    // A BPF map read after the thaw holds the running guest's values in the
+    // live report and the frozen ones in the core's: its contents differ.
+    if let Some(maps) = v["bpf"]["maps"].as_array_mut() {
+        for m in maps.iter_mut().filter(|m| m["read"] == "after_thaw") {
+            for k in ["globals", "entries", "pairs", "more_pairs", "fault"] {
+                m.as_object_mut().unwrap().remove(k);
+            }
+        }
+    }
     v
 }
 
@@ -87,6 +96,7 @@ fn run_booted(
     let Some((kernel, bin)) = prerequisites(test, scheduler) else {
         return;
     };
+    let name = scheduler.unwrap_or_default();
     let scheduler = scheduler.is_some();
     let topology: Topology = topology.parse().unwrap();
     let kernel = match boot {
@@ -277,6 +287,7 @@ fn run_booted(
             s.exit_dump.is_none() && s.exit_backtrace.is_empty(),
             "running"
         );
+        check_bpf(&report, name, topology.nr_cpus());
     }
 
     let by_pid: BTreeMap<i32, _> = report.tasks.iter().map(|t| (t.pid, t)).collect();
@@ -387,6 +398,75 @@ fn run_booted(
         assert_eq!(done.scheduler_exit, None);
     }
     ktstr_tests::assert_no_vm_left_behind();
+}
+
+/// The scheduler's own state, from guest memory alone: its struct_ops map
+/// (libbpf names it after the ops variable, `<name>_ops` in bpfland and
+/// lavd) and programs, a `.bss` with its globals named.
+/// For bpfland, its maps by type and globals whose values the run fixes
+/// (its user space writes the CPU count into `.bss` at init; `slice_max`
+/// is its default 1 ms in `.rodata`).
+fn check_bpf(report: &Report, name: &str, nr_cpus: u32) {
+    use ktstr_walker::render::bpf::{MapRead, Value};
+    let b = report.bpf.as_ref().expect("a bpf section");
+    assert!(b.faults.is_empty(), "{:?}", b.faults);
+    let ops = format!("{name}_ops");
+    assert_eq!(
+        b.struct_ops.as_ref().map(|m| m.name.as_str()),
+        Some(ops.as_str())
+    );
+    assert!(
+        b.programs
+            .iter()
+            .any(|p| p.name.starts_with(name) && p.prog_type == 27),
+        "{:?}",
+        b.programs
+    );
+    let bss = b
+        .maps
+        .iter()
+        .find(|m| m.name.ends_with(".bss"))
+        .unwrap_or_else(|| panic!("no .bss in {:?}", b.maps));
+    // bpfland's is small enough to read while paused; lavd's (256 KiB) is
+    // read after the thaw.
+    assert!(!matches!(bss.read, MapRead::Skipped(_)), "{bss:?}");
+    assert!(!bss.globals.is_empty(), "{bss:?}");
+    if name != "bpfland" {
+        return;
+    }
+    let by_name = |n: &str| {
+        b.maps
+            .iter()
+            .find(|m| m.name == n)
+            .unwrap_or_else(|| panic!("map {n} not in {:?}", b.maps))
+    };
+    assert_eq!(by_name("bpfland_ops").map_type, "struct_ops");
+    assert_eq!(by_name("cpu_ctx_stor").map_type, "percpu_array");
+    assert_eq!(by_name("task_ctx_stor").map_type, "task_storage");
+    let bss = by_name("bpf_bpf.bss");
+    assert_eq!(
+        (bss.map_type.as_str(), &bss.read),
+        ("array", &MapRead::Paused)
+    );
+    let global = |m: &ktstr_walker::render::bpf::MapReport, n: &str| {
+        m.globals
+            .iter()
+            .find(|g| g.name == n)
+            .map(|g| g.value.clone())
+            .unwrap_or_else(|| panic!("{n} not in {}: {:?}", m.name, m.globals))
+    };
+    assert_eq!(global(bss, "nr_cpu_ids"), Value::Uint(u64::from(nr_cpus)));
+    assert_eq!(
+        global(bss, "nr_online_cpus"),
+        Value::Uint(u64::from(nr_cpus))
+    );
+    let rodata = by_name("bpf_bpf.rodata");
+    assert_eq!(global(rodata, "slice_max"), Value::Uint(1_000_000));
+    // Per-CPU values: one per CPU.
+    match by_name("cpu_ctx_stor").entries.first() {
+        Some(Value::Array { items, .. }) => assert_eq!(items.len() as u32, nr_cpus),
+        other => panic!("cpu_ctx_stor entries: {other:?}"),
+    }
 }
 
 #[test]

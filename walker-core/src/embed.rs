@@ -36,6 +36,7 @@ use crate::discover::{DiscoverError, Discovered, VcpuRegs, discover};
 use crate::kernel::vmlinux::{Vmlinux, VmlinuxError};
 use crate::layout::Layout;
 use crate::mem::GuestMem;
+use crate::render::bpf::{BpfLate, BpfLimits, BpfReport};
 use crate::render::{Names, PauseSplit, RenderContext, Report, Symbolizer, TextSymbols};
 use crate::symbols::Symbols;
 use crate::translate::Translator;
@@ -293,6 +294,7 @@ impl Dumper {
             kernel,
             symbols: &found.symbols,
             slide: found.slide,
+            tr,
         }
     }
 }
@@ -306,6 +308,8 @@ pub struct Captured<'d> {
     /// The guest kernel's KASLR slide, for naming text addresses.
     slide: u64,
     capture_ns: u64,
+    /// The capture's translator, for the reads after the thaw.
+    tr: &'d mut Translator,
 }
 
 impl Captured<'_> {
@@ -346,6 +350,33 @@ impl Captured<'_> {
     /// caller measured of the pause window, if anything; the capture's own
     /// time is always reported in `health.pause.capture_ns`.
     pub fn report(mut self, pause: Option<Pause>) -> Report {
+        self.render(pause)
+    }
+
+    /// [`Captured::report`], with what the paused capture left for later
+    /// read from `mem` (the running guest, or the core the capture read):
+    /// the BPF scheduler's BTF, which names its globals, and its arrays
+    /// over the paused budget (see [`crate::render::bpf`]).
+    pub fn report_after_thaw<M: GuestMem + ?Sized>(
+        mut self,
+        pause: Option<Pause>,
+        mem: &M,
+    ) -> Report {
+        // The guest ran since the capture: its page tables may differ.
+        self.tr.flush();
+        let late = BpfLate::read(
+            &self.buf,
+            &self.kernel.layout,
+            mem,
+            self.tr,
+            &BpfLimits::default(),
+        );
+        let mut report = self.render(pause);
+        report.bpf = BpfReport::build(&self.buf, Some(&late));
+        report
+    }
+
+    fn render(&mut self, pause: Option<Pause>) -> Report {
         self.kernel.capturer.decode(&mut self.buf);
         let p = pause.unwrap_or_default();
         let split = PauseSplit {

@@ -346,6 +346,135 @@ layout_group! {
     optional {}
 }
 
+layout_group! {
+    /// `struct idr`: an ID allocator over an xarray (`map_idr`).
+    IdrLayout, "idr", "idr" {
+        xa_head: "idr_rt.xa_head",
+    }
+    optional {
+        idr_base: "idr_base",
+    }
+}
+
+layout_group! {
+    /// `struct xa_node`: an interior node of an xarray (64 slots).
+    XaNodeLayout, "xa_node", "xa_node" {
+        shift: "shift",
+        slots: "slots",
+    }
+    optional {
+        count: "count",
+    }
+}
+
+layout_group! {
+    /// `struct bpf_map`: the kernel's header of every BPF map.
+    BpfMapLayout, "bpf_map", "bpf_map" {
+        map_type: "map_type",
+        key_size: "key_size",
+        value_size: "value_size",
+        max_entries: "max_entries",
+        map_flags: "map_flags",
+        id: "id",
+        name: "name",
+        btf: "btf",
+        btf_value_type_id: "btf_value_type_id",
+        btf_vmlinux_value_type_id: "btf_vmlinux_value_type_id",
+        btf_key_type_id: "btf_key_type_id",
+    }
+    optional {
+        map_extra: "map_extra",
+    }
+}
+
+layout_group! {
+    /// `struct bpf_array`: an array map; its values (or, per-CPU, the
+    /// per-CPU pointers) follow the header.
+    BpfArrayLayout, "bpf_array", "bpf_array" {
+        elem_size: "elem_size",
+        value: "value",
+    }
+    optional {
+        pptrs: "pptrs",
+    }
+}
+
+layout_group! {
+    /// `struct bpf_struct_ops_map`: a struct_ops map, its links to the
+    /// programs and the kernel's copy of the ops (`kvalue.data`).
+    BpfStructOpsMapLayout, "bpf_struct_ops_map", "bpf_struct_ops_map" {
+        links: "links",
+        funcs_cnt: "funcs_cnt",
+        kvalue_data: "kvalue.data",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct bpf_link`: a struct_ops slot's link to its program.
+    BpfLinkLayout, "bpf_link", "bpf_link" {
+        prog: "prog",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct bpf_prog`.
+    BpfProgLayout, "bpf_prog", "bpf_prog" {
+        prog_type: "type",
+        aux: "aux",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct bpf_prog_aux`: a program's id, name and the maps it uses.
+    BpfProgAuxLayout, "bpf_prog_aux", "bpf_prog_aux" {
+        id: "id",
+        name: "name",
+        used_maps: "used_maps",
+        used_map_cnt: "used_map_cnt",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct btf`: a BPF object's type information as loaded (`data`,
+    /// `data_size`: the raw BTF user space gave).
+    BtfObjLayout, "btf", "btf" {
+        data: "data",
+        data_size: "data_size",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct bpf_htab`: a hash map's bucket array.
+    BpfHtabLayout, "bpf_htab", "bpf_htab" {
+        buckets: "buckets",
+        n_buckets: "n_buckets",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct bucket`: one hash bucket, an `hlist_nulls_head` first.
+    HtabBucketLayout, "bucket", "bucket" {
+        head: "head",
+    }
+    optional {}
+}
+
+layout_group! {
+    /// `struct htab_elem`: a hash map entry; its key, then its value at
+    /// the key's size rounded up to 8.
+    HtabElemLayout, "htab_elem", "htab_elem" {
+        hash_node: "hash_node",
+        key: "key",
+    }
+    optional {}
+}
+
 macro_rules! layout {
     ($( $field:ident : $ty:ty ),* $(,)?) => {
         /// Every offset group the walkers use; `None` where the kernel lacks it.
@@ -414,6 +543,18 @@ layout! {
     cgroup: CgroupLayout,
     kernfs_node: KernfsNodeLayout,
     event_stats: ScxEventStatsLayout,
+    idr: IdrLayout,
+    xa_node: XaNodeLayout,
+    bpf_map: BpfMapLayout,
+    bpf_array: BpfArrayLayout,
+    struct_ops_map: BpfStructOpsMapLayout,
+    bpf_link: BpfLinkLayout,
+    bpf_prog: BpfProgLayout,
+    prog_aux: BpfProgAuxLayout,
+    btf: BtfObjLayout,
+    bpf_htab: BpfHtabLayout,
+    htab_bucket: HtabBucketLayout,
+    htab_elem: HtabElemLayout,
 }
 
 #[cfg(test)]

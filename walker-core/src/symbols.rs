@@ -126,6 +126,8 @@ symbols! {
     scx_bypass_depth = "scx_bypass_depth",
     /// `atomic_t scx_breather_depth` (6.15 to 6.19).
     scx_breather_depth = "scx_breather_depth",
+    /// `struct idr map_idr`: every BPF map by id.
+    map_idr = "map_idr",
 }
 
 #[cfg(test)]
@@ -140,7 +142,7 @@ mod tests {
         s.slide(0x20_0000);
         assert_eq!(s.get("scx_tasks"), Some(0xffff_ffff_8120_0000));
         assert_eq!(s.scx_root, None);
-        assert_eq!(Symbols::NAMES.len(), 38);
+        assert_eq!(Symbols::NAMES.len(), 39);
         for n in Symbols::NAMES {
             assert!(s.set(n, 7), "{n}");
             assert_eq!(s.get(n), Some(7));

@@ -168,13 +168,18 @@ impl Session {
             }
         };
         let needed = captured.needed();
-        // Decoding reads no guest memory: done after the thaw.
+        // Decoding is done after the thaw.
         let ns = |us: u64| Some(us * 1000);
-        let report = captured.report(Some(Pause {
+        let p = Pause {
             total_ns: ns(pause.total_us),
             stop_ns: ns(pause.stop_us),
             resume_ns: ns(pause.resume_us),
-        }));
+        };
+        // The BPF scheduler's BTF and larger maps: read from the running
+        // guest (the report says which maps were read when).
+        let report = self
+            .vm
+            .with_live_mem(|mem| captured.report_after_thaw(Some(p), mem));
         grow(&mut dumper, needed);
         self.dumper = Some(dumper);
         Ok((report, pause))

@@ -64,6 +64,11 @@ impl<'a, T: Copy> Slots<'a, T> {
         self.items.get_mut(..self.len)?.get_mut(i)
     }
 
+    /// Slots in all, filled or not.
+    pub fn capacity(&self) -> usize {
+        self.items.len()
+    }
+
     /// Number of filled slots.
     pub fn len(&self) -> usize {
         self.len

@@ -6,6 +6,7 @@
 //! and tasks are kept as the bytes read and decoded once the guest runs
 //! again ([`Capturer::capture_raw`], then [`Capturer::decode`]).
 
+pub mod bpf;
 pub mod buf;
 mod cgroups;
 mod cpus;
@@ -49,6 +50,10 @@ pub struct Consts {
     /// Whether `cpumask_var_t` is a pointer (`CONFIG_CPUMASK_OFFSTACK`)
     /// rather than the bitmap itself.
     pub cpumask_ptr: bool,
+    /// BTF id of `struct bpf_struct_ops_sched_ext_ops` in the vmlinux: a
+    /// struct_ops map with this `btf_vmlinux_value_type_id` holds a
+    /// `sched_ext_ops` (unknown without the kernel's BTF).
+    pub sched_ext_ops_value: Option<u32>,
 }
 
 impl Default for Consts {
@@ -58,6 +63,7 @@ impl Default for Consts {
             task_cursor: 1 << 31,
             ops_disabled: 3,
             cpumask_ptr: true,
+            sched_ext_ops_value: None,
         }
     }
 }
@@ -125,6 +131,8 @@ pub struct Health {
     pub tasks_walk: ListHealth,
     /// How the user-DSQ hash-table walk ended.
     pub dsq_hash_walk: ListHealth,
+    /// Why the BPF pass (maps, programs) could not run, if it could not.
+    pub bpf: Fault,
 }
 
 /// Caller-provided storage for one capture.
@@ -168,6 +176,16 @@ pub struct CaptureBuf<'a> {
     task_bytes: &'a mut [TaskBytes],
     /// Whether the records hold every value (see [`Capturer::decode`]).
     decoded: bool,
+    /// Every BPF map on `map_idr` (see [`CaptureBuf::with_bpf`]).
+    pub bpf_maps: Slots<'a, bpf::BpfMapRecord>,
+    /// The scheduler's programs.
+    pub bpf_progs: Slots<'a, bpf::BpfProgRecord>,
+    /// Map values read while paused ([`bpf::BpfMapRecord::values`]).
+    bpf_bytes: &'a mut [u8],
+    /// Bytes of `bpf_bytes` used.
+    bpf_bytes_len: usize,
+    /// How the BPF pass went.
+    pub bpf: bpf::BpfSummary,
 }
 
 impl<'a> CaptureBuf<'a> {
@@ -209,7 +227,35 @@ impl<'a> CaptureBuf<'a> {
             exit_dump_len: 0,
             events: &mut [],
             vcpus: Slots::new(&mut []),
+            bpf_maps: Slots::new(&mut []),
+            bpf_progs: Slots::new(&mut []),
+            bpf_bytes: &mut [],
+            bpf_bytes_len: 0,
+            bpf: bpf::BpfSummary::default(),
         }
+    }
+
+    /// Room for `maps` BPF map headers, `progs` programs of the scheduler
+    /// and `bytes` of its small maps' values (the paused read's budget);
+    /// without it the BPF pass does not run.
+    pub fn with_bpf(
+        mut self,
+        maps: &'a mut [bpf::BpfMapRecord],
+        progs: &'a mut [bpf::BpfProgRecord],
+        bytes: &'a mut [u8],
+    ) -> Self {
+        self.bpf_maps = Slots::new(maps);
+        self.bpf_progs = Slots::new(progs);
+        self.bpf_bytes = bytes;
+        self
+    }
+
+    /// The bytes of `span` of the map values read while paused.
+    pub fn bpf_bytes(&self, span: bpf::ByteSpan) -> Option<&[u8]> {
+        let start = span.start as usize;
+        self.bpf_bytes
+            .get(..self.bpf_bytes_len)?
+            .get(start..start.checked_add(span.len as usize)?)
     }
 
     /// Room for `vcpus` vCPUs' registers and stacks; without it none are
@@ -256,6 +302,10 @@ impl<'a> CaptureBuf<'a> {
         self.exit_bt.clear();
         self.vcpus.clear();
         self.exit_dump_len = 0;
+        self.bpf_maps.clear();
+        self.bpf_progs.clear();
+        self.bpf_bytes_len = 0;
+        self.bpf = bpf::BpfSummary::default();
         self.sched = SchedRecord::default();
         self.jiffies = None;
         self.health = Health::default();
@@ -294,6 +344,7 @@ pub struct Capturer {
     cpus: Result<cpus::Plans, Fault>,
     dsqs: Result<dsq::DsqReader, Fault>,
     tasks: Result<tasks::Plans, Fault>,
+    bpf: bpf::Plans,
 }
 
 impl Capturer {
@@ -306,6 +357,7 @@ impl Capturer {
             cpus: cpus::Plans::new(l, &dsqs),
             dsqs,
             tasks: tasks::Plans::new(l),
+            bpf: bpf::Plans::new(l),
         }
     }
 
@@ -345,7 +397,7 @@ impl Capturer {
         if *target.layout != self.layout {
             let f = Fault::LayoutMismatch;
             let h = &mut buf.health;
-            (h.sched, h.cpus, h.dsqs, h.tasks, h.cgroups) = (f, f, f, f, f);
+            (h.sched, h.cpus, h.dsqs, h.tasks, h.cgroups, h.bpf) = (f, f, f, f, f, f);
             return;
         }
         let counted = CountingMem::new(mem, limits.max_bytes);
@@ -374,6 +426,9 @@ impl Capturer {
         }
         if let Err(f) = cgroups::capture(&cx, tr, buf) {
             buf.health.cgroups = f;
+        }
+        if let Err(f) = bpf::capture(&cx, &self.bpf, tr, buf) {
+            buf.health.bpf = f;
         }
         buf.health.reads = counted.reads();
         buf.health.bytes = counted.bytes();

@@ -4,6 +4,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::bpf::{BpfMapRecord, BpfProgRecord};
 use super::{
     CPU_BYTES, CaptureBuf, CgroupRecord, CpuRecord, DsqRecord, EVENT_BYTES, EXIT_BT_LEN,
     EXIT_DUMP_LEN, TASK_BYTES, TaskRecord,
@@ -60,7 +61,17 @@ pub struct CaptureStorage {
     events: Vec<u8>,
     /// One per CPU: the vCPUs, when the caller gives their registers.
     vcpus: Vec<super::vcpus::VcpuRecord>,
+    bpf_maps: Vec<BpfMapRecord>,
+    bpf_progs: Vec<BpfProgRecord>,
+    bpf_bytes: Vec<u8>,
 }
+
+/// BPF maps a capture records (every map on `map_idr`).
+pub const BPF_MAPS: usize = 512;
+/// Programs of the scheduler a capture records.
+pub const BPF_PROGS: usize = 128;
+/// Bytes of the scheduler's small maps' values read while paused.
+pub const BPF_BYTES: usize = 64 << 10;
 
 impl CaptureStorage {
     /// The capacities these buffers were made with.
@@ -90,6 +101,9 @@ impl CaptureStorage {
             exit_dump: vec![0; EXIT_DUMP_LEN],
             events: vec![0; c.cpus.saturating_mul(EVENT_BYTES)],
             vcpus: vec![super::vcpus::VcpuRecord::default(); c.cpus],
+            bpf_maps: vec![BpfMapRecord::default(); BPF_MAPS],
+            bpf_progs: vec![BpfProgRecord::default(); BPF_PROGS],
+            bpf_bytes: vec![0; BPF_BYTES],
         }
     }
 
@@ -108,5 +122,6 @@ impl CaptureStorage {
         .with_exit(&mut self.exit_bt, &mut self.exit_dump)
         .with_events(&mut self.events)
         .with_vcpus(&mut self.vcpus)
+        .with_bpf(&mut self.bpf_maps, &mut self.bpf_progs, &mut self.bpf_bytes)
     }
 }

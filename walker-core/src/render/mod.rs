@@ -5,6 +5,7 @@
 //! human text view ([`Report::to_text`]). One module per section (scheduler,
 //! CPUs, DSQs, tasks, health) holds its types, how it is built and its text.
 
+pub mod bpf;
 mod cpus;
 mod diff;
 mod dsqs;
@@ -76,6 +77,10 @@ pub struct Report {
     /// Each vCPU's registers and kernel stack, when the capture had them.
     #[serde(default)]
     pub vcpus: Vec<VcpuReport>,
+    /// The BPF scheduler's programs, maps and globals, when the capture
+    /// read them.
+    #[serde(default)]
+    pub bpf: Option<bpf::BpfReport>,
 }
 
 /// A task as other entries refer to it.
@@ -152,6 +157,7 @@ impl Report {
             tasks,
             health,
             vcpus: vcpus::build(buf, ctx),
+            bpf: bpf::BpfReport::build(buf, None),
         }
     }
 }

@@ -37,6 +37,9 @@ impl Report {
         dsqs::write_text(&self.dsqs, s)?;
         tasks::write_text(&self.tasks, s)?;
         vcpus::write_text(&self.vcpus, s)?;
+        if let Some(b) = &self.bpf {
+            b.write_text(s)?;
+        }
         self.health.write_text(s)
     }
 }

@@ -23,13 +23,24 @@ fn width(strukt: &str, member: &Member, sizes: &dyn Fn(&str) -> u32) -> u32 {
         ("scx_sched", "ops_name") | ("sched_ext_ops", "name") => 128,
         // bucket_table.buckets is a flexible array at the end.
         ("bucket_table", "buckets") => 0,
+        ("xa_node", "slots") => 64 * 8,
+        ("bpf_map", "name") | ("bpf_prog_aux", "name") => 16,
+        // Flexible arrays: a struct_ops map's ops, an array map's values.
+        ("bpf_struct_ops_map", "kvalue_data")
+        | ("bpf_array", "value" | "pptrs")
+        | ("htab_elem", "key") => 0,
         (_, "runnable_list" | "runnable_node" | "tasks_node" | "node" | "list" | "comm") => 16,
         _ => 8,
     }
 }
 
 fn offsets(strukt: &str, members: &[Member], sizes: &dyn Fn(&str) -> u32) -> (u32, Vec<u32>) {
-    let pad = if strukt == "list_head" { 0 } else { 8 };
+    let pad = match strukt {
+        "list_head" => 0,
+        // They embed a `struct bpf_map` first, as the kernel's do.
+        "bpf_array" | "bpf_struct_ops_map" | "bpf_htab" => sizes("bpf_map"),
+        _ => 8,
+    };
     let mut at = pad;
     // A flexible array member (width 0) goes after everything else.
     let mut offs: Vec<u32> = members

@@ -9,11 +9,13 @@
 //! (absolute per-CPU symbols) or, with [`PerCpuStyle::ZeroBased`], the
 //! <= 6.14 one.
 
+mod bpf;
 mod cgroups;
 mod layout;
 mod pre_root;
 mod sched;
 
+pub use bpf::{MAP_HASH, MAP_RINGBUF, MapSpec};
 pub use layout::compact_layout;
 pub use pre_root::{SCX_OPS_DISABLED, SCX_OPS_ENABLED};
 

@@ -322,6 +322,12 @@ impl KernelBtf {
             cpumask_ptr: self
                 .typedef_is_pointer("cpumask_var_t")
                 .unwrap_or(d.cpumask_ptr),
+            sched_ext_ops_value: self
+                .btf
+                .resolve_ids_by_name("bpf_struct_ops_sched_ext_ops")
+                .unwrap_or_default()
+                .into_iter()
+                .find(|&id| matches!(self.btf.resolve_type_by_id(id), Ok(Type::Struct(_)))),
         }
     }
 
