@@ -14,7 +14,7 @@
 //! map) and whose `sched_ext_ops.name` is the attached scheduler's.
 
 use super::records::{Fault, ListHealth, OPS_NAME_LEN, kernel_bytes};
-use super::{CaptureBuf, Cx};
+use super::{CaptureBuf, Cx, read_ptr};
 use crate::capture::fields::{Field, FieldPlan, opt, req};
 use crate::layout::{BpfMapLayout, Layout, XaNodeLayout};
 use crate::mem::GuestMem;
@@ -164,15 +164,6 @@ fn map_fields(m: &BpfMapLayout) -> [Option<Field>; 13] {
     ]
 }
 
-fn ptr<M: GuestMem + ?Sized>(
-    cx: &Cx<'_, '_, M>,
-    tr: &mut Translator,
-    va: u64,
-) -> Result<u64, Fault> {
-    tr.read_virt_pod::<u64, _>(cx.mem, va)
-        .map_err(|_| Fault::Unreadable(va))
-}
-
 fn u32_at<M: GuestMem + ?Sized>(
     cx: &Cx<'_, '_, M>,
     tr: &mut Translator,
@@ -205,7 +196,7 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         .symbols
         .map_idr
         .ok_or(Fault::MissingSymbol("map_idr"))?;
-    let head = ptr(cx, tr, at(map_idr, idr.xa_head))?;
+    let head = read_ptr(cx, tr, at(map_idr, idr.xa_head))?;
     let base = match idr.idr_base {
         Some(o) => u64::from(u32_at(cx, tr, at(map_idr, o))?),
         None => 0,
@@ -454,7 +445,7 @@ fn programs<M: GuestMem + ?Sized>(
         }
     };
     let (links, cnt) = match (
-        ptr(cx, tr, at(map.addr, som.links)),
+        read_ptr(cx, tr, at(map.addr, som.links)),
         u32_at(cx, tr, at(map.addr, som.funcs_cnt)),
     ) {
         (Ok(a), Ok(n)) => (a, n.min(MAX_LINKS)),
@@ -482,7 +473,7 @@ fn programs<M: GuestMem + ?Sized>(
         if lk == 0 {
             continue;
         }
-        let Ok(p) = ptr(cx, tr, at(lk, link.prog)) else {
+        let Ok(p) = read_ptr(cx, tr, at(lk, link.prog)) else {
             continue;
         };
         if p == 0 || buf.bpf_progs.as_slice().iter().any(|r| r.addr == p) {
@@ -496,14 +487,14 @@ fn programs<M: GuestMem + ?Sized>(
         let mut nused = 0usize;
         let read = (|| -> Result<(), Fault> {
             rec.prog_type = u32_at(cx, tr, at(p, prog.prog_type))?;
-            let a = ptr(cx, tr, at(p, prog.aux))?;
+            let a = read_ptr(cx, tr, at(p, prog.aux))?;
             rec.id = u32_at(cx, tr, at(a, aux.id))?;
             let name = at(a, aux.name);
             tr.read_virt(cx.mem, name, &mut rec.name)
                 .map_err(|_| Fault::Unreadable(name))?;
             rec.used_map_cnt = u32_at(cx, tr, at(a, aux.used_map_cnt))?;
             nused = (rec.used_map_cnt as usize).min(MAX_USED_MAPS);
-            let arr = ptr(cx, tr, at(a, aux.used_maps))?;
+            let arr = read_ptr(cx, tr, at(a, aux.used_maps))?;
             let dst = used.get_mut(..nused).unwrap_or_default();
             if !dst.is_empty() {
                 tr.read_virt(cx.mem, arr, zerocopy::IntoBytes::as_mut_bytes(dst))
@@ -647,7 +638,7 @@ fn read_array<M: GuestMem + ?Sized>(
         let vs = m.value_size as usize;
         let mut chunks = dst.chunks_exact_mut(vs.max(1));
         for i in 0..u64::from(m.max_entries) {
-            let pptr = ptr(cx, tr, values.wrapping_add(i * 8))?;
+            let pptr = read_ptr(cx, tr, values.wrapping_add(i * 8))?;
             for cpu in 0..cx.target.nr_cpus {
                 let off = tr
                     .read_per_cpu_offset(cx.mem, pcpu, cpu)

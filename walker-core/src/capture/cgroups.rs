@@ -4,7 +4,7 @@
 //! resolved once.
 
 use super::records::{CGROUP_PATH_LEN, CgroupRecord, Fault};
-use super::{CaptureBuf, Cx};
+use super::{CaptureBuf, Cx, read_ptr};
 use crate::mem::GuestMem;
 use crate::translate::Translator;
 
@@ -57,15 +57,6 @@ pub(super) fn capture<M: GuestMem + ?Sized>(
         }
     }
     Ok(())
-}
-
-fn read_ptr<M: GuestMem + ?Sized>(
-    cx: &Cx<'_, '_, M>,
-    tr: &mut Translator,
-    va: u64,
-) -> Result<u64, Fault> {
-    tr.read_virt_pod::<u64, _>(cx.mem, va)
-        .map_err(|_| Fault::Unreadable(va))
 }
 
 /// A NUL-terminated name of at most [`NAME_LEN`] bytes, read in small

@@ -476,6 +476,16 @@ fn list_health(s: &WalkSummary) -> ListHealth {
     }
 }
 
+/// The pointer at `va`, or the fault naming where it could not be read.
+fn read_ptr<M: GuestMem + ?Sized>(
+    cx: &Cx<'_, '_, M>,
+    tr: &mut Translator,
+    va: u64,
+) -> Result<u64, Fault> {
+    tr.read_virt_pod::<u64, _>(cx.mem, va)
+        .map_err(|_| Fault::Unreadable(va))
+}
+
 /// `ptr - a - b`, for containing objects of embedded members.
 #[inline]
 fn container_of(ptr: u64, members: &[u32]) -> u64 {
