@@ -9,10 +9,20 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the frame format and of [`Job`]/[`Msg`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
-/// Where the agent finds its job in the guest.
+/// Where the agent finds its job in the guest, when the initramfs has one.
 pub const JOB_PATH: &str = "/ktstr/job.json";
+
+/// The kernel symbols the agent reports from `/proc/kallsyms` at boot,
+/// one name a line (in the initramfs: they are the same for every job).
+pub const KALLSYMS_PATH: &str = "/ktstr/kallsyms";
+
+/// Where the agent waits for its job when the initramfs has none: the
+/// third serial port, one frame (see [`encode_job`]). A guest waiting
+/// there is the same for every job, so the host may snapshot it and
+/// start later VMs from that moment.
+pub const JOB_PORT: &str = "/dev/ttyS2";
 
 /// Argument that turns the agent binary into a worker process.
 pub const WORKER_ARG: &str = "--ktstr-worker";
@@ -24,8 +34,6 @@ const MAGIC: &str = "KTSTR";
 pub struct Job {
     /// [`VERSION`] of the host that wrote it.
     pub version: u32,
-    /// Kernel symbols to report from `/proc/kallsyms`.
-    pub kallsyms: Vec<String>,
     /// The scheduler to start, or `None` for the kernel's default.
     pub scheduler: Option<SchedulerJob>,
     /// cgroups (v2, under `/sys/fs/cgroup`) and their workers, started
@@ -386,7 +394,10 @@ pub enum Msg {
         /// `/proc/cmdline`.
         cmdline: String,
     },
-    /// The `/proc/kallsyms` lines of the symbols the job asked for.
+    /// The initramfs has no job: the agent waits for one on [`JOB_PORT`]
+    /// and does nothing else until it comes.
+    Ready,
+    /// The `/proc/kallsyms` lines of the symbols [`KALLSYMS_PATH`] names.
     Kallsyms {
         /// Lines in kallsyms format.
         text: String,
@@ -474,11 +485,29 @@ pub fn encode(msg: &Msg) -> String {
         // Unreachable for these types; still a frame rather than a panic.
         format!(r#"{{"type":"error","message":"cannot encode a message: {e}"}}"#)
     });
+    frame(&json)
+}
+
+/// `job` as one framed line for [`JOB_PORT`], newline included.
+pub fn encode_job(job: &Job) -> String {
+    frame(&serde_json::to_string(job).expect("a job serializes"))
+}
+
+fn frame(json: &str) -> String {
     format!("{MAGIC} {VERSION} {} {json}\n", json.len())
 }
 
 /// The message in one line (trailing `\r`/`\n` ignored).
 pub fn decode(line: &str) -> Result<Msg, FrameError> {
+    decode_frame(line)
+}
+
+/// The job in one line from [`JOB_PORT`] (trailing `\r`/`\n` ignored).
+pub fn decode_job(line: &str) -> Result<Job, FrameError> {
+    decode_frame(line)
+}
+
+fn decode_frame<T: serde::de::DeserializeOwned>(line: &str) -> Result<T, FrameError> {
     let line = line.trim_end_matches(['\r', '\n']);
     let rest = line
         .strip_prefix(MAGIC)
@@ -642,14 +671,18 @@ mod tests {
         );
         assert_eq!(decode("KTSTR 1"), Err(FrameError::Header));
         assert_eq!(
-            decode(&line.replacen("KTSTR 1", "KTSTR 2", 1)),
-            Err(FrameError::Version(2))
+            decode(&line.replacen(
+                &format!("KTSTR {VERSION}"),
+                &format!("KTSTR {}", VERSION + 1),
+                1
+            )),
+            Err(FrameError::Version(VERSION + 1))
         );
         let short = line.replacen("spin", "spi", 1);
         assert!(matches!(decode(&short), Err(FrameError::Length { .. })));
         let body = r#"{"type":"nope"}"#;
         assert!(matches!(
-            decode(&format!("KTSTR 1 {} {body}", body.len())),
+            decode(&format!("KTSTR {VERSION} {} {body}", body.len())),
             Err(FrameError::Json(_))
         ));
     }
@@ -658,7 +691,6 @@ mod tests {
     fn job_round_trips() {
         let job = Job {
             version: VERSION,
-            kallsyms: vec!["runqueues".into()],
             scheduler: Some(SchedulerJob {
                 path: "/ktstr/bin/scx_bpfland".into(),
                 args: vec![],
@@ -694,5 +726,14 @@ mod tests {
         };
         let text = serde_json::to_string(&job).unwrap();
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+        // As a frame for the job port, through a tty's CR LF.
+        let line = encode_job(&job);
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        assert_eq!(decode_job(&line.replace('\n', "\r\n")), Ok(job));
+        // A message is not a job.
+        assert!(matches!(
+            decode_job(&encode(&Msg::Ready)),
+            Err(FrameError::Json(_))
+        ));
     }
 }

@@ -43,6 +43,11 @@ impl Machine {
         self.vm.backend()
     }
 
+    /// Whether the guest started from a snapshot of its boot.
+    pub fn restored(&self) -> bool {
+        self.vm.restored()
+    }
+
     /// The last lines of the guest console.
     pub fn console_tail(&self) -> String {
         self.vm.console_tail()

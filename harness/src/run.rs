@@ -75,9 +75,14 @@ impl Phases {
     pub fn to_text(&self) -> String {
         let s = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
         format!(
-            "prepare {}, boot {}, attach {}, start workers {}, workload {}, teardown {}",
+            "prepare {}, boot {}{}, attach {}, start workers {}, workload {}, teardown {}",
             s(self.start.prepare_ms),
             s(self.start.boot_ms),
+            if self.start.restored {
+                " (from a snapshot)"
+            } else {
+                ""
+            },
             s(self.start.attach_ms),
             s(self.start.start_workers_ms),
             s(self.workload_ms),
@@ -601,6 +606,7 @@ pub(crate) mod tests {
                     boot_ms: 3200,
                     attach_ms: 750,
                     start_workers_ms: 90,
+                    restored: false,
                 },
                 workload_ms: 3010,
                 teardown_ms: 800,

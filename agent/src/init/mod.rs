@@ -5,6 +5,7 @@
 
 mod cgroup;
 mod channel;
+mod job;
 mod load;
 mod mounts;
 mod scheduler;
@@ -19,11 +20,18 @@ use channel::Channel;
 
 /// The agent's own flow; any error ends the run.
 fn run(ch: &Channel) -> Result<(), String> {
-    let job: Job = std::fs::read(proto::JOB_PATH)
-        .map_err(|e| format!("reading {}: {e}", proto::JOB_PATH))
-        .and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| format!("parsing {}: {e}", proto::JOB_PATH))
-        })?;
+    let job = match job::from_initramfs()? {
+        Some(job) => {
+            hello(ch)?;
+            job
+        }
+        None => {
+            let port = job::JobPort::open()?;
+            hello(ch)?;
+            ch.send(&Msg::Ready);
+            port.read()?
+        }
+    };
     if job.version != proto::VERSION {
         return Err(format!(
             "job version {} but this agent speaks {}",
@@ -31,16 +39,6 @@ fn run(ch: &Channel) -> Result<(), String> {
             proto::VERSION
         ));
     }
-    ch.send(&Msg::Hello {
-        agent: env!("CARGO_PKG_VERSION").into(),
-        release: read_trimmed("/proc/sys/kernel/osrelease"),
-        nr_cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
-        numa_nodes: numa_nodes(),
-        cmdline: read_trimmed("/proc/cmdline"),
-    });
-    ch.send(&Msg::Kallsyms {
-        text: kallsyms(&job.kallsyms)?,
-    });
 
     let mut sched = match &job.scheduler {
         Some(s) => match scheduler::Scheduler::start(s) {
@@ -79,6 +77,25 @@ fn run(ch: &Channel) -> Result<(), String> {
     if let Some(s) = sched {
         s.stop();
     }
+    Ok(())
+}
+
+/// Who is talking, the machine as the guest sees it, and the kernel
+/// symbols the host asked for (the same for every job, so a snapshot
+/// taken while the agent waits for its job has them).
+fn hello(ch: &Channel) -> Result<(), String> {
+    ch.send(&Msg::Hello {
+        agent: env!("CARGO_PKG_VERSION").into(),
+        release: read_trimmed("/proc/sys/kernel/osrelease"),
+        nr_cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+        numa_nodes: numa_nodes(),
+        cmdline: read_trimmed("/proc/cmdline"),
+    });
+    let wanted = std::fs::read_to_string(proto::KALLSYMS_PATH).unwrap_or_default();
+    let wanted: Vec<&str> = wanted.split_whitespace().collect();
+    ch.send(&Msg::Kallsyms {
+        text: kallsyms(&wanted)?,
+    });
     Ok(())
 }
 
@@ -231,7 +248,7 @@ fn read_trimmed(path: &str) -> String {
 }
 
 /// The `/proc/kallsyms` lines naming `wanted` symbols.
-fn kallsyms(wanted: &[String]) -> Result<String, String> {
+fn kallsyms(wanted: &[&str]) -> Result<String, String> {
     let all = std::fs::read_to_string("/proc/kallsyms")
         .map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
     Ok(all
@@ -239,7 +256,7 @@ fn kallsyms(wanted: &[String]) -> Result<String, String> {
         .filter(|l| {
             l.split_whitespace()
                 .nth(2)
-                .is_some_and(|name| wanted.iter().any(|w| w == name))
+                .is_some_and(|name| wanted.contains(&name))
         })
         .flat_map(|l| [l, "\n"])
         .collect())

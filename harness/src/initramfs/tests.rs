@@ -88,7 +88,6 @@ fn cached_archive_is_the_cpio_and_job_follows_it() {
 
     let job = proto::Job {
         version: proto::VERSION,
-        kallsyms: vec!["runqueues".into()],
         scheduler: None,
         cgroups: vec![],
         steps: vec![],

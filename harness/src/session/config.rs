@@ -63,6 +63,20 @@ pub struct SessionConfig {
     pub boot_bzimage: bool,
     /// Appended to the kernel command line (e.g. `no5lvl`, `pti=on`).
     pub kernel_args: Vec<String>,
+    /// Where snapshots of booted guests are kept (QEMU): a VM starts from
+    /// the snapshot of its kernel, initramfs and machine at the moment the
+    /// agent waits for its job, or saves one. `None` boots the kernel
+    /// every time. Default: `~/.cache/ktstr/snapshots`, unless
+    /// `KTSTR_SNAPSHOT=0`.
+    pub snapshots: Option<PathBuf>,
+}
+
+/// The default [`SessionConfig::snapshots`].
+pub fn default_snapshots() -> Option<PathBuf> {
+    if std::env::var("KTSTR_SNAPSHOT").as_deref() == Ok("0") {
+        return None;
+    }
+    crate::cache::root().ok().map(|r| r.join("snapshots"))
 }
 
 impl SessionConfig {
@@ -84,6 +98,7 @@ impl SessionConfig {
             backend: Backend::Auto,
             boot_bzimage: false,
             kernel_args: Vec::new(),
+            snapshots: default_snapshots(),
         }
     }
 }

@@ -59,6 +59,10 @@ pub struct StartPhases {
     pub attach_ms: u64,
     /// Creating cgroups and starting the workers.
     pub start_workers_ms: u64,
+    /// The guest started from a snapshot of its boot (`boot_ms` is then
+    /// QEMU loading it and the agent's first words).
+    #[serde(default)]
+    pub restored: bool,
 }
 
 /// A booted VM whose workload is running.

@@ -14,7 +14,8 @@ use crate::guest::GuestKernel;
 use crate::initramfs::{self, Initramfs};
 use crate::kernel::Kernel;
 use crate::machine::Machine;
-use crate::vm::{Backend, BootSpec};
+use crate::vm::qemu::snapshot;
+use crate::vm::{Backend, BootSpec, SnapshotSpec};
 
 /// How long the agent may take from the scheduler's attach to its workers
 /// running.
@@ -70,6 +71,7 @@ impl Session {
                 Msg::Running { workers, sched_ext } => (workers, sched_ext),
                 other => return Err(unexpected("the workers to start", other)),
             };
+        let restored = vm.restored();
         Ok(Session {
             vm,
             dumper: None,
@@ -88,6 +90,7 @@ impl Session {
                 boot_ms: ms(booted_at - prepared_at),
                 attach_ms: ms(attached_at - booted_at),
                 start_workers_ms: ms(attached_at.elapsed()),
+                restored,
             },
         })
     }
@@ -178,9 +181,21 @@ fn boot_spec(
         })?;
         ramfs.file(guest_path, data, 0o755)?;
     }
+    let wanted: Vec<&str> = Symbols::NAMES.iter().copied().chain(["_text"]).collect();
+    ramfs.file(proto::KALLSYMS_PATH, wanted.join("\n").into_bytes(), 0o644)?;
     let job = job(cfg, &mut ramfs)?;
-    let initrd = dir.join("initrd");
-    initramfs::write_with_job(&ramfs.cached()?, &job, &initrd)?;
+    let base = ramfs.cached()?;
+    // QEMU hands the job over its job port, so the initramfs, and the
+    // guest until its agent waits for the job, are the same for every
+    // run: a snapshot of that moment serves them all. The KVM VMM has no
+    // job port: the job goes into the initramfs.
+    let (initrd, job_frame) = if backend == Backend::Kvm {
+        let initrd = dir.join("initrd");
+        initramfs::write_with_job(&base, &job, &initrd)?;
+        (initrd, None)
+    } else {
+        (base.clone(), Some(proto::encode_job(&job)))
+    };
 
     let kernel = &prepared.kernel;
     let vmlinux = match (cfg.boot_bzimage, kernel.image.kind()) {
@@ -199,6 +214,19 @@ fn boot_spec(
         .chain(cfg.kernel_args.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ");
+    // A snapshot fixes KASLR's slide (a bzImage boot is for a new one)
+    // and is of no use to an interactive shell.
+    let snapshot = match &cfg.snapshots {
+        Some(dir) if job_frame.is_some() && !cfg.shell && !cfg.boot_bzimage => Some(SnapshotSpec {
+            dir: dir.clone(),
+            id: format!(
+                "initramfs {} kernel {}",
+                base.display(),
+                snapshot::file_identity(kernel.image.source())
+            ),
+        }),
+        _ => None,
+    };
     Ok(BootSpec {
         vmlinux,
         initrd,
@@ -207,6 +235,8 @@ fn boot_spec(
         cmdline,
         start_timeout: Duration::from_secs(30),
         console_stdio: cfg.shell,
+        job_frame,
+        snapshot,
     })
 }
 
@@ -224,11 +254,6 @@ fn job(cfg: &SessionConfig, ramfs: &mut Initramfs) -> Result<Job, SessionError> 
     };
     Ok(Job {
         version: proto::VERSION,
-        kallsyms: Symbols::NAMES
-            .iter()
-            .chain(&["_text"])
-            .map(|s| s.to_string())
-            .collect(),
         scheduler,
         cgroups: cfg.cgroups.clone(),
         steps: cfg.steps.clone(),

@@ -48,6 +48,10 @@ pub trait GuestVm {
     ) -> Result<PauseWindow, VmError>;
     /// Wait for the guest to power off.
     fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError>;
+    /// Whether the guest started from a snapshot instead of a boot.
+    fn restored(&self) -> bool {
+        false
+    }
 }
 
 /// What went wrong with a VM.
@@ -189,6 +193,24 @@ pub struct BootSpec {
     /// The console on this process's stdin/stdout (an interactive shell)
     /// instead of a log.
     pub console_stdio: bool,
+    /// The agent's job as a frame for its job port
+    /// ([`proto::encode_job`](crate::agent::proto::encode_job)), sent when
+    /// the agent says it is ready (QEMU only); `None`: the job is in the
+    /// initramfs.
+    pub job_frame: Option<String>,
+    /// Start from a snapshot of this boot at the agent's ready moment, or
+    /// save one (QEMU only, with `job_frame`); `None`: boot the kernel.
+    pub snapshot: Option<SnapshotSpec>,
+}
+
+/// Where a boot's snapshots are kept, and what the boot's files hold.
+#[derive(Debug, Clone)]
+pub struct SnapshotSpec {
+    /// The snapshot directory (`~/.cache/ktstr/snapshots`).
+    pub dir: PathBuf,
+    /// Names the contents of the kernel and initramfs files: equal names
+    /// promise equal contents (the backend adds its own command line).
+    pub id: String,
 }
 
 /// Directories of this process's live VMs, for [`remove_live_dirs`].

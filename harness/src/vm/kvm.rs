@@ -39,6 +39,11 @@ impl KvmVm {
                 "the KVM backend has no interactive console; use --backend qemu".into(),
             ));
         }
+        if spec.job_frame.is_some() {
+            return Err(VmError::Unsupported(
+                "the KVM VMM has no job port: put the job in the initramfs".into(),
+            ));
+        }
         let mut cfg = VmConfig::kernel(spec.topology, spec.vmlinux.clone(), &spec.cmdline);
         cfg.memory_mib = spec.memory_mib;
         cfg.park_timeout = PARK_TIMEOUT;

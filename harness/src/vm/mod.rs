@@ -8,7 +8,7 @@ pub mod kvm;
 pub mod qemu;
 pub mod qmp;
 
-pub use backend::{Backend, BootSpec, GuestVm, PauseWindow, VmDir, VmError, vm_dir};
+pub use backend::{Backend, BootSpec, GuestVm, PauseWindow, SnapshotSpec, VmDir, VmError, vm_dir};
 
 /// Boot `spec` on `backend` (resolved for this host); `dir` holds the
 /// VM's files and goes with it.

@@ -11,9 +11,13 @@
 
 pub(crate) mod console;
 pub mod mem;
+pub mod snapshot;
 
+use std::ffi::OsString;
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,10 +30,15 @@ use ktstr_walker::translate::PageTableRoot;
 
 use crate::agent::proto::Msg;
 use crate::channel::AgentLog;
-use crate::vm::backend::{Backend, BootSpec, GuestVm, PauseWindow, VmDir, VmError, io};
+use crate::vm::backend::{
+    Backend, BootSpec, GuestVm, PauseWindow, SnapshotSpec, VmDir, VmError, io,
+};
 use crate::vm::qmp::{self, Qmp, QmpError};
 use mem::SharedRam;
+use snapshot::{Saver, Stored};
 
+/// The QEMU binary.
+const QEMU: &str = "qemu-system-x86_64";
 /// Where guest RAM files go.
 const SHM: &str = "/dev/shm";
 const SHM_PREFIX: &str = "ktstr-";
@@ -106,6 +115,30 @@ pub struct QemuVm {
     agent: AgentLog,
     /// Copies the console to `console.log` until QEMU exits.
     console: Option<std::thread::JoinHandle<()>>,
+    /// The snapshot's boot console, when the guest was restored.
+    console_prefix: String,
+    /// Where the job goes when the agent is ready.
+    job: Option<JobPort>,
+    /// Saves this boot when the agent is ready.
+    saver: Option<Saver>,
+    restored: bool,
+}
+
+/// The agent's job port (the guest's third serial port, a socket here)
+/// and the job to send on it.
+struct JobPort {
+    stream: UnixStream,
+    frame: String,
+}
+
+/// A QEMU just started, before it is a [`QemuVm`].
+struct Launched {
+    child: Child,
+    qmp: Qmp,
+    ram: SharedRam,
+    ram_files: Vec<PathBuf>,
+    console: Option<std::thread::JoinHandle<()>>,
+    job: Option<JobPort>,
 }
 
 /// Guest RAM files, made by us before QEMU opens them: exclusive (no file
@@ -167,65 +200,83 @@ fn sweep_stale_ram_files() {
 impl QemuVm {
     /// Start QEMU and connect to it; the guest is running when this returns.
     /// `dir` (from [`crate::vm::vm_dir`]) holds the VM's files and goes with it.
+    /// With `cfg.snapshot`, a saved snapshot of this boot is started
+    /// instead (a snapshot QEMU cannot load is removed and the kernel
+    /// booted), or this boot is saved when the agent is ready.
     pub fn start(cfg: &BootSpec, dir: VmDir) -> Result<QemuVm, VmError> {
         sweep_stale_ram_files();
-        let t = cfg.topology;
-        let nodes = t.numa_nodes as u64;
-        // Each node's RAM, rounded to 2 MiB so backends stay hugepage-aligned.
-        let node_mib = (cfg.memory_mib / nodes).div_ceil(2) * 2;
-        let ram_guard = RamFiles::create(Path::new(SHM), nodes)?;
-        let ram_files = ram_guard.0.clone();
-        let qmp_path = dir.path().join("qmp.sock");
-        let mut cmd = command(cfg, &dir, &ram_files, node_mib, &qmp_path)?;
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        tracing::debug!(?cmd, "starting QEMU");
-        let mut child = cmd.spawn().map_err(|err| VmError::Spawn {
-            bin: "qemu-system-x86_64".into(),
-            err,
-        })?;
-        let console_log = dir.path().join("console.log");
-        let console = match child.stdout.take() {
-            Some(out) => match console::spawn(out, &console_log, console::limit()) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    reap(&mut child, &ram_files);
-                    return Err(io("writing the console log")(e));
+        let mut saver = None;
+        if let Some(spec) = &cfg.snapshot {
+            let key = snapshot_key(cfg, spec, &dir)?;
+            if let Some(stored) = Stored::find(spec, &key) {
+                match launch(cfg, &dir, Some(&stored)) {
+                    Ok(l) => return Ok(QemuVm::new(l, dir, Some(stored), None)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot start from the snapshot {}, booting the kernel instead (and removing the snapshot): {e}",
+                            stored.dir().display()
+                        );
+                        stored.discard();
+                    }
                 }
-            },
-            None => None,
-        };
-        live().push(Live {
-            pid: child.id(),
-            pidfd: pidfd_open(child.id()),
-            dir: dir.path().to_path_buf(),
-            ram_files: ram_files.clone(),
-        });
-        let mut starting = Starting {
-            child: Some(child),
-            ram_files: &ram_files,
-        };
-        let qmp = connect(&mut starting, &qmp_path, dir.path(), cfg.start_timeout)?;
-        let ram = SharedRam::open(&ram_files).map_err(io("mapping guest RAM"))?;
-        for f in &ram_files {
-            let _ = std::fs::remove_file(f);
+            }
+            saver = Saver::try_new(spec, &key);
         }
-        let child = starting.child.take().expect("still held");
-        drop(starting);
-        Ok(QemuVm {
-            child,
+        let l = launch(cfg, &dir, None)?;
+        Ok(QemuVm::new(l, dir, None, saver))
+    }
+
+    fn new(l: Launched, dir: VmDir, restored: Option<Stored>, saver: Option<Saver>) -> QemuVm {
+        let console_prefix = restored.as_ref().map_or_else(String::new, |s| {
+            format!(
+                "{}\n[ktstr] restored from the snapshot {}: the boot above is the snapshot's\n",
+                s.console().trim_end(),
+                s.dir().display()
+            )
+        });
+        QemuVm {
+            child: l.child,
             agent: AgentLog::new(dir.path().join("agent.log")),
             dir,
-            qmp,
-            ram: Arc::new(ram),
-            ram_files,
-            console,
-        })
+            qmp: l.qmp,
+            ram: Arc::new(l.ram),
+            ram_files: l.ram_files,
+            console: l.console,
+            console_prefix,
+            job: l.job,
+            saver,
+            restored: restored.is_some(),
+        }
+    }
+
+    /// The agent waits for its job: save the snapshot when this VM is to,
+    /// then send the job.
+    fn agent_ready(&mut self) -> Result<(), VmError> {
+        if let Some(saver) = self.saver.take() {
+            let t = Instant::now();
+            let log = self.dir.path().join("agent.log");
+            let bound = dump_timeout(self.ram.size());
+            let console = self.console();
+            match saver.save(&mut self.qmp, &log, &console, bound) {
+                Ok(dir) => tracing::info!(
+                    "saved the booted guest as {} in {:.2} s: VMs like this one start from there",
+                    dir.display(),
+                    t.elapsed().as_secs_f64()
+                ),
+                Err(e) => tracing::warn!("could not save a snapshot of the booted guest: {e}"),
+            }
+            self.qmp
+                .within(QUICK_TIMEOUT, |q| q.execute("cont", serde_json::json!({})))?;
+        }
+        let port = self.job.as_mut().ok_or_else(|| {
+            VmError::Unsupported(
+                "the agent waits for a job on its port, but this VM's job is in the initramfs"
+                    .into(),
+            )
+        })?;
+        port.stream
+            .write_all(port.frame.as_bytes())
+            .map_err(io("sending the agent its job"))
     }
 
     /// Guest RAM, readable while the VM lives (consistent while frozen).
@@ -261,12 +312,17 @@ impl GuestVm for QemuVm {
         Backend::Qemu
     }
 
-    fn console_tail(&self) -> String {
-        tail(&self.dir.path().join("console.log"))
+    fn console(&self) -> String {
+        let live = read_tail(&self.dir.path().join("console.log"));
+        if self.console_prefix.is_empty() {
+            live
+        } else {
+            format!("{}{live}", self.console_prefix)
+        }
     }
 
-    fn console(&self) -> String {
-        read_tail(&self.dir.path().join("console.log"))
+    fn restored(&self) -> bool {
+        self.restored
     }
 
     fn exited(&mut self, waiting: &str) -> Option<VmError> {
@@ -281,7 +337,13 @@ impl GuestVm for QemuVm {
     }
 
     fn poll_agent(&mut self) -> Result<Vec<Msg>, VmError> {
-        Ok(self.agent.poll()?)
+        let mut msgs = self.agent.poll()?;
+        let n = msgs.len();
+        msgs.retain(|m| !matches!(m, Msg::Ready));
+        if msgs.len() < n {
+            self.agent_ready()?;
+        }
+        Ok(msgs)
     }
 
     fn kill(&mut self) {
@@ -343,6 +405,159 @@ impl GuestVm for QemuVm {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Start QEMU for `cfg` with its files in `dir`: booting the kernel, or
+/// loading `restore` and resuming it. The guest runs when this returns.
+fn launch(cfg: &BootSpec, dir: &VmDir, restore: Option<&Stored>) -> Result<Launched, VmError> {
+    let nodes = cfg.topology.numa_nodes as u64;
+    let ram_guard = RamFiles::create(Path::new(SHM), nodes)?;
+    let ram_files = ram_guard.0.clone();
+    let qmp_path = dir.path().join("qmp.sock");
+    // QEMU appends to the agent log: a restored guest's starts with what
+    // its agent said before the snapshot.
+    let agent_log = dir.path().join("agent.log");
+    match restore {
+        Some(s) => std::fs::copy(s.agent_log(), &agent_log).map(drop),
+        None => std::fs::File::create(&agent_log).map(drop),
+    }
+    .map_err(io("preparing the agent log"))?;
+    let mut cmd = command(cfg, dir, &ram_files, node_mib(cfg), &qmp_path)?;
+    let state = restore.map(Stored::open_state).transpose()?;
+    let inherit = state.as_ref().map(|f| f.as_raw_fd());
+    if let Some(fd) = inherit {
+        cmd.arg("-incoming").arg(format!("fd:{fd}"));
+    }
+    // SAFETY: prctl and fcntl are async-signal-safe; nothing else runs in
+    // the child. The state file's descriptor is the child's own copy.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = inherit
+                && libc::fcntl(fd, libc::F_SETFD, 0) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    tracing::debug!(?cmd, "starting QEMU");
+    let mut child = cmd.spawn().map_err(|err| VmError::Spawn {
+        bin: QEMU.into(),
+        err,
+    })?;
+    drop(state);
+    let console_log = dir.path().join("console.log");
+    let console = match child.stdout.take() {
+        Some(out) => match console::spawn(out, &console_log, console::limit()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                reap(&mut child, &ram_files);
+                return Err(io("writing the console log")(e));
+            }
+        },
+        None => None,
+    };
+    live().push(Live {
+        pid: child.id(),
+        pidfd: pidfd_open(child.id()),
+        dir: dir.path().to_path_buf(),
+        ram_files: ram_files.clone(),
+    });
+    let mut starting = Starting {
+        child: Some(child),
+        ram_files: &ram_files,
+    };
+    let mut qmp = connect(&mut starting, &qmp_path, dir.path(), cfg.start_timeout)?;
+    if restore.is_some() {
+        wait_loaded(&mut starting, &mut qmp, dir.path(), cfg.start_timeout)?;
+    }
+    let job = match &cfg.job_frame {
+        Some(frame) => Some(JobPort {
+            stream: UnixStream::connect(dir.path().join("job.sock"))
+                .map_err(io("connecting to the agent's job port"))?,
+            frame: frame.clone(),
+        }),
+        None => None,
+    };
+    if restore.is_some() {
+        qmp.within(QUICK_TIMEOUT, |q| q.execute("cont", serde_json::json!({})))?;
+    }
+    let ram = SharedRam::open(&ram_files).map_err(io("mapping guest RAM"))?;
+    for f in &ram_files {
+        let _ = std::fs::remove_file(f);
+    }
+    let child = starting.child.take().expect("still held");
+    drop(starting);
+    Ok(Launched {
+        child,
+        qmp,
+        ram,
+        ram_files,
+        console,
+        job,
+    })
+}
+
+/// Each NUMA node's RAM in MiB, rounded to 2 MiB so backends stay
+/// hugepage-aligned.
+fn node_mib(cfg: &BootSpec) -> u64 {
+    (cfg.memory_mib / cfg.topology.numa_nodes as u64).div_ceil(2) * 2
+}
+
+/// The snapshot key of `cfg`'s boot: its command line as [`launch`] would
+/// give it, with this VM's own paths taken out.
+fn snapshot_key(cfg: &BootSpec, spec: &SnapshotSpec, dir: &VmDir) -> Result<String, VmError> {
+    let ram: Vec<PathBuf> = (0..cfg.topology.numa_nodes)
+        .map(|n| dir.path().join(format!("ram{n}")))
+        .collect();
+    let cmd = command(cfg, dir, &ram, node_mib(cfg), &dir.path().join("qmp.sock"))?;
+    let args: Vec<OsString> = cmd.get_args().map(OsString::from).collect();
+    let qemu = crate::kernel::fetch::which(QEMU).unwrap_or_else(|| PathBuf::from(QEMU));
+    Ok(snapshot::key(spec, &qemu, &args, &[dir.path()]))
+}
+
+/// Wait until QEMU has loaded a snapshot (the guest is paused).
+fn wait_loaded(
+    s: &mut Starting<'_>,
+    qmp: &mut Qmp,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<(), VmError> {
+    const WAITING: &str = "QEMU to load the snapshot";
+    let deadline = Instant::now() + timeout;
+    loop {
+        let child = s.child.as_mut().expect("held while starting");
+        if let Some(status) = child.try_wait().map_err(io("waiting for QEMU"))? {
+            return Err(VmError::Exited {
+                status: status.to_string(),
+                waiting: WAITING.into(),
+                stderr: std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default(),
+                console: String::new(),
+            });
+        }
+        let status = qmp.within(QUICK_TIMEOUT, |q| {
+            q.execute("query-status", serde_json::json!({}))
+        })?;
+        match status.get("status").and_then(serde_json::Value::as_str) {
+            Some("paused") => return Ok(()),
+            Some("inmigrate") if Instant::now() < deadline => {}
+            Some("inmigrate") => {
+                return Err(VmError::Timeout {
+                    waiting: WAITING.into(),
+                    secs: timeout.as_secs(),
+                    console: String::new(),
+                });
+            }
+            _ => {
+                return Err(QmpError::Protocol(format!(
+                    "QEMU is not paused after loading the snapshot: {status}"
+                ))
+                .into());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -527,7 +742,7 @@ impl Drop for Frozen<'_> {
 
 /// QEMU's command line for `cfg`: the topology, one shared RAM file per
 /// NUMA node, the console on stdout, the agent channel to `agent.log` in
-/// `dir`, and QMP on `qmp_path`.
+/// `dir`, its job port on `job.sock` there, and QMP on `qmp_path`.
 fn command(
     cfg: &BootSpec,
     dir: &VmDir,
@@ -537,7 +752,7 @@ fn command(
 ) -> Result<Command, VmError> {
     let t = cfg.topology;
     let nodes = ram_files.len() as u64;
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let mut cmd = Command::new(QEMU);
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-no-reboot", "-machine", "q35"])
         .args(accel())
@@ -577,8 +792,20 @@ fn command(
         // to the guest's shell, not QEMU.
         .args(["-chardev", "stdio,id=console,signal=off"])
         .args(["-serial", "chardev:console"])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.path().join("agent.log").display()))
+        .arg("-chardev")
+        .arg(format!(
+            "file,id=agent,path={},append=on",
+            dir.path().join("agent.log").display()
+        ))
+        .args(["-serial", "chardev:agent"])
+        // COM3: the agent's job port, for a job that is not in the
+        // initramfs (always there, so every boot has the same machine).
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=job,path={},server=on,wait=off",
+            dir.path().join("job.sock").display()
+        ))
+        .args(["-serial", "chardev:job"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
         .stdin(if cfg.console_stdio {
