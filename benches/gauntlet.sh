@@ -2,7 +2,9 @@
 # Wall time of a 20-VM gauntlet (bpfland: 5 scenarios x 2 topologies x 2
 # flag profiles, 2 s of workload each), one VM at a time, and where each
 # VM's time went: median prepare, boot, attach, start-workers, workload and
-# teardown over the 20 runs, from their JSON reports. Not criterion: each
+# teardown over the 20 runs, from their JSON reports, and how many started
+# from a snapshot of their boot (the first VM of each topology saves one,
+# unless ~/.cache/ktstr/snapshots has it already). Not criterion: each
 # sample is a whole VM. Usage: benches/gauntlet.sh [KERNEL]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,8 @@ for k in keys:
     v = [r["phases"][k] for r in runs if "phases" in r]
     if v:
         print(f"  {k[:-3]:<14} median {statistics.median(v) / 1000:.2f} s  max {max(v) / 1000:.2f} s")
+restored = sum(1 for r in runs if r.get("phases", {}).get("restored"))
+print(f"  {restored} of {len(runs)} VMs started from a snapshot of their boot")
 to_work = [sum(r["phases"][k] for k in keys[:4]) for r in runs if "phases" in r]
 if to_work:
     print(f"  start -> workload median {statistics.median(to_work) / 1000:.2f} s (goal 2.5 s)")
