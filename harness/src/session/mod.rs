@@ -51,9 +51,10 @@ pub struct Finished {
 /// Where the time to a running workload went, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StartPhases {
-    /// Resolving the kernel, reading its BTF and symbols, the initramfs.
+    /// Resolving the kernel, the initramfs.
     pub prepare_ms: u64,
-    /// From starting the VMM to the agent's hello and kallsyms.
+    /// From starting the VMM to the agent's hello and kallsyms (the host
+    /// reads the kernel's BTF and symbols meanwhile).
     pub boot_ms: u64,
     /// Starting the scheduler until it attached (0 without one).
     pub attach_ms: u64,

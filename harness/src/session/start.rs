@@ -26,7 +26,6 @@ struct Prepared {
     kernel: Kernel,
     config_path: PathBuf,
     release: String,
-    guest: GuestKernel,
 }
 
 impl Session {
@@ -46,7 +45,19 @@ impl Session {
         let files = crate::vm::vm_dir()?;
         let spec = boot_spec(cfg, backend, &prepared, files.path())?;
         let prepared_at = Instant::now();
-        let mut vm = Machine::new(crate::vm::start(backend, &spec, files)?);
+        // The host needs the kernel's BTF and symbols only once the guest
+        // runs: they are read while QEMU starts (or loads its snapshot).
+        let (vm, guest) = std::thread::scope(|s| {
+            let guest = s.spawn(|| GuestKernel::load(&prepared.kernel));
+            let vm = crate::vm::start(backend, &spec, files);
+            let guest = guest
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (vm, guest)
+        });
+        // A kernel the host cannot read is the error to report first.
+        let guest = guest?;
+        let mut vm = Machine::new(vm?);
         phase("booting");
         let (nr_cpus, numa_nodes) = hello(&mut vm, cfg)?;
         let table = kallsyms(&mut vm, cfg.boot_timeout)?;
@@ -75,7 +86,7 @@ impl Session {
         Ok(Session {
             vm,
             dumper: None,
-            guest: prepared.guest,
+            guest,
             symbols: table.symbols(),
             duration: cfg.duration,
             release: prepared.release,
@@ -136,8 +147,7 @@ const MIN_NODE_MIB: u64 = 64;
 /// vCPUs above which a TCG guest is told it will be slow.
 const SLOW_TCG_CPUS: u32 = 16;
 
-/// Resolve `--kernel`, check its config and read what the host needs of
-/// its vmlinux.
+/// Resolve `--kernel` and check its config.
 fn prepare(cfg: &SessionConfig) -> Result<Prepared, SessionError> {
     let kernel = Kernel::resolve(&cfg.kernel)?;
     let image = || kernel.image.source().to_path_buf();
@@ -152,12 +162,10 @@ fn prepare(cfg: &SessionConfig) -> Result<Prepared, SessionError> {
         .release
         .clone()
         .ok_or_else(|| SessionError::NoRelease { image: image() })?;
-    let guest = GuestKernel::load(&kernel)?;
     Ok(Prepared {
         kernel,
         config_path,
         release,
-        guest,
     })
 }
 
