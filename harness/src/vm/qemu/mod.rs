@@ -528,15 +528,7 @@ fn wait_loaded(
     const WAITING: &str = "QEMU to load the snapshot";
     let deadline = Instant::now() + timeout;
     loop {
-        let child = s.child.as_mut().expect("held while starting");
-        if let Some(status) = child.try_wait().map_err(io("waiting for QEMU"))? {
-            return Err(VmError::Exited {
-                status: status.to_string(),
-                waiting: WAITING.into(),
-                stderr: std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default(),
-                console: String::new(),
-            });
-        }
+        s.check_alive(dir, WAITING)?;
         let status = qmp.within(QUICK_TIMEOUT, |q| {
             q.execute("query-status", serde_json::json!({}))
         })?;
@@ -589,6 +581,22 @@ struct Starting<'a> {
     ram_files: &'a [PathBuf],
 }
 
+impl Starting<'_> {
+    /// QEMU's end as an error, if it has ended, with its complaints.
+    fn check_alive(&mut self, dir: &Path, waiting: &str) -> Result<(), VmError> {
+        let child = self.child.as_mut().expect("held while starting");
+        match child.try_wait().map_err(io("waiting for QEMU"))? {
+            None => Ok(()),
+            Some(status) => Err(VmError::Exited {
+                status: status.to_string(),
+                waiting: waiting.into(),
+                stderr: std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default(),
+                console: tail(&dir.join("console.log")),
+            }),
+        }
+    }
+}
+
 impl Drop for Starting<'_> {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -605,15 +613,7 @@ fn connect(
 ) -> Result<Qmp, VmError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let child = s.child.as_mut().expect("held while starting");
-        if let Some(status) = child.try_wait().map_err(io("waiting for QEMU"))? {
-            return Err(VmError::Exited {
-                status: status.to_string(),
-                waiting: "QEMU to start".into(),
-                stderr: std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default(),
-                console: tail(&dir.join("console.log")),
-            });
-        }
+        s.check_alive(dir, "QEMU to start")?;
         // A QEMU that takes the connection but never greets is waited
         // for no longer than the start's own deadline.
         let left = deadline.saturating_duration_since(Instant::now());

@@ -25,9 +25,10 @@ use sha2::{Digest, Sha256};
 use crate::vm::backend::{SnapshotSpec, VmError, io};
 use crate::vm::qmp::{Qmp, QmpError};
 
-/// Snapshots kept: a few hundred MiB each at most (the guest's touched
-/// pages), one per kernel, initramfs, topology and memory size in use.
-pub const KEEP: usize = 8;
+/// Snapshots kept: about 100 MB each (the guest's touched pages), one per
+/// kernel, initramfs (scheduler), topology and memory size in use; the
+/// test suite uses about a dozen.
+pub const KEEP: usize = 16;
 
 const STATE: &str = "state";
 const AGENT_LOG: &str = "agent.log";
