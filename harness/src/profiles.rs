@@ -32,7 +32,7 @@ const BPFLAND: &[Profile] = &[
     DEFAULT,
     p(
         "local-pcpu",
-        "per-CPU kthreads and tasks dispatched to local DSQs",
+        "per-CPU tasks first (bpfland warns: can be unfair and stall other tasks)",
         &["--local-pcpu"],
     ),
     p(
