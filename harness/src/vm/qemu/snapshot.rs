@@ -185,7 +185,15 @@ impl Saver {
         let _ = std::fs::remove_dir_all(tmp);
         std::fs::create_dir_all(tmp).map_err(io(format!("creating {}", tmp.display())))?;
         qmp.stop()?;
-        let uri = format!("exec:cat > {}", shell_quote(&tmp.join(STATE)));
+        // QEMU's `completed` says the stream left QEMU, not that `cat` has
+        // written it all: the state gets its name only after `cat` ends.
+        let (part, state) = (tmp.join("state.part"), tmp.join(STATE));
+        let uri = format!(
+            "exec:cat > {} && mv {} {}",
+            shell_quote(&part),
+            shell_quote(&part),
+            shell_quote(&state)
+        );
         qmp.execute("migrate", json!({ "uri": uri }))?;
         let deadline = Instant::now() + bound;
         loop {
@@ -209,6 +217,15 @@ impl Saver {
                 }
                 _ => std::thread::sleep(Duration::from_millis(10)),
             }
+        }
+        while !state.is_file() {
+            if Instant::now() >= deadline {
+                return Err(VmError::Io {
+                    what: format!("writing {}", state.display()),
+                    err: std::io::Error::other("the migration stream was not written whole"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         std::fs::copy(agent_log, tmp.join(AGENT_LOG))
             .map_err(io("copying the agent log into the snapshot"))?;
