@@ -46,15 +46,23 @@ impl Session {
         let spec = boot_spec(cfg, backend, &prepared, files.path())?;
         let prepared_at = Instant::now();
         // The host needs the kernel's BTF and symbols only once the guest
-        // runs: they are read while QEMU starts (or loads its snapshot).
-        let (vm, guest) = std::thread::scope(|s| {
-            let guest = s.spawn(|| GuestKernel::load(&prepared.kernel));
-            let vm = crate::vm::start(backend, &spec, files);
-            let guest = guest
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (vm, guest)
-        });
+        // runs: under QEMU they are read while it starts (or loads its
+        // snapshot). Not beside the KVM VMM: in the nested tier's one-CPU
+        // L1 that load during the L2 boot made L1 hang every time (QEMU
+        // TCG's nested SVM, ENVIRONMENT.md), and a KVM boot is quick.
+        let (vm, guest) = if backend == Backend::Kvm {
+            let guest = GuestKernel::load(&prepared.kernel)?;
+            (crate::vm::start(backend, &spec, files), Ok(guest))
+        } else {
+            std::thread::scope(|s| {
+                let guest = s.spawn(|| GuestKernel::load(&prepared.kernel));
+                let vm = crate::vm::start(backend, &spec, files);
+                let guest = guest
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (vm, guest)
+            })
+        };
         // A kernel the host cannot read is the error to report first.
         let guest = guest?;
         let mut vm = Machine::new(vm?);
