@@ -47,9 +47,8 @@ impl Session {
         let prepared_at = Instant::now();
         // The host needs the kernel's BTF and symbols only once the guest
         // runs: under QEMU they are read while it starts (or loads its
-        // snapshot). Not beside the KVM VMM: in the nested tier's one-CPU
-        // L1 that load during the L2 boot made L1 hang every time (QEMU
-        // TCG's nested SVM, ENVIRONMENT.md), and a KVM boot is quick.
+        // snapshot). A KVM boot is quick, and the nested tier's one-CPU L1
+        // has no CPU to spare beside it: there they are read first.
         let (vm, guest) = if backend == Backend::Kvm {
             let guest = GuestKernel::load(&prepared.kernel)?;
             (crate::vm::start(backend, &spec, files), Ok(guest))
