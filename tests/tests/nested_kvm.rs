@@ -32,8 +32,9 @@ const DURATION: Duration = Duration::from_secs(4);
 const DUMP_AT: Duration = Duration::from_secs(2);
 /// The VMM's full-boot test's topology in L1.
 const FULL_BOOT_TOPOLOGY: &str = "2n2l1c1t";
-/// Fresh L1 guests after hangs, at most.
-const MAX_RETRIES: usize = 10;
+/// Fresh L1 guests after hangs, at most: the time budget is the bound
+/// that matters (a hang costs about 40 s; one CI run needed all of ten).
+const MAX_RETRIES: usize = 20;
 /// No fresh L1 is started this long after the tier began.
 const RETRY_BUDGET: Duration = Duration::from_secs(16 * 60);
 /// The job that runs ktstr-vmm's freeze_dump example.
@@ -442,9 +443,9 @@ fn nested_kvm_tier() {
         (l1, qemu.join().expect("the QEMU run panicked"))
     });
     let mut run = l1.unwrap_or_else(|e| panic!("{TEST}: the L1 guest could not be run: {e}"));
-    // After a hang, fresh L1s for the jobs not yet finished (an L1 boot
-    // hung about one time in three here, more under load; README): at most
-    // five, and none started past the time budget, so the tier stays
+    // After a hang, fresh L1s for the jobs not yet finished (an L1 hung
+    // in one L2 boot of three to one of two here, more under load;
+    // README): none started past the time budget, so the tier stays
     // within its share of CI.
     for _ in 0..MAX_RETRIES {
         let nested::L1End::Hung(silent) = run.end else {
