@@ -28,6 +28,14 @@ pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PathIo + '_ {
     }
 }
 
+/// Mark a cached file as just used: its mtime orders the pruning of the
+/// caches that keep only their newest entries.
+pub fn mark_used(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
 /// Root of ktstr's cache.
 pub fn root() -> Result<PathBuf, NoCacheDir> {
     if let Some(d) = std::env::var_os("KTSTR_CACHE_DIR") {

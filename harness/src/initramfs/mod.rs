@@ -269,10 +269,7 @@ impl Initramfs {
         let digest = self.digest();
         let path = dir.join(format!("{digest}.cpio"));
         if path.is_file() {
-            // Its mtime marks it as used for the pruning.
-            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
-                let _ = f.set_modified(std::time::SystemTime::now());
-            }
+            crate::cache::mark_used(&path);
             prune(dir, keep);
             return Ok(path);
         }

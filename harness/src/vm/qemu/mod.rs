@@ -125,10 +125,12 @@ pub struct QemuVm {
 }
 
 /// The agent's job port (the guest's third serial port, a socket here)
-/// and the job to send on it.
+/// and the job to send on it, once: a guest that says it is ready again
+/// gets nothing more (repeated sends would fill the socket and block).
 struct JobPort {
     stream: UnixStream,
     frame: String,
+    sent: bool,
 }
 
 /// A QEMU just started, before it is a [`QemuVm`].
@@ -274,6 +276,9 @@ impl QemuVm {
                     .into(),
             )
         })?;
+        if std::mem::replace(&mut port.sent, true) {
+            return Ok(());
+        }
         port.stream
             .write_all(port.frame.as_bytes())
             .map_err(io("sending the agent its job"))
@@ -474,11 +479,20 @@ fn launch(cfg: &BootSpec, dir: &VmDir, restore: Option<&Stored>) -> Result<Launc
         wait_loaded(&mut starting, &mut qmp, dir.path(), cfg.start_timeout)?;
     }
     let job = match &cfg.job_frame {
-        Some(frame) => Some(JobPort {
-            stream: UnixStream::connect(dir.path().join("job.sock"))
-                .map_err(io("connecting to the agent's job port"))?,
-            frame: frame.clone(),
-        }),
+        Some(frame) => {
+            let stream = UnixStream::connect(dir.path().join("job.sock"))
+                .map_err(io("connecting to the agent's job port"))?;
+            // A job is kilobytes and the socket buffers more: a write that
+            // waits means QEMU is wedged.
+            stream
+                .set_write_timeout(Some(QUICK_TIMEOUT))
+                .map_err(io("bounding writes to the agent's job port"))?;
+            Some(JobPort {
+                stream,
+                frame: frame.clone(),
+                sent: false,
+            })
+        }
         None => None,
     };
     if restore.is_some() {

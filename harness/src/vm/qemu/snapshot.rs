@@ -86,9 +86,7 @@ impl Stored {
         if !state.is_file() || !dir.join(AGENT_LOG).is_file() {
             return None;
         }
-        if let Ok(f) = File::options().append(true).open(&state) {
-            let _ = f.set_modified(SystemTime::now());
-        }
+        crate::cache::mark_used(&state);
         Some(Stored { dir })
     }
 
