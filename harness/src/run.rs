@@ -402,6 +402,9 @@ impl Watch {
                     }
                     None => reason,
                 };
+                if report.scheduler.exit_dump_unfinished {
+                    self.series.unfinished(elapsed);
+                }
                 self.series.record(elapsed, reason, report, Some(window));
             }
             _ => {

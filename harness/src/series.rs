@@ -12,6 +12,9 @@ use crate::vm::PauseWindow;
 
 /// Default follow-up after a monitor trigger.
 pub const FOLLOW_UP: Duration = Duration::from_secs(1);
+/// How soon a dump whose kernel exit dump was unfinished is taken again
+/// (the kernel writes it in an irq_work, well within this).
+pub const UNFINISHED_AGAIN: Duration = Duration::from_millis(100);
 /// Default byte budget of a run's dumps (their JSON).
 pub const BUDGET_BYTES: u64 = 16 << 20;
 
@@ -107,6 +110,8 @@ pub enum Due {
         /// The interval.
         after: Duration,
     },
+    /// Again, soon: the kernel was still writing its exit dump.
+    Unfinished,
 }
 
 impl std::fmt::Display for Due {
@@ -115,6 +120,10 @@ impl std::fmt::Display for Due {
             Due::At(at) => write!(f, "--dump-at {at:?}"),
             Due::Every(e) => write!(f, "--dump-every {e:?}"),
             Due::FollowUp { of, after } => write!(f, "{after:?} after {of}"),
+            Due::Unfinished => write!(
+                f,
+                "again: the kernel was still writing its exit dump at the one before"
+            ),
         }
     }
 }
@@ -131,6 +140,8 @@ pub struct Series {
     /// Dumps taken but not kept: over the budget.
     pub over_budget: u32,
     bytes: u64,
+    /// Whether an unfinished exit dump was already asked for again.
+    asked_again: bool,
 }
 
 impl Series {
@@ -144,6 +155,7 @@ impl Series {
             taken: Vec::new(),
             over_budget: 0,
             bytes: 0,
+            asked_again: false,
         }
     }
 
@@ -172,6 +184,16 @@ impl Series {
                 after,
             };
             self.pending.push((elapsed + after, due));
+        }
+    }
+
+    /// A dump just taken at `elapsed` caught the kernel writing its exit
+    /// dump: take one more soon, once a run.
+    pub fn unfinished(&mut self, elapsed: Duration) {
+        if !self.asked_again {
+            self.asked_again = true;
+            self.pending
+                .push((elapsed + UNFINISHED_AGAIN, Due::Unfinished));
         }
     }
 
@@ -240,6 +262,19 @@ mod tests {
         assert_eq!(series.due(s(1600)), Some(Due::At(s(1500))));
         assert_eq!(series.due(s(1600)), None);
         assert_eq!(series.due(s(2000)), Some(Due::Every(s(1000))));
+    }
+
+    #[test]
+    fn an_unfinished_exit_dump_is_taken_again_soon_once() {
+        let mut series = Series::new(DumpPlan {
+            follow_up: None,
+            ..DumpPlan::default()
+        });
+        series.unfinished(s(700));
+        series.unfinished(s(750));
+        assert_eq!(series.due(s(799)), None);
+        assert_eq!(series.due(s(800)), Some(Due::Unfinished));
+        assert_eq!(series.due(s(2000)), None, "once a run");
     }
 
     #[test]

@@ -894,18 +894,35 @@ fn an_error_exit_comes_with_its_backtrace_dump_text_events_and_state() {
         assert_eq!(r.cpus[1].events.as_ref().unwrap()[0].value, 7);
         assert_eq!(s.globals.enable_seq, Some(3));
         assert_eq!(s.globals.enable_state.as_deref(), Some("SCX_ENABLED"));
+        assert!(
+            s.exit_dump_unfinished,
+            "{name}: an error exit while still SCX_ENABLED: the disable work has not begun"
+        );
+        assert!(text_has_unfinished(&r.to_text()), "{name}");
         assert_eq!(s.globals.breather_depth, None, "no such global here");
         let task = r.tasks.iter().find(|x| x.pid == 77).unwrap();
         assert_eq!(task.prio.static_prio, Some(120), "{name}");
         assert_eq!(task.cpus_allowed.as_deref(), Some(&[0, 1][..]), "{name}");
         assert_eq!(task.nr_cpus_allowed, Some(2));
-        let text = r.to_text();
-        assert!(text.contains("    scx_vexit+0x10/0x1000\n"), "{text}");
-        assert!(text.contains("    | CPU 1: nr_run=1 flags=0x1\n"), "{text}");
-        assert!(text.contains("events: SELECT_CPU_FALLBACK=12"), "{text}");
+        let shown = r.to_text();
+        assert!(shown.contains("    scx_vexit+0x10/0x1000\n"), "{shown}");
+        assert!(
+            shown.contains("    | CPU 1: nr_run=1 flags=0x1\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("events: SELECT_CPU_FALLBACK=12"), "{shown}");
         let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r, "{name}: JSON round trip");
+        // The disable work has begun (SCX_DISABLING): the dump is whole.
+        k.write_u32(k.sym("scx_enable_state_var"), 2);
+        let r = report_named(&k, &run(&k, &mut store), &names, &text);
+        assert!(!r.scheduler.exit_dump_unfinished, "{name}");
+        assert!(!text_has_unfinished(&r.to_text()), "{name}");
     }
+}
+
+fn text_has_unfinished(text: &str) -> bool {
+    text.contains("kernel dump: unfinished at the freeze")
 }
 
 #[test]

@@ -142,6 +142,17 @@ impl Names {
         bits(&self.rq_flags, flags, |_| true)
     }
 
+    /// Whether `kind` is an error exit (`SCX_EXIT_ERROR` and up): the
+    /// kind the kernel writes its own dump for.
+    pub fn is_error_exit(&self, kind: u32) -> bool {
+        let error = self
+            .exit_kinds
+            .iter()
+            .find(|(n, _)| n == "SCX_EXIT_ERROR")
+            .map_or(1024, |(_, v)| *v);
+        i64::from(kind) >= error
+    }
+
     /// `SCX_*` name of enable state `v`, or its number.
     pub fn enable_state(&self, v: u32) -> String {
         self.enable_states

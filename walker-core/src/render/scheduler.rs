@@ -55,6 +55,13 @@ pub struct SchedulerReport {
     /// wrote), when it was filled and captured.
     #[serde(default)]
     pub exit_dump: Option<String>,
+    /// The kernel had not finished its dump at the freeze: the exit is an
+    /// error (dumped by an irq_work queued when the exit is claimed) and
+    /// sched_ext was still `SCX_ENABLED` (the disable work, queued once
+    /// the dump is written, had not begun). `exit_dump` is then a prefix,
+    /// or absent; a later dump has it whole.
+    #[serde(default)]
+    pub exit_dump_unfinished: bool,
     /// The `SCX_EV_*` counters summed over the CPUs.
     #[serde(default)]
     pub events: Option<Vec<EventCount>>,
@@ -110,6 +117,10 @@ impl SchedulerReport {
                 })
                 .collect(),
             exit_dump: (!dump.is_empty()).then(|| String::from_utf8_lossy(dump).into_owned()),
+            exit_dump_unfinished: s.root != 0
+                && names.is_error_exit(s.exit_kind)
+                && g.enable_state
+                    .is_some_and(|v| names.enable_state(v) == "SCX_ENABLED"),
             events: events::sum(buf, names),
             globals: GlobalsReport {
                 enable_state: g.enable_state.map(|v| names.enable_state(v)),
@@ -159,6 +170,12 @@ impl SchedulerReport {
                 Some(sym) => writeln!(s, "    {sym}")?,
                 None => writeln!(s, "    {:#x}", f.addr)?,
             }
+        }
+        if self.exit_dump_unfinished {
+            writeln!(
+                s,
+                "  kernel dump: unfinished at the freeze (the kernel was still writing it)"
+            )?;
         }
         if let Some(d) = &self.exit_dump {
             writeln!(s, "  kernel dump ({} bytes):", d.len())?;
