@@ -72,7 +72,7 @@ fn fits(p: &str, dir: bool, taken: &BTreeMap<String, bool>) -> bool {
             return dir && k_dir;
         }
         let under = |a: &str, b: &str| a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
-        !(under(rel, k) && !k_dir) && !(under(k, rel) && !dir)
+        (k_dir || !under(rel, k)) && (dir || !under(k, rel))
     })
 }
 

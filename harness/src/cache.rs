@@ -36,6 +36,21 @@ pub fn mark_used(path: &Path) {
     }
 }
 
+/// Remove all but the newest `keep` of `entries` (each with the mtime
+/// that orders it) by `remove`: the pruning of caches that keep only
+/// their newest entries.
+pub fn keep_newest(
+    mut entries: Vec<(std::time::SystemTime, PathBuf)>,
+    keep: usize,
+    remove: impl Fn(&Path) -> std::io::Result<()>,
+) {
+    entries.sort();
+    let n = entries.len().saturating_sub(keep);
+    for (_, p) in entries.into_iter().take(n) {
+        let _ = remove(&p);
+    }
+}
+
 /// Root of ktstr's cache.
 pub fn root() -> Result<PathBuf, NoCacheDir> {
     if let Some(d) = std::env::var_os("KTSTR_CACHE_DIR") {

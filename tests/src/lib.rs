@@ -22,6 +22,22 @@ pub fn cached_kernel_dir() -> Result<PathBuf, String> {
     ktstr::kernel::store::newest_fetched().map_err(|e| e.to_string())
 }
 
+/// The layouts a synthetic-kernel test runs on: the testkit's compact one
+/// and, when a kernel is cached, the one its BTF gives (otherwise `test`
+/// reports that part skipped).
+pub fn synthetic_layouts(test: &str) -> Vec<(&'static str, ktstr_walker::Layout)> {
+    let mut out = vec![("compact", ktstr_walker::testkit::compact_layout())];
+    match cached_kernel_dir() {
+        Ok(dir) => {
+            let btf = ktstr_walker::kernel::btf::KernelBtf::open(dir.join("vmlinux"))
+                .expect("BTF of the fetched kernel");
+            out.push(("real 7.x BTF", btf.layout()));
+        }
+        Err(e) => skip(&format!("{test} (real layout part)"), Need::Kernel, &e),
+    }
+    out
+}
+
 /// The kernel for a test that boots it under QEMU, or `None` after
 /// reporting why the test is skipped.
 pub fn qemu_kernel_or_skip(test: &str) -> Option<PathBuf> {

@@ -6,12 +6,10 @@
 //! layout of its real BTF. Hostile trees (cycles, wrong shifts, huge
 //! counts, bad pointers) must end bounded, with the damage reported.
 
-use ktstr_tests::{Need, skip};
 use ktstr_walker::Layout;
 use ktstr_walker::capture::bpf::{BpfMapRecord, BpfProgRecord, MAP_ARRAY, MAP_STRUCT_OPS};
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use ktstr_walker::capture::{CaptureBuf, Fault, Limits, capture};
-use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::render::bpf::{BpfLate, BpfLimits, BpfReport, MapRead, Value};
 use ktstr_walker::testkit::{
     MAP_HASH, MAP_RINGBUF, MapSpec, PerCpuStyle, SyntheticKernel, compact_layout,
@@ -19,15 +17,7 @@ use ktstr_walker::testkit::{
 use ktstr_walker::translate::Translator;
 
 fn layouts() -> Vec<(&'static str, Layout)> {
-    let mut out = vec![("compact", compact_layout())];
-    match ktstr_tests::cached_kernel_dir() {
-        Ok(dir) => {
-            let btf = KernelBtf::open(dir.join("vmlinux")).expect("BTF of the fetched kernel");
-            out.push(("real 7.x BTF", btf.layout()));
-        }
-        Err(e) => skip("capture_bpf (real layout part)", Need::Kernel, &e),
-    }
-    out
+    ktstr_tests::synthetic_layouts("capture_bpf")
 }
 
 /// Raw BTF of a `.bss` with `int counter` at 0 and `char label[8]` at 4,

@@ -4,14 +4,12 @@
 //! Each scenario runs with the synthetic compact layout and, when the
 //! fetched kernel is here, with the layout resolved from its real BTF.
 
-use ktstr_tests::{Need, skip};
 use ktstr_walker::Layout;
 use ktstr_walker::capture::storage::{Capacity, CaptureStorage};
 use ktstr_walker::capture::vcpus::VcpuState;
 use ktstr_walker::capture::{
     CaptureBuf, Capturer, DsqOrigin, DsqRecord, Fault, Limits, TaskRecord, capture,
 };
-use ktstr_walker::kernel::btf::KernelBtf;
 use ktstr_walker::render::findings::{FaultFinding, Inconsistency};
 use ktstr_walker::render::{Names, RenderContext, Report, SchedClass, Symbolizer, TextSymbols};
 use ktstr_walker::testkit::{DIRECT_MAP, PerCpuStyle, SyntheticKernel, compact_layout};
@@ -41,15 +39,7 @@ fn run<'s>(k: &SyntheticKernel, store: &'s mut Store) -> CaptureBuf<'s> {
 }
 
 fn layouts() -> Vec<(&'static str, Layout)> {
-    let mut out = vec![("compact", compact_layout())];
-    match ktstr_tests::cached_kernel_dir() {
-        Ok(dir) => {
-            let btf = KernelBtf::open(dir.join("vmlinux")).expect("BTF of the fetched kernel");
-            out.push(("real 7.x BTF", btf.layout()));
-        }
-        Err(e) => skip("capture_synthetic (real layout part)", Need::Kernel, &e),
-    }
-    out
+    ktstr_tests::synthetic_layouts("capture_synthetic")
 }
 
 fn comm(t: &TaskRecord) -> &str {

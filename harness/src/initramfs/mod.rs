@@ -305,7 +305,7 @@ fn prune(dir: &Path, keep: usize) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = rd
+    let archives = rd
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
@@ -314,11 +314,7 @@ fn prune(dir: &Path, keep: usize) {
         })
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
-    archives.sort();
-    let n = archives.len().saturating_sub(keep);
-    for (_, p) in archives.into_iter().take(n) {
-        let _ = std::fs::remove_file(p);
-    }
+    crate::cache::keep_newest(archives, keep, |p| std::fs::remove_file(p));
 }
 
 /// The per-run archive: the job at [`proto::JOB_PATH`].

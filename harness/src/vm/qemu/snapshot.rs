@@ -254,7 +254,7 @@ fn prune(root: &Path, keep: usize) {
             let _ = std::fs::remove_dir_all(p);
         }
     }
-    let mut all: Vec<(SystemTime, PathBuf)> = paths
+    let all = paths
         .into_iter()
         .filter(|p| {
             p.file_name()
@@ -266,11 +266,7 @@ fn prune(root: &Path, keep: usize) {
             Some((t, p))
         })
         .collect();
-    all.sort();
-    let n = all.len().saturating_sub(keep);
-    for (_, p) in all.into_iter().take(n) {
-        let _ = std::fs::remove_dir_all(p);
-    }
+    crate::cache::keep_newest(all, keep, |p| std::fs::remove_dir_all(p));
 }
 
 #[cfg(test)]
