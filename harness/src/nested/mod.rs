@@ -61,6 +61,10 @@ const HEARTBEAT_SECS: u32 = 5;
 /// until the first) and L1 is taken as hung: six missed heartbeats. A
 /// hung L1 stays hung, so waiting longer only delays the fresh one.
 const HUNG_AFTER: Duration = Duration::from_secs(30);
+/// `info registers` samples of a hung L1, and the time between them.
+const HUNG_SAMPLES: usize = 3;
+/// See [`HUNG_SAMPLES`].
+pub const HUNG_SAMPLE_GAP: Duration = Duration::from_millis(500);
 /// Most bytes L1's results port may write: every job's output tail and
 /// files, base64. Past it L1 is stopped rather than fill the disk.
 const RESULTS_MAX: u64 = 1 << 30;
@@ -270,6 +274,10 @@ pub struct L1Run {
     pub wall: Duration,
     /// How long building (or finding) the initramfs took, and its size.
     pub initramfs: (Duration, u64),
+    /// When it hung: its CPU's registers (QEMU's `info registers`), a few
+    /// samples apart, so a report shows whether L1 was halted or spinning
+    /// and where.
+    pub hang_registers: Vec<String>,
 }
 
 impl L1Run {
@@ -290,6 +298,21 @@ impl L1Run {
     pub fn console_tail(&self, n: usize) -> String {
         let lines: Vec<&str> = self.console.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Where a hung L1's CPU was, a line per sample: RIP, the rest of
+    /// its line (`CPL`, `HLT`), CR3 (empty unless it hung).
+    pub fn hang_cpu(&self) -> Vec<String> {
+        self.hang_registers
+            .iter()
+            .map(|info| {
+                let rip = info.lines().find(|l| l.starts_with("RIP=")).map(str::trim);
+                match (rip, crate::vm::qmp::register(info, "CR3")) {
+                    (Some(rip), Some(cr3)) => format!("{rip} CR3={cr3:x}"),
+                    _ => info.lines().next().unwrap_or_default().to_string(),
+                }
+            })
+            .collect()
     }
 
     /// A short account: how L1 ended, its facts and timings, each job's
@@ -565,7 +588,7 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
         }
         None => None,
     };
-    let (end, reader) = watch(qemu, &files, start, cfg.deadline)?;
+    let (end, reader, hang_registers) = watch(qemu, &files, start, cfg.deadline)?;
     // QEMU is gone: the copy ends with its pipe.
     if let Some(c) = console {
         let _ = c.join();
@@ -574,6 +597,7 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
     run.end = end;
     run.wall = start.elapsed();
     run.initramfs = initramfs;
+    run.hang_registers = hang_registers;
     // Lossy: a serial line can carry bytes that are not UTF-8, and the
     // rest of the console is still worth showing.
     let text =
@@ -601,12 +625,13 @@ fn l1_archive(cfg: &L1Config, dir: &Path) -> Result<(PathBuf, (Duration, u64)), 
     Ok((archive, (built, size)))
 }
 
-/// L1's three serial ports and QEMU's stderr, as files.
+/// L1's three serial ports, QEMU's stderr and its QMP socket, as files.
 struct L1Files {
     console: PathBuf,
     results: PathBuf,
     heartbeat: PathBuf,
     stderr: PathBuf,
+    qmp: PathBuf,
 }
 
 impl L1Files {
@@ -616,6 +641,7 @@ impl L1Files {
             results: dir.join("results.log"),
             heartbeat: dir.join("heartbeat.log"),
             stderr: dir.join("qemu.stderr"),
+            qmp: dir.join("qmp.sock"),
         }
     }
 }
@@ -639,6 +665,8 @@ fn l1_command(cfg: &L1Config, archive: &Path, files: &L1Files) -> Result<Command
     for port in [&files.results, &files.heartbeat] {
         cmd.arg("-serial").arg(format!("file:{}", port.display()));
     }
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", files.qmp.display()));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&files.stderr).map_err(io("creating QEMU's stderr log"))?);
@@ -653,13 +681,14 @@ fn l1_command(cfg: &L1Config, archive: &Path, files: &L1Files) -> Result<Command
 }
 
 /// Follow L1 until it powers off, stops beating, or passes the deadline
-/// (then it is killed); QEMU is reaped on return.
+/// (then it is killed); QEMU is reaped on return. A hung L1's registers
+/// are sampled first.
 fn watch(
     mut qemu: L1Qemu,
     files: &L1Files,
     start: Instant,
     deadline: Duration,
-) -> Result<(L1End, ResultsReader), NestedError> {
+) -> Result<(L1End, ResultsReader, Vec<String>), NestedError> {
     let mut reader = ResultsReader::default();
     let (mut beats, mut last_beat) = (0u64, Instant::now());
     let end = loop {
@@ -688,10 +717,31 @@ fn watch(
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    let registers = match end {
+        L1End::Hung(_) => hung_registers(&files.qmp),
+        _ => Vec::new(),
+    };
     // Killed (if still running) and reaped before the last results read.
     drop(qemu);
     reader.feed(&files.results);
-    Ok((end, reader))
+    Ok((end, reader, registers))
+}
+
+/// Samples of a hung L1's `info registers`, [`HUNG_SAMPLE_GAP`] apart
+/// (each QMP exchange bounded), or why they could not be read.
+fn hung_registers(qmp: &Path) -> Vec<String> {
+    let sample = || -> Result<Vec<String>, crate::vm::qmp::QmpError> {
+        let mut q = crate::vm::qmp::Qmp::connect(qmp, Duration::from_secs(5))?;
+        let mut out = Vec::new();
+        for i in 0..HUNG_SAMPLES {
+            if i > 0 {
+                std::thread::sleep(HUNG_SAMPLE_GAP);
+            }
+            out.push(q.hmp("info registers")?);
+        }
+        Ok(out)
+    };
+    sample().unwrap_or_else(|e| vec![format!("(no registers: QMP: {e})")])
 }
 
 /// Follows the results file as it grows and parses its lines.
@@ -724,6 +774,7 @@ impl Default for ResultsReader {
                 qemu_stderr: String::new(),
                 wall: Duration::ZERO,
                 initramfs: (Duration::ZERO, 0),
+                hang_registers: Vec::new(),
             },
         }
     }

@@ -117,3 +117,23 @@ fn the_init_script_hides_no_program_behind_a_mount() {
     }
     assert!(mounted.contains(&"/proc"), "{script}");
 }
+
+#[test]
+fn a_hung_l1s_cpu_is_summarized_per_sample() {
+    let mut run = ResultsReader::default().run;
+    run.hang_registers = vec![
+        // Shape of QEMU 7.2's `info registers`, abridged.
+        "RAX=0000000000000000 RBX=ffffffff82a0c940\n\
+             RIP=ffffffff8132acdf RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n\
+             CR0=80050033 CR2=000055d0c8a4e000 CR3=0000000001c3e000 CR4=00350ef0\n"
+            .into(),
+        "(no registers: QMP: connection closed)".into(),
+    ];
+    assert_eq!(
+        run.hang_cpu(),
+        [
+            "RIP=ffffffff8132acdf RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1 CR3=1c3e000",
+            "(no registers: QMP: connection closed)",
+        ]
+    );
+}
