@@ -56,9 +56,14 @@ struct Args {
     /// When `--stall-cpu` starts, after attaching.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     stall_after_ms: u64,
-    /// Call scx_bpf_error() this long after attaching.
+    /// Call scx_bpf_error() this long after attaching (or after
+    /// `--error-clock-comm`).
     #[arg(long, value_name = "MS")]
     error_after_ms: Option<u64>,
+    /// Start `--error-after-ms`'s clock at the first enqueue of a task
+    /// whose comm starts with this (a test's workers), not at attaching.
+    #[arg(long, value_name = "PREFIX")]
+    error_clock_comm: Option<String>,
     /// The kernel watchdog's timeout (sched_ext_ops.timeout_ms; 0: the
     /// kernel's default).
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -84,10 +89,18 @@ impl Mode {
 impl Args {
     /// Flag combinations that would silently do nothing.
     fn check(&self) -> Result<()> {
-        if let Some(c) = &self.stall_comm
-            && (c.is_empty() || c.len() > 15)
-        {
-            bail!("--stall-comm must be 1 to 15 bytes (a comm is at most 15), got {c:?}");
+        for (flag, prefix) in [
+            ("--stall-comm", &self.stall_comm),
+            ("--error-clock-comm", &self.error_clock_comm),
+        ] {
+            if let Some(c) = prefix
+                && (c.is_empty() || c.len() > 15)
+            {
+                bail!("{flag} must be 1 to 15 bytes (a comm is at most 15), got {c:?}");
+            }
+        }
+        if self.error_clock_comm.is_some() && self.error_after_ms.is_none() {
+            bail!("--error-clock-comm without --error-after-ms");
         }
         if self.stall_cpu.is_some() && matches!(self.mode, Mode::Global | Mode::Local) {
             bail!(
@@ -142,9 +155,14 @@ fn run(args: &Args) -> Result<i32> {
         .context("the BPF object has no .rodata")?;
     rodata.mode = args.mode.id();
     rodata.nr_user_dsqs = args.user_dsqs;
-    if let Some(c) = &args.stall_comm {
-        for (dst, src) in rodata.stall_comm.iter_mut().zip(c.bytes()) {
-            *dst = src as i8;
+    for (prefix, field) in [
+        (&args.stall_comm, &mut rodata.stall_comm),
+        (&args.error_clock_comm, &mut rodata.error_clock_comm),
+    ] {
+        if let Some(c) = prefix {
+            for (dst, src) in field.iter_mut().zip(c.bytes()) {
+                *dst = src as i8;
+            }
         }
     }
     rodata.stall_cpu = args.stall_cpu.map_or(-1, |c| c as i32);
@@ -218,6 +236,12 @@ mod tests {
         assert!(err(&["--stall-comm="]).contains("1 to 15 bytes"));
         assert!(err(&["--stall-comm=a-very-long-comm-name"]).contains("1 to 15 bytes"));
         assert!(err(&["--exit-hold-ms=60000"]).contains("at most 10000"));
+        assert!(check(&["--error-after-ms=10", "--error-clock-comm=ktstr-"]).is_ok());
+        assert!(err(&["--error-clock-comm=ktstr-"]).contains("without --error-after-ms"));
+        assert!(
+            err(&["--error-after-ms=1", "--error-clock-comm="])
+                .contains("--error-clock-comm must be 1 to 15 bytes")
+        );
         assert!(err(&["--user-dsqs=0"]).contains("0"));
         assert!(err(&["--user-dsqs=65"]).contains("65"));
         assert!(err(&["--mode=fifo"]).contains("fifo"));

@@ -22,7 +22,12 @@ fn user_dsqs_pass_the_steady_checks() {}
 #[ktstr_test(
     topology = "1n1l2c1t",
     scheduler = env!("CARGO_BIN_EXE_scx_fixture"),
-    args = ["--mode=local", "--error-after-ms=1000", "--exit-hold-ms=3000"],
+    args = [
+        "--mode=local",
+        "--error-after-ms=1000",
+        "--error-clock-comm=ktstr-",
+        "--exit-hold-ms=3000"
+    ],
     scenario = "steady",
     duration = "4s"
 )]

@@ -18,7 +18,9 @@
  *                kernel's watchdog ejects the scheduler.
  *   stall_cpu:   from stall_cpu_after_ns on, ops.dispatch() gives that CPU
  *                nothing (user and vtime modes).
- *   error_after_ns: scx_bpf_error() from the first callback after it.
+ *   error_after_ns: scx_bpf_error() from the first callback after it,
+ *                counted from attaching or, with error_clock_comm, from
+ *                the first enqueue of a task whose comm starts with it.
  *   exit_hold_ns: ops.exit() waits this long before returning; the kernel
  *                clears scx_root only after ops.exit(), so the host can
  *                see the exiting scheduler in guest memory.
@@ -47,9 +49,12 @@ const volatile char stall_comm[COMM_LEN];
 const volatile s32 stall_cpu = -1;
 const volatile u64 stall_cpu_after_ns;
 const volatile u64 error_after_ns;
+const volatile char error_clock_comm[COMM_LEN];
 const volatile u64 exit_hold_ns;
 
 u64 start_ns;
+/* When the error clock started (0: not yet). */
+u64 error_clock_ns;
 u64 vtime_now;
 /* Where the next ops.dispatch() starts its round over the user DSQs. */
 u32 dispatch_rr;
@@ -63,26 +68,34 @@ static u64 elapsed_ns(void)
 	return bpf_ktime_get_ns() - start_ns;
 }
 
+static __always_inline bool comm_starts_with(const struct task_struct *p,
+					     const volatile char *prefix)
+{
+	u32 i;
+
+	if (!prefix[0])
+		return false;
+	for (i = 0; i < COMM_LEN; i++) {
+		if (!prefix[i])
+			return true;
+		if (p->comm[i] != prefix[i])
+			return false;
+	}
+	return true;
+}
+
 static void maybe_error(void)
 {
-	if (error_after_ns && elapsed_ns() >= error_after_ns)
+	u64 since = error_clock_comm[0] ? error_clock_ns : start_ns;
+
+	if (error_after_ns && since && bpf_ktime_get_ns() - since >= error_after_ns)
 		scx_bpf_error("fixture: injected error after %llu ms",
 			      error_after_ns / 1000000);
 }
 
 static bool is_stall_target(const struct task_struct *p)
 {
-	u32 i;
-
-	if (!stall_comm[0])
-		return false;
-	for (i = 0; i < COMM_LEN; i++) {
-		if (!stall_comm[i])
-			return true;
-		if (p->comm[i] != stall_comm[i])
-			return false;
-	}
-	return true;
+	return comm_starts_with(p, stall_comm);
 }
 
 static bool cpu_withheld(s32 cpu)
@@ -109,6 +122,8 @@ void BPF_STRUCT_OPS(fixture_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	u64 vtime;
 
+	if (!error_clock_ns && comm_starts_with(p, error_clock_comm))
+		error_clock_ns = bpf_ktime_get_ns();
 	maybe_error();
 	__sync_fetch_and_add(&nr_enqueued, 1);
 	if (is_stall_target(p)) {
