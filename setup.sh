@@ -74,7 +74,10 @@ step "scx_lavd, a scheduler of another design for the end-to-end tests"
 install_scheduler scx_lavd 1.1.4
 
 step "build"
-cargo build --workspace --all-targets
+# What the test command builds (nextest builds with `cargo test --no-run`),
+# so the tests start built. `cargo build --all-targets` would build every
+# workspace crate a second time: the test profile's artifacts are separate.
+cargo test --workspace --no-run
 
 step "fetch the default sched_ext kernel"
 # --kvm-modules: the L1 guest of the nested-virtualization tier loads them.
