@@ -401,12 +401,13 @@ fn retry_after_hang(cfg: &L1Config, first: L1Run, silent: Duration) -> L1Run {
     again.jobs.retain(|j| !finished.contains(&j.name));
     eprintln!(
         "{TEST}: L1 HUNG (no heartbeat for {:.0} s) after {:.1} s, in job {:?}, finished jobs {finished:?}; \
-         running the others in a fresh L1. Its CPU (samples {:?} apart):\n{}\nIts console's end:\n{}",
+         running the others in a fresh L1. Its CPU (samples {:?} apart):\n{}\nIts local APIC: {}\nIts console's end:\n{}",
         silent.as_secs_f64(),
         first.wall.as_secs_f64(),
         first.unfinished_job(),
         nested::HUNG_SAMPLE_GAP,
         nested::indent(&first.hang_cpu().join("\n"), "  | "),
+        first.hang_interrupts(),
         nested::indent(&first.console_tail(30), "  | ")
     );
     let second = nested::run(&again)

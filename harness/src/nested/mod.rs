@@ -278,6 +278,9 @@ pub struct L1Run {
     /// samples apart, so a report shows whether L1 was halted or spinning
     /// and where.
     pub hang_registers: Vec<String>,
+    /// When it hung: its local APIC (`info lapic`), which tells a timer
+    /// that never fired from an interrupt raised and never taken.
+    pub hang_lapic: String,
 }
 
 impl L1Run {
@@ -313,6 +316,19 @@ impl L1Run {
                 }
             })
             .collect()
+    }
+
+    /// A hung L1's local APIC in one line: its timer and the interrupts
+    /// requested (IRR), in service (ISR) and the priority (PPR) that
+    /// gates them (empty unless it hung).
+    pub fn hang_interrupts(&self) -> String {
+        const KEPT: [&str; 5] = ["LVTT", "Timer", "ISR", "IRR", "APR"];
+        self.hang_lapic
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|l| KEPT.iter().any(|k| l.starts_with(k)) || l.starts_with('('))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// A short account: how L1 ended, its facts and timings, each job's
@@ -588,7 +604,7 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
         }
         None => None,
     };
-    let (end, reader, hang_registers) = watch(qemu, &files, start, cfg.deadline)?;
+    let (end, reader, hang) = watch(qemu, &files, start, cfg.deadline)?;
     // QEMU is gone: the copy ends with its pipe.
     if let Some(c) = console {
         let _ = c.join();
@@ -597,7 +613,7 @@ pub fn run(cfg: &L1Config) -> Result<L1Run, NestedError> {
     run.end = end;
     run.wall = start.elapsed();
     run.initramfs = initramfs;
-    run.hang_registers = hang_registers;
+    (run.hang_registers, run.hang_lapic) = (hang.registers, hang.lapic);
     // Lossy: a serial line can carry bytes that are not UTF-8, and the
     // rest of the console is still worth showing.
     let text =
@@ -688,7 +704,7 @@ fn watch(
     files: &L1Files,
     start: Instant,
     deadline: Duration,
-) -> Result<(L1End, ResultsReader, Vec<String>), NestedError> {
+) -> Result<(L1End, ResultsReader, HangState), NestedError> {
     let mut reader = ResultsReader::default();
     let (mut beats, mut last_beat) = (0u64, Instant::now());
     let end = loop {
@@ -717,20 +733,28 @@ fn watch(
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let registers = match end {
-        L1End::Hung(_) => hung_registers(&files.qmp),
-        _ => Vec::new(),
+    let hang = match end {
+        L1End::Hung(_) => hung_state(&files.qmp),
+        _ => Default::default(),
     };
     // Killed (if still running) and reaped before the last results read.
     drop(qemu);
     reader.feed(&files.results);
-    Ok((end, reader, registers))
+    Ok((end, reader, hang))
 }
 
-/// Samples of a hung L1's `info registers`, [`HUNG_SAMPLE_GAP`] apart
-/// (each QMP exchange bounded), or why they could not be read.
-fn hung_registers(qmp: &Path) -> Vec<String> {
-    let sample = || -> Result<Vec<String>, crate::vm::qmp::QmpError> {
+/// What a hung L1's CPU showed over QMP (see [`L1Run::hang_registers`]).
+#[derive(Default)]
+struct HangState {
+    registers: Vec<String>,
+    lapic: String,
+}
+
+/// Samples of a hung L1's `info registers`, [`HUNG_SAMPLE_GAP`] apart,
+/// then its `info lapic` (each QMP exchange bounded), or why they could
+/// not be read.
+fn hung_state(qmp: &Path) -> HangState {
+    let sample = || -> Result<HangState, crate::vm::qmp::QmpError> {
         let mut q = crate::vm::qmp::Qmp::connect(qmp, Duration::from_secs(5))?;
         let mut out = Vec::new();
         for i in 0..HUNG_SAMPLES {
@@ -739,9 +763,18 @@ fn hung_registers(qmp: &Path) -> Vec<String> {
             }
             out.push(q.hmp("info registers")?);
         }
-        Ok(out)
+        Ok(HangState {
+            registers: out,
+            lapic: q.hmp("info lapic")?,
+        })
     };
-    sample().unwrap_or_else(|e| vec![format!("(no registers: QMP: {e})")])
+    sample().unwrap_or_else(|e| {
+        let why = format!("(no registers: QMP: {e})");
+        HangState {
+            registers: vec![why.clone()],
+            lapic: why,
+        }
+    })
 }
 
 /// Follows the results file as it grows and parses its lines.
@@ -775,6 +808,7 @@ impl Default for ResultsReader {
                 wall: Duration::ZERO,
                 initramfs: (Duration::ZERO, 0),
                 hang_registers: Vec::new(),
+                hang_lapic: String::new(),
             },
         }
     }

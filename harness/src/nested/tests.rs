@@ -137,3 +137,31 @@ fn a_hung_l1s_cpu_is_summarized_per_sample() {
         ]
     );
 }
+
+#[test]
+fn a_hung_l1s_local_apic_is_one_line_of_timer_and_interrupt_state() {
+    let mut run = ResultsReader::default().run;
+    assert_eq!(run.hang_interrupts(), "");
+    // QEMU 7.2's `info lapic`, abridged, as a hung L1 printed it: the
+    // timer fired (count 0) and its vector waits in IRR, never taken.
+    run.hang_lapic = "dumping local APIC state for CPU 0 \n\n\
+        LVT0\t 0x00010700 active-hi edge  masked                      ExtINT (vec 0)\n\
+        LVTT\t 0x000000ec active-hi edge                 one-shot     Fixed  (vec 236)\n\
+        Timer\t DCR=0x3 (divide by 16) initial_count = 6072 current_count = 0\n\
+        SPIV\t 0x000001ff APIC enabled, focus=off, spurious vec 255\n\
+        ISR\t (none)\n\
+        IRR\t 236 \n\n\
+        APR 0x00 TPR 0x10 DFR 0x0f LDR 0x00 PPR 0x10\n"
+        .into();
+    assert_eq!(
+        run.hang_interrupts(),
+        "LVTT 0x000000ec active-hi edge one-shot Fixed (vec 236); \
+         Timer DCR=0x3 (divide by 16) initial_count = 6072 current_count = 0; \
+         ISR (none); IRR 236; APR 0x00 TPR 0x10 DFR 0x0f LDR 0x00 PPR 0x10"
+    );
+    run.hang_lapic = "(no registers: QMP: connection closed)".into();
+    assert_eq!(
+        run.hang_interrupts(),
+        "(no registers: QMP: connection closed)"
+    );
+}
